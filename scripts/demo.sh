@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The demo: a fresh virtual environment with the newest Airflow and this package, then scripts/demo.py
+# against a local AWS-shaped endpoint. Arguments go to demo.py (e.g. --jobs 500).
+source "$(dirname "$0")/_env.sh"
+cd "$ROOT"
+make_venv "$ROOT/.venvs/demo"
+"$UV" pip install --quiet --python "$PY" -e ".[test]"
+"$PY" scripts/demo.py "$@"

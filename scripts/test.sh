@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The test suite: lint, types and every test on the newest Airflow, then the suite again under the
+# MWAA pin files of each Airflow version MWAA runs. Usage: scripts/test.sh [LEG ...]
+# LEG is "newest" or an MWAA version (2.10.3 2.11.2 3.0.6 3.2.1 3.3.1); default: all of them.
+source "$(dirname "$0")/_env.sh"
+cd "$ROOT"
+
+MWAA_DIR="${MWAA_DIR:-$ROOT/../shared/mwaa}"
+LEGS=("$@")
+[ ${#LEGS[@]} -gt 0 ] || LEGS=(newest 2.10.3 2.11.2 3.0.6 3.2.1 3.3.1)
+SUMMARY=()
+
+run_leg() {
+  local leg="$1" start=$SECONDS
+  echo "=== leg $leg: installing"
+  make_venv "$ROOT/.venvs/test-$leg"
+  if [ "$leg" = newest ]; then
+    "$UV" pip install --quiet --python "$PY" -e ".[test,lint]" "apache-airflow>=3.3.2"
+  else
+    [ -f "$MWAA_DIR/$leg/airflow_constraints.txt" ] || { echo "no MWAA pin file for $leg in $MWAA_DIR"; exit 2; }
+    # As MWAA installs a requirements.txt: Airflow's constraints plus MWAA's essential pins.
+    "$UV" pip install --quiet --python "$PY" -e ".[test]" "apache-airflow==$leg" \
+      -c "$MWAA_DIR/$leg/airflow_constraints.txt" -c "$MWAA_DIR/$leg/mwaa_essential_constraints.txt"
+  fi
+  local airflow_version
+  airflow_version="$("$PY" -c 'import airflow; print(airflow.__version__)' 2>/dev/null | tail -n 1)"
+  echo "=== leg $leg: Airflow $airflow_version, $("$PY" -c 'import sys; print("Python", sys.version.split()[0])')"
+  if [ "$leg" = newest ]; then
+    "$PY" -m ruff check .
+    "$PY" -m ruff format --check .
+    "$PY" -m mypy
+    export EXPECTED_AIRFLOW_VERSION="$airflow_version"
+  else
+    export EXPECTED_AIRFLOW_VERSION="$leg"
+  fi
+  AIRFLOW_HOME="$(mktemp -d)" "$PY" -m pytest -p no:cacheprovider -q
+  SUMMARY+=("leg $leg: Airflow $airflow_version passed in $((SECONDS - start))s")
+}
+
+for leg in "${LEGS[@]}"; do run_leg "$leg"; done
+printf '%s\n' "${SUMMARY[@]}"
+echo "all ${#LEGS[@]} legs passed in ${SECONDS}s"

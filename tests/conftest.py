@@ -1,0 +1,68 @@
+"""Shared fixtures: a real moto server, an Airflow ``aws`` connection to it, and a clean environment."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+# Airflow reads its home and config at import: give the test session its own, before anything imports it.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-ml-batch-tests-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+
+from helpers import CONN_ID, aws_connection_uri
+
+
+@pytest.fixture(autouse=True)
+def _no_aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's AWS profile, keys or region must never leak into a test."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A moto server on a free port: real AWS request/response shapes for boto3 and aiobotocore."""
+    from airflow_ml_batch.testing import local_aws
+
+    with local_aws() as url:
+        yield url
+
+
+@pytest.fixture
+def moto(moto_server: str) -> Iterator[str]:
+    """The moto server's URL, with every resource created by the test removed afterwards."""
+    yield moto_server
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")).close()
+
+
+@pytest.fixture
+def aws_conn_id(moto: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An Airflow ``aws`` connection to the moto server, defined the way users define one."""
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", aws_connection_uri(moto))
+    return CONN_ID
+
+
+@pytest.fixture
+def batch_queue(aws_conn_id: str) -> dict[str, str]:
+    """A Batch compute environment, job queue and job definition on the moto server."""
+    from airflow_ml_batch.testing import create_batch_queue
+
+    return create_batch_queue(aws_conn_id)
+
+
+@pytest.fixture
+def ecs_cluster(aws_conn_id: str) -> dict[str, Any]:
+    """An ECS cluster, a Fargate task definition and an ``awsvpc`` network on the moto server."""
+    from airflow_ml_batch.testing import create_ecs_cluster
+
+    return create_ecs_cluster(aws_conn_id)

@@ -1,0 +1,46 @@
+"""The Airflow 2/3 layer: the running Airflow is the one the test run asked for, and features are detected."""
+
+from __future__ import annotations
+
+import os
+
+import airflow
+import pytest
+from packaging.version import Version
+
+from airflow_ml_batch import _compat
+
+
+def test_the_installed_airflow_is_the_one_this_run_asked_for() -> None:
+    expected = os.environ.get("EXPECTED_AIRFLOW_VERSION")
+    if not expected:
+        pytest.skip("EXPECTED_AIRFLOW_VERSION is set by the test command for each compatibility leg")
+    assert airflow.__version__ == expected
+
+
+def test_version_flags_match_the_running_airflow() -> None:
+    running = Version(Version(airflow.__version__).base_version)
+
+    assert running == _compat.AIRFLOW_VERSION
+    assert _compat.AIRFLOW_V_3_0_PLUS is (running.major >= 3)
+
+
+def test_trigger_on_kill_is_detected() -> None:
+    from airflow.triggers.base import BaseTrigger
+
+    # Airflow 3.3 added BaseTrigger.on_kill; the flag must follow the class, not a version table.
+    assert _compat.TRIGGER_HAS_ON_KILL is callable(vars(BaseTrigger).get("on_kill"))
+    assert _compat.TRIGGER_HAS_ON_KILL is (Version("3.3") <= _compat.AIRFLOW_VERSION)
+
+
+def test_operator_base_classes_come_from_the_running_airflow() -> None:
+    module = _compat.BaseOperator.__module__
+    assert (
+        module.startswith("airflow.sdk")
+        if _compat.AIRFLOW_V_3_0_PLUS
+        else module.startswith("airflow.models")
+    )
+    assert issubclass(
+        type("Link", (_compat.BaseOperatorLink,), {"name": "x", "get_link": lambda *a, **k: ""}),
+        _compat.BaseOperatorLink,
+    )
