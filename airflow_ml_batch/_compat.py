@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import version
+from typing import Any
 
 from airflow.triggers.base import BaseTrigger
 from packaging.version import Version
@@ -21,6 +22,37 @@ except ImportError:  # Airflow 2
 #: deferred task, and never on a triggerer restart. Older versions need the task state checked.
 TRIGGER_HAS_ON_KILL = "on_kill" in vars(BaseTrigger)
 
+
+def task_instance_state(task_instance: Any) -> str | None:
+    """The current state of a trigger's task instance, read from Airflow (blocking: call in a thread)."""
+    if AIRFLOW_V_3_0_PLUS:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        states = RuntimeTaskInstance.get_task_states(
+            dag_id=task_instance.dag_id,
+            task_ids=[task_instance.task_id],
+            run_ids=[task_instance.run_id],
+            map_index=task_instance.map_index,
+        )
+        state = states.get(task_instance.run_id, {}).get(task_instance.task_id)
+    else:
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            state = (
+                session.query(TaskInstance.state)
+                .filter_by(
+                    dag_id=task_instance.dag_id,
+                    task_id=task_instance.task_id,
+                    run_id=task_instance.run_id,
+                    map_index=task_instance.map_index,
+                )
+                .scalar()
+            )
+    return None if state is None else str(getattr(state, "value", state))
+
+
 __all__ = [
     "AIRFLOW_VERSION",
     "AIRFLOW_V_3_0_PLUS",
@@ -28,4 +60,5 @@ __all__ = [
     "BaseOperator",
     "BaseOperatorLink",
     "Context",
+    "task_instance_state",
 ]

@@ -38,7 +38,22 @@ def get_provider_info() -> dict[str, Any]:
             },
         ],
         "hooks": [
-            {"integration-name": BATCH, "python-modules": ["airflow_ml_batch.hooks.batch"]},
+            {
+                "integration-name": BATCH,
+                "python-modules": ["airflow_ml_batch.hooks.batch", "airflow_ml_batch.hooks.logs"],
+            },
             {"integration-name": ECS, "python-modules": ["airflow_ml_batch.hooks.ecs"]},
+        ],
+        "operators": [
+            {"integration-name": BATCH, "python-modules": ["airflow_ml_batch.operators.batch"]},
+        ],
+        "triggers": [
+            {"integration-name": BATCH, "python-modules": ["airflow_ml_batch.triggers.batch"]},
+        ],
+        # The operators save the Amazon provider's console links, so the UI renders them as it does
+        # for the official operators.
+        "extra-links": [
+            "airflow.providers.amazon.aws.links.batch.BatchJobDetailsLink",
+            "airflow.providers.amazon.aws.links.logs.CloudWatchEventsLink",
         ],
     }

@@ -62,9 +62,7 @@ def aws_connection_json(endpoint_url: str, region_name: str = DEFAULT_REGION, **
     )
 
 
-def create_batch_queue(
-    aws_conn_id: str, job_queue: str = "models", job_definition: str = "forecast"
-) -> dict[str, str]:
+def create_batch_queue(aws_conn_id: str, job_queue: str = "models", job_definition: str = "forecast") -> dict[str, str]:
     """Create a compute environment, an enabled job queue and a container job definition."""
     batch = BatchHook(aws_conn_id=aws_conn_id).conn
     iam: Any = AwsGenericHook(aws_conn_id=aws_conn_id, client_type="iam").conn

@@ -64,9 +64,7 @@ def main() -> int:
     listed = subprocess.run(
         [sys.executable, "-m", "airflow", "providers", "list"], capture_output=True, text=True, check=True
     ).stdout
-    provider = next(
-        (line.split("|") for line in listed.splitlines() if line.startswith("airflow-ml-batch")), None
-    )
+    provider = next((line.split("|") for line in listed.splitlines() if line.startswith("airflow-ml-batch")), None)
     succeeded = sum(state == "SUCCEEDED" for state in states.values())
     print(f"jobs submitted:      {len(job_ids)}")
     print(f"jobs succeeded:      {succeeded}")

@@ -14,8 +14,10 @@ import pytest
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-ml-batch-tests-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", os.path.join(os.environ["AIRFLOW_HOME"], "dags"))
+os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"], exist_ok=True)
 
-from helpers import CONN_ID, aws_connection_uri
+from helpers import CONN_ID, aws_connection_uri  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -66,3 +68,24 @@ def ecs_cluster(aws_conn_id: str) -> dict[str, Any]:
     from airflow_ml_batch.testing import create_ecs_cluster
 
     return create_ecs_cluster(aws_conn_id)
+
+
+@pytest.fixture
+def fake_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A scripted Batch + Logs endpoint, with the ``aws_fake`` connection pointing at it."""
+    from fake_aws import FakeAws
+
+    with FakeAws() as fake:
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_FAKE", aws_connection_uri(fake.url))
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Airflow's metadata database (SQLite in the test session's AIRFLOW_HOME), for ``dag.test()``."""
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, env=os.environ.copy()
+    )

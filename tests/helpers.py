@@ -17,5 +17,5 @@ def aws_connection_uri(endpoint_url: str, **extra: Any) -> str:
 
     A test sees moto's first answer: retries would only hide errors and slow the suite.
     """
-    extra.setdefault("config_kwargs", {"retries": {"mode": "standard", "max_attempts": 1}})
+    extra.setdefault("config_kwargs", {"retries": {"mode": "standard", "total_max_attempts": 1}})
     return aws_connection_json(endpoint_url, **extra)

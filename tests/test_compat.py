@@ -35,11 +35,7 @@ def test_trigger_on_kill_is_detected() -> None:
 
 def test_operator_base_classes_come_from_the_running_airflow() -> None:
     module = _compat.BaseOperator.__module__
-    assert (
-        module.startswith("airflow.sdk")
-        if _compat.AIRFLOW_V_3_0_PLUS
-        else module.startswith("airflow.models")
-    )
+    assert module.startswith("airflow.sdk") if _compat.AIRFLOW_V_3_0_PLUS else module.startswith("airflow.models")
     assert issubclass(
         type("Link", (_compat.BaseOperatorLink,), {"name": "x", "get_link": lambda *a, **k: ""}),
         _compat.BaseOperatorLink,

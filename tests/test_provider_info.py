@@ -51,10 +51,7 @@ def test_provider_info_matches_airflows_schema() -> None:
 def test_every_listed_module_and_class_imports() -> None:
     info = get_provider_info()
     modules = [
-        m
-        for section in ("hooks", "operators", "triggers")
-        for e in info.get(section, [])
-        for m in e["python-modules"]
+        m for section in ("hooks", "operators", "triggers") for e in info.get(section, []) for m in e["python-modules"]
     ]
     integrations = {i["integration-name"] for i in info["integrations"]}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 #: botocore settings of every client we create, under the connection's ``config_kwargs`` and the
 #: hook's ``config``: "standard" retries throttling and transient errors with exponential backoff and
 #: jitter; pollers add their own pacing on top.
-DEFAULT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5})
+DEFAULT_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 5})
 
 #: One botocore data loader for every async session in the process: the parsed service models are
 #: the largest part of a client's memory, and loading them is the slow, blocking part of creating one.
@@ -47,6 +48,26 @@ _LOADER = botocore.loaders.Loader()
 # timeout); re-reading the sync credentials every _RECHECK keeps the async copy fresh.
 _ADVISORY_REFRESH = timedelta(minutes=15)
 _RECHECK = timedelta(minutes=5)
+
+
+_INVALID_TAG_CHARACTERS = re.compile(r"[^\w\s.:/=+\-@]", re.UNICODE)
+
+
+def task_instance_tags(task_instance: Any, *, with_try: bool = True) -> dict[str, str]:
+    """Cost-attribution tags naming a task instance: dag, task, run, map index and (optionally) try.
+
+    Values are made valid for AWS tags (letters, digits, spaces and ``_.:/=+-@``; 256 characters).
+    Without ``with_try`` they identify the task instance across tries, to find an earlier try's job.
+    """
+    tags = {
+        "airflow:dag_id": task_instance.dag_id,
+        "airflow:task_id": task_instance.task_id,
+        "airflow:run_id": task_instance.run_id,
+        "airflow:map_index": str(task_instance.map_index),
+    }
+    if with_try:
+        tags["airflow:try_number"] = str(task_instance.try_number)
+    return {key: _INVALID_TAG_CHARACTERS.sub("_", str(value))[:256] for key, value in tags.items()}
 
 
 def _config_key(config: Config) -> tuple[tuple[str, str], ...]:
@@ -184,9 +205,7 @@ class AwsServiceHook(AwsGenericHook):  # type: ignore[type-arg]
         kwargs.setdefault("client_type", self.service)
         if isinstance(config, dict):
             config = Config(**config)
-        super().__init__(
-            aws_conn_id=aws_conn_id, region_name=region_name, verify=verify, config=config, **kwargs
-        )
+        super().__init__(aws_conn_id=aws_conn_id, region_name=region_name, verify=verify, config=config, **kwargs)
         # Hooks built with the same arguments share one async client; the connection is only looked
         # up (off the event loop) when that client is first created.
         self._shared_client_key = (
@@ -203,7 +222,7 @@ class AwsServiceHook(AwsGenericHook):  # type: ignore[type-arg]
         return DEFAULT_CONFIG.merge(super().config)
 
     @asynccontextmanager
-    async def async_client(self) -> AsyncIterator[AioBaseClient]:
+    async def async_client(self) -> AsyncIterator[Any]:
         """Borrow the process-wide aiobotocore client for this connection, region and service.
 
         Use it as ``async with hook.async_client() as client:``. Every caller in the event loop with

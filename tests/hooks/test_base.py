@@ -70,15 +70,13 @@ def test_connection_resolves_like_the_amazon_provider(aws_conn_id: str, moto: st
     assert hook.region_name == REGION
     assert hook.conn.meta.endpoint_url == moto
     # the connection's config_kwargs win over our default retries
-    assert hook.config.retries == {"mode": "standard", "max_attempts": 1}
+    assert hook.config.retries == {"mode": "standard", "total_max_attempts": 1}
 
 
 def test_default_retries_apply_unless_overridden() -> None:
     assert BatchHook(aws_conn_id=None, region_name=REGION).config.retries == DEFAULT_CONFIG.retries
-    adaptive = {"mode": "adaptive", "max_attempts": 8}
-    assert BatchHook(aws_conn_id=None, region_name=REGION, config={"retries": adaptive}).config.retries == (
-        adaptive
-    )
+    adaptive = {"mode": "adaptive", "total_max_attempts": 8}
+    assert BatchHook(aws_conn_id=None, region_name=REGION, config={"retries": adaptive}).config.retries == (adaptive)
 
 
 def test_region_argument_wins_over_the_connection(aws_conn_id: str) -> None:

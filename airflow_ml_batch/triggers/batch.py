@@ -1,0 +1,70 @@
+"""Wait for an AWS Batch job on the triggerer, through one shared DescribeJobs poller per process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_ml_batch.hooks.batch import BatchHook, describe_failure, summarize_job
+from airflow_ml_batch.hooks.logs import CloudWatchLogsHook
+from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
+
+
+class BatchJobPoller(SharedPoller):
+    """Describes up to 100 Batch jobs per DescribeJobs call for every trigger of a (connection, region)."""
+
+    batch_size = 100
+
+    async def describe(self, client: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+        response = await client.describe_jobs(jobs=ids)
+        return {job["jobId"]: job for job in response["jobs"]}
+
+    @staticmethod
+    def state_of(description: dict[str, Any]) -> str:
+        return str(description["status"])
+
+
+class BatchJobTrigger(WaitForJobTrigger):
+    """Wait for an AWS Batch job to finish; stop it on the deadline or when a user acts on the task.
+
+    Every instance in a triggerer process shares one :class:`BatchJobPoller` per (connection, region),
+    so 5000 waiting jobs cost 50 DescribeJobs calls per round. The event's payload is
+    ``{"status": "success" | "failed" | "timeout" | "missing" | "error", "job_id", "message", "result"}``,
+    or a ``TaskSuccessEvent`` with ``end_from_trigger``.
+
+    :param job_id: the Batch job to wait for.
+    :param log_tail_lines: how many CloudWatch log lines a failure message shows (one GetLogEvents call).
+    :param aws_conn_id: Airflow ``aws`` connection.
+    :param region_name: AWS region; defaults to the connection's.
+    :param poll_interval: seconds between poll rounds (shared: the shortest of all waiting triggers).
+    :param deadline: epoch seconds after which the job is terminated and the task fails.
+    :param end_from_trigger: end a successful task from the triggerer, with no worker run after the job.
+    :param xcom_result: with ``end_from_trigger``, push the result as the task's ``return_value``.
+    :param missing_grace: seconds a job may be absent from DescribeJobs before it counts as gone.
+    """
+
+    poller = BatchJobPoller
+    hook_class = BatchHook
+    noun = "AWS Batch job"
+
+    def __init__(self, job_id: str, log_tail_lines: int = 50, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.job_id = job_id
+        self.log_tail_lines = log_tail_lines
+
+    def service_kwargs(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "log_tail_lines": self.log_tail_lines}
+
+    def outcome(self, description: dict[str, Any]) -> str | None:
+        return {"SUCCEEDED": "success", "FAILED": "failed"}.get(description["status"])
+
+    def summarize(self, description: dict[str, Any]) -> dict[str, Any]:
+        return summarize_job(description)
+
+    async def failure_message(self, description: dict[str, Any]) -> str:
+        summary = summarize_job(description)
+        logs = CloudWatchLogsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        tail = await logs.tail(summary["log_group"], summary["log_stream"], self.log_tail_lines)
+        return describe_failure(summary, tail)
+
+    async def stop(self, client: Any, reason: str) -> None:
+        await client.terminate_job(jobId=self.job_id, reason=f"Airflow: {reason}"[:1024])

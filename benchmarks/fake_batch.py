@@ -1,0 +1,322 @@
+"""A scripted, AWS Batch-shaped HTTP endpoint on 127.0.0.1 for benchmarks.
+
+Serves the REST-JSON operations DescribeJobs, SubmitJob, TerminateJob and ListJobs with the real
+response shapes. Jobs move SUBMITTED -> RUNNABLE -> STARTING -> RUNNING -> SUCCEEDED/FAILED on the
+wall clock; a fraction of them fails with exit code 1. One token bucket throttles the whole API: over
+it, requests get HTTP 429 ``TooManyRequestsException``, as AWS answers them. CloudWatch Logs'
+GetLogEvents (a separate service, not throttled here) returns two lines for any stream, for clients
+that read a failed job's log tail through the same ``endpoint_url``.
+
+Benchmark routes (not AWS): ``POST /bench/jobs`` with ``{"count": N}`` creates N jobs starting now and
+returns their ids; ``GET /bench/jobs`` returns every job's planned end and final status;
+``GET /bench/stats`` returns the request counters.
+
+Run it as its own process (it prints its port, then serves until killed or ``--max-seconds``)::
+
+    python benchmarks/fake_batch.py --port 0 --rate 50 --duration 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+REGION = "eu-west-1"
+ACCOUNT = "123456789012"
+QUEUE = f"arn:aws:batch:{REGION}:{ACCOUNT}:job-queue/models"
+DEFINITION = f"arn:aws:batch:{REGION}:{ACCOUNT}:job-definition/forecast:1"
+EXITED = "Essential container in task exited"
+#: Where each state before RUNNING begins, as a fraction of the time to the job's start.
+PHASES = (("SUBMITTED", 0.0), ("RUNNABLE", 0.2), ("STARTING", 0.6))
+#: The job starts RUNNING this far into its duration.
+STARTED = 0.25
+
+
+@dataclass
+class Job:
+    """One job and its scripted timeline (epoch seconds; ``started`` is ``inf`` if it never started)."""
+
+    job_id: str
+    name: str
+    queue: str
+    definition: str
+    created: float
+    started: float
+    ends: float
+    fails: bool
+    reason: str = EXITED
+
+    def status(self, now: float) -> str:
+        if now >= self.ends:
+            return "FAILED" if self.fails else "SUCCEEDED"
+        if now >= self.started:
+            return "RUNNING"
+        elapsed = (now - self.created) / (self.started - self.created)
+        return next(name for name, start in reversed(PHASES) if elapsed >= start)
+
+    def summary(self, now: float) -> dict[str, Any]:
+        """The fields ListJobs returns (``JobSummary``)."""
+        status = self.status(now)
+        summary: dict[str, Any] = {
+            "jobArn": f"arn:aws:batch:{REGION}:{ACCOUNT}:job/{self.job_id}",
+            "jobId": self.job_id,
+            "jobName": self.name,
+            "createdAt": _ms(self.created),
+            "status": status,
+            "jobDefinition": self.definition,
+        }
+        if now >= self.started:
+            summary["startedAt"] = _ms(self.started)
+        if status in ("SUCCEEDED", "FAILED"):
+            summary["stoppedAt"] = _ms(self.ends)
+            summary["statusReason"] = self.reason
+        return summary
+
+    def detail(self, now: float) -> dict[str, Any]:
+        """The fields DescribeJobs returns (``JobDetail``)."""
+        detail = self.summary(now) | {"jobQueue": self.queue, "attempts": [], "container": {}}
+        if now < self.started:
+            return detail
+        stream = f"forecast/default/{self.job_id.replace('-', '')}"
+        detail["container"] = {"logStreamName": stream}
+        if "stoppedAt" in detail:
+            exit_code = 1 if self.fails else 0
+            detail["container"]["exitCode"] = exit_code
+            detail["attempts"] = [
+                {
+                    "container": {"exitCode": exit_code, "logStreamName": stream, "reason": self.reason},
+                    "startedAt": detail["startedAt"],
+                    "stoppedAt": detail["stoppedAt"],
+                    "statusReason": self.reason,
+                }
+            ]
+        return detail
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+@dataclass
+class TokenBucket:
+    """``rate`` requests per second, bursts of up to ``capacity``."""
+
+    rate: float
+    capacity: float
+    tokens: float = field(init=False)
+    updated: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.capacity
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class FakeBatch:
+    """The endpoint's state: jobs, the API's token bucket and request counters."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.duration: float = args.duration
+        self.spread: float = args.spread
+        self.fail_fraction: float = args.fail_fraction
+        self.random = random.Random(args.seed)
+        self.bucket = TokenBucket(args.rate, args.burst or args.rate)
+        self.jobs: dict[str, Job] = {}
+        self.calls: Counter[str] = Counter()
+        self.throttled: Counter[str] = Counter()
+        self.describe_times: list[float] = []  # every DescribeJobs request, throttled or not
+        self.described_ids = 0
+        self.max_ids_per_call = 0
+
+    def create(self, name: str, queue: str = QUEUE, definition: str = DEFINITION) -> Job:
+        now = time.time()
+        duration = self.duration * self.random.uniform(1 - self.spread, 1 + self.spread)
+        job = Job(
+            job_id=str(uuid.UUID(int=self.random.getrandbits(128), version=4)),
+            name=name,
+            queue=queue,
+            definition=definition,
+            created=now,
+            started=now + STARTED * duration,
+            ends=now + duration,
+            fails=self.random.random() < self.fail_fraction,
+        )
+        self.jobs[job.job_id] = job
+        return job
+
+    # AWS operations: body in, (HTTP status, body) out.
+
+    def describe_jobs(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        ids = body.get("jobs") or []
+        self.described_ids += len(ids)
+        self.max_ids_per_call = max(self.max_ids_per_call, len(ids))
+        if len(ids) > 100:
+            return 400, _error("ClientException", "jobs: Member must have length less than or equal to 100")
+        now = time.time()
+        return 200, {"jobs": [self.jobs[i].detail(now) for i in ids if i in self.jobs]}
+
+    def submit_job(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        job = self.create(body["jobName"], body.get("jobQueue", QUEUE), body.get("jobDefinition", DEFINITION))
+        return 200, {"jobArn": job.summary(job.created)["jobArn"], "jobName": job.name, "jobId": job.job_id}
+
+    def terminate_job(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        job = self.jobs.get(body.get("jobId", ""))
+        if job is None:
+            return 400, _error("ClientException", f"Job {body.get('jobId')} not found")
+        now = time.time()
+        if job.status(now) not in ("SUCCEEDED", "FAILED"):
+            job.ends, job.fails, job.reason = now, True, body.get("reason", "Terminated")
+            if now < job.started:
+                job.started = float("inf")
+        return 200, {}
+
+    def list_jobs(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        now = time.time()
+        wanted = body.get("jobStatus", "RUNNING")
+        queue = body.get("jobQueue")
+        matching = [
+            job.summary(now)
+            for job in self.jobs.values()
+            if job.status(now) == wanted and queue in (None, job.queue, job.queue.rsplit("/", 1)[-1])
+        ]
+        start = int(body.get("nextToken") or 0)
+        end = start + int(body.get("maxResults") or 100)
+        page: dict[str, Any] = {"jobSummaryList": matching[start:end]}
+        if end < len(matching):
+            page["nextToken"] = str(end)
+        return 200, page
+
+    def get_log_events(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        stamp = _ms(time.time())
+        lines = [f"model run for {body.get('logStreamName')}", "Traceback: ValueError: bad input"]
+        events = [{"timestamp": stamp, "message": line, "ingestionTime": stamp} for line in lines]
+        return 200, {"events": events, "nextForwardToken": "f/1", "nextBackwardToken": "b/1"}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "calls": dict(self.calls),
+            "throttled": dict(self.throttled),
+            "describe_times": self.describe_times,
+            "described_ids": self.described_ids,
+            "max_ids_per_call": self.max_ids_per_call,
+        }
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"__type": code, "message": message}
+
+
+def make_app(batch: FakeBatch) -> web.Application:
+    operations = {
+        "describejobs": ("DescribeJobs", batch.describe_jobs),
+        "submitjob": ("SubmitJob", batch.submit_job),
+        "terminatejob": ("TerminateJob", batch.terminate_job),
+        "listjobs": ("ListJobs", batch.list_jobs),
+    }
+
+    async def aws(request: web.Request) -> web.Response:
+        name, operation = operations[request.match_info["operation"]]
+        if name == "DescribeJobs":
+            batch.describe_times.append(time.time())
+        if not batch.bucket.take():
+            batch.throttled[name] += 1
+            return web.json_response(
+                _error("TooManyRequestsException", "Too Many Requests"),
+                status=429,
+                headers={"x-amzn-ErrorType": "TooManyRequestsException"},
+            )
+        batch.calls[name] += 1
+        status, body = operation(await request.json())
+        headers = {"x-amzn-ErrorType": body["__type"]} if status >= 400 else None
+        return web.json_response(body, status=status, headers=headers)
+
+    async def logs(request: web.Request) -> web.Response:
+        if request.headers.get("X-Amz-Target") != "Logs_20140328.GetLogEvents":
+            return web.json_response(_error("UnknownOperationException", "not scripted"), status=400)
+        batch.calls["GetLogEvents"] += 1
+        status, body = batch.get_log_events(await request.json())
+        return web.json_response(body, status=status, content_type="application/x-amz-json-1.1")
+
+    async def create_jobs(request: web.Request) -> web.Response:
+        count = int((await request.json())["count"])
+        return web.json_response({"jobIds": [batch.create(f"bench-{i}").job_id for i in range(count)]})
+
+    async def list_all(request: web.Request) -> web.Response:
+        return web.json_response({i: {"ends": job.ends, "fails": job.fails} for i, job in batch.jobs.items()})
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(batch.stats())
+
+    app = web.Application()
+    app.router.add_post(f"/v1/{{operation:{'|'.join(operations)}}}", aws)
+    app.router.add_post("/", logs)
+    app.router.add_post("/bench/jobs", create_jobs)
+    app.router.add_get("/bench/jobs", list_all)
+    app.router.add_get("/bench/stats", stats)
+    return app
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--duration", type=float, default=20.0, help="mean job duration, seconds")
+    parser.add_argument("--spread", type=float, default=0.25, help="durations vary by +- this fraction")
+    parser.add_argument("--fail-fraction", type=float, default=0.05, help="fraction of jobs that fail")
+    parser.add_argument("--rate", type=float, default=50.0, help="API requests per second before 429s")
+    parser.add_argument("--burst", type=float, default=0.0, help="token bucket size (default: --rate)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-seconds", type=float, default=7200.0, help="exit after this long")
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    runner = web.AppRunner(make_app(FakeBatch(args)), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=4096)
+    await site.start()
+    print(runner.addresses[0][1], flush=True)
+    try:
+        await asyncio.sleep(args.max_seconds)
+    finally:
+        await runner.cleanup()
+
+
+@contextmanager
+def running(*options: str) -> Iterator[str]:
+    """Run the endpoint in a subprocess with command-line ``options``; yield its URL, then stop it."""
+    process = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), *options], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        port = process.stdout.readline().strip()
+        if not port:
+            raise RuntimeError(f"fake_batch exited with {process.wait(10)} before listening")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(parse_args()))

@@ -1,0 +1,148 @@
+"""A small scripted AWS Batch + CloudWatch Logs endpoint, for exact state sequences and injected errors.
+
+moto answers with real shapes but finishes Batch jobs at once; this endpoint keeps a job in the state a
+test sets, hides it from DescribeJobs, or answers the next calls with throttling or 5xx errors, and
+counts every call by operation. It speaks the wire protocols botocore and aiobotocore use (REST-JSON
+for Batch, JSON 1.1 for Logs), on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FakeAws:
+    """State and script of the endpoint; :attr:`url` is its address once started."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.hidden: set[str] = set()
+        self.logs: dict[tuple[str, str], list[str]] = {}
+        self.calls: Counter[str] = Counter()
+        self.failures: dict[str, list[tuple[int, str]]] = {}
+        self.lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FakeAws:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # -- scripting ---------------------------------------------------------------------------------------
+
+    def add_job(self, status: str = "RUNNABLE", **fields: Any) -> str:
+        """Create a job as if SubmitJob had; returns its id."""
+        job_id = fields.pop("jobId", str(uuid.uuid4()))
+        now = int(time.time() * 1000)
+        with self.lock:
+            self.jobs[job_id] = {
+                "jobId": job_id,
+                "jobName": fields.pop("jobName", "job"),
+                "jobArn": f"arn:aws:batch:eu-west-1:123456789012:job/{job_id}",
+                "jobQueue": fields.pop("jobQueue", "arn:aws:batch:eu-west-1:123456789012:job-queue/models"),
+                "jobDefinition": "arn:aws:batch:eu-west-1:123456789012:job-definition/forecast:1",
+                "status": status,
+                "createdAt": now,
+                "tags": fields.pop("tags", {}),
+                "attempts": [],
+                "container": {},
+                **fields,
+            }
+        return job_id
+
+    def set_job(self, job_id: str, **fields: Any) -> None:
+        with self.lock:
+            self.jobs[job_id].update(fields)
+
+    def fail_next(
+        self, operation: str, times: int = 1, status: int = 429, code: str = "TooManyRequestsException"
+    ) -> None:
+        """Answer the next ``times`` calls of ``operation`` (e.g. ``DescribeJobs``) with an error."""
+        with self.lock:
+            self.failures.setdefault(operation, []).extend([(status, code)] * times)
+
+    # -- the API -----------------------------------------------------------------------------------------
+
+    def answer(self, operation: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            self.calls[operation] += 1
+            pending = self.failures.get(operation)
+            if pending:
+                status, code = pending.pop(0)
+                return status, {"__type": code, "message": f"{code} (injected)"}
+            return getattr(self, f"_{operation}")(body)
+
+    def _SubmitJob(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        job_id = str(uuid.uuid4())
+        self.lock.release()
+        try:
+            self.add_job(jobId=job_id, jobName=body["jobName"], jobQueue=body["jobQueue"], tags=body.get("tags", {}))
+        finally:
+            self.lock.acquire()
+        return 200, {"jobId": job_id, "jobName": body["jobName"], "jobArn": self.jobs[job_id]["jobArn"]}
+
+    def _DescribeJobs(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return 200, {"jobs": [self.jobs[i] for i in body["jobs"] if i in self.jobs and i not in self.hidden]}
+
+    def _ListJobs(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        names = {v for f in body.get("filters", []) if f["name"] == "JOB_NAME" for v in f["values"]}
+        found = [j for j in self.jobs.values() if not names or j["jobName"] in names]
+        return 200, {"jobSummaryList": [{k: j[k] for k in ("jobId", "jobName", "status", "createdAt")} for j in found]}
+
+    def _TerminateJob(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        job = self.jobs.get(body["jobId"])
+        if job is None:
+            return 400, {"__type": "ClientException", "message": f"Job {body['jobId']} not found"}
+        if job["status"] not in ("SUCCEEDED", "FAILED"):
+            job.update(status="FAILED", statusReason=body["reason"])
+        return 200, {}
+
+    def _GetLogEvents(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        lines = self.logs.get((body["logGroupName"], body["logStreamName"]))
+        if lines is None:
+            return 400, {"__type": "ResourceNotFoundException", "message": "The specified log stream does not exist."}
+        tail = lines[-body.get("limit", 10000) :]
+        return 200, {"events": [{"timestamp": 0, "message": line, "ingestionTime": 0} for line in tail]}
+
+
+_BATCH_PATHS = {
+    "/v1/submitjob": "SubmitJob",
+    "/v1/describejobs": "DescribeJobs",
+    "/v1/listjobs": "ListJobs",
+    "/v1/terminatejob": "TerminateJob",
+}
+
+
+def _handler(fake: FakeAws) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            target = self.headers.get("X-Amz-Target", "")
+            operation = target.rpartition(".")[2] if target else _BATCH_PATHS.get(self.path, "Unknown")
+            status, answer = fake.answer(operation, body)
+            payload = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/x-amz-json-1.1" if target else "application/json")
+            if status >= 400:
+                self.send_header("x-amzn-ErrorType", answer["__type"])
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    return Handler

@@ -1,0 +1,232 @@
+"""BatchJobTrigger as the triggerer runs it, against a scripted Batch endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+from typing import Any
+
+import pytest
+from airflow.models.trigger import Trigger
+from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
+from fake_aws import FakeAws
+
+from airflow_ml_batch.triggers.batch import BatchJobPoller, BatchJobTrigger
+
+FAST = 0.05  # seconds between poll rounds in these tests
+
+
+def import_string(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def trigger_for(job_id: str, **kwargs: Any) -> BatchJobTrigger:
+    kwargs.setdefault("poll_interval", FAST)
+    return BatchJobTrigger(job_id=job_id, aws_conn_id="aws_fake", **kwargs)
+
+
+async def first_event(trigger: BatchJobTrigger, timeout: float = 20) -> TriggerEvent:
+    """What the triggerer does with a trigger: run it and take its first event."""
+
+    async def run() -> TriggerEvent:
+        async for event in trigger.run():
+            return event
+        raise AssertionError("the trigger ended without an event")
+
+    return await asyncio.wait_for(run(), timeout)
+
+
+async def polled_twice(fake: FakeAws) -> None:
+    """Wait until the poller has described the current state (one call may have been in flight)."""
+    target = fake.calls["DescribeJobs"] + 2
+    while fake.calls["DescribeJobs"] < target:  # noqa: ASYNC110 - the count lives in another thread
+        await asyncio.sleep(0.01)
+
+
+async def later(seconds: float, action: Any, *args: Any, **kwargs: Any) -> None:
+    await asyncio.sleep(seconds)
+    action(*args, **kwargs)
+
+
+def test_serialize_round_trips_through_airflows_trigger_model() -> None:
+    trigger = BatchJobTrigger(job_id="job-1", aws_conn_id="aws_x", region_name="us-east-2", deadline=1e9)
+
+    stored = Trigger.from_object(trigger)
+    rebuilt = import_string(stored.classpath)(**stored.kwargs)
+
+    assert stored.classpath == "airflow_ml_batch.triggers.batch.BatchJobTrigger"
+    assert rebuilt.serialize() == trigger.serialize()
+
+
+def test_every_kwarg_but_the_job_has_a_default() -> None:
+    classpath, kwargs = BatchJobTrigger(job_id="job-1").serialize()
+
+    assert import_string(classpath)(job_id="job-1").serialize() == (classpath, kwargs)
+
+
+async def test_success_logs_each_state_change(
+    fake_aws: FakeAws, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = fake_aws.add_job("RUNNABLE", jobName="model-1")
+    caplog.set_level(logging.INFO)
+
+    async def progress() -> None:
+        for status in ("STARTING", "RUNNING"):
+            await polled_twice(fake_aws)
+            fake_aws.set_job(job, status=status)
+        await polled_twice(fake_aws)
+        fake_aws.set_job(
+            job,
+            status="SUCCEEDED",
+            startedAt=1000,
+            stoppedAt=61000,
+            container={"exitCode": 0, "logStreamName": "forecast/default/abc"},
+        )
+
+    event, _ = await asyncio.gather(first_event(trigger_for(job)), progress())
+
+    assert event.payload["status"] == "success"
+    assert event.payload["result"]["exit_code"] == 0
+    assert event.payload["result"]["duration_seconds"] == 60
+    assert event.payload["result"]["log_stream"] == "forecast/default/abc"
+    # Airflow 2 logs through the standard library, Airflow 3 through structlog to stdout.
+    logged = caplog.text + capsys.readouterr().out
+    changes = [
+        f"{a} -> {b}"
+        for a, b in zip(
+            ["deferred", "RUNNABLE", "STARTING", "RUNNING"],
+            ["RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED"],
+            strict=True,
+        )
+    ]
+    positions = [logged.find(f"AWS Batch job {job}: {change}") for change in changes]
+    assert -1 not in positions, logged
+    assert positions == sorted(positions), "state changes are logged in order"
+
+
+async def test_throttling_and_server_errors_never_fail_the_trigger(fake_aws: FakeAws) -> None:
+    job = fake_aws.add_job("RUNNING")
+    fake_aws.fail_next("DescribeJobs", times=4, status=429, code="TooManyRequestsException")
+    fake_aws.fail_next("DescribeJobs", times=2, status=500, code="ServerException")
+    fake_aws.fail_next("DescribeJobs", times=1, status=400, code="ExpiredTokenException")
+
+    finish = later(0.5, fake_aws.set_job, job, status="SUCCEEDED")
+    event, _ = await asyncio.gather(first_event(trigger_for(job), timeout=120), finish)
+
+    assert event.payload["status"] == "success"
+    assert fake_aws.calls["DescribeJobs"] >= 8
+
+
+async def test_five_hundred_waiting_jobs_cost_five_calls_per_round(fake_aws: FakeAws) -> None:
+    jobs = [fake_aws.add_job("RUNNING") for _ in range(500)]
+    triggers = [asyncio.ensure_future(first_event(trigger_for(job, poll_interval=0.2))) for job in jobs]
+    await asyncio.sleep(1.5)
+    (poller,) = BatchJobPoller.active()
+    rounds, calls = poller.rounds, fake_aws.calls["DescribeJobs"]
+
+    for job in jobs:
+        fake_aws.set_job(job, status="SUCCEEDED")
+    events = await asyncio.gather(*triggers)
+
+    assert rounds >= 2
+    assert calls <= 5 * rounds, f"{calls} DescribeJobs calls in {rounds} rounds"
+    assert {event.payload["status"] for event in events} == {"success"}
+    assert BatchJobPoller.active() == [], "the poller stops when no trigger waits"
+
+
+async def test_a_job_not_yet_visible_is_waited_for(fake_aws: FakeAws) -> None:
+    job = fake_aws.add_job("SUBMITTED")
+    fake_aws.hidden.add(job)  # DescribeJobs is eventually consistent just after SubmitJob
+
+    async def appear() -> None:
+        await asyncio.sleep(0.4)
+        fake_aws.hidden.discard(job)
+        fake_aws.set_job(job, status="SUCCEEDED")
+
+    event, _ = await asyncio.gather(first_event(trigger_for(job, missing_grace=5)), appear())
+
+    assert event.payload["status"] == "success"
+
+
+async def test_a_job_that_stays_gone_fails_with_a_clear_message(fake_aws: FakeAws) -> None:
+    event = await first_event(trigger_for("4b6d2c1e-no-such-job", missing_grace=0.3))
+
+    assert event.payload["status"] == "missing"
+    assert "4b6d2c1e-no-such-job was not found for 0s" in event.payload["message"]
+    assert "never seen" in event.payload["message"]
+
+
+async def test_failure_message_has_reason_exit_code_attempts_and_log_tail(fake_aws: FakeAws) -> None:
+    stream = "forecast/default/0a1b"
+    fake_aws.logs[("/aws/batch/job", stream)] = [f"line {n}" for n in range(100)] + ["ValueError: no history"]
+    spot = {"container": {"exitCode": None, "reason": "Host EC2 (instance i-0abc) terminated."}, "startedAt": 1}
+    last = {"container": {"exitCode": 3, "logStreamName": stream}, "startedAt": 2, "stoppedAt": 3}
+    job = fake_aws.add_job(
+        "FAILED",
+        jobName="model-7",
+        statusReason="Essential container in task exited",
+        container={"exitCode": 3, "logStreamName": stream},
+        attempts=[spot, last],
+    )
+
+    event = await first_event(trigger_for(job, log_tail_lines=5))
+
+    message = event.payload["message"]
+    assert event.payload["status"] == "failed"
+    assert f"AWS Batch job model-7 ({job}) FAILED: Essential container in task exited; exit code 3" in message
+    assert "attempt 1: exit code None, Host EC2 (instance i-0abc) terminated." in message
+    assert "attempt 2: exit code 3" in message
+    assert message.endswith("  line 96\n  line 97\n  line 98\n  line 99\n  ValueError: no history")
+    assert fake_aws.calls["GetLogEvents"] == 1
+
+
+async def test_deadline_terminates_the_job_and_says_so(fake_aws: FakeAws) -> None:
+    job = fake_aws.add_job("RUNNING")
+
+    event = await first_event(trigger_for(job, deadline=time.time() + 0.5))
+
+    assert event.payload["status"] == "timeout"
+    assert "execution_timeout reached" in event.payload["message"]
+    assert fake_aws.jobs[job]["status"] == "FAILED"
+    assert "execution_timeout" in fake_aws.jobs[job]["statusReason"]
+
+
+async def test_end_from_trigger_pushes_result_and_log_link(fake_aws: FakeAws) -> None:
+    job = fake_aws.add_job("SUCCEEDED", container={"exitCode": 0, "logStreamName": "forecast/default/xyz"})
+    link = {"region_name": "eu-west-1", "aws_domain": "aws.amazon.com"}
+
+    event = await first_event(trigger_for(job, end_from_trigger=True, log_link=link))
+
+    assert isinstance(event, TaskSuccessEvent)
+    assert event.xcoms["return_value"]["job_id"] == job
+    assert event.xcoms["cloudwatch_events"] == {
+        **link,
+        "awslogs_region": "eu-west-1",
+        "awslogs_group": "/aws/batch/job",
+        "awslogs_stream_name": "forecast/default/xyz",
+    }
+
+
+async def test_a_triggerer_restart_never_terminates_the_job(fake_aws: FakeAws) -> None:
+    job = fake_aws.add_job("RUNNING")
+    waiting = asyncio.ensure_future(first_event(trigger_for(job)))
+    await asyncio.sleep(0.3)
+
+    waiting.cancel()  # what a triggerer shutdown or a trigger redistribution does
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+    assert fake_aws.calls["TerminateJob"] == 0
+    assert fake_aws.jobs[job]["status"] == "RUNNING"
+
+
+async def test_on_kill_terminates_the_job(fake_aws: FakeAws) -> None:
+    job = fake_aws.add_job("RUNNING")
+
+    await trigger_for(job).on_kill()  # Airflow 3.3+ calls it when a user clears or marks the task
+
+    assert fake_aws.jobs[job]["status"] == "FAILED"
+    assert "cleared or marked by a user" in fake_aws.jobs[job]["statusReason"]
