@@ -25,6 +25,9 @@ class FakeAws:
         self.hidden: set[str] = set()
         self.logs: dict[tuple[str, str], list[str]] = {}
         self.calls: Counter[str] = Counter()
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        #: the status SubmitJob gives new jobs
+        self.submitted_status = "RUNNABLE"
         self.failures: dict[str, list[tuple[int, str]]] = {}
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -77,6 +80,7 @@ class FakeAws:
     def answer(self, operation: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         with self.lock:
             self.calls[operation] += 1
+            self.requests.append((operation, body))
             pending = self.failures.get(operation)
             if pending:
                 status, code = pending.pop(0)
@@ -87,7 +91,13 @@ class FakeAws:
         job_id = str(uuid.uuid4())
         self.lock.release()
         try:
-            self.add_job(jobId=job_id, jobName=body["jobName"], jobQueue=body["jobQueue"], tags=body.get("tags", {}))
+            self.add_job(
+                self.submitted_status,
+                jobId=job_id,
+                jobName=body["jobName"],
+                jobQueue=body["jobQueue"],
+                tags=body.get("tags", {}),
+            )
         finally:
             self.lock.acquire()
         return 200, {"jobId": job_id, "jobName": body["jobName"], "jobArn": self.jobs[job_id]["jobArn"]}

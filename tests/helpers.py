@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import textwrap
+import uuid
+from pathlib import Path
 from typing import Any
 
 from airflow_ml_batch.testing import DEFAULT_REGION as REGION
@@ -9,7 +14,7 @@ from airflow_ml_batch.testing import aws_connection_json
 
 CONN_ID = "aws_moto"
 
-__all__ = ["CONN_ID", "REGION", "aws_connection_uri"]
+__all__ = ["CONN_ID", "REGION", "aws_connection_uri", "run_dag", "task_instance", "xcom"]
 
 
 def aws_connection_uri(endpoint_url: str, **extra: Any) -> str:
@@ -19,3 +24,52 @@ def aws_connection_uri(endpoint_url: str, **extra: Any) -> str:
     """
     extra.setdefault("config_kwargs", {"retries": {"mode": "standard", "total_max_attempts": 1}})
     return aws_connection_json(endpoint_url, **extra)
+
+
+def run_dag(tasks: str, imports: str = "") -> Any:
+    """Write a DAG file whose body is ``tasks`` (Python source) into the DAGs folder, and ``dag.test()`` it.
+
+    Airflow 3 tests DAGs the way it runs them: from a file of a DAG bundle.
+    """
+    dag_id = f"test_{uuid.uuid4().hex[:10]}"
+    path = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]) / f"{dag_id}.py"
+    path.write_text(
+        "import datetime\n"
+        "from airflow import DAG\n"
+        "from airflow_ml_batch.operators.batch import BatchJobOperator\n"
+        f"{imports}"
+        f"with DAG({dag_id!r}, schedule=None, start_date=datetime.datetime(2026, 1, 1)) as dag:\n"
+        + textwrap.indent(textwrap.dedent(tasks), "    ")
+    )
+    spec = importlib.util.spec_from_file_location(dag_id, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        return module.dag.test()
+    finally:
+        path.unlink()
+
+
+def task_instance(dag_run: Any, task_id: str) -> Any:
+    (ti,) = [ti for ti in dag_run.get_task_instances() if ti.task_id == task_id]
+    return ti
+
+
+def xcom(dag_run: Any, task_id: str, key: str = "return_value") -> Any:
+    """An XCom value as stored in the metadata database."""
+    from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
+
+    if not AIRFLOW_V_3_0_PLUS:
+        from airflow.models.xcom import XCom
+
+        return XCom.get_one(run_id=dag_run.run_id, dag_id=dag_run.dag_id, task_id=task_id, key=key)
+
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key=key)
+        row = session.scalars(query).first()
+        return None if row is None else XComModel.deserialize_value(row)

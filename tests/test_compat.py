@@ -6,6 +6,7 @@ import os
 
 import airflow
 import pytest
+from helpers import run_dag, xcom
 from packaging.version import Version
 
 from airflow_ml_batch import _compat
@@ -40,3 +41,27 @@ def test_operator_base_classes_come_from_the_running_airflow() -> None:
         type("Link", (_compat.BaseOperatorLink,), {"name": "x", "get_link": lambda *a, **k: ""}),
         _compat.BaseOperatorLink,
     )
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_task_instance_state_reads_another_task_of_the_run() -> None:
+    # What a trigger on Airflow < 3.3 asks before terminating a job: is the task still deferred?
+    dag_run = run_dag(
+        """
+        @task
+        def first() -> str:
+            return "done"
+
+        @task
+        def state_of_first(run_id=None, dag=None) -> Any:
+            return _compat.task_instance_state(
+                SimpleNamespace(dag_id=dag.dag_id, task_id="first", run_id=run_id, map_index=-1)
+            )
+
+        first() >> state_of_first()
+        """,
+        imports="from types import SimpleNamespace\nfrom typing import Any\n"
+        "from airflow.decorators import task\nfrom airflow_ml_batch import _compat\n",
+    )
+
+    assert xcom(dag_run, "state_of_first") == "success"

