@@ -46,14 +46,17 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "operators": [
             {"integration-name": BATCH, "python-modules": ["airflow_ml_batch.operators.batch"]},
+            {"integration-name": ECS, "python-modules": ["airflow_ml_batch.operators.ecs"]},
         ],
         "triggers": [
             {"integration-name": BATCH, "python-modules": ["airflow_ml_batch.triggers.batch"]},
+            {"integration-name": ECS, "python-modules": ["airflow_ml_batch.triggers.ecs"]},
         ],
-        # The operators save the Amazon provider's console links, so the UI renders them as it does
-        # for the official operators.
+        # The Batch operator saves the Amazon provider's console links, so the UI renders them as it
+        # does for the official operators; ECS has none there, so ours.
         "extra-links": [
             "airflow.providers.amazon.aws.links.batch.BatchJobDetailsLink",
             "airflow.providers.amazon.aws.links.logs.CloudWatchEventsLink",
+            "airflow_ml_batch.links.ecs.EcsTaskLink",
         ],
     }

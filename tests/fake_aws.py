@@ -1,9 +1,9 @@
-"""A small scripted AWS Batch + CloudWatch Logs endpoint, for exact state sequences and injected errors.
+"""A small scripted AWS Batch + ECS + CloudWatch Logs endpoint, for exact state sequences and injected errors.
 
 moto answers with real shapes but finishes Batch jobs at once; this endpoint keeps a job in the state a
 test sets, hides it from DescribeJobs, or answers the next calls with throttling or 5xx errors, and
 counts every call by operation. It speaks the wire protocols botocore and aiobotocore use (REST-JSON
-for Batch, JSON 1.1 for Logs), on 127.0.0.1.
+for Batch, JSON 1.1 for ECS and Logs), on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ class FakeAws:
 
     def __init__(self) -> None:
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.task_definitions: dict[str, dict[str, Any]] = {}
+        #: what RunTask answers instead of starting a task, in order (e.g. a capacity failure)
+        self.run_task_failures: list[dict[str, str]] = []
+        #: fields RunTask gives new tasks (e.g. a finished state)
+        self.new_task_fields: dict[str, Any] = {}
         self.hidden: set[str] = set()
         self.logs: dict[tuple[str, str], list[str]] = {}
         self.calls: Counter[str] = Counter()
@@ -117,6 +123,79 @@ class FakeAws:
         if job["status"] not in ("SUCCEEDED", "FAILED"):
             job.update(status="FAILED", statusReason=body["reason"])
         return 200, {}
+
+    def add_task(self, last_status: str = "RUNNING", **fields: Any) -> str:
+        """Create an ECS task as if RunTask had; returns its ARN."""
+        last_status = fields.pop("lastStatus", last_status)
+        task_id = uuid.uuid4().hex
+        arn = f"arn:aws:ecs:eu-west-1:123456789012:task/models/{task_id}"
+        self.tasks[arn] = {
+            "taskArn": arn,
+            "clusterArn": "arn:aws:ecs:eu-west-1:123456789012:cluster/models",
+            "taskDefinitionArn": fields.pop(
+                "taskDefinitionArn", "arn:aws:ecs:eu-west-1:123456789012:task-definition/forecast:1"
+            ),
+            "lastStatus": last_status,
+            "desiredStatus": "RUNNING",
+            "launchType": "FARGATE",
+            "containers": [{"name": "model", "lastStatus": last_status}],
+            "tags": [],
+            "createdAt": time.time(),
+            **fields,
+        }
+        return arn
+
+    def set_task(self, arn: str, **fields: Any) -> None:
+        with self.lock:
+            self.tasks[arn].update(fields)
+
+    def _RunTask(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if self.run_task_failures:
+            return 200, {"tasks": [], "failures": [self.run_task_failures.pop(0)]}
+        for task in self.tasks.values():  # the same clientToken: the same task, as ECS does
+            if task.get("clientToken") == body.get("clientToken"):
+                return 200, {"tasks": [task], "failures": []}
+        self.lock.release()
+        try:
+            arn = self.add_task(
+                "PROVISIONING",
+                startedBy=body.get("startedBy"),
+                clientToken=body.get("clientToken"),
+                tags=body.get("tags", []),
+                taskDefinitionArn=f"arn:aws:ecs:eu-west-1:123456789012:task-definition/{body['taskDefinition']}",
+                **self.new_task_fields,
+            )
+        finally:
+            self.lock.acquire()
+        return 200, {"tasks": [self.tasks[arn]], "failures": []}
+
+    def _DescribeTasks(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        found = [self.tasks[a] for a in body["tasks"] if a in self.tasks and a not in self.hidden]
+        missing = [{"arn": a, "reason": "MISSING"} for a in body["tasks"] if a not in self.tasks or a in self.hidden]
+        return 200, {"tasks": found, "failures": missing}
+
+    def _ListTasks(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        arns = [
+            a
+            for a, t in self.tasks.items()
+            if t.get("startedBy") == body.get("startedBy")
+            and t["desiredStatus"] == body.get("desiredStatus", "RUNNING")
+        ]
+        return 200, {"taskArns": arns}
+
+    def _StopTask(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        task = self.tasks[body["task"]]
+        task.update(
+            desiredStatus="STOPPED", lastStatus="STOPPED", stopCode="UserInitiated", stoppedReason=body.get("reason")
+        )
+        return 200, {"task": task}
+
+    def _DescribeTaskDefinition(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        name = body["taskDefinition"].rsplit("/", 1)[-1].split(":")[0]
+        definition = self.task_definitions.get(name)
+        if definition is None:
+            return 400, {"__type": "ClientException", "message": "Unable to describe task definition."}
+        return 200, {"taskDefinition": definition}
 
     def _GetLogEvents(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         lines = self.logs.get((body["logGroupName"], body["logStreamName"]))

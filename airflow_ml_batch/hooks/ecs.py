@@ -1,13 +1,210 @@
-"""Amazon ECS hook."""
+"""Amazon ECS: the hook, and the pure functions that build RunTask requests and read stopped tasks."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+import hashlib
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from airflow_ml_batch.hooks.base import AwsServiceHook
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
+
+#: RunTask ``failures`` reasons that mean "no capacity right now": retried with backoff (the
+#: ``clientToken`` makes a retry safe).
+CAPACITY_FAILURES = ("RESOURCE:", "AGENT", "Capacity is unavailable", "capacity")
+
+
+def started_by_for(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
+    """A deterministic ``startedBy`` naming a task instance (ECS allows 128 of ``[A-Za-z0-9_-]``).
+
+    ``airflow-`` and a hash of the task-instance key: a retry lists the tasks an earlier try started.
+    """
+    key = f"{dag_id}\n{task_id}\n{run_id}\n{map_index}"
+    return "airflow-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def client_token_for(started_by: str, try_number: int) -> str:
+    """RunTask's idempotency token for one try: a repeated RunTask of the same try starts no second task."""
+    return hashlib.sha256(f"{started_by}\n{try_number}".encode()).hexdigest()[:64]
+
+
+def run_task_request(
+    *,
+    cluster: str,
+    task_definition: str,
+    started_by: str,
+    client_token: str,
+    container_name: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    command: list[str] | None = None,
+    environment: dict[str, str] | None = None,
+    cpu: int | None = None,
+    memory: int | None = None,
+    launch_type: str | None = "FARGATE",
+    capacity_provider_strategy: list[dict[str, Any]] | None = None,
+    network_configuration: dict[str, Any] | None = None,
+    platform_version: str | None = None,
+    group: str | None = None,
+    placement_constraints: list[dict[str, Any]] | None = None,
+    placement_strategy: list[dict[str, Any]] | None = None,
+    enable_execute_command: bool = False,
+    ephemeral_storage_gib: int | None = None,
+    tags: dict[str, str] | None = None,
+    run_task_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """RunTask's kwargs: shorthands folded into ``overrides``, tags propagated from the task definition.
+
+    ``command``, ``environment`` (a mapping), ``cpu`` and ``memory`` override the container
+    ``container_name`` (required with them); ``cpu``/``memory`` also size the task, as Fargate needs.
+    A ``capacity_provider_strategy`` replaces ``launch_type``. ``run_task_kwargs`` wins over everything.
+    """
+    overrides = {**(overrides or {})}
+    if command is not None or environment or cpu is not None or memory is not None:
+        if not container_name:
+            raise ValueError("container_name is required with command, environment, cpu or memory")
+        containers = [dict(c) for c in overrides.get("containerOverrides", [])]
+        container = next((c for c in containers if c.get("name") == container_name), None)
+        if container is None:
+            container = {"name": container_name}
+            containers.append(container)
+        if command is not None:
+            container["command"] = list(command)
+        if environment:
+            kept = [e for e in container.get("environment", []) if e["name"] not in environment]
+            container["environment"] = kept + [{"name": k, "value": str(v)} for k, v in environment.items()]
+        for key, value in (("cpu", cpu), ("memory", memory)):
+            if value is not None:
+                container[key] = int(value)
+                overrides[key] = str(int(value))
+        overrides["containerOverrides"] = containers
+    if ephemeral_storage_gib is not None:
+        overrides["ephemeralStorage"] = {"sizeInGiB": int(ephemeral_storage_gib)}
+    optional = {
+        "overrides": overrides or None,
+        "capacityProviderStrategy": capacity_provider_strategy,
+        "launchType": None if capacity_provider_strategy else launch_type,
+        "networkConfiguration": network_configuration,
+        "platformVersion": platform_version,
+        "group": group,
+        "placementConstraints": placement_constraints,
+        "placementStrategy": placement_strategy,
+    }
+    return {
+        "cluster": cluster,
+        "taskDefinition": task_definition,
+        "count": 1,
+        "startedBy": started_by,
+        "clientToken": client_token,
+        **{key: value for key, value in optional.items() if value is not None},
+        "enableExecuteCommand": bool(enable_execute_command),
+        "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
+        "propagateTags": "TASK_DEFINITION",
+        **(run_task_kwargs or {}),
+    }
+
+
+def task_id_of(task_arn: str) -> str:
+    """The id at the end of a task ARN (``arn:aws:ecs:...:task/cluster/ID`` or ``.../task/ID``)."""
+    return task_arn.rsplit("/", 1)[-1]
+
+
+def log_location(task: dict[str, Any], task_definition: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """``(log group, log stream)`` of the first container that logs to CloudWatch (``awslogs``)."""
+    for container in (task_definition or {}).get("containerDefinitions", []):
+        config = container.get("logConfiguration") or {}
+        options = config.get("options") or {}
+        if config.get("logDriver") == "awslogs" and options.get("awslogs-group"):
+            prefix = options.get("awslogs-stream-prefix")
+            stream = f"{prefix}/{container['name']}/{task_id_of(task['taskArn'])}" if prefix else None
+            return options["awslogs-group"], stream
+    return None, None
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _seconds(started: Any, stopped: Any) -> float | None:
+    if isinstance(started, datetime) and isinstance(stopped, datetime):
+        return (stopped - started).total_seconds()
+    if isinstance(started, (int, float)) and isinstance(stopped, (int, float)):
+        return float(stopped - started)
+    return None
+
+
+def classify_stopped_task(task: dict[str, Any], essential: set[str], fail_on_sidecars: bool = False) -> str:
+    """Why a STOPPED task stopped: ``success``, ``failed_to_start``, ``spot_interruption``,
+    ``out_of_memory``, ``container_failed`` or ``stopped`` (stopped by a user or by ECS).
+
+    Only the ``essential`` containers decide, unless ``fail_on_sidecars``.
+    """
+    stop_code = task.get("stopCode")
+    if stop_code == "TaskFailedToStart":
+        return "failed_to_start"
+    if stop_code in ("SpotInterruption", "TerminationNotice"):
+        return "spot_interruption"
+    judged = [c for c in task.get("containers", []) if fail_on_sidecars or not essential or c["name"] in essential]
+    failed = [c for c in judged if c.get("exitCode") != 0]
+    if any("OutOfMemory" in (c.get("reason") or "") for c in failed):
+        return "out_of_memory"
+    if any(c.get("exitCode") not in (0, None) for c in failed):
+        return "container_failed"
+    if not failed and judged and stop_code in (None, "EssentialContainerExited"):
+        return "success"
+    return "stopped"
+
+
+def summarize_task(task: dict[str, Any], outcome: str, log_group: str | None, log_stream: str | None) -> dict[str, Any]:
+    """The task's result: a JSON-serializable digest of one DescribeTasks entry."""
+    started, stopped = task.get("startedAt"), task.get("stoppedAt")
+    return {
+        "task_arn": task["taskArn"],
+        "cluster_arn": task.get("clusterArn"),
+        "outcome": outcome,
+        "last_status": task.get("lastStatus"),
+        "stop_code": task.get("stopCode"),
+        "stopped_reason": task.get("stoppedReason"),
+        "containers": [
+            {"name": c["name"], "exit_code": c.get("exitCode"), "reason": c.get("reason")}
+            for c in task.get("containers", [])
+        ],
+        "capacity_provider": task.get("capacityProviderName"),
+        "launch_type": task.get("launchType"),
+        "started_at": _iso(started),
+        "stopped_at": _iso(stopped),
+        "duration_seconds": _seconds(started, stopped),
+        "log_group": log_group,
+        "log_stream": log_stream,
+    }
+
+
+_OUTCOME_TEXT = {
+    "failed_to_start": "failed to start",
+    "spot_interruption": "was interrupted (Spot capacity reclaimed); a retry can run it again",
+    "out_of_memory": "ran out of memory",
+    "container_failed": "had an essential container exit with a non-zero code",
+    "stopped": "was stopped",
+}
+
+
+def describe_task_failure(summary: dict[str, Any], log_tail: list[str] | None = None) -> str:
+    """A failure message that says why: the class of failure, stop code and reason, each container, the log tail."""
+    lines = [
+        f"ECS task {summary['task_arn']} {_OUTCOME_TEXT.get(summary['outcome'], summary['outcome'])}: "
+        f"{summary.get('stopped_reason') or 'no reason given'} (stop code {summary.get('stop_code')})"
+    ]
+    for container in summary.get("containers") or []:
+        lines.append(
+            f"  container {container['name']}: exit code {container['exit_code']}, {container['reason'] or 'no reason'}"
+        )
+    if log_tail:
+        lines.append(f"last {len(log_tail)} log lines ({summary['log_group']} {summary['log_stream']}):")
+        lines.extend(f"  {line}" for line in log_tail)
+    return "\n".join(lines)
 
 
 class EcsHook(AwsServiceHook):
@@ -23,3 +220,13 @@ class EcsHook(AwsServiceHook):
     def conn(self) -> ECSClient:
         """The cached sync boto3 ECS client."""
         return cast("ECSClient", super().conn)
+
+    def tasks_started_by(
+        self, cluster: str, started_by: str, desired_status: Literal["RUNNING", "STOPPED"]
+    ) -> list[dict[str, Any]]:
+        """Tasks of ``cluster`` that ``started_by`` started and whose desired status is ``desired_status``."""
+        arns = self.conn.list_tasks(cluster=cluster, startedBy=started_by, desiredStatus=desired_status)["taskArns"]
+        if not arns:
+            return []
+        tasks = self.conn.describe_tasks(cluster=cluster, tasks=arns[:100], include=["TAGS"])["tasks"]
+        return sorted((dict(t) for t in tasks), key=lambda t: str(t.get("createdAt", "")), reverse=True)

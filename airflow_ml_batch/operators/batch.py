@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from datetime import timedelta
-from functools import cached_property
 from typing import Any
 
-from airflow.exceptions import AirflowException, AirflowTaskTimeout
+from airflow.exceptions import AirflowException
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
 from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 from botocore.exceptions import ClientError
 
-from airflow_ml_batch._compat import BaseOperator, Context
+from airflow_ml_batch._compat import Context
 from airflow_ml_batch.hooks.base import task_instance_tags
 from airflow_ml_batch.hooks.batch import (
     BatchHook,
@@ -21,23 +18,14 @@ from airflow_ml_batch.hooks.batch import (
     submit_job_request,
     valid_job_name,
 )
+from airflow_ml_batch.operators.base import DeferredJobOperator
 from airflow_ml_batch.triggers.batch import BatchJobTrigger
 
 #: XCom key of the submitted job's id, pushed before the task defers.
 JOB_ID_XCOM_KEY = "batch_job_id"
 
 
-def deadline_for(context: Context, execution_timeout: timedelta | None) -> float | None:
-    """Epoch seconds at which the trigger stops the job: a little before Airflow's own deferral timeout."""
-    if execution_timeout is None:
-        return None
-    started = context["ti"].start_date
-    margin = min(15.0, execution_timeout.total_seconds() / 10)
-    start = started.timestamp() if started else time.time()
-    return start + execution_timeout.total_seconds() - margin
-
-
-class BatchJobOperator(BaseOperator):
+class BatchJobOperator(DeferredJobOperator):
     """Run an AWS Batch job without holding a worker slot while it runs.
 
     The worker submits the job (or, on a retry, re-attaches to the job an earlier try left running),
@@ -68,14 +56,10 @@ class BatchJobOperator(BaseOperator):
     :param scheduling_priority: fair-share scheduling priority override.
     :param tags: extra job tags, merged with the task-instance tags.
     :param submit_job_kwargs: anything else SubmitJob accepts, passed through as is.
-    :param reattach: on a retry, wait for a job an earlier try left queued or running instead of
-        submitting another (default). ``False`` terminates that job and submits a new one.
-    :param poll_interval: seconds between status polls on the triggerer.
-    :param end_from_trigger: end a successful task from the triggerer, without a second worker run.
-    :param log_tail_lines: CloudWatch log lines shown in a failure message.
-    :param missing_grace: seconds the job may be absent from DescribeJobs before the task fails.
-    :param aws_conn_id: Airflow ``aws`` connection.
-    :param region_name: AWS region; defaults to the connection's.
+
+    Also takes the settings of :class:`~airflow_ml_batch.operators.base.DeferredJobOperator`:
+    ``reattach``, ``poll_interval``, ``end_from_trigger``, ``log_tail_lines``, ``missing_grace``,
+    ``aws_conn_id``, ``region_name``.
     """
 
     template_fields: Sequence[str] = (
@@ -131,13 +115,6 @@ class BatchJobOperator(BaseOperator):
         scheduling_priority: int | None = None,
         tags: dict[str, str] | None = None,
         submit_job_kwargs: dict[str, Any] | None = None,
-        reattach: bool = True,
-        poll_interval: float = 30.0,
-        end_from_trigger: bool = True,
-        log_tail_lines: int = 50,
-        missing_grace: float = 600.0,
-        aws_conn_id: str | None = "aws_default",
-        region_name: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -159,17 +136,8 @@ class BatchJobOperator(BaseOperator):
         self.scheduling_priority = scheduling_priority
         self.tags = tags
         self.submit_job_kwargs = submit_job_kwargs
-        self.reattach = reattach
-        self.poll_interval = poll_interval
-        self.end_from_trigger = end_from_trigger
-        self.log_tail_lines = log_tail_lines
-        self.missing_grace = missing_grace
-        self.aws_conn_id = aws_conn_id
-        self.region_name = region_name
 
-    @cached_property
-    def hook(self) -> BatchHook:
-        return BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+    hook_class = BatchHook
 
     def execute(self, context: Context) -> Any:
         ti = context["ti"]
@@ -186,24 +154,9 @@ class BatchJobOperator(BaseOperator):
         if job_id is None:
             job_id = self._submit(job_name, task_instance_tags(ti))
         context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=job_id)
-        location = self._link_location()
-        BatchJobDetailsLink.persist(context=context, operator=self, job_id=job_id, **location)
+        BatchJobDetailsLink.persist(context=context, operator=self, job_id=job_id, **self.link_location())
         self.defer(
-            trigger=BatchJobTrigger(
-                job_id=job_id,
-                log_tail_lines=self.log_tail_lines,
-                aws_conn_id=self.aws_conn_id,
-                region_name=self.region_name,
-                poll_interval=self.poll_interval,
-                deadline=deadline_for(context, self.execution_timeout),
-                end_from_trigger=self.end_from_trigger,
-                xcom_result=self.do_xcom_push,
-                missing_grace=self.missing_grace,
-                log_link={
-                    "region_name": location["region_name"],
-                    "aws_domain": CloudWatchEventsLink.get_aws_domain(location["aws_partition"]),
-                },
-            ),
+            trigger=BatchJobTrigger(job_id=job_id, **self.trigger_kwargs(context)),
             method_name="execute_complete",
         )
 
@@ -250,30 +203,3 @@ class BatchJobOperator(BaseOperator):
             ) from error
         self.log.info("Submitted AWS Batch job %s (%s) to %s", response["jobId"], job_name, self.job_queue)
         return str(response["jobId"])
-
-    def execute_complete(self, context: Context, event: Any = None) -> Any:
-        """Resume after the trigger: return the job's result or raise why it failed. No AWS calls."""
-        if not isinstance(event, dict):
-            return None  # a TaskSuccessEvent replayed by ``dag.test()``: its XComs were pushed already
-        result = event.get("result")
-        if result:
-            self._persist_log_link(context, result)
-        if event["status"] == "success":
-            return result
-        if event["status"] == "timeout":
-            raise AirflowTaskTimeout(event["message"])
-        raise AirflowException(event["message"])
-
-    def _persist_log_link(self, context: Context, result: dict[str, Any]) -> None:
-        if result.get("log_stream"):
-            CloudWatchEventsLink.persist(
-                context=context,
-                operator=self,
-                **self._link_location(),
-                awslogs_region=self.hook.conn_region_name,
-                awslogs_group=result["log_group"],
-                awslogs_stream_name=result["log_stream"],
-            )
-
-    def _link_location(self) -> dict[str, str]:
-        return {"region_name": self.hook.conn_region_name, "aws_partition": self.hook.conn_partition}

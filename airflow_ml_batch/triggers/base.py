@@ -111,6 +111,12 @@ class SharedPoller:
         return list(cls._pollers.get(asyncio.get_running_loop(), {}).values())
 
     @classmethod
+    def for_scope(cls, hook: AwsServiceHook, scope: Hashable) -> SharedPoller:
+        """The poller of this event loop for ``hook``'s connection and region and ``scope``."""
+        pollers = cls._pollers.setdefault(asyncio.get_running_loop(), {})
+        return pollers.get((hook._shared_client_key, scope)) or cls(hook, scope)
+
+    @classmethod
     @asynccontextmanager
     async def watch(
         cls, hook: AwsServiceHook, scope: Hashable, resource_id: str, poll_interval: float
@@ -275,11 +281,11 @@ class WaitForJobTrigger(BaseTrigger):
         """The service-specific ``serialize()`` kwargs."""
 
     @abstractmethod
-    def outcome(self, description: dict[str, Any]) -> str | None:
+    async def outcome(self, description: dict[str, Any]) -> str | None:
         """``"success"`` or ``"failed"`` for a finished job, ``None`` while it may still run."""
 
     @abstractmethod
-    def summarize(self, description: dict[str, Any]) -> dict[str, Any]:
+    async def summarize(self, description: dict[str, Any]) -> dict[str, Any]:
         """The task's JSON-serializable result."""
 
     @abstractmethod
@@ -361,9 +367,9 @@ class WaitForJobTrigger(BaseTrigger):
             if state != last_state:
                 self.log.info("%s %s: %s -> %s", self.noun, self.job_id, last_state or "deferred", state)
                 last_state = state
-            outcome = self.outcome(observation.description)
+            outcome = await self.outcome(observation.description)
             if outcome == "success":
-                result = self.summarize(observation.description)
+                result = await self.summarize(observation.description)
                 if self.end_from_trigger:
                     return TaskSuccessEvent(xcoms=self._success_xcoms(result))
                 return TriggerEvent({"status": "success", "job_id": self.job_id, "result": result})
@@ -371,7 +377,7 @@ class WaitForJobTrigger(BaseTrigger):
                 return self._event(
                     "failed",
                     await self.failure_message(observation.description),
-                    result=self.summarize(observation.description),
+                    result=await self.summarize(observation.description),
                 )
 
     def _success_xcoms(self, result: dict[str, Any]) -> dict[str, Any] | None:

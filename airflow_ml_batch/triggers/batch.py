@@ -54,10 +54,10 @@ class BatchJobTrigger(WaitForJobTrigger):
     def service_kwargs(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "log_tail_lines": self.log_tail_lines}
 
-    def outcome(self, description: dict[str, Any]) -> str | None:
+    async def outcome(self, description: dict[str, Any]) -> str | None:
         return {"SUCCEEDED": "success", "FAILED": "failed"}.get(description["status"])
 
-    def summarize(self, description: dict[str, Any]) -> dict[str, Any]:
+    async def summarize(self, description: dict[str, Any]) -> dict[str, Any]:
         return summarize_job(description)
 
     async def failure_message(self, description: dict[str, Any]) -> str:

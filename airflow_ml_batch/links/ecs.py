@@ -1,0 +1,15 @@
+"""Console link to an ECS task (the Amazon provider has none); built on its public ``BaseAwsLink``."""
+
+from __future__ import annotations
+
+from airflow.providers.amazon.aws.links.base_aws import BASE_AWS_CONSOLE_LINK, BaseAwsLink
+
+
+class EcsTaskLink(BaseAwsLink):
+    """The ECS task in the AWS console, saved when the task starts."""
+
+    name = "ECS Task"
+    key = "ecs_task"
+    format_str = (
+        BASE_AWS_CONSOLE_LINK + "/ecs/v2/clusters/{cluster_name}/tasks/{task_id}/configuration?region={region_name}"
+    )

@@ -1,0 +1,255 @@
+"""Run an ECS (Fargate, Fargate Spot or EC2) task from a short worker run, then wait for it on the triggerer."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.exceptions import AirflowException
+from botocore.exceptions import ClientError
+
+from airflow_ml_batch._compat import Context
+from airflow_ml_batch.hooks.base import task_instance_tags
+from airflow_ml_batch.hooks.ecs import (
+    CAPACITY_FAILURES,
+    EcsHook,
+    client_token_for,
+    run_task_request,
+    started_by_for,
+    task_id_of,
+)
+from airflow_ml_batch.links.ecs import EcsTaskLink
+from airflow_ml_batch.operators.base import DeferredJobOperator
+from airflow_ml_batch.triggers.base import is_transient
+from airflow_ml_batch.triggers.ecs import EcsTaskTrigger
+
+#: XCom key of the started task's ARN, pushed before the task defers.
+TASK_ARN_XCOM_KEY = "ecs_task_arn"
+
+
+class EcsTaskOperator(DeferredJobOperator):
+    """Run an ECS task without holding a worker slot while it runs; Fargate by default.
+
+    The worker calls RunTask (or, on a retry, re-attaches to the task an earlier try left provisioning
+    or running), records the task ARN and defers to
+    :class:`~airflow_ml_batch.triggers.ecs.EcsTaskTrigger`. A task whose essential containers exit 0
+    ends the Airflow task from the triggerer; any other stop raises an error that says which class of
+    failure it was (failed to start, Spot interruption, out of memory, container exit code), with the
+    stop reason, each container's exit code and the tail of its CloudWatch log.
+
+    RunTask is idempotent per try (``clientToken``) and every task carries a deterministic ``startedBy``
+    naming the task instance, so throttled or capacity-starved RunTask calls are retried with backoff
+    without ever starting a second task. Tasks are tagged with the task instance for cost attribution.
+
+    :param cluster: cluster name or ARN.
+    :param task_definition: ``family``, ``family:revision`` or ARN.
+    :param container_name: the container that ``command``, ``environment``, ``cpu`` and ``memory`` override.
+    :param overrides: RunTask ``overrides``.
+    :param command: shorthand for the container's command.
+    :param environment: shorthand for the container's environment, as a mapping.
+    :param cpu: CPU units for the container and the task (Fargate sizes: 256, 512, 1024, ...).
+    :param memory: memory in MiB for the container and the task.
+    :param launch_type: ``FARGATE`` (default), ``EC2`` or ``EXTERNAL``; ignored with a capacity provider strategy.
+    :param capacity_provider_strategy: e.g. ``[{"capacityProvider": "FARGATE", "base": 1, "weight": 1},
+        {"capacityProvider": "FARGATE_SPOT", "weight": 4}]``.
+    :param network_configuration: RunTask ``networkConfiguration`` (``awsvpcConfiguration``: subnets,
+        security groups, ``assignPublicIp``).
+    :param platform_version: Fargate platform version.
+    :param group: task group.
+    :param placement_constraints: RunTask ``placementConstraints`` (EC2).
+    :param placement_strategy: RunTask ``placementStrategy`` (EC2).
+    :param enable_execute_command: allow ECS Exec into the task.
+    :param ephemeral_storage_gib: Fargate ephemeral storage size.
+    :param tags: extra task tags, merged with the task-instance tags.
+    :param run_task_kwargs: anything else RunTask accepts, passed through as is.
+    :param fail_on_sidecars: a non-essential container exiting non-zero fails the task too.
+    :param run_task_attempts: RunTask attempts while ECS answers with throttling or no capacity.
+
+    Also takes the settings of :class:`~airflow_ml_batch.operators.base.DeferredJobOperator`:
+    ``reattach``, ``poll_interval``, ``end_from_trigger``, ``log_tail_lines``, ``missing_grace``,
+    ``aws_conn_id``, ``region_name``.
+    """
+
+    template_fields: Sequence[str] = (
+        "cluster",
+        "task_definition",
+        "container_name",
+        "overrides",
+        "command",
+        "environment",
+        "cpu",
+        "memory",
+        "launch_type",
+        "capacity_provider_strategy",
+        "network_configuration",
+        "platform_version",
+        "group",
+        "placement_constraints",
+        "placement_strategy",
+        "ephemeral_storage_gib",
+        "tags",
+        "run_task_kwargs",
+        "aws_conn_id",
+        "region_name",
+    )
+    template_fields_renderers = {
+        "overrides": "json",
+        "environment": "json",
+        "network_configuration": "json",
+        "tags": "json",
+        "run_task_kwargs": "json",
+    }
+    operator_extra_links = (EcsTaskLink(),)
+    ui_color = "#ff9900"
+    hook_class = EcsHook
+
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        task_definition: str,
+        container_name: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        command: list[str] | None = None,
+        environment: dict[str, str] | None = None,
+        cpu: int | None = None,
+        memory: int | None = None,
+        launch_type: str | None = "FARGATE",
+        capacity_provider_strategy: list[dict[str, Any]] | None = None,
+        network_configuration: dict[str, Any] | None = None,
+        platform_version: str | None = None,
+        group: str | None = None,
+        placement_constraints: list[dict[str, Any]] | None = None,
+        placement_strategy: list[dict[str, Any]] | None = None,
+        enable_execute_command: bool = False,
+        ephemeral_storage_gib: int | None = None,
+        tags: dict[str, str] | None = None,
+        run_task_kwargs: dict[str, Any] | None = None,
+        fail_on_sidecars: bool = False,
+        run_task_attempts: int = 8,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.cluster = cluster
+        self.task_definition = task_definition
+        self.container_name = container_name
+        self.overrides = overrides
+        self.command = command
+        self.environment = environment
+        self.cpu = cpu
+        self.memory = memory
+        self.launch_type = launch_type
+        self.capacity_provider_strategy = capacity_provider_strategy
+        self.network_configuration = network_configuration
+        self.platform_version = platform_version
+        self.group = group
+        self.placement_constraints = placement_constraints
+        self.placement_strategy = placement_strategy
+        self.enable_execute_command = enable_execute_command
+        self.ephemeral_storage_gib = ephemeral_storage_gib
+        self.tags = tags
+        self.run_task_kwargs = run_task_kwargs
+        self.fail_on_sidecars = fail_on_sidecars
+        self.run_task_attempts = run_task_attempts
+
+    def execute(self, context: Context) -> Any:
+        ti = context["ti"]
+        map_index = -1 if ti.map_index is None else ti.map_index
+        started_by = started_by_for(ti.dag_id, ti.task_id, ti.run_id, map_index)
+        task_arn = None
+        if ti.try_number > 1:  # only a retry (a re-run after a crash is one) can find an earlier task
+            task_arn = self._task_of_earlier_try(started_by, task_instance_tags(ti, with_try=False))
+        if task_arn is None:
+            task_arn = self._run_task(started_by, client_token_for(started_by, ti.try_number), task_instance_tags(ti))
+        ti.xcom_push(key=TASK_ARN_XCOM_KEY, value=task_arn)
+        EcsTaskLink.persist(
+            context=context,
+            operator=self,
+            **self.link_location(),
+            cluster_name=self.cluster.rsplit("/", 1)[-1],
+            task_id=task_id_of(task_arn),
+        )
+        self.defer(
+            trigger=EcsTaskTrigger(
+                cluster=self.cluster,
+                task_arn=task_arn,
+                fail_on_sidecars=self.fail_on_sidecars,
+                **self.trigger_kwargs(context),
+            ),
+            method_name="execute_complete",
+        )
+
+    def _task_of_earlier_try(self, started_by: str, identity: dict[str, str]) -> str | None:
+        """Re-attach to (or, without ``reattach``, stop) a task an earlier try left running; say what became
+        of a stopped one."""
+
+        def ours(task: dict[str, Any]) -> bool:
+            return identity.items() <= {t["key"]: t["value"] for t in task.get("tags", [])}.items()
+
+        for task in filter(ours, self.hook.tasks_started_by(self.cluster, started_by, "STOPPED")):
+            self.log.info(
+                "An earlier try's ECS task %s stopped (%s: %s); running a new one",
+                task["taskArn"],
+                task.get("stopCode"),
+                task.get("stoppedReason"),
+            )
+        running = list(filter(ours, self.hook.tasks_started_by(self.cluster, started_by, "RUNNING")))
+        if running and self.reattach:
+            task = running[0]
+            self.log.info("Re-attaching to ECS task %s of an earlier try, %s", task["taskArn"], task["lastStatus"])
+            return str(task["taskArn"])
+        for task in running:
+            self.log.info("Stopping ECS task %s of an earlier try before running a new one", task["taskArn"])
+            self.hook.conn.stop_task(cluster=self.cluster, task=task["taskArn"], reason="Airflow: rerun by a retry")
+        return None
+
+    def _run_task(self, started_by: str, client_token: str, task_tags: dict[str, str]) -> str:
+        request = run_task_request(
+            cluster=self.cluster,
+            task_definition=self.task_definition,
+            started_by=started_by,
+            client_token=client_token,
+            container_name=self.container_name,
+            overrides=self.overrides,
+            command=self.command,
+            environment=self.environment,
+            cpu=self.cpu,
+            memory=self.memory,
+            launch_type=self.launch_type,
+            capacity_provider_strategy=self.capacity_provider_strategy,
+            network_configuration=self.network_configuration,
+            platform_version=self.platform_version,
+            group=self.group,
+            placement_constraints=self.placement_constraints,
+            placement_strategy=self.placement_strategy,
+            enable_execute_command=self.enable_execute_command,
+            ephemeral_storage_gib=self.ephemeral_storage_gib,
+            tags={**(self.tags or {}), **task_tags},
+            run_task_kwargs=self.run_task_kwargs,
+        )
+        where = f"(cluster={self.cluster!r}, task_definition={self.task_definition!r})"
+        for attempt in range(1, self.run_task_attempts + 1):
+            try:
+                response = self.hook.conn.run_task(**request)
+            except ClientError as error:
+                if not is_transient(error) or attempt == self.run_task_attempts:
+                    message = error.response.get("Error", {}).get("Message", str(error))
+                    raise AirflowException(f"ECS rejected RunTask {where}: {message}") from error
+                reason = str(error)
+            else:
+                if response["tasks"]:
+                    task_arn = str(response["tasks"][0]["taskArn"])
+                    self.log.info("Started ECS task %s on %s", task_arn, self.cluster)
+                    return task_arn
+                failures = "; ".join(
+                    f"{f.get('arn', '')} {f.get('reason')} {f.get('detail', '')}".strip() for f in response["failures"]
+                )
+                if not any(marker in failures for marker in CAPACITY_FAILURES) or attempt == self.run_task_attempts:
+                    raise AirflowException(f"ECS could not run the task {where}: {failures}")
+                reason = failures
+            pause = random.uniform(0, min(60.0, 2.0**attempt))
+            self.log.warning("RunTask attempt %d failed (%s); retrying in %.0fs", attempt, reason, pause)
+            time.sleep(pause)  # the same clientToken: a retry never starts a second task
+        raise AssertionError("unreachable")

@@ -1,0 +1,196 @@
+"""EcsTaskOperator in real DAGs (``dag.test()``) against moto and a scripted ECS endpoint."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from typing import Any
+
+import pytest
+from fake_aws import FakeAws
+from helpers import run_dag, task_instance, xcom
+from packaging.version import Version
+
+from airflow_ml_batch._compat import AIRFLOW_VERSION
+from airflow_ml_batch.hooks.ecs import started_by_for
+from airflow_ml_batch.operators.ecs import TASK_ARN_XCOM_KEY, EcsTaskOperator
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+DEFINITION = {"family": "forecast", "containerDefinitions": [{"name": "model", "essential": True}]}
+
+
+def ecs_task(conn_id: str, **arguments: Any) -> str:
+    arguments = {"task_id": "forecast", "aws_conn_id": conn_id, "poll_interval": 0.2, **arguments}
+    return "EcsTaskOperator(" + ", ".join(f"{k}={v!r}" for k, v in arguments.items()) + ")\n"
+
+
+def test_run_defer_and_succeed_on_moto(aws_conn_id: str, ecs_cluster: dict[str, Any], moto: str) -> None:
+    # moto moves the task RUNNING -> ... -> STOPPED over time, through its state manager
+    transition = {"model_name": "ecs::task", "transition": {"progression": "time", "seconds": 1}}
+    request = urllib.request.Request(
+        f"{moto}/moto-api/state-manager/set-transition", data=json.dumps(transition).encode(), method="POST"
+    )
+    urllib.request.urlopen(request).close()
+
+    dag_run = run_dag(
+        ecs_task(
+            aws_conn_id, end_from_trigger=False, container_name="model", command=["python", "train.py"], **ecs_cluster
+        )
+    )
+
+    assert task_instance(dag_run, "forecast").state == "success"
+    result = xcom(dag_run, "forecast")
+    assert result["outcome"] == "success"
+    assert result["last_status"] == "STOPPED"
+    assert result["task_arn"] == xcom(dag_run, "forecast", TASK_ARN_XCOM_KEY)
+    assert xcom(dag_run, "forecast", "ecs_task")["task_id"] == result["task_arn"].rsplit("/", 1)[-1]
+
+
+def test_fargate_request_with_tags_started_by_and_idempotency_token(fake_aws: FakeAws) -> None:
+    fake_aws.task_definitions["forecast"] = DEFINITION
+    finished = {
+        "lastStatus": "STOPPED",
+        "stopCode": "EssentialContainerExited",
+        "containers": [{"name": "model", "exitCode": 0}],
+    }
+    fake_aws.new_task_fields = finished
+
+    dag_run = run_dag(
+        ecs_task(
+            "aws_fake",
+            cluster="models",
+            task_definition="forecast",
+            container_name="model",
+            environment={"PRODUCT": "widgets"},
+            cpu=512,
+            memory=1024,
+            tags={"team": "demand"},
+        )
+    )
+
+    assert task_instance(dag_run, "forecast").state == "success"
+    ((_, request),) = [(op, body) for op, body in fake_aws.requests if op == "RunTask"]
+    assert request["launchType"] == "FARGATE"
+    assert request["startedBy"] == started_by_for(dag_run.dag_id, "forecast", dag_run.run_id)
+    assert len(request["clientToken"]) == 64
+    assert request["propagateTags"] == "TASK_DEFINITION"
+    assert {t["key"]: t["value"] for t in request["tags"]} == {
+        "team": "demand",
+        "airflow:dag_id": dag_run.dag_id,
+        "airflow:task_id": "forecast",
+        "airflow:run_id": dag_run.run_id,
+        "airflow:map_index": "-1",
+        "airflow:try_number": "1",
+    }
+    assert request["overrides"] == {
+        "containerOverrides": [
+            {"name": "model", "environment": [{"name": "PRODUCT", "value": "widgets"}], "cpu": 512, "memory": 1024}
+        ],
+        "cpu": "512",
+        "memory": "1024",
+    }
+
+
+def test_no_capacity_is_retried_with_the_same_token_and_starts_one_task(fake_aws: FakeAws) -> None:
+    fake_aws.task_definitions["forecast"] = DEFINITION
+    fake_aws.run_task_failures = [{"arn": "", "reason": "Capacity is unavailable at this time."}]
+    fake_aws.fail_next("RunTask", times=1, status=400, code="ThrottlingException")
+    fake_aws.new_task_fields = {"lastStatus": "STOPPED", "containers": [{"name": "model", "exitCode": 0}]}
+
+    dag_run = run_dag(ecs_task("aws_fake", cluster="models", task_definition="forecast"))
+
+    assert task_instance(dag_run, "forecast").state == "success"
+    assert fake_aws.calls["RunTask"] >= 3
+    assert len(fake_aws.tasks) == 1
+    tokens = {body["clientToken"] for op, body in fake_aws.requests if op == "RunTask"}
+    assert len(tokens) == 1
+
+
+def execute_error(arguments: dict[str, Any]) -> str:
+    dag_run = run_dag(
+        f"""
+        @task
+        def run(**context):
+            try:
+                EcsTaskOperator(task_id="inner", **{arguments!r}).execute(context)
+            except Exception as error:
+                return f"{{type(error).__name__}}: {{error}}"
+
+        run()
+        """,
+        imports="from airflow.decorators import task\n",
+    )
+    return str(xcom(dag_run, "run"))
+
+
+def test_a_failure_that_is_not_about_capacity_fails_fast(fake_aws: FakeAws) -> None:
+    fake_aws.run_task_failures = [{"arn": "arn:container-instance", "reason": "ATTRIBUTE", "detail": "arm64"}]
+
+    message = execute_error({"aws_conn_id": "aws_fake", "cluster": "models", "task_definition": "forecast"})
+
+    assert message == (
+        "AirflowException: ECS could not run the task (cluster='models', task_definition='forecast'): "
+        "arn:container-instance ATTRIBUTE arm64"
+    )
+    assert fake_aws.calls["RunTask"] == 1
+
+
+def test_an_unknown_cluster_fails_with_the_aws_message(aws_conn_id: str, ecs_cluster: dict[str, Any]) -> None:
+    arguments = {**ecs_cluster, "cluster": "no-such-cluster", "aws_conn_id": aws_conn_id}
+
+    message = execute_error(arguments)
+
+    assert message.startswith("AirflowException: ECS rejected RunTask (cluster='no-such-cluster'"), message
+
+
+@pytest.mark.xfail(
+    Version("3.0") <= AIRFLOW_VERSION < Version("3.1"),
+    reason="Airflow 3.0's dag.test() resumes a retry with the previous try's trigger event",
+    strict=True,
+)
+def test_a_retry_reattaches_to_the_running_task(fake_aws: FakeAws, caplog: pytest.LogCaptureFixture) -> None:
+    fake_aws.task_definitions["forecast"] = DEFINITION
+    run_task, list_tasks = fake_aws._RunTask, fake_aws._ListTasks
+    started: list[str] = []
+
+    def run_and_hide(body: dict[str, Any]) -> Any:
+        status, answer = run_task(body)
+        started.append(answer["tasks"][0]["taskArn"])
+        fake_aws.hidden.add(started[-1])  # the first try cannot see it and fails
+        return status, answer
+
+    def list_then_finish(body: dict[str, Any]) -> Any:
+        fake_aws.hidden.clear()
+        finished = {"lastStatus": "STOPPED", "containers": [{"name": "model", "exitCode": 0}]}
+        threading.Timer(1.0, fake_aws.set_task, args=(started[0],), kwargs=finished).start()
+        return list_tasks(body)
+
+    fake_aws._RunTask, fake_aws._ListTasks = run_and_hide, list_then_finish  # type: ignore[method-assign]
+
+    dag_run = run_dag(
+        ecs_task(
+            "aws_fake",
+            cluster="models",
+            task_definition="forecast",
+            retries=1,
+            missing_grace=0.3,
+            end_from_trigger=False,
+        )[:-2]
+        + ", retry_delay=datetime.timedelta(0))\n"
+    )
+
+    ti = task_instance(dag_run, "forecast")
+    assert ti.state == "success"
+    assert ti.try_number == 2
+    assert fake_aws.calls["RunTask"] == 1
+    assert xcom(dag_run, "forecast")["task_arn"] == started[0]
+
+
+def test_every_template_field_is_kept_as_given_until_rendering() -> None:
+    fields = {field: "{{ params.value }}" for field in EcsTaskOperator.template_fields}
+
+    operator = EcsTaskOperator(task_id="forecast", **fields)
+
+    assert {field: getattr(operator, field) for field in EcsTaskOperator.template_fields} == fields

@@ -1,0 +1,230 @@
+"""EcsTaskTrigger as the triggerer runs it, against a scripted ECS endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+from typing import Any
+
+import pytest
+from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
+from fake_aws import FakeAws
+
+from airflow_ml_batch.triggers.ecs import EcsTaskPoller, EcsTaskTrigger
+
+DEFINITION = {
+    "family": "forecast",
+    "containerDefinitions": [
+        {
+            "name": "model",
+            "essential": True,
+            "logConfiguration": {
+                "logDriver": "awslogs",
+                "options": {"awslogs-group": "/ecs/forecast", "awslogs-stream-prefix": "ecs"},
+            },
+        },
+        {"name": "metrics-sidecar", "essential": False},
+    ],
+}
+
+
+@pytest.fixture
+def ecs(fake_aws: FakeAws) -> FakeAws:
+    fake_aws.task_definitions["forecast"] = DEFINITION
+    return fake_aws
+
+
+def trigger_for(task_arn: str, **kwargs: Any) -> EcsTaskTrigger:
+    kwargs.setdefault("poll_interval", 0.05)
+    return EcsTaskTrigger(cluster="models", task_arn=task_arn, aws_conn_id="aws_fake", **kwargs)
+
+
+async def first_event(trigger: EcsTaskTrigger, timeout: float = 30) -> TriggerEvent:
+    async def run() -> TriggerEvent:
+        async for event in trigger.run():
+            return event
+        raise AssertionError("the trigger ended without an event")
+
+    return await asyncio.wait_for(run(), timeout)
+
+
+def stopped(
+    stop_code: str, reason: str, model: dict[str, Any], sidecar: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    started = datetime.datetime(2026, 11, 30, 1, 0, tzinfo=datetime.timezone.utc)
+    containers = [{"name": "model", **model}, {"name": "metrics-sidecar", **(sidecar or {"exitCode": 0})}]
+    return {
+        "lastStatus": "STOPPED",
+        "desiredStatus": "STOPPED",
+        "stopCode": stop_code,
+        "stoppedReason": reason,
+        "containers": containers,
+        "startedAt": started.timestamp(),
+        "stoppedAt": (started + datetime.timedelta(minutes=10)).timestamp(),
+    }
+
+
+async def test_success_when_essential_containers_exit_zero_even_if_a_sidecar_fails(ecs: FakeAws) -> None:
+    task = ecs.add_task("RUNNING")
+
+    async def finish() -> None:
+        await asyncio.sleep(0.5)
+        ecs.set_task(
+            task,
+            **stopped(
+                "EssentialContainerExited", "Essential container in task exited", {"exitCode": 0}, {"exitCode": 2}
+            ),
+        )
+
+    event, _ = await asyncio.gather(first_event(trigger_for(task)), finish())
+
+    assert event.payload["status"] == "success"
+    result = event.payload["result"]
+    assert result["outcome"] == "success"
+    assert result["duration_seconds"] == 600
+    assert (result["log_group"], result["log_stream"]) == ("/ecs/forecast", f"ecs/model/{task.rsplit('/', 1)[-1]}")
+
+
+async def test_a_failing_sidecar_fails_the_task_when_asked(ecs: FakeAws) -> None:
+    task = ecs.add_task(
+        **stopped("EssentialContainerExited", "Essential container in task exited", {"exitCode": 0}, {"exitCode": 2})
+    )
+
+    event = await first_event(trigger_for(task, fail_on_sidecars=True))
+
+    assert event.payload["status"] == "failed"
+    assert event.payload["result"]["outcome"] == "container_failed"
+
+
+@pytest.mark.parametrize(
+    ("stop_code", "reason", "model", "outcome", "said"),
+    [
+        (
+            "TaskFailedToStart",
+            "CannotPullContainerError: pull image manifest has been retried 5 time(s)",
+            {},
+            "failed_to_start",
+            "failed to start: CannotPullContainerError",
+        ),
+        (
+            "TaskFailedToStart",
+            "ResourceInitializationError: unable to pull secrets",
+            {},
+            "failed_to_start",
+            "failed to start: ResourceInitializationError",
+        ),
+        (
+            "SpotInterruption",
+            "Your Spot Task was interrupted.",
+            {"exitCode": 143},
+            "spot_interruption",
+            "Spot capacity reclaimed",
+        ),
+        (
+            "EssentialContainerExited",
+            "Essential container in task exited",
+            {"exitCode": 137, "reason": "OutOfMemoryError: Container killed due to memory usage"},
+            "out_of_memory",
+            "ran out of memory",
+        ),
+        (
+            "EssentialContainerExited",
+            "Essential container in task exited",
+            {"exitCode": 1},
+            "container_failed",
+            "essential container exit with a non-zero code",
+        ),
+        ("UserInitiated", "Stopped by an operator", {}, "stopped", "was stopped: Stopped by an operator"),
+    ],
+)
+async def test_each_failure_class_is_named_with_its_reason_and_log_tail(
+    ecs: FakeAws, stop_code: str, reason: str, model: dict[str, Any], outcome: str, said: str
+) -> None:
+    task = ecs.add_task(**stopped(stop_code, reason, model))
+    ecs.logs[("/ecs/forecast", f"ecs/model/{task.rsplit('/', 1)[-1]}")] = ["loading history", "Traceback: boom"]
+
+    event = await first_event(trigger_for(task, log_tail_lines=2))
+
+    assert event.payload["status"] == "failed"
+    assert event.payload["result"]["outcome"] == outcome
+    message = event.payload["message"]
+    assert said in message
+    assert f"(stop code {stop_code})" in message
+    assert "container model: exit code" in message
+    assert message.endswith("  loading history\n  Traceback: boom")
+
+
+async def test_throttling_never_fails_and_tasks_share_calls_per_cluster(ecs: FakeAws) -> None:
+    tasks = [ecs.add_task("RUNNING") for _ in range(250)]
+    ecs.fail_next("DescribeTasks", times=3, status=400, code="ThrottlingException")
+    ecs.fail_next("DescribeTasks", times=1, status=503, code="ServiceUnavailableException")
+    waiting = [asyncio.ensure_future(first_event(trigger_for(task, poll_interval=0.2), timeout=120)) for task in tasks]
+
+    async def rounds_done(count: int) -> EcsTaskPoller:
+        while not EcsTaskPoller.active() or EcsTaskPoller.active()[0].rounds < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        return EcsTaskPoller.active()[0]  # type: ignore[return-value]
+
+    poller = await asyncio.wait_for(rounds_done(3), timeout=90)
+    rounds, calls = poller.rounds, ecs.calls["DescribeTasks"]
+    for task in tasks:
+        ecs.set_task(task, **stopped("EssentialContainerExited", "done", {"exitCode": 0}))
+    events = await asyncio.gather(*waiting)
+
+    assert {event.payload["status"] for event in events} == {"success"}
+    assert calls - 4 <= 3 * rounds, f"{calls} DescribeTasks calls (4 of them refused) in {rounds} rounds"
+    assert ecs.calls["DescribeTaskDefinition"] == 1, "one definition read for all tasks of it"
+
+
+async def test_a_task_gone_from_describe_tasks_fails_clearly(ecs: FakeAws) -> None:
+    task = ecs.add_task("RUNNING")
+    ecs.hidden.add(task)  # what ECS does an hour after a task stopped, e.g. after a long triggerer outage
+
+    event = await first_event(trigger_for(task, missing_grace=0.3))
+
+    assert event.payload["status"] == "missing"
+    assert f"ECS task {task} was not found" in event.payload["message"]
+
+
+async def test_deadline_stops_the_task(ecs: FakeAws) -> None:
+    task = ecs.add_task("RUNNING")
+
+    event = await first_event(trigger_for(task, deadline=time.time() + 0.3))
+
+    assert event.payload["status"] == "timeout"
+    assert ecs.tasks[task]["lastStatus"] == "STOPPED"
+    assert "execution_timeout" in ecs.tasks[task]["stoppedReason"]
+
+
+async def test_restart_leaves_the_task_and_on_kill_stops_it(ecs: FakeAws) -> None:
+    task = ecs.add_task("RUNNING")
+    waiting = asyncio.ensure_future(first_event(trigger_for(task)))
+    await asyncio.sleep(0.3)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert ecs.tasks[task]["lastStatus"] == "RUNNING"
+
+    await trigger_for(task).on_kill()
+
+    assert ecs.tasks[task]["lastStatus"] == "STOPPED"
+    assert ecs.calls["StopTask"] == 1
+
+
+async def test_end_from_trigger(ecs: FakeAws) -> None:
+    task = ecs.add_task(**stopped("EssentialContainerExited", "done", {"exitCode": 0}))
+
+    event = await first_event(trigger_for(task, end_from_trigger=True))
+
+    assert isinstance(event, TaskSuccessEvent)
+    assert event.xcoms["return_value"]["task_arn"] == task
+
+
+def test_serialize_round_trips_through_airflows_trigger_model() -> None:
+    from airflow.models.trigger import Trigger
+
+    trigger = EcsTaskTrigger(cluster="models", task_arn="arn:task", aws_conn_id="x", fail_on_sidecars=True)
+    stored = Trigger.from_object(trigger)
+
+    assert stored.classpath == "airflow_ml_batch.triggers.ecs.EcsTaskTrigger"
+    assert EcsTaskTrigger(**stored.kwargs).serialize() == trigger.serialize()
