@@ -30,6 +30,8 @@ class DeferredJobOperator(BaseOperator):
     :param poll_interval: seconds between status polls on the triggerer.
     :param end_from_trigger: end a successful task from the triggerer, without a second worker run.
     :param log_tail_lines: CloudWatch log lines shown in a failure message.
+    :param collect_metrics: put the last ``{"metrics": {...}}`` JSON line a successful job printed
+        (within its last ``log_tail_lines`` log lines, read in one call) into the result as ``metrics``.
     :param missing_grace: seconds the job may be absent from describe calls before the task fails.
     :param reattach: on a retry, wait for a job an earlier try left running instead of starting another
         (default); ``False`` stops that job and starts a new one.
@@ -46,6 +48,7 @@ class DeferredJobOperator(BaseOperator):
         poll_interval: float = 30.0,
         end_from_trigger: bool = True,
         log_tail_lines: int = 50,
+        collect_metrics: bool = False,
         missing_grace: float = 600.0,
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
@@ -56,6 +59,7 @@ class DeferredJobOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.end_from_trigger = end_from_trigger
         self.log_tail_lines = log_tail_lines
+        self.collect_metrics = collect_metrics
         self.missing_grace = missing_grace
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
@@ -76,6 +80,7 @@ class DeferredJobOperator(BaseOperator):
             "xcom_result": self.do_xcom_push,
             "missing_grace": self.missing_grace,
             "log_tail_lines": self.log_tail_lines,
+            "collect_metrics": self.collect_metrics,
             "log_link": {
                 "region_name": location["region_name"],
                 "aws_domain": CloudWatchEventsLink.get_aws_domain(location["aws_partition"]),

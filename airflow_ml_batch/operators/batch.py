@@ -58,8 +58,8 @@ class BatchJobOperator(DeferredJobOperator):
     :param submit_job_kwargs: anything else SubmitJob accepts, passed through as is.
 
     Also takes the settings of :class:`~airflow_ml_batch.operators.base.DeferredJobOperator`:
-    ``reattach``, ``poll_interval``, ``end_from_trigger``, ``log_tail_lines``, ``missing_grace``,
-    ``aws_conn_id``, ``region_name``.
+    ``reattach``, ``poll_interval``, ``end_from_trigger``, ``log_tail_lines``, ``collect_metrics``,
+    ``missing_grace``, ``aws_conn_id``, ``region_name``.
     """
 
     template_fields: Sequence[str] = (

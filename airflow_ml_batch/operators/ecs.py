@@ -68,8 +68,8 @@ class EcsTaskOperator(DeferredJobOperator):
     :param run_task_attempts: RunTask attempts while ECS answers with throttling or no capacity.
 
     Also takes the settings of :class:`~airflow_ml_batch.operators.base.DeferredJobOperator`:
-    ``reattach``, ``poll_interval``, ``end_from_trigger``, ``log_tail_lines``, ``missing_grace``,
-    ``aws_conn_id``, ``region_name``.
+    ``reattach``, ``poll_interval``, ``end_from_trigger``, ``log_tail_lines``, ``collect_metrics``,
+    ``missing_grace``, ``aws_conn_id``, ``region_name``.
     """
 
     template_fields: Sequence[str] = (

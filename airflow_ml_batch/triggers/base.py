@@ -14,6 +14,7 @@ and end with one event.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -30,6 +31,7 @@ from botocore.exceptions import ClientError
 
 from airflow_ml_batch import _compat
 from airflow_ml_batch.hooks.base import AwsServiceHook
+from airflow_ml_batch.hooks.logs import CloudWatchLogsHook
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,22 @@ _MAX_BACKOFF = 300.0
 
 #: The sentinel Airflow 3.3+ passes to ``Task.cancel()`` when a user acts on a deferred task.
 _USER_ACTION = "__airflow_user_action__"
+
+
+def metrics_from_log(lines: list[str]) -> dict[str, Any] | None:
+    """The ``metrics`` of the last log line that is a JSON object with a ``metrics`` mapping, if any."""
+    for line in reversed(lines):
+        text = line.strip()
+        if not (text.startswith("{") and '"metrics"' in text):
+            continue
+        try:
+            document = json.loads(text)
+        except ValueError:
+            continue
+        metrics = document.get("metrics") if isinstance(document, dict) else None
+        if isinstance(metrics, dict):
+            return metrics
+    return None
 
 
 def is_transient(error: BaseException) -> bool:
@@ -238,6 +256,9 @@ class WaitForJobTrigger(BaseTrigger):
     :param missing_grace: seconds a job may be absent from describe results before it counts as gone.
     :param log_link: ``region_name`` and ``aws_domain`` of the CloudWatch log link that
         ``end_from_trigger`` saves with the result (the Amazon provider's ``CloudWatchEventsLink``).
+    :param log_tail_lines: CloudWatch log lines a failure message shows (one GetLogEvents call).
+    :param collect_metrics: read the last ``log_tail_lines`` lines of a successful job's log (one call)
+        and put the last ``{"metrics": {...}}`` JSON line the job printed into its result.
     """
 
     poller: ClassVar[type[SharedPoller]]
@@ -258,6 +279,8 @@ class WaitForJobTrigger(BaseTrigger):
         xcom_result: bool = True,
         missing_grace: float = 600.0,
         log_link: dict[str, Any] | None = None,
+        log_tail_lines: int = 50,
+        collect_metrics: bool = False,
     ) -> None:
         super().__init__()
         self.aws_conn_id = aws_conn_id
@@ -268,6 +291,8 @@ class WaitForJobTrigger(BaseTrigger):
         self.xcom_result = xcom_result
         self.missing_grace = missing_grace
         self.log_link = log_link
+        self.log_tail_lines = log_tail_lines
+        self.collect_metrics = collect_metrics
 
     # -- what each service defines ---------------------------------------------------------------------
 
@@ -289,8 +314,8 @@ class WaitForJobTrigger(BaseTrigger):
         """The task's JSON-serializable result."""
 
     @abstractmethod
-    async def failure_message(self, description: dict[str, Any]) -> str:
-        """Why the job failed, with its log tail (a bounded number of calls)."""
+    async def failure_message(self, description: dict[str, Any], log_tail: list[str]) -> str:
+        """Why the job failed, ending with ``log_tail``."""
 
     @abstractmethod
     async def stop(self, client: Any, reason: str) -> None:
@@ -311,6 +336,8 @@ class WaitForJobTrigger(BaseTrigger):
                 "xcom_result": self.xcom_result,
                 "missing_grace": self.missing_grace,
                 "log_link": self.log_link,
+                "log_tail_lines": self.log_tail_lines,
+                "collect_metrics": self.collect_metrics,
             },
         )
 
@@ -370,15 +397,21 @@ class WaitForJobTrigger(BaseTrigger):
             outcome = await self.outcome(observation.description)
             if outcome == "success":
                 result = await self.summarize(observation.description)
+                if self.collect_metrics:
+                    result["metrics"] = metrics_from_log(await self._log_tail(result))
                 if self.end_from_trigger:
                     return TaskSuccessEvent(xcoms=self._success_xcoms(result))
                 return TriggerEvent({"status": "success", "job_id": self.job_id, "result": result})
             if outcome == "failed":
-                return self._event(
-                    "failed",
-                    await self.failure_message(observation.description),
-                    result=await self.summarize(observation.description),
-                )
+                result = await self.summarize(observation.description)
+                message = await self.failure_message(observation.description, await self._log_tail(result))
+                return self._event("failed", message, result=result)
+
+    async def _log_tail(self, result: dict[str, Any]) -> list[str]:
+        if not result.get("log_group") or not result.get("log_stream"):
+            return []
+        logs = CloudWatchLogsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        return await logs.tail(result["log_group"], result["log_stream"], self.log_tail_lines)
 
     def _success_xcoms(self, result: dict[str, Any]) -> dict[str, Any] | None:
         """What a task ended from the trigger pushes: its result and the log link a worker would save."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_ml_batch.hooks.batch import BatchHook, describe_failure, summarize_job
-from airflow_ml_batch.hooks.logs import CloudWatchLogsHook
 from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
 
 
@@ -32,7 +31,6 @@ class BatchJobTrigger(WaitForJobTrigger):
     or a ``TaskSuccessEvent`` with ``end_from_trigger``.
 
     :param job_id: the Batch job to wait for.
-    :param log_tail_lines: how many CloudWatch log lines a failure message shows (one GetLogEvents call).
     :param aws_conn_id: Airflow ``aws`` connection.
     :param region_name: AWS region; defaults to the connection's.
     :param poll_interval: seconds between poll rounds (shared: the shortest of all waiting triggers).
@@ -40,19 +38,21 @@ class BatchJobTrigger(WaitForJobTrigger):
     :param end_from_trigger: end a successful task from the triggerer, with no worker run after the job.
     :param xcom_result: with ``end_from_trigger``, push the result as the task's ``return_value``.
     :param missing_grace: seconds a job may be absent from DescribeJobs before it counts as gone.
+
+    Also takes ``log_link``, ``log_tail_lines`` and ``collect_metrics``: see
+    :class:`~airflow_ml_batch.triggers.base.WaitForJobTrigger`.
     """
 
     poller = BatchJobPoller
     hook_class = BatchHook
     noun = "AWS Batch job"
 
-    def __init__(self, job_id: str, log_tail_lines: int = 50, **kwargs: Any) -> None:
+    def __init__(self, job_id: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.job_id = job_id
-        self.log_tail_lines = log_tail_lines
 
     def service_kwargs(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "log_tail_lines": self.log_tail_lines}
+        return {"job_id": self.job_id}
 
     async def outcome(self, description: dict[str, Any]) -> str | None:
         return {"SUCCEEDED": "success", "FAILED": "failed"}.get(description["status"])
@@ -60,11 +60,8 @@ class BatchJobTrigger(WaitForJobTrigger):
     async def summarize(self, description: dict[str, Any]) -> dict[str, Any]:
         return summarize_job(description)
 
-    async def failure_message(self, description: dict[str, Any]) -> str:
-        summary = summarize_job(description)
-        logs = CloudWatchLogsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
-        tail = await logs.tail(summary["log_group"], summary["log_stream"], self.log_tail_lines)
-        return describe_failure(summary, tail)
+    async def failure_message(self, description: dict[str, Any], log_tail: list[str]) -> str:
+        return describe_failure(summarize_job(description), log_tail)
 
     async def stop(self, client: Any, reason: str) -> None:
         await client.terminate_job(jobId=self.job_id, reason=f"Airflow: {reason}"[:1024])

@@ -12,7 +12,6 @@ from airflow_ml_batch.hooks.ecs import (
     log_location,
     summarize_task,
 )
-from airflow_ml_batch.hooks.logs import CloudWatchLogsHook
 from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
 
 
@@ -67,7 +66,6 @@ class EcsTaskTrigger(WaitForJobTrigger):
     :param cluster: the task's cluster (name or ARN).
     :param task_arn: the task to wait for.
     :param fail_on_sidecars: a non-essential container exiting non-zero fails the task too.
-    :param log_tail_lines: how many CloudWatch log lines a failure message shows (one GetLogEvents call).
     :param aws_conn_id: Airflow ``aws`` connection.
     :param region_name: AWS region; defaults to the connection's.
     :param poll_interval: seconds between poll rounds (shared: the shortest of all waiting triggers).
@@ -77,6 +75,9 @@ class EcsTaskTrigger(WaitForJobTrigger):
     :param missing_grace: seconds a task may be absent from DescribeTasks before it counts as gone
         (ECS forgets stopped tasks after about an hour).
     :param log_link: ``region_name`` and ``aws_domain`` of the CloudWatch log link saved with the result.
+
+    Also takes ``log_tail_lines`` and ``collect_metrics``: see
+    :class:`~airflow_ml_batch.triggers.base.WaitForJobTrigger`.
     """
 
     poller = EcsTaskPoller
@@ -88,14 +89,12 @@ class EcsTaskTrigger(WaitForJobTrigger):
         cluster: str,
         task_arn: str,
         fail_on_sidecars: bool = False,
-        log_tail_lines: int = 50,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.cluster = cluster
         self.job_id = self.task_arn = task_arn
         self.fail_on_sidecars = fail_on_sidecars
-        self.log_tail_lines = log_tail_lines
 
     @property
     def scope(self) -> str:
@@ -106,7 +105,6 @@ class EcsTaskTrigger(WaitForJobTrigger):
             "cluster": self.cluster,
             "task_arn": self.task_arn,
             "fail_on_sidecars": self.fail_on_sidecars,
-            "log_tail_lines": self.log_tail_lines,
         }
 
     async def outcome(self, description: dict[str, Any]) -> str | None:
@@ -117,13 +115,8 @@ class EcsTaskTrigger(WaitForJobTrigger):
     async def summarize(self, description: dict[str, Any]) -> dict[str, Any]:
         return await self._summary(description)
 
-    async def failure_message(self, description: dict[str, Any]) -> str:
-        summary = await self._summary(description)
-        tail: list[str] = []
-        if summary["log_group"]:
-            logs = CloudWatchLogsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
-            tail = await logs.tail(summary["log_group"], summary["log_stream"], self.log_tail_lines)
-        return describe_task_failure(summary, tail)
+    async def failure_message(self, description: dict[str, Any], log_tail: list[str]) -> str:
+        return describe_task_failure(await self._summary(description), log_tail)
 
     async def stop(self, client: Any, reason: str) -> None:
         await client.stop_task(cluster=self.cluster, task=self.task_arn, reason=f"Airflow: {reason}"[:255])

@@ -279,3 +279,30 @@ def test_a_cancelled_trigger_whose_task_left_deferred_terminates_the_job(fake_aw
     assert fake_aws.jobs[cleared]["status"] == "FAILED"
     assert "no longer deferred" in fake_aws.jobs[cleared]["statusReason"]
     assert fake_aws.jobs[still_deferred]["status"] == "RUNNING", "a task Airflow cannot place is left alone"
+
+
+async def test_metrics_printed_by_the_job_are_collected_in_one_log_call(fake_aws: FakeAws) -> None:
+    stream = "forecast/default/m1"
+    fake_aws.logs[("/aws/batch/job", stream)] = [
+        "training on 36 months",
+        '{"metrics": {"mape": 0.5}}',
+        "not json {",
+        '{"metrics": {"mape": 0.12, "rmse": 41.0}, "model": "linear"}',
+        "done",
+    ]
+    job = fake_aws.add_job("SUCCEEDED", container={"exitCode": 0, "logStreamName": stream})
+
+    event = await first_event(trigger_for(job, collect_metrics=True, log_tail_lines=10))
+
+    assert event.payload["result"]["metrics"] == {"mape": 0.12, "rmse": 41.0}
+    assert fake_aws.calls["GetLogEvents"] == 1
+
+
+async def test_no_metrics_line_gives_none(fake_aws: FakeAws) -> None:
+    stream = "forecast/default/m2"
+    fake_aws.logs[("/aws/batch/job", stream)] = ["done"]
+    job = fake_aws.add_job("SUCCEEDED", container={"exitCode": 0, "logStreamName": stream})
+
+    event = await first_event(trigger_for(job, collect_metrics=True))
+
+    assert event.payload["result"]["metrics"] is None
