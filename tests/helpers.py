@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import textwrap
@@ -14,7 +15,16 @@ from airflow_ml_batch.testing import aws_connection_json
 
 CONN_ID = "aws_moto"
 
-__all__ = ["CONN_ID", "REGION", "aws_connection_uri", "run_dag", "task_instance", "xcom"]
+__all__ = [
+    "CONN_ID",
+    "REGION",
+    "aws_connection_uri",
+    "execute_error",
+    "first_event",
+    "run_dag",
+    "task_instance",
+    "xcom",
+]
 
 
 def aws_connection_uri(endpoint_url: str, **extra: Any) -> str:
@@ -74,3 +84,32 @@ def xcom(dag_run: Any, task_id: str, key: str = "return_value") -> Any:
         query = XComModel.get_many(run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=task_id, key=key)
         row = session.scalars(query).first()
         return None if row is None else XComModel.deserialize_value(row)
+
+
+def execute_error(operator: str, arguments: dict[str, Any]) -> str:
+    """Run ``operator(**arguments).execute()`` inside a real task; return the error it raised, as text."""
+    dag_run = run_dag(
+        f"""
+        @task
+        def run(**context):
+            try:
+                {operator}(task_id="inner", **{arguments!r}).execute(context)
+            except Exception as error:
+                return f"{{type(error).__name__}}: {{error}}"
+
+        run()
+        """,
+        imports="from airflow.decorators import task\n",
+    )
+    return str(xcom(dag_run, "run"))
+
+
+async def first_event(trigger: Any, timeout: float = 30) -> Any:
+    """What the triggerer does with a trigger: run it and take its first event."""
+
+    async def run() -> Any:
+        async for event in trigger.run():
+            return event
+        raise AssertionError("the trigger ended without an event")
+
+    return await asyncio.wait_for(run(), timeout)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from fake_aws import FakeAws
-from helpers import run_dag, task_instance, xcom
+from helpers import execute_error, run_dag, task_instance, xcom
 from packaging.version import Version
 
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_VERSION
@@ -75,24 +75,6 @@ def test_failed_job_fails_the_task(
     assert task_instance(dag_run, "forecast").state == "failed"
 
 
-def execute_error(arguments: dict[str, Any]) -> str:
-    """Run ``BatchJobOperator(**arguments).execute()`` inside a real task and return the error it raised."""
-    dag_run = run_dag(
-        f"""
-        @task
-        def submit(**context):
-            try:
-                BatchJobOperator(task_id="inner", **{arguments!r}).execute(context)
-            except Exception as error:
-                return f"{{type(error).__name__}}: {{error}}"
-
-        submit()
-        """,
-        imports="from airflow.decorators import task\n",
-    )
-    return str(xcom(dag_run, "submit"))
-
-
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
@@ -103,7 +85,7 @@ def execute_error(arguments: dict[str, Any]) -> str:
 def test_bad_input_fails_fast_with_the_aws_message(
     aws_conn_id: str, batch_queue: dict[str, str], override: dict[str, str], expected: str
 ) -> None:
-    message = execute_error({"aws_conn_id": aws_conn_id, **batch_queue, **override})
+    message = execute_error("BatchJobOperator", {"aws_conn_id": aws_conn_id, **batch_queue, **override})
 
     assert message.startswith("AirflowException: AWS Batch rejected job"), message
     assert expected in message
@@ -113,7 +95,7 @@ def test_bad_input_fails_fast_with_the_aws_message(
 def test_invalid_job_name_fails_before_any_call(fake_aws: FakeAws) -> None:
     queue = {"job_queue": "models", "job_definition": "forecast"}
 
-    message = execute_error({"aws_conn_id": "aws_fake", "job_name": "bad name!", **queue})
+    message = execute_error("BatchJobOperator", {"aws_conn_id": "aws_fake", "job_name": "bad name!", **queue})
 
     assert message.startswith("ValueError: Invalid AWS Batch job name 'bad name!'"), message
     assert sum(fake_aws.calls.values()) == 0

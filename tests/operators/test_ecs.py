@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fake_aws import FakeAws
-from helpers import run_dag, task_instance, xcom
+from helpers import execute_error, run_dag, task_instance, xcom
 from packaging.version import Version
 
 from airflow_ml_batch._compat import AIRFLOW_VERSION
@@ -113,27 +113,12 @@ def test_no_capacity_is_retried_with_the_same_token_and_starts_one_task(fake_aws
     assert len(tokens) == 1
 
 
-def execute_error(arguments: dict[str, Any]) -> str:
-    dag_run = run_dag(
-        f"""
-        @task
-        def run(**context):
-            try:
-                EcsTaskOperator(task_id="inner", **{arguments!r}).execute(context)
-            except Exception as error:
-                return f"{{type(error).__name__}}: {{error}}"
-
-        run()
-        """,
-        imports="from airflow.decorators import task\n",
-    )
-    return str(xcom(dag_run, "run"))
-
-
 def test_a_failure_that_is_not_about_capacity_fails_fast(fake_aws: FakeAws) -> None:
     fake_aws.run_task_failures = [{"arn": "arn:container-instance", "reason": "ATTRIBUTE", "detail": "arm64"}]
 
-    message = execute_error({"aws_conn_id": "aws_fake", "cluster": "models", "task_definition": "forecast"})
+    message = execute_error(
+        "EcsTaskOperator", {"aws_conn_id": "aws_fake", "cluster": "models", "task_definition": "forecast"}
+    )
 
     assert message == (
         "AirflowException: ECS could not run the task (cluster='models', task_definition='forecast'): "
@@ -145,7 +130,7 @@ def test_a_failure_that_is_not_about_capacity_fails_fast(fake_aws: FakeAws) -> N
 def test_an_unknown_cluster_fails_with_the_aws_message(aws_conn_id: str, ecs_cluster: dict[str, Any]) -> None:
     arguments = {**ecs_cluster, "cluster": "no-such-cluster", "aws_conn_id": aws_conn_id}
 
-    message = execute_error(arguments)
+    message = execute_error("EcsTaskOperator", arguments)
 
     assert message.startswith("AirflowException: ECS rejected RunTask (cluster='no-such-cluster'"), message
 

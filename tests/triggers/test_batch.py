@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 from airflow.models.trigger import Trigger
-from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
+from airflow.triggers.base import TaskSuccessEvent
 from fake_aws import FakeAws
-from helpers import run_dag, task_instance
+from helpers import first_event, run_dag, task_instance
 
 from airflow_ml_batch.triggers.batch import BatchJobPoller, BatchJobTrigger
 
@@ -27,17 +27,6 @@ def import_string(path: str) -> Any:
 def trigger_for(job_id: str, **kwargs: Any) -> BatchJobTrigger:
     kwargs.setdefault("poll_interval", FAST)
     return BatchJobTrigger(job_id=job_id, aws_conn_id="aws_fake", **kwargs)
-
-
-async def first_event(trigger: BatchJobTrigger, timeout: float = 20) -> TriggerEvent:
-    """What the triggerer does with a trigger: run it and take its first event."""
-
-    async def run() -> TriggerEvent:
-        async for event in trigger.run():
-            return event
-        raise AssertionError("the trigger ended without an event")
-
-    return await asyncio.wait_for(run(), timeout)
 
 
 async def polled_twice(fake: FakeAws) -> None:

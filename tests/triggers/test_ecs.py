@@ -8,8 +8,9 @@ import time
 from typing import Any
 
 import pytest
-from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
+from airflow.triggers.base import TaskSuccessEvent
 from fake_aws import FakeAws
+from helpers import first_event
 
 from airflow_ml_batch.triggers.ecs import EcsTaskPoller, EcsTaskTrigger
 
@@ -38,15 +39,6 @@ def ecs(fake_aws: FakeAws) -> FakeAws:
 def trigger_for(task_arn: str, **kwargs: Any) -> EcsTaskTrigger:
     kwargs.setdefault("poll_interval", 0.05)
     return EcsTaskTrigger(cluster="models", task_arn=task_arn, aws_conn_id="aws_fake", **kwargs)
-
-
-async def first_event(trigger: EcsTaskTrigger, timeout: float = 30) -> TriggerEvent:
-    async def run() -> TriggerEvent:
-        async for event in trigger.run():
-            return event
-        raise AssertionError("the trigger ended without an event")
-
-    return await asyncio.wait_for(run(), timeout)
 
 
 def stopped(
