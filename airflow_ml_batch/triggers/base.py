@@ -163,6 +163,7 @@ class SharedPoller:
                 del pollers[key]
                 if poller._task is not None:
                     poller._task.cancel()
+                    await asyncio.wait([poller._task])  # its client is closed before the last watcher leaves
 
     @abstractmethod
     async def describe(self, client: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
