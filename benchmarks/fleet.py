@@ -46,17 +46,18 @@ def _http(url: str, body: dict[str, Any] | None = None) -> Any:
 
 def trigger_factory(impl: str, poll_interval: int) -> Callable[[str], Any]:
     """A function building the ``impl`` trigger for one job id; exits with a message if not importable."""
+    common = {"aws_conn_id": CONN_ID, "region_name": REGION}
     if impl == "ours":
         try:
             from airflow_ml_batch.triggers.batch import BatchJobTrigger as Ours
         except ImportError as error:
-            raise SystemExit(f"--impl ours: airflow_ml_batch.triggers.batch.BatchJobTrigger: {error}") from None
-        return lambda job_id: Ours(job_id=job_id, aws_conn_id=CONN_ID, region_name=REGION, poll_interval=poll_interval)
+            message = f"--impl ours: no BatchJobTrigger in airflow_ml_batch.triggers.batch: {error}"
+            raise SystemExit(message) from None
+        return lambda job_id: Ours(job_id=job_id, poll_interval=poll_interval, **common)
     from airflow.providers.amazon.aws.triggers.batch import BatchJobTrigger as Official
 
-    return lambda job_id: Official(  # default waiter_max_attempts, as the operator leaves it
-        job_id=job_id, waiter_delay=poll_interval, aws_conn_id=CONN_ID, region_name=REGION
-    )
+    # waiter_max_attempts keeps the trigger's default (720)
+    return lambda job_id: Official(job_id=job_id, waiter_delay=poll_interval, **common)
 
 
 async def watch(trigger: Any, job_id: str, events: dict[str, tuple[float, str, str]]) -> None:
@@ -107,10 +108,9 @@ def child(args: argparse.Namespace) -> None:
     make = trigger_factory(args.child, args.poll_interval)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     job_ids = _http(f"{args.endpoint}/bench/jobs", {"count": args.jobs})["jobIds"]
-    started, cpu_before, clock = time.time(), time.process_time(), time.monotonic()
+    cpu_before, clock = time.process_time(), time.monotonic()
     events, stall = asyncio.run(run_fleet(make, job_ids, args.cap))
     result = {
-        "started": started,
         "wall": time.monotonic() - clock,
         "cpu": time.process_time() - cpu_before,
         "rss_before_mb": rss_before / 1024,
@@ -155,24 +155,25 @@ def run_impl(impl: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             *("--cap", str(args.cap)),
         ]
         print(f"[{impl}] {args.jobs} triggers against {url} ...", file=sys.stderr, flush=True)
+        load = os.getloadavg()[0]
         try:
             code = subprocess.run(command, env=env, timeout=args.cap + 300, check=False).returncode
         except subprocess.TimeoutExpired:
             return {"error": "trigger process did not stop in time"}
         if code != 0 or not out.exists():
             return {"error": f"trigger process exited with {code}"}
-        result = json.loads(out.read_text())
+        result = json.loads(out.read_text()) | {"load": load}
         result["stats"] = _http(f"{url}/bench/stats")
         result["truth"] = _http(f"{url}/bench/jobs")
     return result
 
 
-def summarize(result: dict[str, Any], poll_interval: int) -> dict[str, str]:
-    """The table's rows for one implementation."""
+def summarize(result: dict[str, Any], poll_interval: int) -> tuple[dict[str, str], dict[str, str]]:
+    """The table's rows for one implementation, and one job id per kind of unexpected event."""
     if "error" in result:
-        return {"error": result["error"]}
+        return {"error": result["error"]}, {}
     events, truth, stats = result["events"], result["truth"], result["stats"]
-    latencies, failed_while_running, false_success, other = [], 0, 0, {}
+    latencies, failed_while_running, false_success, unexpected = [], 0, 0, {}
     for job_id, (at, status, message) in events.items():
         job = truth[job_id]
         ended = at >= job["ends"]
@@ -180,23 +181,25 @@ def summarize(result: dict[str, Any], poll_interval: int) -> dict[str, str]:
             false_success += 1
         elif status != "success" and not (job["fails"] and ended):
             failed_while_running += 1
-            other.setdefault(f"{status}: {message}", job_id)
+            unexpected.setdefault(f"{status}: {message}", job_id)
         else:
             latencies.append(at - job["ends"])
     describes = stats["calls"].get("DescribeJobs", 0) + stats["throttled"].get("DescribeJobs", 0)
-    rounds = len({int((t - result["started"]) // poll_interval) for t in stats["describe_times"]}) or 1
+    times = stats["describe_times"]
+    rounds = round((max(times) - min(times)) / poll_interval) + 1 if times else 1
     answered = stats["calls"].get("DescribeJobs", 0)
+    others = {op: n for op, n in stats["calls"].items() if op != "DescribeJobs"}
     p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else float("nan")
-    result["odd_events"] = other
-    return {
+    rows = {
         "events / jobs": f"{len(events)} / {len(truth)}",
         "unfinished at cap": str(len(truth) - len(events)),
         "DescribeJobs requests": str(describes),
         f"  per {poll_interval} s poll interval": f"{describes / rounds:.1f}",
-        "  poll intervals with calls": str(rounds),
+        "  poll rounds (calls' time span)": str(rounds),
         "  job ids per answered call": f"{stats['described_ids'] / max(answered, 1):.1f}",
         "  most ids in one call": str(stats["max_ids_per_call"]),
         "throttled requests (429)": str(sum(stats["throttled"].values())),
+        "other requests": " ".join(f"{op}={n}" for op, n in others.items()) or "0",
         "failed while job ran": str(failed_while_running),
         "false successes": str(false_success),
         "detection latency median (s)": f"{statistics.median(latencies):.1f}" if latencies else "-",
@@ -206,7 +209,9 @@ def summarize(result: dict[str, Any], poll_interval: int) -> dict[str, str]:
         "  RSS before triggers (MB)": f"{result['rss_before_mb']:.0f}",
         "longest event-loop stall (ms)": f"{result['stall'] * 1000:.0f}",
         "wall (s)": f"{result['wall']:.1f}",
+        "machine load at start (1 min avg)": f"{result['load']:.1f}",
     }
+    return rows, unexpected
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
@@ -215,21 +220,21 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
         f"poll={args.poll_interval}s API rate={args.rate:g}/s burst={args.burst or args.rate:g} "
         f"cap={args.cap:g}s seed={args.seed} cores={os.cpu_count()}"
     )
-    rows = {impl: summarize(result, args.poll_interval) for impl, result in results.items()}
-    names = list(dict.fromkeys(name for table in rows.values() for name in table))
-    print(f"{'':34}" + "".join(f"{impl:>12}" for impl in rows))
+    summaries = {impl: summarize(result, args.poll_interval) for impl, result in results.items()}
+    names = list(dict.fromkeys(name for rows, _ in summaries.values() for name in rows))
+    print(f"{'':34}" + "".join(f"{impl:>16}" for impl in summaries))
     for name in names:
-        print(f"{name:34}" + "".join(f"{rows[impl].get(name, '-'):>12}" for impl in rows))
-    for impl, result in results.items():
-        for event, job_id in list(result.get("odd_events", {}).items())[:5]:
+        print(f"{name:34}" + "".join(f"{rows.get(name, '-'):>16}" for rows, _ in summaries.values()))
+    for impl, (_, unexpected) in summaries.items():
+        for event, job_id in list(unexpected.items())[:5]:
             print(f"[{impl}] unexpected event, e.g. job {job_id}: {event}")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=5000, help="jobs, one trigger each")
-    parser.add_argument("--impl", choices=(*IMPLS, "both"), help="default: both if the Amazon provider imports")
-    parser.add_argument("--poll-interval", type=int, default=30, help="ours: poll_interval; official: waiter_delay")
+    parser.add_argument("--impl", choices=(*IMPLS, "both"), help="default: both if Amazon's provider imports")
+    parser.add_argument("--poll-interval", type=int, default=30, help="poll_interval / waiter_delay, seconds")
     parser.add_argument("--duration", type=float, default=20.0, help="mean job duration, seconds")
     parser.add_argument("--spread", type=float, default=0.25, help="job durations vary by +- this fraction")
     parser.add_argument("--fail-fraction", type=float, default=0.05)
@@ -237,7 +242,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--burst", type=float, default=0.0, help="endpoint's token bucket (default: --rate)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cap", type=float, default=900.0, help="wall-clock cap per implementation, seconds")
-    parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument(
+        "--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="Airflow's"
+    )
     parser.add_argument("--child", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)

@@ -19,7 +19,7 @@ import logging
 import random
 import time
 import weakref
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -99,7 +99,7 @@ class Observation:
     error: str | None = None
 
 
-class SharedPoller:
+class SharedPoller(ABC):
     """Describes every watched resource of one (connection, region, scope) in batches, at one pace.
 
     Subclasses set :attr:`batch_size` and implement :meth:`describe` and :meth:`state_of`.
@@ -148,6 +148,7 @@ class SharedPoller:
         queue: asyncio.Queue[Observation] = asyncio.Queue()
         entry = (queue, max(float(poll_interval), 0.1))
         poller._watchers.setdefault(resource_id, []).append(entry)
+        poller._last_state.pop(resource_id, None)  # the next round tells the new watcher the current state
         if poller._task is None or poller._task.done():
             poller._task = asyncio.ensure_future(poller._run())
         try:

@@ -295,3 +295,16 @@ async def test_no_metrics_line_gives_none(fake_aws: FakeAws) -> None:
     event = await first_event(trigger_for(job, collect_metrics=True))
 
     assert event.payload["result"]["metrics"] is None
+
+
+async def test_two_triggers_of_one_job_both_hear_of_it(fake_aws: FakeAws) -> None:
+    job = fake_aws.add_job("RUNNING")
+    first = asyncio.ensure_future(first_event(trigger_for(job)))
+    await polled_twice(fake_aws)
+    second = asyncio.ensure_future(first_event(trigger_for(job)))  # e.g. a trigger handed back to this triggerer
+    await polled_twice(fake_aws)
+
+    fake_aws.set_job(job, status="SUCCEEDED")
+    events = await asyncio.gather(first, second)
+
+    assert [event.payload["status"] for event in events] == ["success", "success"]
