@@ -18,6 +18,11 @@ except ImportError:  # Airflow 2
     from airflow.models.baseoperatorlink import BaseOperatorLink  # type: ignore[no-redef]
     from airflow.utils.context import Context  # type: ignore[no-redef,attr-defined]
 
+try:  # Airflow 3.1+ (airflow.exceptions warns on it from 3.3)
+    from airflow.sdk.exceptions import AirflowTaskTimeout
+except ImportError:  # Airflow 2 to 3.0
+    from airflow.exceptions import AirflowTaskTimeout  # type: ignore[no-redef,attr-defined]  # noqa: F401
+
 #: ``BaseTrigger.on_kill()`` (Airflow 3.3+): the triggerer calls it when a user clears or marks a
 #: deferred task, and never on a triggerer restart. Older versions need the task state checked.
 TRIGGER_HAS_ON_KILL = "on_kill" in vars(BaseTrigger)

@@ -69,6 +69,7 @@ with DAG(
         vcpus=1,
         memory=2048,
         poll_interval=POLL_INTERVAL,
+        map_index_template="{{ task.environment['PRODUCT_LINE'] }}",  # the UI lists tasks by product line
         # A retry re-attaches to the job of the failed try if it still runs, instead of submitting again.
         retries=2,
         retry_delay=timedelta(minutes=1),

@@ -1,83 +1,522 @@
-"""Demo: submit a fleet of AWS Batch jobs to a local AWS-shaped endpoint and watch them with one client.
+"""Demo: run example_dags/batch_fleet_demo.py through a real Airflow against a local AWS-shaped endpoint.
 
-Runs against moto's server on 127.0.0.1; nothing reaches AWS. Usage: python scripts/demo.py [--jobs N]
+1. Starts moto's server on 127.0.0.1 behind a middleware that counts every AWS API call by operation,
+   and creates a Batch job queue and job definition there (``airflow_ml_batch.testing``).
+2. Starts Airflow's api-server, scheduler (LocalExecutor), dag-processor and triggerer, with SQLite and
+   ``AIRFLOW_HOME`` in ``.demo/airflow`` (kept for inspection, wiped by the next run).
+3. Unpauses and triggers ``batch_fleet_demo`` through the REST API: one ``BatchJobOperator`` task per
+   product line submits its job, defers, and ends from the triggerer's shared DescribeJobs poller.
+4. Waits for the run (bounded by ``--timeout``), stops every process it started, and prints what the
+   tasks and the endpoint saw. Exits non-zero if anything failed.
+
+Nothing reaches AWS, and nothing listens beyond 127.0.0.1. Usage: python scripts/demo.py [--jobs N]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import io
+import json
 import os
+import re
+import secrets
+import shutil
+import signal
+import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-ml-batch-demo-"))
-os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-for name in [n for n in os.environ if n.startswith("AWS_")]:  # never touch a real account
-    del os.environ[name]
+ROOT = Path(__file__).resolve().parent.parent
+DAGS_FOLDER = ROOT / "example_dags"
+DEMO_DIR = ROOT / ".demo"
+AIRFLOW_HOME = DEMO_DIR / "airflow"
+DAG_ID = "batch_fleet_demo"
+CONN_ID = "aws_ml_batch_demo"
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: What the scheduler's forkserver imports before it starts the LocalExecutor workers that fork the task runs:
+#: the modules a worker forked straight from the scheduler would inherit, and the operator's.
+FORKSERVER_PRELOAD = (
+    "airflow.executors.local_executor",
+    "airflow.jobs.scheduler_job_runner",
+    "airflow.sdk.execution_time.task_runner",
+    "airflow_ml_batch.operators.batch",
+)
+#: The calls the summary always shows, even when none was made.
+KEY_OPERATIONS = ("batch:SubmitJob", "batch:DescribeJobs", "batch:ListJobs", "batch:TerminateJob")
 
-from airflow_ml_batch.hooks.base import shared_clients  # noqa: E402
-from airflow_ml_batch.hooks.batch import BatchHook  # noqa: E402
-from airflow_ml_batch.testing import aws_connection_json, create_batch_queue, local_aws  # noqa: E402
 
-CONN_ID = "aws_local"
-FINAL = {"SUCCEEDED", "FAILED"}
+def log(message: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-async def watch(job_ids: list[str]) -> tuple[dict[str, str], int, int]:
-    """Poll every job, 100 per DescribeJobs call, through the one shared async client."""
-    states: dict[str, str] = {}
-    calls = 0
-    async with BatchHook(aws_conn_id=CONN_ID).async_client() as client:
-        clients = shared_clients.count()
-        while len(states) < len(job_ids) or not FINAL.issuperset(states.values()):
-            waiting = [job for job in job_ids if states.get(job) not in FINAL]
-            for start in range(0, len(waiting), 100):
-                response = await client.describe_jobs(jobs=waiting[start : start + 100])
-                calls += 1
-                states.update({job["jobId"]: job["status"] for job in response["jobs"]})
-            await asyncio.sleep(1)
-    return states, calls, clients
+# The local AWS endpoint.
+
+
+class OperationCounter:
+    """WSGI middleware counting AWS API calls as ``service:Operation`` before handing them to moto.
+
+    The service comes from the SigV4 credential scope; the operation from ``X-Amz-Target`` (JSON
+    protocols), ``Action`` (query protocols) or the request path matched against botocore's service
+    model (REST protocols: Batch's ``POST /v1/describejobs`` is ``DescribeJobs``).
+    """
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+        self.calls: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+        self._routes: dict[str, list[tuple[str, re.Pattern[str], str]]] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if not environ.get("PATH_INFO", "").startswith("/moto-api"):
+            operation = self.operation(environ)
+            with self._lock:
+                self.calls[operation] += 1
+        return self.app(environ, start_response)
+
+    def snapshot(self) -> collections.Counter[str]:
+        with self._lock:
+            return collections.Counter(self.calls)
+
+    def operation(self, environ: dict[str, Any]) -> str:
+        scope = re.search(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/", environ.get("HTTP_AUTHORIZATION", ""))
+        service = scope.group(1) if scope else "unknown"
+        target = environ.get("HTTP_X_AMZ_TARGET")
+        if target:
+            return f"{service}:{target.rpartition('.')[2]}"
+        action = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("Action")
+        if not action and environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input"] = io.BytesIO(body)  # moto reads it again
+            action = urllib.parse.parse_qs(body.decode()).get("Action")
+        if action:
+            return f"{service}:{action[0]}"
+        method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+        for route_method, pattern, name in self._rest_routes(service):
+            if route_method == method and pattern.fullmatch(path):
+                return f"{service}:{name}"
+        return f"{service}:{method} {path}"
+
+    def _rest_routes(self, service: str) -> list[tuple[str, re.Pattern[str], str]]:
+        with self._lock:
+            if service not in self._routes:
+                self._routes[service] = []
+                with contextlib.suppress(Exception):  # an unknown service: counted by method and path
+                    import botocore.session
+
+                    model = botocore.session.get_session().get_service_model(service)
+                    for name in model.operation_names:
+                        http = model.operation_model(name).http
+                        uri = re.escape(http["requestUri"].split("?")[0])
+                        uri = re.sub(r"\\\{[^}]+?\\\+\\\}", ".+", uri)  # {Key+}
+                        uri = re.sub(r"\\\{[^}]+\\\}", "[^/]+", uri)  # {Name}
+                        self._routes[service].append((http["method"], re.compile(uri), name))
+            return self._routes[service]
+
+
+@contextlib.contextmanager
+def counting_moto_server() -> Iterator[tuple[str, OperationCounter]]:
+    """moto's server on a free port of 127.0.0.1, in a thread, behind an :class:`OperationCounter`."""
+    import logging
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    counter = OperationCounter(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, counter, threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, name="moto-server", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        # AWS Batch without Docker: a submitted job succeeds at once.
+        http_json("POST", f"{url}/moto-api/config", {"batch": {"use_docker": False}})
+        yield url, counter
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def batch_jobs_by_status() -> collections.Counter[str]:
+    """The status of every job the local Batch endpoint holds, read from moto's backend."""
+    from moto.batch.models import batch_backends
+
+    statuses: collections.Counter[str] = collections.Counter()
+    for account in list(batch_backends.keys()):
+        for region in list(batch_backends[account].keys()):
+            jobs = list(batch_backends[account][region]._jobs.values())
+            statuses.update(str(getattr(job.status, "value", job.status)) for job in jobs)
+    return statuses
+
+
+# Processes.
+
+
+class Processes:
+    """Every process the demo starts, each in its own session; :meth:`stop_all` ends them and their children."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str) -> None:
+        with open(self.log_dir / f"{name}.log", "wb") as output:
+            self.running[name] = subprocess.Popen(
+                [sys.executable, "-m", "airflow", *args],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the demo only; it stops the components in order
+            )
+
+    def run(self, *args: str, timeout: float) -> str:
+        """Run an ``airflow`` CLI command to its end (bounded); return its stdout, raise if it failed."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "airflow", *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        finally:
+            if process.poll() is None:
+                _signal_group(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        if process.returncode:
+            raise RuntimeError(f"airflow {' '.join(args)} exited with {process.returncode}:\n{stderr[-3000:]}")
+        return stdout
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time of each component with all its processes, live and ended (Linux ``/proc``)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        totals = dict.fromkeys(self.running, 0.0)
+        groups = {process.pid: name for name, process in self.running.items()}
+        for entry in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                if int(fields[2]) in groups:  # process group: the component and what it started
+                    totals[groups[int(fields[2])]] += sum(int(f) for f in fields[11:15]) / ticks
+                    if os.environ.get("DEMO_DEBUG"):
+                        print(
+                            "CPUDBG",
+                            groups[int(fields[2])],
+                            entry.name,
+                            [int(f) / ticks for f in fields[11:15]],
+                            (entry / "cmdline").read_bytes()[:80],
+                        )
+        return totals
+
+    def exited(self) -> list[str]:
+        return [f"{name} (exit code {p.returncode})" for name, p in self.running.items() if p.poll() is not None]
+
+    def stop_all(self, grace: float = 30.0) -> None:
+        """SIGTERM each component's process group, SIGKILL what is left after ``grace`` seconds."""
+        for process in self.running.values():
+            _signal_group(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in self.running.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for process in self.running.values():
+            _signal_group(process.pid, signal.SIGKILL)  # children that outlived their parent, too
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+        leftover = self._leftover_pids()
+        for pid in leftover:  # a child that left its session (a task process, say)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if leftover:
+            log(f"killed {len(leftover)} leftover process(es): {sorted(leftover)}")
+
+    def _leftover_pids(self) -> list[int]:
+        """Processes still running with this demo's ``ML_BATCH_DEMO_RUN`` marker in their environment."""
+        marker = f"ML_BATCH_DEMO_RUN={self.env['ML_BATCH_DEMO_RUN']}".encode()
+        pids = []
+        for entry in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError):
+                if int(entry.name) != os.getpid() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+        return pids
+
+    def tails(self, lines: int = 25) -> str:
+        out = []
+        for name in self.running:
+            path = self.log_dir / f"{name}.log"
+            text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
+            out.append(f"--- last {len(text)} lines of {path} ---\n" + "\n".join(text))
+        return "\n".join(out)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_json(method: str, url: str, body: Any = None, timeout: float = 30) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        payload = response.read()
+    return json.loads(payload) if payload else None
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, processes: Processes, every: float = 2.0) -> Any:
+    """Call ``check`` until it returns something truthy; fail after ``timeout`` or if a component exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, ValueError):  # not up yet (URLError and HTTPError are OSErrors)
+            result = check()
+            if result:
+                return result
+        if processes.exited():
+            raise RuntimeError(f"while waiting for {what}: {', '.join(processes.exited())} exited")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+# Airflow.
+
+
+def airflow_env(args: argparse.Namespace, endpoint_url: str, api_port: int) -> dict[str, str]:
+    from airflow_ml_batch.testing import aws_connection_json
+
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "AIRFLOW"))}
+    parallelism = str(args.parallelism)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(AIRFLOW_HOME),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # Task runs at once. A task holds a slot only while it submits its job: deferred, it holds none.
+            "AIRFLOW__CORE__PARALLELISM": parallelism,
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": parallelism,
+            # Each task run forks from a LocalExecutor worker. Starting the workers from a forkserver that has
+            # imported what a task needs (Airflow 3.3+) spares every run the import of the operator's module.
+            "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
+            "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": ",".join(FORKSERVER_PRELOAD),
+            "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, args.jobs)),
+            "AIRFLOW__TRIGGERER__CAPACITY": str(max(1000, args.jobs)),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(api_port),
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__MAXIMUM_PAGE_LIMIT": "1000",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",  # REST calls need no login
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",  # no periodic re-parse during the demo
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+            f"AIRFLOW_CONN_{CONN_ID.upper()}": aws_connection_json(endpoint_url),
+            "AWS_EC2_METADATA_DISABLED": "true",  # never look for an instance role
+            "ML_BATCH_DEMO_JOBS": str(args.jobs),
+            "ML_BATCH_DEMO_POLL_INTERVAL": str(args.poll_interval),
+            "ML_BATCH_DEMO_RUN": secrets.token_hex(8),  # finds any process of this run left behind
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def task_states(api: str, run_id: str) -> collections.Counter[str]:
+    """How many task instances of the run are in each state (REST API, paged)."""
+    states: collections.Counter[str] = collections.Counter()
+    offset = 0
+    while True:
+        page = http_json("GET", f"{api}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=1000&offset={offset}")
+        states.update(str(ti["state"] or "no_status") for ti in page["task_instances"])
+        offset += len(page["task_instances"])
+        if not page["task_instances"] or offset >= page["total_entries"]:
+            return states
+
+
+def run_demo(args: argparse.Namespace, processes: Processes, api: str, counter: OperationCounter) -> dict[str, Any]:
+    """Start Airflow, trigger the DAG, and wait for its run; return what the summary needs."""
+    log("airflow db migrate")
+    processes.run("db", "migrate", timeout=300)
+    for component in COMPONENTS:
+        processes.start(
+            component, component, *(("--skip-serve-logs",) if component in {"scheduler", "triggerer"} else ())
+        )
+    log(f"started {', '.join(COMPONENTS)} (logs in {processes.log_dir}); waiting until healthy")
+
+    def healthy() -> bool:
+        health = http_json("GET", f"{api}/api/v2/monitor/health", timeout=5)
+        return all(
+            health.get(part, {}).get("status") == "healthy" for part in ("scheduler", "triggerer", "dag_processor")
+        )
+
+    wait_for("the Airflow components to be healthy", healthy, 240, processes)
+
+    def dag_parsed() -> bool:
+        errors = http_json("GET", f"{api}/api/v2/importErrors", timeout=10)["import_errors"]
+        if errors:
+            raise RuntimeError(
+                "DAG import errors:\n" + "\n".join(f"{e['filename']}: {e['stack_trace']}" for e in errors)
+            )
+        return bool(http_json("GET", f"{api}/api/v2/dags/{DAG_ID}", timeout=10)["dag_id"])
+
+    wait_for(f"the dag-processor to parse {DAG_ID}", dag_parsed, 180, processes)
+    http_json("PATCH", f"{api}/api/v2/dags/{DAG_ID}", {"is_paused": False})
+    run = http_json("POST", f"{api}/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None})
+    run_id, triggered = run["dag_run_id"], time.monotonic()
+    log(f"unpaused and triggered {DAG_ID}: run {run_id}, {args.jobs} product lines")
+
+    state, last_report = run["state"], 0.0
+    while state not in {"success", "failed"}:
+        if time.monotonic() - triggered > args.timeout:
+            raise RuntimeError(f"the DAG run did not finish within --timeout {args.timeout:.0f}s")
+        if processes.exited():
+            raise RuntimeError(f"{', '.join(processes.exited())} exited during the run")
+        time.sleep(3)
+        with contextlib.suppress(OSError):
+            state = http_json("GET", f"{api}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", timeout=10)["state"]
+            if time.monotonic() - last_report >= 15 or state in {"success", "failed"}:
+                last_report = time.monotonic()
+                tasks = ", ".join(f"{n} {s}" for s, n in sorted(task_states(api, run_id).items()))
+                calls = counter.snapshot()
+                log(
+                    f"{time.monotonic() - triggered:5.0f}s  run {state}; tasks: {tasks}; "
+                    f"SubmitJob {calls['batch:SubmitJob']}, DescribeJobs {calls['batch:DescribeJobs']}"
+                )
+    run_seconds = time.monotonic() - triggered
+    log(f"run {run_id} ended {state} after {run_seconds:.1f}s")
+    return {"run_id": run_id, "state": state, "run_seconds": run_seconds}
+
+
+def final_checks(processes: Processes, run_id: str) -> tuple[collections.Counter[str], str | None]:
+    """Task states from ``airflow tasks states-for-dag-run`` and this package in ``airflow providers list``."""
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two CLI start-ups at once
+        states = pool.submit(processes.run, "tasks", "states-for-dag-run", DAG_ID, run_id, "-o", "json", timeout=180)
+        providers = pool.submit(processes.run, "providers", "list", "-o", "json", timeout=180)
+        tasks = collections.Counter(f"{row['task_id']}:{row['state']}" for row in json.loads(states.result()))
+        ours = next((p for p in json.loads(providers.result()) if p.get("package_name") == "airflow-ml-batch"), None)
+    return tasks, None if ours is None else f"{ours['package_name']} {ours['version']}"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jobs", type=int, default=200, help="how many jobs to submit (default 200)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=200, help="product lines, one Batch job each (default 200)")
+    parser.add_argument("--timeout", type=float, help="seconds the DAG run may take (default: 900, more for >200 jobs)")
+    parser.add_argument("--poll-interval", type=float, default=5, help="triggerer poll interval, s (default 5)")
+    parser.add_argument("--parallelism", type=int, default=8, help="LocalExecutor worker processes (default 8)")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    args.timeout = args.timeout or max(900.0, 4.5 * args.jobs)
 
-    with local_aws() as endpoint_url:
-        os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = aws_connection_json(endpoint_url)
-        queue = create_batch_queue(CONN_ID)
-        batch = BatchHook(aws_conn_id=CONN_ID).conn
-        started = time.monotonic()
-        job_ids = [
-            batch.submit_job(
-                jobName=f"model-{n:05d}", jobQueue=queue["job_queue"], jobDefinition=queue["job_definition"]
-            )["jobId"]
-            for n in range(args.jobs)
-        ]
-        states, calls, clients = asyncio.run(watch(job_ids))
-        elapsed = time.monotonic() - started
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on `kill` as on Ctrl-C
+    shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
+    (AIRFLOW_HOME / "component-logs").mkdir(parents=True)
+    for name in [n for n in os.environ if n.startswith(("AWS_", "AIRFLOW"))]:  # never touch a real account
+        del os.environ[name]
+    os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
+    os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"  # this process only; the components log at INFO
 
-    listed = subprocess.run(
-        [sys.executable, "-m", "airflow", "providers", "list"], capture_output=True, text=True, check=True
-    ).stdout
-    provider = next((line.split("|") for line in listed.splitlines() if line.startswith("airflow-ml-batch")), None)
-    succeeded = sum(state == "SUCCEEDED" for state in states.values())
-    print(f"jobs submitted:      {len(job_ids)}")
-    print(f"jobs succeeded:      {succeeded}")
-    print(f"jobs failed:         {len(job_ids) - succeeded}")
-    print(f"DescribeJobs calls:  {calls} (100 jobs per call)")
-    print(f"async clients:       {clients} shared by every watcher")
-    print(f"wall time:           {elapsed:.1f}s")
+    api_port = free_port()
+    result: dict[str, Any] = {}
+    error: BaseException | None = None
+    cpu: dict[str, float] = {}
+    with counting_moto_server() as (endpoint_url, counter):
+        env = airflow_env(args, endpoint_url, api_port)
+        os.environ.update({k: v for k, v in env.items() if k.startswith(("AIRFLOW", "AWS_"))})
+        processes = Processes(env, AIRFLOW_HOME / "component-logs")
+        try:
+            from airflow_ml_batch.testing import create_batch_queue
+
+            queue = create_batch_queue(CONN_ID)
+            log(f"local AWS endpoint {endpoint_url}: queue {queue['job_queue']}, definition {queue['job_definition']}")
+            result = run_demo(args, processes, f"http://127.0.0.1:{api_port}", counter)
+        except (Exception, KeyboardInterrupt, SystemExit) as caught:
+            error = caught
+            if not isinstance(caught, (KeyboardInterrupt, SystemExit)):
+                print(processes.tails(), file=sys.stderr)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not leave processes behind
+                signal.signal(sig, signal.SIG_IGN)
+            cpu = processes.cpu_seconds()
+            log("stopping the Airflow components")
+            processes.stop_all()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+        calls = counter.snapshot()
+        jobs = batch_jobs_by_status()
+    cpu["endpoint and demo"] = time.process_time()
+
+    if isinstance(error, (KeyboardInterrupt, SystemExit)):
+        log("interrupted; every process it started is stopped")
+        return 130
+    tasks: collections.Counter[str] = collections.Counter()
+    provider = None
+    if error is None:
+        try:
+            tasks, provider = final_checks(processes, result["run_id"])
+        except Exception as caught:
+            error = caught
+
+    succeeded = sum(n for key, n in tasks.items() if key.endswith(":success"))
+    failed = sum(n for key, n in tasks.items() if key.endswith((":failed", ":upstream_failed")))
+    forecast = sum(n for key, n in tasks.items() if key.startswith("forecast:"))
+    other = {key: n for key, n in sorted(tasks.items()) if not key.endswith(":success")}
+    submitted = calls["batch:SubmitJob"]
+    operations = {op: calls.get(op, 0) for op in KEY_OPERATIONS} | dict(sorted(calls.items()))
+    print()
+    print("== airflow-ml-batch demo: summary ==")
+    if error is not None:
+        print(f"error:               {error}")
+    if result:
+        print(f"DAG run:             {DAG_ID} {result['run_id']} {result['state']} in {result['run_seconds']:.1f}s")
+    print(f"tasks succeeded:     {succeeded} of {sum(tasks.values())} (product_lines + {forecast} mapped forecast)")
     print(
-        f"airflow providers list: {provider[0].strip()} {provider[-1].strip()}"
-        if provider
-        else "airflow providers list: airflow-ml-batch NOT FOUND"
+        f"tasks failed:        {failed}"
+        + (f" ({', '.join(f'{n} {key}' for key, n in other.items())})" if other else "")
     )
-    return 0 if provider and succeeded == len(job_ids) else 1
+    print(f"jobs submitted:      {submitted}")
+    print(f"jobs succeeded:      {jobs['SUCCEEDED']}")
+    print(f"jobs failed:         {jobs['FAILED']}")
+    print(f"DescribeJobs calls:  {calls['batch:DescribeJobs']} (up to 100 jobs per call)")
+    print("AWS calls by operation:")
+    for operation, count in operations.items():
+        print(f"  {operation:32} {count}")
+    print(f"wall time:           {time.monotonic() - started:.1f}s in all (Airflow start, run, stop)")
+    print("CPU time:            " + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in cpu.items()))
+    print(f"airflow providers list: {provider or 'airflow-ml-batch NOT FOUND'}")
+    print(f"Airflow home, with every component's and task's log: {AIRFLOW_HOME}")
+    ok = (
+        error is None
+        and result.get("state") == "success"
+        and forecast == args.jobs
+        and succeeded == sum(tasks.values())
+        and submitted == args.jobs
+        and jobs["SUCCEEDED"] == args.jobs
+        and not jobs["FAILED"]
+        and provider is not None
+    )
+    print("result:              OK" if ok else "result:              FAILED")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ from datetime import timedelta
 from functools import cached_property
 from typing import Any, ClassVar
 
-from airflow.exceptions import AirflowException, AirflowTaskTimeout
+from airflow.exceptions import AirflowException
 from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 
-from airflow_ml_batch._compat import BaseOperator, Context
+from airflow_ml_batch._compat import AirflowTaskTimeout, BaseOperator, Context
 from airflow_ml_batch.hooks.base import AwsServiceHook
 
 

@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from asgiref.sync import sync_to_async
 from botocore.exceptions import ClientError
@@ -421,12 +422,18 @@ class WaitForJobTrigger(BaseTrigger):
             return None
         xcoms: dict[str, Any] = {"return_value": result}
         if self.log_link and result.get("log_stream"):
-            xcoms["cloudwatch_events"] = {
+            link = CloudWatchEventsLink()
+            xcoms[link.key] = {
                 **self.log_link,
                 "awslogs_region": self.log_link["region_name"],
                 "awslogs_group": result["log_group"],
                 "awslogs_stream_name": result["log_stream"],
             }
+            # Airflow 3 renders each link once, when the deferring run ends, and keeps the URL under the
+            # link's own key; no worker run follows here to render it again.
+            rendered_key = getattr(link, "xcom_key", None)
+            if rendered_key:
+                xcoms[rendered_key] = link.format_link(**xcoms[link.key])
         return xcoms
 
     def _event(self, status: str, message: str, **extra: Any) -> TriggerEvent:

@@ -14,6 +14,7 @@ from airflow.triggers.base import TaskSuccessEvent
 from fake_aws import FakeAws
 from helpers import first_event, run_dag, task_instance
 
+from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
 from airflow_ml_batch.triggers.batch import BatchJobPoller, BatchJobTrigger
 
 FAST = 0.05  # seconds between poll rounds in these tests
@@ -203,6 +204,14 @@ async def test_end_from_trigger_pushes_result_and_log_link(fake_aws: FakeAws) ->
         "awslogs_group": "/aws/batch/job",
         "awslogs_stream_name": "forecast/default/xyz",
     }
+    url = (
+        "https://console.aws.amazon.com/cloudwatch/home?region=eu-west-1#logsV2:log-groups/log-group/"
+        "%2Faws%2Fbatch%2Fjob/log-events/forecast%2Fdefault%2Fxyz"
+    )
+    if AIRFLOW_V_3_0_PLUS:  # Airflow 3 keeps rendered link URLs under their own XCom key
+        assert event.xcoms["_link_CloudWatchEventsLink"] == url
+    else:
+        assert "_link_CloudWatchEventsLink" not in event.xcoms
 
 
 async def test_a_triggerer_restart_never_terminates_the_job(fake_aws: FakeAws) -> None:
