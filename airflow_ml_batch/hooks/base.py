@@ -70,6 +70,14 @@ def task_instance_tags(task_instance: Any, *, with_try: bool = True) -> dict[str
     return {key: _INVALID_TAG_CHARACTERS.sub("_", str(value))[:256] for key, value in tags.items()}
 
 
+def with_log_tail(lines: list[str], summary: dict[str, Any], log_tail: list[str] | None) -> str:
+    """A failure message: ``lines``, then the job's last log lines (from ``summary``'s group and stream)."""
+    if log_tail:
+        lines = [*lines, f"last {len(log_tail)} log lines ({summary['log_group']} {summary['log_stream']}):"]
+        lines.extend(f"  {line}" for line in log_tail)
+    return "\n".join(lines)
+
+
 def _config_key(config: Config) -> tuple[tuple[str, str], ...]:
     """A hashable summary of a botocore ``Config``: clients with equal settings may be shared."""
     return tuple(sorted((name, repr(getattr(config, name, None))) for name in Config.OPTION_DEFAULTS))

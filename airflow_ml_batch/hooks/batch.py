@@ -7,7 +7,7 @@ import re
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, cast
 
-from airflow_ml_batch.hooks.base import AwsServiceHook
+from airflow_ml_batch.hooks.base import AwsServiceHook, with_log_tail
 
 if TYPE_CHECKING:
     from mypy_boto3_batch import BatchClient
@@ -154,10 +154,7 @@ def describe_failure(summary: dict[str, Any], log_tail: list[str] | None = None)
     ]
     for number, attempt in enumerate(summary.get("attempts") or [], start=1):
         lines.append(f"  attempt {number}: exit code {attempt['exit_code']}, {attempt['reason'] or 'no reason'}")
-    if log_tail:
-        lines.append(f"last {len(log_tail)} log lines ({summary['log_group']} {summary['log_stream']}):")
-        lines.extend(f"  {line}" for line in log_tail)
-    return "\n".join(lines)
+    return with_log_tail(lines, summary, log_tail)
 
 
 class BatchHook(AwsServiceHook):

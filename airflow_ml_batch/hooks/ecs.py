@@ -6,7 +6,7 @@ import hashlib
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from airflow_ml_batch.hooks.base import AwsServiceHook
+from airflow_ml_batch.hooks.base import AwsServiceHook, with_log_tail
 
 if TYPE_CHECKING:
     from mypy_boto3_ecs import ECSClient
@@ -201,10 +201,7 @@ def describe_task_failure(summary: dict[str, Any], log_tail: list[str] | None = 
         lines.append(
             f"  container {container['name']}: exit code {container['exit_code']}, {container['reason'] or 'no reason'}"
         )
-    if log_tail:
-        lines.append(f"last {len(log_tail)} log lines ({summary['log_group']} {summary['log_stream']}):")
-        lines.extend(f"  {line}" for line in log_tail)
-    return "\n".join(lines)
+    return with_log_tail(lines, summary, log_tail)
 
 
 class EcsHook(AwsServiceHook):
