@@ -309,16 +309,20 @@ class WaitForJobTrigger(BaseTrigger):
         """The service-specific ``serialize()`` kwargs."""
 
     @abstractmethod
-    async def outcome(self, description: dict[str, Any]) -> str | None:
-        """``"success"`` or ``"failed"`` for a finished job, ``None`` while it may still run."""
+    def is_final(self, description: dict[str, Any]) -> bool:
+        """Whether the job has finished (it can no longer run)."""
 
     @abstractmethod
     async def summarize(self, description: dict[str, Any]) -> dict[str, Any]:
-        """The task's JSON-serializable result."""
+        """The task's JSON-serializable result, for a finished job."""
 
     @abstractmethod
-    async def failure_message(self, description: dict[str, Any], log_tail: list[str]) -> str:
-        """Why the job failed, ending with ``log_tail``."""
+    def succeeded(self, result: dict[str, Any]) -> bool:
+        """Whether the finished job (its :meth:`summarize` result) succeeded."""
+
+    @abstractmethod
+    def failure_message(self, result: dict[str, Any], log_tail: list[str]) -> str:
+        """Why the finished job (its :meth:`summarize` result) failed, ending with ``log_tail``."""
 
     @abstractmethod
     async def stop(self, client: Any, reason: str) -> None:
@@ -397,18 +401,17 @@ class WaitForJobTrigger(BaseTrigger):
             if state != last_state:
                 self.log.info("%s %s: %s -> %s", self.noun, self.job_id, last_state or "deferred", state)
                 last_state = state
-            outcome = await self.outcome(observation.description)
-            if outcome == "success":
-                result = await self.summarize(observation.description)
-                if self.collect_metrics:
-                    result["metrics"] = metrics_from_log(await self._log_tail(result))
-                if self.end_from_trigger:
-                    return TaskSuccessEvent(xcoms=self._success_xcoms(result))
-                return TriggerEvent({"status": "success", "job_id": self.job_id, "result": result})
-            if outcome == "failed":
-                result = await self.summarize(observation.description)
-                message = await self.failure_message(observation.description, await self._log_tail(result))
+            if not self.is_final(observation.description):
+                continue
+            result = await self.summarize(observation.description)
+            if not self.succeeded(result):
+                message = self.failure_message(result, await self._log_tail(result))
                 return self._event("failed", message, result=result)
+            if self.collect_metrics:
+                result["metrics"] = metrics_from_log(await self._log_tail(result))
+            if self.end_from_trigger:
+                return TaskSuccessEvent(xcoms=self._success_xcoms(result))
+            return TriggerEvent({"status": "success", "job_id": self.job_id, "result": result})
 
     async def _log_tail(self, result: dict[str, Any]) -> list[str]:
         if not result.get("log_group") or not result.get("log_stream"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_ml_batch.hooks.batch import BatchHook, describe_failure, summarize_job
+from airflow_ml_batch.hooks.batch import FINAL_STATES, BatchHook, describe_failure, summarize_job
 from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
 
 
@@ -54,14 +54,17 @@ class BatchJobTrigger(WaitForJobTrigger):
     def service_kwargs(self) -> dict[str, Any]:
         return {"job_id": self.job_id}
 
-    async def outcome(self, description: dict[str, Any]) -> str | None:
-        return {"SUCCEEDED": "success", "FAILED": "failed"}.get(description["status"])
+    def is_final(self, description: dict[str, Any]) -> bool:
+        return description["status"] in FINAL_STATES
 
     async def summarize(self, description: dict[str, Any]) -> dict[str, Any]:
         return summarize_job(description)
 
-    async def failure_message(self, description: dict[str, Any], log_tail: list[str]) -> str:
-        return describe_failure(summarize_job(description), log_tail)
+    def succeeded(self, result: dict[str, Any]) -> bool:
+        return bool(result["status"] == "SUCCEEDED")
+
+    def failure_message(self, result: dict[str, Any], log_tail: list[str]) -> str:
+        return describe_failure(result, log_tail)
 
     async def stop(self, client: Any, reason: str) -> None:
         await client.terminate_job(jobId=self.job_id, reason=f"Airflow: {reason}"[:1024])

@@ -107,25 +107,24 @@ class EcsTaskTrigger(WaitForJobTrigger):
             "fail_on_sidecars": self.fail_on_sidecars,
         }
 
-    async def outcome(self, description: dict[str, Any]) -> str | None:
-        if description.get("lastStatus") != "STOPPED":
-            return None
-        return "success" if (await self._summary(description))["outcome"] == "success" else "failed"
+    def is_final(self, description: dict[str, Any]) -> bool:
+        return description.get("lastStatus") == "STOPPED"
 
     async def summarize(self, description: dict[str, Any]) -> dict[str, Any]:
-        return await self._summary(description)
-
-    async def failure_message(self, description: dict[str, Any], log_tail: list[str]) -> str:
-        return describe_task_failure(await self._summary(description), log_tail)
-
-    async def stop(self, client: Any, reason: str) -> None:
-        await client.stop_task(cluster=self.cluster, task=self.task_arn, reason=f"Airflow: {reason}"[:255])
-
-    async def _summary(self, description: dict[str, Any]) -> dict[str, Any]:
+        """Classify the stopped task from its definition's essential containers (read once per poller)."""
         definition = await self._poller().task_definition(description["taskDefinitionArn"])
         essential = {c["name"] for c in definition.get("containerDefinitions", []) if c.get("essential", True)}
         outcome = classify_stopped_task(description, essential, self.fail_on_sidecars)
         return summarize_task(description, outcome, *log_location(description, definition))
+
+    def succeeded(self, result: dict[str, Any]) -> bool:
+        return bool(result["outcome"] == "success")
+
+    def failure_message(self, result: dict[str, Any], log_tail: list[str]) -> str:
+        return describe_task_failure(result, log_tail)
+
+    async def stop(self, client: Any, reason: str) -> None:
+        await client.stop_task(cluster=self.cluster, task=self.task_arn, reason=f"Airflow: {reason}"[:255])
 
     def _poller(self) -> EcsTaskPoller:
         return self.poller.for_scope(self.hook, self.scope)  # type: ignore[return-value]
