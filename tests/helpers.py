@@ -20,6 +20,7 @@ __all__ = [
     "REGION",
     "aws_connection_uri",
     "execute_error",
+    "expected_tags",
     "first_event",
     "run_dag",
     "task_instance",
@@ -113,3 +114,15 @@ async def first_event(trigger: Any, timeout: float = 30) -> Any:
         raise AssertionError("the trigger ended without an event")
 
     return await asyncio.wait_for(run(), timeout)
+
+
+def expected_tags(dag_run: Any, task_id: str = "forecast", **extra: str) -> dict[str, str]:
+    """The cost-attribution tags a first try of ``task_id`` in ``dag_run`` puts on its job, plus ``extra``."""
+    return {
+        **extra,
+        "airflow:dag_id": dag_run.dag_id,
+        "airflow:task_id": task_id,
+        "airflow:run_id": dag_run.run_id,
+        "airflow:map_index": "-1",
+        "airflow:try_number": "1",
+    }

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from fake_aws import FakeAws
-from helpers import execute_error, run_dag, task_instance, xcom
+from helpers import execute_error, expected_tags, run_dag, task_instance, xcom
 from packaging.version import Version
 
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_VERSION
@@ -39,14 +39,7 @@ def test_the_job_is_tagged_for_cost_attribution_and_overridden(fake_aws: FakeAws
     assert task_instance(dag_run, "forecast").state == "success"
     ((_, request),) = [(op, body) for op, body in fake_aws.requests if op == "SubmitJob"]
     assert request["propagateTags"] is True
-    assert request["tags"] == {
-        "team": "demand",
-        "airflow:dag_id": dag_run.dag_id,
-        "airflow:task_id": "forecast",
-        "airflow:run_id": dag_run.run_id,
-        "airflow:map_index": "-1",
-        "airflow:try_number": "1",
-    }
+    assert request["tags"] == expected_tags(dag_run, team="demand")
     assert request["containerOverrides"] == {
         "command": ["python", "train.py"],
         "environment": [{"name": "PRODUCT", "value": "widgets"}],

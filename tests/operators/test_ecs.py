@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fake_aws import FakeAws
-from helpers import execute_error, run_dag, task_instance, xcom
+from helpers import execute_error, expected_tags, run_dag, task_instance, xcom
 from packaging.version import Version
 
 from airflow_ml_batch._compat import AIRFLOW_VERSION
@@ -81,14 +81,7 @@ def test_fargate_request_with_tags_started_by_and_idempotency_token(fake_aws: Fa
     assert request["startedBy"] == started_by_for(dag_run.dag_id, "forecast", dag_run.run_id)
     assert len(request["clientToken"]) == 64
     assert request["propagateTags"] == "TASK_DEFINITION"
-    assert {t["key"]: t["value"] for t in request["tags"]} == {
-        "team": "demand",
-        "airflow:dag_id": dag_run.dag_id,
-        "airflow:task_id": "forecast",
-        "airflow:run_id": dag_run.run_id,
-        "airflow:map_index": "-1",
-        "airflow:try_number": "1",
-    }
+    assert {t["key"]: t["value"] for t in request["tags"]} == expected_tags(dag_run, team="demand")
     assert request["overrides"] == {
         "containerOverrides": [
             {"name": "model", "environment": [{"name": "PRODUCT", "value": "widgets"}], "cpu": 512, "memory": 1024}
