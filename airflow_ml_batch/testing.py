@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -62,8 +62,13 @@ def aws_connection_json(endpoint_url: str, region_name: str = DEFAULT_REGION, **
     )
 
 
-def create_batch_queue(aws_conn_id: str, job_queue: str = "models", job_definition: str = "forecast") -> dict[str, str]:
-    """Create a compute environment, an enabled job queue and a container job definition."""
+def create_batch_queue(
+    aws_conn_id: str,
+    job_queue: str = "models",
+    job_definition: str = "forecast",
+    extra_job_definitions: Sequence[str] = (),
+) -> dict[str, str]:
+    """Create a compute environment, an enabled job queue and container job definitions."""
     batch = BatchHook(aws_conn_id=aws_conn_id).conn
     iam: Any = AwsGenericHook(aws_conn_id=aws_conn_id, client_type="iam").conn
     role = iam.create_role(RoleName=f"{job_queue}-batch-service", AssumeRolePolicyDocument="{}")["Role"]
@@ -76,16 +81,12 @@ def create_batch_queue(aws_conn_id: str, job_queue: str = "models", job_definiti
         priority=1,
         computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment["computeEnvironmentArn"]}],
     )
-    batch.register_job_definition(
-        jobDefinitionName=job_definition,
-        type="container",
-        containerProperties={
-            "image": f"{job_definition}:latest",
-            "vcpus": 1,
-            "memory": 512,
-            "command": ["true"],
-        },
-    )
+    for name in (job_definition, *extra_job_definitions):
+        batch.register_job_definition(
+            jobDefinitionName=name,
+            type="container",
+            containerProperties={"image": f"{name}:latest", "vcpus": 1, "memory": 512, "command": ["true"]},
+        )
     return {"job_queue": job_queue, "job_definition": job_definition}
 
 

@@ -1,15 +1,18 @@
-"""Demo: run example_dags/batch_fleet_demo.py through a real Airflow against a local AWS-shaped endpoint.
+"""Demo: run example_dags/monthly_demand_forecast.py through a real Airflow against a local AWS-shaped endpoint.
 
 1. Starts moto's server on 127.0.0.1 behind a middleware that counts every AWS API call by operation,
-   and creates a Batch job queue and job definition there (``airflow_ml_batch.testing``).
-2. Starts Airflow's api-server, scheduler (LocalExecutor), dag-processor and triggerer, with SQLite and
+   and creates a Batch job queue and the two job definitions there (``airflow_ml_batch.testing``).
+2. Writes a models file of ``--models`` models (``example_dags/forecast_model/make_models.py``).
+3. Starts Airflow's api-server, scheduler (LocalExecutor), dag-processor and triggerer, with SQLite and
    ``AIRFLOW_HOME`` in ``.demo/airflow`` (kept for inspection, wiped by the next run).
-3. Unpauses and triggers ``batch_fleet_demo`` through the REST API: one ``BatchJobOperator`` task per
-   product line submits its job, defers, and ends from the triggerer's shared DescribeJobs poller.
-4. Waits for the run (bounded by ``--timeout``), stops every process it started, and prints what the
-   tasks and the endpoint saw. Exits non-zero if anything failed.
+4. Unpauses and triggers ``monthly_demand_forecast`` through the REST API with that models file: the
+   data-prep job, one ``BatchJobOperator`` task per model (each submits its job, defers, and ends from
+   the triggerer's shared DescribeJobs poller), then the report (CSV and PNG chart in ``.demo/reports``).
+5. Waits for the run (bounded by ``--timeout``) while sampling each component's memory, stops every
+   process it started, and prints the report summary and what the tasks and the endpoint saw. Exits
+   non-zero if anything failed.
 
-Nothing reaches AWS, and nothing listens beyond 127.0.0.1. Usage: python scripts/demo.py [--jobs N]
+Nothing reaches AWS, and nothing listens beyond 127.0.0.1. Usage: python scripts/demo.py [--models N]
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.parse
@@ -36,12 +40,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from airflow_ml_batch.report import read_csv, summarize
+
 ROOT = Path(__file__).resolve().parent.parent
+MAKE_MODELS = ROOT / "example_dags" / "forecast_model" / "make_models.py"
 DAGS_FOLDER = ROOT / "example_dags"
 DEMO_DIR = ROOT / ".demo"
 AIRFLOW_HOME = DEMO_DIR / "airflow"
-DAG_ID = "batch_fleet_demo"
-CONN_ID = "aws_ml_batch_demo"
+REPORTS_DIR = DEMO_DIR / "reports"
+MODELS_FILE = DEMO_DIR / "models.json"
+DAG_ID = "monthly_demand_forecast"
+CONN_ID = "aws_default"  # the example DAG's connection
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 #: What the scheduler's forkserver imports before it starts the LocalExecutor workers that fork the task runs:
 #: the modules a worker forked straight from the scheduler would inherit, and the operator's.
@@ -168,6 +177,8 @@ class Processes:
         self.env = env
         self.log_dir = log_dir
         self.running: dict[str, subprocess.Popen[bytes]] = {}
+        #: the largest resident memory seen per component, bytes (:meth:`sample_memory`)
+        self.peak_rss: dict[str, int] = {}
 
     def start(self, name: str, *args: str) -> None:
         with open(self.log_dir / f"{name}.log", "wb") as output:
@@ -220,6 +231,19 @@ class Processes:
                             (entry / "cmdline").read_bytes()[:80],
                         )
         return totals
+
+    def sample_memory(self) -> None:
+        """Record each component's resident memory (all its processes) and keep the peak (Linux ``/proc``)."""
+        page = os.sysconf("SC_PAGE_SIZE")
+        now = dict.fromkeys(self.running, 0)
+        groups = {process.pid: name for name, process in self.running.items()}
+        for entry in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                if int(fields[2]) in groups:
+                    now[groups[int(fields[2])]] += int(fields[21]) * page
+        for name, rss in now.items():
+            self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
 
     def exited(self) -> list[str]:
         return [f"{name} (exit code {p.returncode})" for name, p in self.running.items() if p.poll() is not None]
@@ -317,8 +341,8 @@ def airflow_env(args: argparse.Namespace, endpoint_url: str, api_port: int) -> d
             # imported what a task needs (Airflow 3.3+) spares every run the import of the operator's module.
             "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
             "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": ",".join(FORKSERVER_PRELOAD),
-            "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, args.jobs)),
-            "AIRFLOW__TRIGGERER__CAPACITY": str(max(1000, args.jobs)),
+            "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, args.models)),
+            "AIRFLOW__TRIGGERER__CAPACITY": str(max(1000, args.models + 1)),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
             "AIRFLOW__API__HOST": "127.0.0.1",
@@ -331,8 +355,7 @@ def airflow_env(args: argparse.Namespace, endpoint_url: str, api_port: int) -> d
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             f"AIRFLOW_CONN_{CONN_ID.upper()}": aws_connection_json(endpoint_url),
             "AWS_EC2_METADATA_DISABLED": "true",  # never look for an instance role
-            "ML_BATCH_DEMO_JOBS": str(args.jobs),
-            "ML_BATCH_DEMO_POLL_INTERVAL": str(args.poll_interval),
+            "FORECAST_POLL_INTERVAL": str(args.poll_interval),
             "ML_BATCH_DEMO_RUN": secrets.token_hex(8),  # finds any process of this run left behind
             "PYTHONUNBUFFERED": "1",
         }
@@ -380,9 +403,11 @@ def run_demo(args: argparse.Namespace, processes: Processes, api: str, counter: 
 
     wait_for(f"the dag-processor to parse {DAG_ID}", dag_parsed, 180, processes)
     http_json("PATCH", f"{api}/api/v2/dags/{DAG_ID}", {"is_paused": False})
-    run = http_json("POST", f"{api}/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None})
+    conf = {"models_file": str(MODELS_FILE), "report_location": str(REPORTS_DIR)}
+    logical_date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # the month the data prep job closes
+    run = http_json("POST", f"{api}/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": logical_date, "conf": conf})
     run_id, triggered = run["dag_run_id"], time.monotonic()
-    log(f"unpaused and triggered {DAG_ID}: run {run_id}, {args.jobs} product lines")
+    log(f"unpaused and triggered {DAG_ID}: run {run_id}, {args.models} models")
 
     state, last_report = run["state"], 0.0
     while state not in {"success", "failed"}:
@@ -391,6 +416,7 @@ def run_demo(args: argparse.Namespace, processes: Processes, api: str, counter: 
         if processes.exited():
             raise RuntimeError(f"{', '.join(processes.exited())} exited during the run")
         time.sleep(3)
+        processes.sample_memory()
         with contextlib.suppress(OSError):
             state = http_json("GET", f"{api}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", timeout=10)["state"]
             if time.monotonic() - last_report >= 15 or state in {"success", "failed"}:
@@ -418,19 +444,23 @@ def final_checks(processes: Processes, run_id: str) -> tuple[collections.Counter
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=200, help="product lines, one Batch job each (default 200)")
-    parser.add_argument("--timeout", type=float, help="seconds the DAG run may take (default: 900, more for >200 jobs)")
+    parser.add_argument("--models", type=int, default=100, help="models, one Batch job each (default 100)")
+    parser.add_argument("--timeout", type=float, help="seconds the DAG run may take (default: 900, more for >200)")
     parser.add_argument("--poll-interval", type=float, default=5, help="triggerer poll interval, s (default 5)")
     parser.add_argument("--parallelism", type=int, default=8, help="LocalExecutor worker processes (default 8)")
     args = parser.parse_args()
-    if args.jobs < 1:
-        parser.error("--jobs must be at least 1")
-    args.timeout = args.timeout or max(900.0, 4.5 * args.jobs)
+    if args.models < 1:
+        parser.error("--models must be at least 1")
+    args.timeout = args.timeout or max(900.0, 4.5 * args.models)
 
     started = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on `kill` as on Ctrl-C
-    shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
+    for directory in (AIRFLOW_HOME, REPORTS_DIR):
+        shutil.rmtree(directory, ignore_errors=True)
     (AIRFLOW_HOME / "component-logs").mkdir(parents=True)
+    subprocess.run(
+        [sys.executable, str(MAKE_MODELS), "--count", str(args.models), "--output", str(MODELS_FILE)], check=True
+    )
     for name in [n for n in os.environ if n.startswith(("AWS_", "AIRFLOW"))]:  # never touch a real account
         del os.environ[name]
     os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
@@ -447,8 +477,8 @@ def main() -> int:
         try:
             from airflow_ml_batch.testing import create_batch_queue
 
-            queue = create_batch_queue(CONN_ID)
-            log(f"local AWS endpoint {endpoint_url}: queue {queue['job_queue']}, definition {queue['job_definition']}")
+            queue = create_batch_queue(CONN_ID, extra_job_definitions=("forecast-data-prep",))
+            log(f"local AWS endpoint {endpoint_url}: queue {queue['job_queue']}; models file {MODELS_FILE}")
             result = run_demo(args, processes, f"http://127.0.0.1:{api_port}", counter)
         except (Exception, KeyboardInterrupt, SystemExit) as caught:
             error = caught
@@ -489,7 +519,9 @@ def main() -> int:
         print(f"error:               {error}")
     if result:
         print(f"DAG run:             {DAG_ID} {result['run_id']} {result['state']} in {result['run_seconds']:.1f}s")
-    print(f"tasks succeeded:     {succeeded} of {sum(tasks.values())} (product_lines + {forecast} mapped forecast)")
+    print(
+        f"tasks succeeded:     {succeeded} of {sum(tasks.values())} (prepare_data, plan, {forecast} forecast, report)"
+    )
     print(
         f"tasks failed:        {failed}"
         + (f" ({', '.join(f'{n} {key}' for key, n in other.items())})" if other else "")
@@ -503,16 +535,27 @@ def main() -> int:
         print(f"  {operation:32} {count}")
     print(f"wall time:           {time.monotonic() - started:.1f}s in all (Airflow start, run, stop)")
     print("CPU time:            " + ", ".join(f"{name} {seconds:.0f}s" for name, seconds in cpu.items()))
+    print("peak memory:         " + ", ".join(f"{n} {b / 2**20:.0f} MB" for n, b in processes.peak_rss.items()))
+    report_files = sorted(REPORTS_DIR.glob("*/report.*"))
+    report_csv = next((path for path in report_files if path.suffix == ".csv"), None)
+    outcomes = read_csv(report_csv) if report_csv else []
+    print("report:")
+    print(textwrap.indent(summarize(outcomes), "  ") if outcomes else "  NOT WRITTEN")
+    for path in report_files:
+        print(f"  {path.suffix[1:].upper()}: {path}")
     print(f"airflow providers list: {provider or 'airflow-ml-batch NOT FOUND'}")
     print(f"Airflow home, with every component's and task's log: {AIRFLOW_HOME}")
     ok = (
         error is None
         and result.get("state") == "success"
-        and forecast == args.jobs
+        and forecast == args.models
         and succeeded == sum(tasks.values())
-        and submitted == args.jobs
-        and jobs["SUCCEEDED"] == args.jobs
+        and submitted == args.models + 1  # and the data-prep job
+        and jobs["SUCCEEDED"] == args.models + 1
         and not jobs["FAILED"]
+        and len(outcomes) == args.models
+        and all(outcome.succeeded for outcome in outcomes)
+        and len(report_files) == 2
         and provider is not None
     )
     print("result:              OK" if ok else "result:              FAILED")

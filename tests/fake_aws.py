@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -34,6 +35,9 @@ class FakeAws:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         #: the status SubmitJob gives new jobs
         self.submitted_status = "RUNNABLE"
+        #: called with each SubmitJob request: the new job's fields (``status``, ``container``, ...), or
+        #: ``{"reject": message}`` to answer with a ClientException
+        self.on_submit: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.failures: dict[str, list[tuple[int, str]]] = {}
         self.lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -95,14 +99,17 @@ class FakeAws:
 
     def _SubmitJob(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         job_id = str(uuid.uuid4())
+        fields = {"status": self.submitted_status, **(self.on_submit(body) if self.on_submit else {})}
+        if "reject" in fields:
+            return 400, {"__type": "ClientException", "message": fields["reject"]}
         self.lock.release()
         try:
             self.add_job(
-                self.submitted_status,
                 jobId=job_id,
                 jobName=body["jobName"],
                 jobQueue=body["jobQueue"],
                 tags=body.get("tags", {}),
+                **fields,
             )
         finally:
             self.lock.acquire()

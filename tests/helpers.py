@@ -23,6 +23,7 @@ __all__ = [
     "expected_tags",
     "first_event",
     "run_dag",
+    "run_dag_file",
     "task_instance",
     "xcom",
 ]
@@ -53,15 +54,31 @@ def run_dag(tasks: str, imports: str = "") -> Any:
         f"with DAG({dag_id!r}, schedule=None, start_date=datetime.datetime(2026, 1, 1)) as dag:\n"
         + textwrap.indent(textwrap.dedent(tasks), "    ")
     )
-    spec = importlib.util.spec_from_file_location(dag_id, path)
+    try:
+        return run_dag_file(path, "dag")
+    finally:
+        path.unlink()
+
+
+def run_dag_file(path: Path, name: str, overrides: dict[str, Any] | None = None, **test_kwargs: Any) -> Any:
+    """Import the DAG file at ``path`` (in the DAGs folder) and ``dag.test(**test_kwargs)`` its DAG ``name``.
+
+    ``overrides`` sets operator arguments on every task that has them, e.g. ``retries`` (``dag.test()``
+    would wait out each retry delay).
+    """
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    try:
-        return module.dag.test()
-    finally:
-        path.unlink()
+    dag = getattr(module, name)
+    for task in dag.tasks:
+        for argument, value in (overrides or {}).items():
+            if hasattr(task, "partial_kwargs"):  # a mapped task
+                task.partial_kwargs[argument] = value
+            elif hasattr(task, argument):
+                setattr(task, argument, value)
+    return dag.test(**test_kwargs)
 
 
 def task_instance(dag_run: Any, task_id: str) -> Any:

@@ -26,8 +26,11 @@ def test_every_example_dag_imports_without_errors(dag_bag: object) -> None:
     assert files == {path.name for path in EXAMPLES.glob("*.py") if not path.name.startswith("_")}
 
 
-def test_the_fleet_demo_maps_batch_jobs(dag_bag: object) -> None:
-    dag = dag_bag.dags["batch_fleet_demo"]  # type: ignore[attr-defined]
+def test_the_month_end_forecast_maps_one_batch_job_per_model_after_data_prep(dag_bag: object) -> None:
+    dag = dag_bag.dags["monthly_demand_forecast"]  # type: ignore[attr-defined]
 
-    assert "forecast" in dag.task_dict
-    assert type(dag.task_dict["forecast"]).__name__ in {"MappedOperator", "BatchJobOperator"}
+    forecast = dag.task_dict["forecast"]
+    assert type(forecast).__name__ == "MappedOperator"
+    assert {"prepare_data", "plan"} <= forecast.upstream_task_ids
+    assert dag.task_dict["report"].upstream_task_ids == {"forecast", "plan"}
+    assert dag.task_dict["report"].trigger_rule == "all_done"

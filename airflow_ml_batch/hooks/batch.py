@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, cast
 
@@ -170,6 +171,15 @@ class BatchHook(AwsServiceHook):
     def conn(self) -> BatchClient:
         """The cached sync boto3 Batch client."""
         return cast("BatchClient", super().conn)
+
+    def describe_jobs(self, job_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """DescribeJobs for any number of ids, 100 per call (the API's limit); unknown ids are left out."""
+        ids = list(dict.fromkeys(job_ids))
+        return [
+            dict(job)
+            for start in range(0, len(ids), 100)
+            for job in self.conn.describe_jobs(jobs=ids[start : start + 100])["jobs"]
+        ]
 
     def find_active_jobs(self, job_queue: str, job_name: str, tags: dict[str, str]) -> list[dict[str, Any]]:
         """Jobs named ``job_name`` in ``job_queue`` that still run and carry every tag in ``tags``.

@@ -1,0 +1,176 @@
+"""The fleet report: outcomes described from a Batch-shaped endpoint, the CSV file, the chart, the summary."""
+
+from __future__ import annotations
+
+import csv
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+from fake_aws import FakeAws
+
+from airflow_ml_batch.fleet import Model, batch_kwargs
+from airflow_ml_batch.hooks.batch import BatchHook
+from airflow_ml_batch.report import (
+    NOT_SUBMITTED,
+    JobOutcome,
+    gather_batch_jobs,
+    model_ids,
+    pulled,
+    read_csv,
+    summarize,
+    write_chart,
+    write_csv,
+)
+
+MINUTE_MS = 60_000
+
+
+def finished_job(
+    fake: FakeAws, model_id: str, status: str, minutes: float, try_number: int = 1, **fields: object
+) -> str:
+    started = 1_700_000_000_000
+    return fake.add_job(
+        status,
+        tags={"model_id": model_id, "airflow:try_number": str(try_number)},
+        startedAt=started,
+        stoppedAt=started + int(minutes * MINUTE_MS),
+        **fields,
+    )
+
+
+def test_model_ids_follow_the_map_order_of_the_expanded_fleet() -> None:
+    models = [Model(id="short", expected_minutes=10), Model(id="long", expected_minutes=90)]
+
+    assert model_ids(batch_kwargs(models)) == ["long", "short"]
+
+
+def test_outcomes_come_from_aws_batch_in_model_order_with_metrics_from_the_results(fake_aws: FakeAws) -> None:
+    ok = finished_job(fake_aws, "emea-1", "SUCCEEDED", 12, container={"exitCode": 0})
+    failed = finished_job(
+        fake_aws,
+        "emea-2",
+        "FAILED",
+        3,
+        statusReason="Essential container in task exited",
+        container={"exitCode": 137},
+        attempts=[{"container": {"exitCode": 1}}, {"container": {"exitCode": 137}}],
+    )
+    first_try = finished_job(fake_aws, "emea-3", "FAILED", 1, try_number=1)
+    second_try = finished_job(fake_aws, "emea-3", "SUCCEEDED", 9, try_number=2)
+    by_environment = fake_aws.add_job(
+        "RUNNING", container={"environment": [{"name": "MODEL_ID", "value": "emea-4"}]}, startedAt=1
+    )
+    hook = BatchHook(aws_conn_id="aws_fake", region_name="eu-west-1")
+
+    outcomes = gather_batch_jobs(
+        hook,
+        ["emea-1", "emea-2", "emea-3", "emea-4", "emea-5"],
+        [second_try, by_environment, failed, None, ok, first_try, "unknown-id"],
+        [{"job_id": ok, "metrics": {"mape": 0.12}}, None, {"job_id": second_try, "metrics": {"mape": 0.3}}],
+    )
+
+    assert [(o.model_id, o.status, o.job_id) for o in outcomes] == [
+        ("emea-1", "SUCCEEDED", ok),
+        ("emea-2", "FAILED", failed),
+        ("emea-3", "SUCCEEDED", second_try),  # the latest try wins
+        ("emea-4", "RUNNING", by_environment),  # no model_id tag: the MODEL_ID variable names it
+        ("emea-5", NOT_SUBMITTED, None),
+    ]
+    assert outcomes[0] == JobOutcome("emea-1", "SUCCEEDED", ok, 720.0, 0, 1, 0, None, {"mape": 0.12})
+    assert (outcomes[1].exit_code, outcomes[1].attempts, outcomes[1].reason) == (
+        137,
+        2,
+        "Essential container in task exited",
+    )
+    assert (outcomes[2].try_number, outcomes[2].duration_seconds, outcomes[2].metrics) == (2, 540.0, {"mape": 0.3})
+    assert fake_aws.calls["DescribeJobs"] == 1
+
+
+def test_jobs_are_described_a_hundred_per_call(fake_aws: FakeAws) -> None:
+    ids = [finished_job(fake_aws, f"m{n}", "SUCCEEDED", 1) for n in range(250)]
+
+    outcomes = gather_batch_jobs(
+        BatchHook(aws_conn_id="aws_fake", region_name="eu-west-1"), [f"m{n}" for n in range(250)], ids
+    )
+
+    assert [o.status for o in outcomes] == ["SUCCEEDED"] * 250
+    assert fake_aws.calls["DescribeJobs"] == 3
+    assert [len(body["jobs"]) for op, body in fake_aws.requests if op == "DescribeJobs"] == [100, 100, 50]
+
+
+OUTCOMES = [
+    JobOutcome("a", "SUCCEEDED", "j1", 600.0, 1, 1, 0, None, {"mape": 0.1, "slope": 2}),
+    JobOutcome("b", "FAILED", "j2", 60.0, 1, 3, 1, "Essential container in task exited"),
+    JobOutcome("c", "SUCCEEDED", "j3", 5400.0, 1, 1, 0, None, {"mape": 0.3}),
+    JobOutcome("d", NOT_SUBMITTED),
+]
+
+
+def test_the_csv_has_a_row_per_model_and_a_column_per_metric(tmp_path: Path) -> None:
+    path = write_csv(OUTCOMES, tmp_path / "report.csv")
+
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[0]) == [
+        "model_id",
+        "status",
+        "job_id",
+        "duration_seconds",
+        "attempts",
+        "try_number",
+        "exit_code",
+        "reason",
+        "metric_mape",
+        "metric_slope",
+    ]
+    assert [(r["model_id"], r["status"], r["metric_mape"], r["try_number"]) for r in rows] == [
+        ("a", "SUCCEEDED", "0.1", "1"),
+        ("b", "FAILED", "", "3"),
+        ("c", "SUCCEEDED", "0.3", "1"),
+        ("d", NOT_SUBMITTED, "", ""),
+    ]
+    assert rows[1]["reason"] == "Essential container in task exited"
+
+
+def test_a_written_report_reads_back(tmp_path: Path) -> None:
+    assert read_csv(write_csv(OUTCOMES, tmp_path / "report.csv")) == [
+        JobOutcome("a", "SUCCEEDED", "j1", 600.0, 1, 1, 0, None, {"mape": 0.1, "slope": 2.0}),
+        *OUTCOMES[1:],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, []), ("job-1", ["job-1"]), ({"job_id": "j"}, [{"job_id": "j"}]), (iter(["a", "b"]), ["a", "b"])],
+)
+def test_pulled_turns_what_each_airflow_version_returns_into_a_list(value: object, expected: list[object]) -> None:
+    assert pulled(value) == expected
+
+
+def test_the_chart_is_a_png(tmp_path: Path) -> None:
+    path = write_chart(OUTCOMES, tmp_path / "report.png", title="March")
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", data[16:24]) == (1200, 500)
+
+
+def test_the_chart_says_what_to_install_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+
+    with pytest.raises(ImportError, match=r"pip install 'airflow-ml-batch\[report\]'"):
+        write_chart(OUTCOMES, tmp_path / "report.png")
+    assert not (tmp_path / "report.png").exists()
+
+
+def test_the_summary_counts_times_metrics_and_names_the_failures() -> None:
+    assert summarize(OUTCOMES, show_failures=1).splitlines() == [
+        "4 models: 2 succeeded, 1 failed, 1 not_submitted",
+        "durations: median 10.0 min, p95 90.0 min, longest 90.0 min (c)",
+        "retried: 1 models needed more than one try or attempt",
+        "metric mape: median 0.2 over 2 models",
+        "metric slope: median 2 over 1 models",
+        "  b: FAILED Essential container in task exited",
+        "  ... and 1 more (see the CSV)",
+    ]
