@@ -20,7 +20,9 @@ is reported as ``NOT_SUBMITTED``. The chart needs matplotlib (``pip install 'air
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -75,13 +77,21 @@ def pulled(value: Any) -> list[Any]:
     """``ti.xcom_pull(task_ids=<a mapped task>, key=...)`` as a list, on every Airflow version.
 
     Airflow 2 returns every map index's value; Airflow 3 a list, the bare value when exactly one
-    exists, or ``None`` when none does.
+    exists, or ``None`` when none does. Airflow 3 also hands a result that the triggerer pushed (a task
+    ended from the trigger) to tasks as JSON text, as it stores such XComs encoded twice: those are
+    decoded here.
     """
     if value is None:
         return []
-    if isinstance(value, (str, bytes, Mapping)):
-        return [value]
-    return list(value)
+    items = [value] if isinstance(value, (str, bytes, Mapping)) else list(value)
+    return [_decoded(item) for item in items]
+
+
+def _decoded(item: Any) -> Any:
+    if isinstance(item, str) and item.startswith("{"):
+        with contextlib.suppress(ValueError):
+            return json.loads(item)
+    return item
 
 
 def model_ids(expanded: Iterable[Mapping[str, Any]]) -> list[str]:

@@ -351,6 +351,7 @@ def airflow_env(args: argparse.Namespace, endpoint_url: str, api_port: int) -> d
             "AIRFLOW__API__MAXIMUM_PAGE_LIMIT": "1000",
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",  # REST calls need no login
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # only the demo's run: no month-end run on unpause
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",  # no periodic re-parse during the demo
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             f"AIRFLOW_CONN_{CONN_ID.upper()}": aws_connection_json(endpoint_url),

@@ -142,7 +142,16 @@ def test_a_written_report_reads_back(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, []), ("job-1", ["job-1"]), ({"job_id": "j"}, [{"job_id": "j"}]), (iter(["a", "b"]), ["a", "b"])],
+    [
+        (None, []),
+        ("job-1", ["job-1"]),
+        ({"job_id": "j"}, [{"job_id": "j"}]),
+        (iter(["a", "b"]), ["a", "b"]),
+        (
+            ['{"job_id": "j", "metrics": {"mape": 0.1}}', "{not json"],
+            [{"job_id": "j", "metrics": {"mape": 0.1}}, "{not json"],
+        ),
+    ],
 )
 def test_pulled_turns_what_each_airflow_version_returns_into_a_list(value: object, expected: list[object]) -> None:
     assert pulled(value) == expected
