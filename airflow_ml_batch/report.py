@@ -212,8 +212,8 @@ def write_chart(outcomes: Sequence[JobOutcome], path: str | Path, title: str = "
         failed = [x for x, o in enumerate(ordered) if not o.succeeded]
         if failed:
             axes.scatter(failed, [0] * len(failed), marker="|", color="#d62728", s=60, zorder=3)
-        counts = Counter("succeeded" if o.succeeded else "failed" for o in outcomes)
-        axes.set_title(f"{title}: {counts['succeeded']} succeeded, {counts['failed']} failed (red)")
+        succeeded = sum(1 for o in outcomes if o.succeeded)
+        axes.set_title(f"{title}: {succeeded} succeeded, {len(outcomes) - succeeded} did not (red)")
         axes.set_xlabel(f"{len(ordered)} models, longest first")
         axes.set_ylabel("duration (minutes)")
         axes.set_xlim(-0.5, max(len(ordered), 1) - 0.5)
