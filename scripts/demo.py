@@ -212,36 +212,29 @@ class Processes:
             raise RuntimeError(f"airflow {' '.join(args)} exited with {process.returncode}:\n{stderr[-3000:]}")
         return stdout
 
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU time of each component with all its processes, live and ended (Linux ``/proc``)."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        totals = dict.fromkeys(self.running, 0.0)
+    def _stats(self) -> Iterator[tuple[str, list[str]]]:
+        """``(component, /proc stat fields)`` of every process in a component's process group (Linux)."""
         groups = {process.pid: name for name, process in self.running.items()}
         for entry in Path("/proc").glob("[0-9]*"):
             with contextlib.suppress(OSError, ValueError, IndexError):
                 fields = (entry / "stat").read_text().rpartition(")")[2].split()
                 if int(fields[2]) in groups:  # process group: the component and what it started
-                    totals[groups[int(fields[2])]] += sum(int(f) for f in fields[11:15]) / ticks
-                    if os.environ.get("DEMO_DEBUG"):
-                        print(
-                            "CPUDBG",
-                            groups[int(fields[2])],
-                            entry.name,
-                            [int(f) / ticks for f in fields[11:15]],
-                            (entry / "cmdline").read_bytes()[:80],
-                        )
+                    yield groups[int(fields[2])], fields
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time of each component with all its processes, live and ended (their children's included)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        totals = dict.fromkeys(self.running, 0.0)
+        for name, fields in self._stats():
+            totals[name] += sum(int(f) for f in fields[11:15]) / ticks
         return totals
 
     def sample_memory(self) -> None:
-        """Record each component's resident memory (all its processes) and keep the peak (Linux ``/proc``)."""
+        """Record each component's resident memory (all its processes) and keep the peak."""
         page = os.sysconf("SC_PAGE_SIZE")
         now = dict.fromkeys(self.running, 0)
-        groups = {process.pid: name for name, process in self.running.items()}
-        for entry in Path("/proc").glob("[0-9]*"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = (entry / "stat").read_text().rpartition(")")[2].split()
-                if int(fields[2]) in groups:
-                    now[groups[int(fields[2])]] += int(fields[21]) * page
+        for name, fields in self._stats():
+            now[name] += int(fields[21]) * page
         for name, rss in now.items():
             self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
 
