@@ -316,7 +316,44 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, processes: Pro
 # Airflow.
 
 
-def airflow_env(args: argparse.Namespace, endpoint_url: str, api_port: int) -> dict[str, str]:
+@contextlib.contextmanager
+def postgres(workdir: Path) -> Iterator[str]:
+    """A throw-away Postgres (``initdb`` into ``workdir``, ``pg_ctl`` on a free port); yield its URL, then stop it."""
+    data, port = workdir / "pgdata", free_port()
+    data.mkdir(mode=0o700, parents=True)
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        shutil.chown(data, "nobody")
+        workdir.chmod(0o755)
+        as_user = ["runuser", "-u", "nobody", "--"]
+
+    def pg(*args: str, timeout: float = 120) -> None:
+        subprocess.run([*as_user, *args], check=True, timeout=timeout, stdout=subprocess.DEVNULL, cwd="/")
+
+    pg("initdb", "-D", str(data), "-U", "airflow", "-A", "trust", "--no-sync")
+    options = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=300 -c shared_buffers=256MB"
+    pg("pg_ctl", "-D", str(data), "-o", options, "-l", str(data / "server.log"), "-w", "start")
+    try:
+        pg(
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "airflow",
+            "-d",
+            "postgres",
+            "-qc",
+            "CREATE DATABASE airflow",
+        )
+        yield f"postgresql+psycopg2://airflow@127.0.0.1:{port}/airflow"
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop", timeout=60)
+
+
+def airflow_env(args: argparse.Namespace, endpoint_url: str, api_port: int, db_url: str) -> dict[str, str]:
     from airflow_ml_batch.testing import aws_connection_json
 
     env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "AIRFLOW"))}
@@ -327,6 +364,7 @@ def airflow_env(args: argparse.Namespace, endpoint_url: str, api_port: int) -> d
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
             # Task runs at once. A task holds a slot only while it submits its job: deferred, it holds none.
             "AIRFLOW__CORE__PARALLELISM": parallelism,
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": parallelism,
@@ -442,6 +480,13 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, help="seconds the DAG run may take (default: 900, more for >200)")
     parser.add_argument("--poll-interval", type=float, default=5, help="triggerer poll interval, s (default 5)")
     parser.add_argument("--parallelism", type=int, default=8, help="LocalExecutor worker processes (default 8)")
+    parser.add_argument(
+        "--db",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="metadata database: SQLite (default) or a Postgres started from the system's binaries "
+        "(initdb, pg_ctl; needs psycopg2); use postgres for more than about 1000 models",
+    )
     args = parser.parse_args()
     if args.models < 1:
         parser.error("--models must be at least 1")
@@ -449,7 +494,7 @@ def main() -> int:
 
     started = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on `kill` as on Ctrl-C
-    for directory in (AIRFLOW_HOME, REPORTS_DIR):
+    for directory in (AIRFLOW_HOME, REPORTS_DIR, DEMO_DIR / "postgres"):
         shutil.rmtree(directory, ignore_errors=True)
     (AIRFLOW_HOME / "component-logs").mkdir(parents=True)
     subprocess.run(
@@ -464,8 +509,13 @@ def main() -> int:
     result: dict[str, Any] = {}
     error: BaseException | None = None
     cpu: dict[str, float] = {}
-    with counting_moto_server() as (endpoint_url, counter):
-        env = airflow_env(args, endpoint_url, api_port)
+    with contextlib.ExitStack() as stack:
+        endpoint_url, counter = stack.enter_context(counting_moto_server())
+        if args.db == "postgres":
+            db_url = stack.enter_context(postgres(DEMO_DIR / "postgres"))
+        else:
+            db_url = f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}"
+        env = airflow_env(args, endpoint_url, api_port, db_url)
         os.environ.update({k: v for k, v in env.items() if k.startswith(("AIRFLOW", "AWS_"))})
         processes = Processes(env, AIRFLOW_HOME / "component-logs")
         try:
@@ -488,18 +538,18 @@ def main() -> int:
                 signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
         calls = counter.snapshot()
         jobs = batch_jobs_by_status()
+        tasks: collections.Counter[str] = collections.Counter()
+        provider = None
+        if error is None:  # while the metadata database still runs
+            try:
+                tasks, provider = final_checks(processes, result["run_id"])
+            except Exception as caught:
+                error = caught
     cpu["endpoint and demo"] = time.process_time()
 
     if isinstance(error, (KeyboardInterrupt, SystemExit)):
         log("interrupted; every process it started is stopped")
         return 130
-    tasks: collections.Counter[str] = collections.Counter()
-    provider = None
-    if error is None:
-        try:
-            tasks, provider = final_checks(processes, result["run_id"])
-        except Exception as caught:
-            error = caught
 
     succeeded = sum(n for key, n in tasks.items() if key.endswith(":success"))
     failed = sum(n for key, n in tasks.items() if key.endswith((":failed", ":upstream_failed")))
