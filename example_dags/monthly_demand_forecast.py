@@ -1,13 +1,14 @@
 """Month-end demand forecast: one AWS Batch job per product line, thousands of them, then a report.
 
-``prepare_data`` (a Batch job that extracts each product's sales history to its dataset) runs first;
-then ``forecast`` runs one model job per entry of the models file, the longest expected jobs first; then
-``report`` runs whatever failed (``trigger_rule="all_done"``).
+``prepare_data`` (a Batch job that extracts each product's sales history to its dataset) runs beside
+``plan`` (which reads the models file); then ``forecast`` runs one model job per entry of the file, the
+longest expected jobs first; then ``report`` runs whatever failed (``trigger_rule="all_done"``).
 
-The models file is read when the DAG file is parsed (5000 models load and validate in about 0.1 s), so
-the fleet is a literal list in the DAG: each ``forecast`` task takes its own entry from its own parse.
-Returning the list from a task instead would make each of the 5000 tasks download the whole list (about
-1.5 MB) from the metadata database when it starts. A change to the file is a new version of the DAG.
+``plan`` reads the models file when the run starts, not when the DAG file is parsed: a literal list of
+5000 mapped arguments makes Airflow's scheduler walk the whole list for every task instance it checks
+(each scheduling loop then grows with the square of the fleet), while a list a task returned is one
+reference. The price: each ``forecast`` task downloads the whole list (about 300 bytes per model) when
+it starts.
 
 Each ``forecast`` task holds a worker slot only while it submits its job, then defers: the triggerer
 watches every job through one shared poller (one DescribeJobs call per 100 jobs per round). A job that
@@ -19,10 +20,10 @@ metrics each model printed (``collect_metrics``), writes ``report.csv`` and ``re
 per model, failures in red; needs matplotlib) under ``report_location`` (a directory, or ``s3://``), logs
 a summary, and fails the run if any model did not succeed.
 
-The models file is ``forecast_model/models.json`` (5 regions x 5 product groups x 200 products, written
-by ``forecast_model/make_models.py``), or the file named by the ``FORECAST_MODELS_FILE`` environment
-variable; the report location is a run parameter. For 5000 models, raise the triggerer's capacity
-(default 1000): see the README's "Airflow settings for a fleet".
+The models file (``forecast_model/models.json``: 5 regions x 5 product groups x 200 products, written by
+``forecast_model/make_models.py``) and the report location are run parameters. For 5000 models, raise
+``[core] max_map_length`` (default 1024) and the triggerer's capacity (default 1000): see the README's
+"Airflow settings for a fleet".
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ AWS_CONN_ID = "aws_default"
 JOB_QUEUE = "models"
 MODEL_JOB_DEFINITION = "forecast"  # the image of forecast_model/Dockerfile
 DATA_PREP_JOB_DEFINITION = "forecast-data-prep"
-MODELS_FILE = os.environ.get("FORECAST_MODELS_FILE") or Path(__file__).parent / "forecast_model" / "models.json"
+MODELS_FILE = Path(__file__).parent / "forecast_model" / "models.json"
 # Seconds between status polls on the triggerer: 30 s suits jobs of minutes to hours.
 POLL_INTERVAL = float(os.environ.get("FORECAST_POLL_INTERVAL", "30"))
 
@@ -78,8 +79,9 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
-    # Where the report goes: a directory or s3://bucket/prefix; empty: $AIRFLOW_HOME/reports/forecast.
-    params={"report_location": ""},
+    # Run parameters: the models file (JSON or YAML), and where the report goes (a directory or
+    # s3://bucket/prefix; empty: $AIRFLOW_HOME/reports/forecast).
+    params={"models_file": str(MODELS_FILE), "report_location": ""},
     default_args={"aws_conn_id": AWS_CONN_ID, "retries": 2, "retry_delay": timedelta(minutes=2)},
     tags=["airflow-ml-batch", "example"],
 ) as dag:
@@ -92,7 +94,12 @@ with DAG(
         execution_timeout=timedelta(hours=1),
     )
 
-    models = batch_kwargs(load_models(MODELS_FILE))  # one forecast task's arguments per model, longest first
+    @task
+    def plan(models_file: str) -> list[dict[str, Any]]:
+        """The arguments of one ``forecast`` task per model, longest expected job first."""
+        return batch_kwargs(load_models(models_file))
+
+    models = plan("{{ params.models_file }}")
 
     forecast = BatchJobOperator.partial(
         task_id="forecast",
@@ -106,7 +113,9 @@ with DAG(
     prepare_data >> forecast
 
     @task(trigger_rule="all_done", retries=0)
-    def report(location: str, run_id: str | None = None, ti: Any = None) -> dict[str, Any]:
+    def report(
+        models: list[dict[str, Any]], location: str, run_id: str | None = None, ti: Any = None
+    ) -> dict[str, Any]:
         """Every model's outcome as a CSV file, a chart and a summary; fails if any model did not succeed."""
         from airflow_ml_batch.hooks.batch import BatchHook
         from airflow_ml_batch.report import gather_batch_jobs, model_ids, pulled, summarize, write_chart, write_csv
@@ -135,4 +144,4 @@ with DAG(
             raise AirflowFailException(f"{failed} of {len(outcomes)} models did not succeed; report: {files['csv']}")
         return {"models": len(outcomes), "succeeded": len(outcomes), **{k: str(v) for k, v in files.items()}}
 
-    forecast >> report("{{ params.report_location }}")
+    forecast >> report(models, "{{ params.report_location }}")

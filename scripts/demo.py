@@ -5,7 +5,7 @@
 2. Writes a models file of ``--models`` models (``example_dags/forecast_model/make_models.py``).
 3. Starts Airflow's api-server, scheduler (LocalExecutor), dag-processor and triggerer, with SQLite and
    ``AIRFLOW_HOME`` in ``.demo/airflow`` (kept for inspection, wiped by the next run).
-4. Unpauses and triggers ``monthly_demand_forecast`` (reading that models file) through the REST API: the
+4. Unpauses and triggers ``monthly_demand_forecast`` through the REST API with that models file: the
    data-prep job, one ``BatchJobOperator`` task per model (each submits its job, defers, and ends from
    the triggerer's shared DescribeJobs poller), then the report (CSV and PNG chart in ``.demo/reports``).
 5. Waits for the run (bounded by ``--timeout``) while sampling each component's memory, stops every
@@ -388,7 +388,6 @@ def airflow_env(args: argparse.Namespace, endpoint_url: str, api_port: int, db_u
             f"AIRFLOW_CONN_{CONN_ID.upper()}": aws_connection_json(endpoint_url),
             "AWS_EC2_METADATA_DISABLED": "true",  # never look for an instance role
             "FORECAST_POLL_INTERVAL": str(args.poll_interval),
-            "FORECAST_MODELS_FILE": str(MODELS_FILE),
             "ML_BATCH_DEMO_RUN": secrets.token_hex(8),  # finds any process of this run left behind
             "PYTHONUNBUFFERED": "1",
         }
@@ -441,7 +440,7 @@ def run_demo(args: argparse.Namespace, processes: Processes, api: str, counter: 
 
     wait_for(f"the dag-processor to parse {DAG_ID}", dag_parsed, 180, processes)
     http_json("PATCH", f"{api}/api/v2/dags/{DAG_ID}", {"is_paused": False})
-    conf = {"report_location": str(REPORTS_DIR)}
+    conf = {"models_file": str(MODELS_FILE), "report_location": str(REPORTS_DIR)}
     logical_date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # the month the data prep job closes
     run = http_json("POST", f"{api}/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": logical_date, "conf": conf})
     run_id, triggered = run["dag_run_id"], time.monotonic()

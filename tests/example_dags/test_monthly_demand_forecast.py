@@ -32,7 +32,6 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 @pytest.fixture(autouse=True)
 def _fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FORECAST_POLL_INTERVAL", "0.5")
-    monkeypatch.delenv("FORECAST_MODELS_FILE", raising=False)  # run_example sets it
 
 
 def test_the_example_models_file_is_what_make_models_writes_and_loads_5000_models() -> None:
@@ -60,7 +59,7 @@ def write_models(tmp_path: Path, count: int) -> Path:
 
 
 def run_example(models_file: Path, report_location: str, **overrides: Any) -> Any:
-    """``dag.test()`` the example DAG from a copy in the DAGs folder, for the models in ``models_file``.
+    """``dag.test()`` the example DAG from a copy in the DAGs folder, with its run parameters set.
 
     ``dag.test()`` resumes a task ended from the triggerer without the XComs the triggerer would push,
     so the model tasks resume on a worker (``end_from_trigger=False``) and return their results there.
@@ -68,9 +67,9 @@ def run_example(models_file: Path, report_location: str, **overrides: Any) -> An
     path = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]) / "monthly_demand_forecast.py"
     shutil.copy(EXAMPLES / "monthly_demand_forecast.py", path)
     try:
-        os.environ["FORECAST_MODELS_FILE"] = str(models_file)  # read when the DAG file is parsed
+        conf = {"models_file": str(models_file), "report_location": report_location}
         overrides = {"end_from_trigger": False, **overrides}
-        return run_dag_file(path, "dag", overrides, run_conf={"report_location": report_location})
+        return run_dag_file(path, "dag", overrides, run_conf=conf)
     finally:
         path.unlink()
 
@@ -100,7 +99,7 @@ def test_on_moto_every_model_runs_and_the_report_lands_in_s3(
 
     assert dag_run.state == "success"
     states = {(ti.task_id, ti.state) for ti in dag_run.get_task_instances()}
-    assert states == {("prepare_data", "success"), ("forecast", "success"), ("report", "success")}
+    assert states == {("prepare_data", "success"), ("plan", "success"), ("forecast", "success"), ("report", "success")}
     assert len([ti for ti in dag_run.get_task_instances() if ti.task_id == "forecast"]) == 25
     prefix = f"forecast/{run_dir(dag_run)}"
     rows = report_rows(s3.read_key(f"{prefix}/report.csv", "reports"))
