@@ -379,6 +379,8 @@ def airflow_env(args: argparse.Namespace, endpoint_url: str, api_port: int, db_u
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(api_port),
             "AIRFLOW__API__WORKERS": "1",
+            # Thousands of task starts at once load the api-server; a task should wait, not fail (default 5 s).
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
             "AIRFLOW__API__MAXIMUM_PAGE_LIMIT": "1000",
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",  # REST calls need no login
