@@ -5,5 +5,5 @@
 source "$(dirname "$0")/_env.sh"
 cd "$ROOT"
 make_venv "$ROOT/.venvs/demo"
-"$UV" pip install --quiet --python "$PY" -e ".[test]" psycopg2-binary asyncpg
+"$UV" pip install --quiet --python "$PY" -e ".[test,report]" psycopg2-binary asyncpg
 "$PY" scripts/demo.py "$@"

@@ -27,6 +27,7 @@ make_models = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(make_models)
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
 @pytest.fixture(autouse=True)
@@ -105,8 +106,11 @@ def test_on_moto_every_model_runs_and_the_report_lands_in_s3(
     rows = report_rows(s3.read_key(f"{prefix}/report.csv", "reports"))
     assert set(rows) == {model.id for model in load_models(models_file)}
     assert {row["status"] for row in rows.values()} == {"SUCCEEDED"}
-    chart = s3.get_key(f"{prefix}/report.png", "reports").get()["Body"].read()
-    assert chart[:8] == b"\x89PNG\r\n\x1a\n"
+    if HAS_MATPLOTLIB:
+        chart = s3.get_key(f"{prefix}/report.png", "reports").get()["Body"].read()
+        assert chart[:8] == b"\x89PNG\r\n\x1a\n"
+    else:  # the report goes on without its chart
+        assert not s3.check_for_key(f"{prefix}/report.png", "reports")
 
 
 def test_a_mix_of_outcomes_is_reported_and_fails_the_run(
@@ -147,4 +151,4 @@ def test_a_mix_of_outcomes_is_reported_and_fails_the_run(
     succeeded = [row for row in rows.values() if row["status"] == "SUCCEEDED"]
     assert len(succeeded) == 4
     assert {(row["duration_seconds"], row["metric_mape"]) for row in succeeded} == {("600.0", "0.25")}
-    assert (tmp_path / "reports" / run_dir(dag_run) / "report.png").stat().st_size > 1000
+    assert (tmp_path / "reports" / run_dir(dag_run) / "report.png").exists() == HAS_MATPLOTLIB
