@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("aiohttp")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from chaos import chaos_parser, run_scenario  # noqa: E402
+from chaos import chaos_parser, run_scenario
 
 pytestmark = pytest.mark.chaos
 
