@@ -39,8 +39,14 @@ from demo import Processes, free_port, http_json, wait_for  # noqa: E402
 
 CONN_ID = "aws_bench"
 TASK_ID = "model"
-FORKSERVER_PRELOAD = "airflow.executors.local_executor,airflow.sdk.execution_time.task_runner," + (
-    "airflow_ml_batch.operators.batch"
+#: What the scheduler's forkserver imports before it starts the LocalExecutor workers that fork the task runs.
+FORKSERVER_PRELOAD = ",".join(
+    (
+        "airflow.executors.local_executor",
+        "airflow.sdk.execution_time.task_runner",
+        "airflow_ml_batch.operators.batch",
+        "airflow.providers.amazon.aws.operators.batch",
+    )
 )
 #: The Batch operations every report lists, even when none was made.
 OPERATIONS = ("SubmitJob", "DescribeJobs", "ListJobs", "TerminateJob", "GetLogEvents", "AssumeRole")
@@ -336,8 +342,11 @@ class Fleet:
         return http_json("GET" if body is None else "POST", f"{self.endpoint}/bench/{path}", body, timeout=60)
 
     def job_name(self, map_index: int) -> str:
+        """The Batch job name of a mapped task: ours derives it from the task instance, the official DAG sets it."""
         from airflow_ml_batch.hooks.batch import job_name_for
 
+        if self.args.dag == "fleet_benchmark_official":
+            return f"model-{map_index:05d}"
         return job_name_for(self.args.dag, TASK_ID, self.run_id, map_index)
 
     def _sample_loop(self) -> None:

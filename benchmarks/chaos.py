@@ -14,6 +14,7 @@ worker-kill, ha-triggerers. Exit status 0 only if every scenario run passed.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
@@ -260,6 +261,7 @@ def ha_triggerers(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> N
         "after the hand-over": after,
         "jobs described per triggerer": callers,
         "jobs described by both (one after the other)": sum(1 for d in describers.values() if len(d) > 1),
+        "TerminateJob by caller": collections.Counter(fleet.bench("stats")["terminated_by"].values()),
         "signal": f"SIG{args.kill_signal}",
     }
 

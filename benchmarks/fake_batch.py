@@ -185,6 +185,7 @@ class FakeBatch:
         self.faults = Faults()
         self.submits: Counter[str] = Counter()  # SubmitJob calls answered, per job name
         self.terminated: list[str] = []  # job ids, in the order TerminateJob reached them
+        self.terminated_by: dict[str, str] = {}  # job id -> who terminated it (a caller prefix, or "worker")
         self.held: list[dict[str, Any]] = []  # SubmitJob calls held back: job name and id, client port
         self.credentials: dict[str, float] = {}  # access key -> expiry, of AssumeRole credentials
         self.rejected_credentials = 0
@@ -305,6 +306,7 @@ class FakeBatch:
             "max_ids_per_call": self.max_ids_per_call,
             "submits": dict(self.submits),
             "terminated": self.terminated,
+            "terminated_by": self.terminated_by,
             "held": self.held,
             "rejected_credentials": self.rejected_credentials,
         }
@@ -340,6 +342,8 @@ def make_app(batch: FakeBatch) -> web.Application:
         batch.calls[name] += 1
         payload = await request.json()
         status, body = operation(payload)
+        if name == "TerminateJob" and status == 200:
+            batch.terminated_by[payload["jobId"]] = request.match_info.get("caller") or "worker"
         if name == "DescribeJobs" and status == 200:
             batch.record_describers(request.match_info.get("caller") or "", [job["jobId"] for job in body["jobs"]])
         held = (

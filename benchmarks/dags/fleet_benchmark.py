@@ -1,7 +1,7 @@
-"""The fleet benchmark's DAGs: N mapped AWS Batch tasks against the local Batch-shaped endpoint.
+"""The fleet benchmark's DAG: N mapped AWS Batch tasks against the local Batch-shaped endpoint.
 
-``fleet_benchmark`` maps this package's ``BatchJobOperator`` over N models; ``fleet_benchmark_official``
-maps the Amazon provider's ``BatchOperator(deferrable=True)`` over the same N, for a like-for-like run.
+``fleet_benchmark`` maps this package's ``BatchJobOperator`` over N models (``fleet_benchmark_official.py``
+maps the Amazon provider's ``BatchOperator(deferrable=True)`` over the same N, for a like-for-like run).
 The job durations and failures come from the endpoint (``benchmarks/fake_batch.py``), not from here.
 ``benchmarks/airflow_fleet.py`` sets the environment variables read below.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.providers.amazon.aws.operators.batch import BatchOperator
 from airflow.sdk import DAG
 
 from airflow_ml_batch.operators.batch import BatchJobOperator
@@ -28,13 +27,9 @@ COMMON = {
     "retry_delay": timedelta(seconds=float(os.environ.get("FLEET_BENCH_RETRY_DELAY", "5"))),
 }
 MODELS = [f"model-{number:05d}" for number in range(JOBS)]
+START = datetime(2025, 1, 1)
 
-with DAG(dag_id="fleet_benchmark", schedule=None, start_date=datetime(2025, 1, 1), catchup=False):
+with DAG(dag_id="fleet_benchmark", schedule=None, start_date=START, catchup=False):
     BatchJobOperator.partial(poll_interval=POLL_INTERVAL, vcpus=1, memory=2048, **COMMON).expand(
         environment=[{"MODEL": model} for model in MODELS]
-    )
-
-with DAG(dag_id="fleet_benchmark_official", schedule=None, start_date=datetime(2025, 1, 1), catchup=False):
-    BatchOperator.partial(deferrable=True, poll_interval=int(POLL_INTERVAL), region_name="eu-west-1", **COMMON).expand(
-        job_name=MODELS
     )
