@@ -8,7 +8,7 @@ and checks what the endpoint and the metadata database saw::
     python benchmarks/chaos.py --scenario all --jobs 100 --db sqlite
 
 Scenarios: triggerer-kill, throttle-storm, clear-deferred, expiring-credentials, endpoint-down,
-worker-kill, ha-triggerers. Exit status 0 only if every scenario run passed.
+worker-kill, ha-triggerers, triggerer-stall. Exit status 0 only if every scenario run passed.
 """
 
 from __future__ import annotations
@@ -266,6 +266,34 @@ def ha_triggerers(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> N
     }
 
 
+def triggerer_stall(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
+    """Two triggerers; one freezes (SIGSTOP) past Airflow's health threshold, then resumes: no job is stopped."""
+    fleet.trigger()
+    wait_deferred(fleet, args.jobs)
+    time.sleep(2 * args.poll_interval)  # both triggerers have polled their jobs
+    before = triggers_per_triggerer(fleet)
+    group = fleet.processes.running["triggerer-1"].pid
+    os.killpg(group, signal.SIGSTOP)
+    log(f"froze triggerer-1 (SIGSTOP) for {args.stall_seconds:.0f}s; triggers per triggerer id: {before}")
+    try:
+        time.sleep(args.stall_seconds)
+        during = triggers_per_triggerer(fleet)
+    finally:
+        os.killpg(group, signal.SIGCONT)
+    log(f"resumed triggerer-1; triggers per triggerer id: {during}")
+    finish(fleet, verdict)
+    stats = fleet.bench("stats")
+    verdict.checks["both triggerers held triggers before"] = len([t for t in before if t != "None"]) == 2
+    verdict.checks["the frozen triggerer's triggers moved to the other"] = len([t for t in during if t != "None"]) == 1
+    verdict.checks["no job was terminated"] = not stats["terminated"]
+    verdict.numbers |= {
+        "triggers per triggerer id, before": before,
+        "while frozen": during,
+        "TerminateJob by caller": collections.Counter(stats["terminated_by"].values()),
+        "tasks by try number": tries(fleet),
+    }
+
+
 def _overlap(a: list[float], b: list[float]) -> bool:
     return a[0] < b[1] and b[0] < a[1]
 
@@ -307,6 +335,7 @@ SCENARIOS = {
     "endpoint-down": Scenario(endpoint_down),
     "worker-kill": Scenario(worker_kill),
     "ha-triggerers": Scenario(ha_triggerers, {"triggerers": 2}),
+    "triggerer-stall": Scenario(triggerer_stall, {"triggerers": 2}),
 }
 
 
@@ -334,6 +363,7 @@ def chaos_parser() -> argparse.ArgumentParser:
     p.add_argument("--credential-ttl", type=float, default=180.0, help="expiring-credentials: lifetime, s")
     p.add_argument("--kill-workers", type=int, default=3, help="worker-kill: task processes to kill")
     p.add_argument("--kill-signal", choices=("TERM", "KILL"), default="TERM", help="ha-triggerers: the signal")
+    p.add_argument("--stall-seconds", type=float, default=45.0, help="triggerer-stall: how long it is frozen")
     return p
 
 
