@@ -450,15 +450,27 @@ def report(r: dict[str, Any]) -> None:
     print("CPU seconds:                  " + ", ".join(f"{n} {s:.1f}" for n, s in sorted(r["cpu"].items())))
 
 
+class StopEarly(Exception):
+    """SIGTERM or Ctrl-C while the DAG run is under way: stop, and report what was measured."""
+
+
+def _stop_early(*_: object) -> None:
+    raise StopEarly("stopped by a signal")
+
+
 def main() -> int:
     args = parser().parse_args()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with Fleet(args) as fleet:
         fleet.trigger()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _stop_early)
         try:
             fleet.wait()
-        except RuntimeError as error:  # a run that did not end in time still reports what it measured
+        except (RuntimeError, StopEarly) as error:  # a run that did not end still reports what it measured
             log(f"stopping early: {error}")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         results = fleet.results()
     report(results)
     (Path.cwd() / f"fleet-{args.jobs}-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(json.dumps(results, indent=1))
