@@ -20,10 +20,10 @@ pytestmark = pytest.mark.chaos
 
 #: Small fleets with short jobs on SQLite, and a 10 s triggerer health threshold (Airflow's default: 30 s);
 #: each scenario's options on top. About 2 to 3 minutes each on 2 cores.
-COMMON = ["--db", "sqlite", "--jobs", "20", "--duration", "60", "--poll-interval", "5", "--health-threshold", "10"]
+COMMON = ["--db", "sqlite", "--jobs", "20", "--poll-interval", "5", "--health-threshold", "10"]
 SCENARIOS = {
-    "triggerer-kill": ["--down-seconds", "5"],
-    "worker-kill": ["--kill-workers", "2"],
+    "triggerer-kill": ["--duration", "40", "--down-seconds", "5"],
+    "worker-kill": ["--duration", "40", "--kill-workers", "2"],
     "triggerer-stall": ["--duration", "90", "--stall-seconds", "25"],
 }
 
