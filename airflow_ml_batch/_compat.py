@@ -39,7 +39,10 @@ def task_instance_state(task_instance: Any) -> str | None:
             run_ids=[task_instance.run_id],
             map_index=task_instance.map_index,
         )
-        state = states.get(task_instance.run_id, {}).get(task_instance.task_id)
+        # A mapped task instance's state is keyed "<task_id>_<map_index>".
+        mapped = task_instance.map_index is not None and task_instance.map_index >= 0
+        key = f"{task_instance.task_id}_{task_instance.map_index}" if mapped else task_instance.task_id
+        state = states.get(task_instance.run_id, {}).get(key)
     else:
         from airflow.models.taskinstance import TaskInstance
         from airflow.utils.session import create_session

@@ -115,6 +115,11 @@ def _async_credentials(credentials: Credentials) -> Any:
     def read() -> dict[str, Any]:
         frozen = credentials.get_frozen_credentials()  # refreshes (STS) when near expiry
         expiry = datetime.now(timezone.utc) + _ADVISORY_REFRESH + _RECHECK
+        # Credentials that live less than that (a short assumed-role session) must be re-read before they
+        # expire: botocore keeps their expiry in a private attribute.
+        real_expiry = getattr(credentials, "_expiry_time", None)
+        if isinstance(real_expiry, datetime) and real_expiry.tzinfo is not None:
+            expiry = min(expiry, real_expiry)
         return {
             "access_key": frozen.access_key,
             "secret_key": frozen.secret_key,

@@ -64,6 +64,7 @@ _MAX_BACKOFF = 300.0
 
 #: The sentinel Airflow 3.3+ passes to ``Task.cancel()`` when a user acts on a deferred task.
 _USER_ACTION = "__airflow_user_action__"
+_UNKNOWN_STATE = "<unknown>"
 
 
 def metrics_from_log(lines: list[str]) -> dict[str, Any] | None:
@@ -365,7 +366,17 @@ class WaitForJobTrigger(BaseTrigger):
         yield event
 
     async def on_kill(self) -> None:
-        """Airflow 3.3+: a user cleared or marked the deferred task; terminate its job."""
+        """Airflow 3.3+: a user cleared or marked the deferred task; terminate its job.
+
+        Airflow 3.3 also calls it when a triggerer whose heartbeat lapsed drops a trigger that was handed
+        to another triggerer (apache/airflow#73454). The task is still DEFERRED then, and the other
+        triggerer watches its job: it is left running.
+        """
+        if await self._task_state() == "deferred":
+            self.log.info(
+                "%s %s: the task is still deferred (its trigger moved); job left running", self.noun, self.job_id
+            )
+            return
         await self._stop_quietly("the Airflow task was cleared or marked by a user")
 
     async def _wait(self, updates: asyncio.Queue[Observation]) -> TriggerEvent:
@@ -452,12 +463,16 @@ class WaitForJobTrigger(BaseTrigger):
 
     async def _task_left_deferred(self) -> bool:
         """Whether this trigger's task instance is no longer DEFERRED; ``False`` when it cannot be told."""
+        state = await self._task_state()
+        return state is not None and state not in ("deferred", _UNKNOWN_STATE)
+
+    async def _task_state(self) -> str | None:
+        """The state of this trigger's task instance (``None``: none), or ``_UNKNOWN_STATE``."""
         task_instance = getattr(self, "task_instance", None)
         if task_instance is None:
-            return False
+            return _UNKNOWN_STATE
         try:
-            state = await sync_to_async(_compat.task_instance_state)(task_instance)
+            return await sync_to_async(_compat.task_instance_state)(task_instance)
         except Exception:
-            self.log.warning("Could not read the task's state; leaving the job running", exc_info=True)
-            return False
-        return state is not None and state != "deferred"
+            self.log.warning("Could not read the task's state", exc_info=True)
+            return _UNKNOWN_STATE

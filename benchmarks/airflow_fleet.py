@@ -1,0 +1,483 @@
+"""Fleet benchmark through a real Airflow: N mapped Batch tasks against the local Batch-shaped endpoint.
+
+Starts ``fake_batch.py`` (its own process), a metadata database (Postgres from the system binaries in
+a temporary directory on a free 127.0.0.1 port, or ``--db sqlite``), and Airflow's api-server,
+scheduler (LocalExecutor), dag-processor and triggerer(s) with ``benchmarks/dags``. Triggers
+``fleet_benchmark`` (N mapped ``BatchJobOperator`` tasks) through the REST API, samples while it runs,
+stops everything it started (also on errors and Ctrl-C) and prints what it measured::
+
+    python benchmarks/airflow_fleet.py --jobs 5000
+
+:class:`Fleet` is the harness ``chaos.py`` drives its fault scenarios with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT / "scripts")]
+
+import fake_batch  # noqa: E402
+from demo import Processes, free_port, http_json, wait_for  # noqa: E402
+
+CONN_ID = "aws_bench"
+TASK_ID = "model"
+#: What the scheduler's forkserver imports before it starts the LocalExecutor workers that fork the task runs.
+FORKSERVER_PRELOAD = ",".join(
+    (
+        "airflow.executors.local_executor",
+        "airflow.sdk.execution_time.task_runner",
+        "airflow_ml_batch.operators.batch",
+        "airflow.providers.amazon.aws.operators.batch",
+    )
+)
+#: The Batch operations every report lists, even when none was made.
+OPERATIONS = ("SubmitJob", "DescribeJobs", "ListJobs", "TerminateJob", "GetLogEvents", "AssumeRole")
+
+
+def log(message: str) -> None:
+    print(f"[fleet {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The options of a fleet run; ``chaos.py`` adds its own."""
+    p = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--jobs", type=int, default=100, help="mapped tasks, one Batch job each")
+    p.add_argument("--dag", default="fleet_benchmark", help="fleet_benchmark (ours) or fleet_benchmark_official")
+    p.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")
+    p.add_argument("--duration", type=float, default=60.0, help="mean job duration at the endpoint, s")
+    p.add_argument("--spread", type=float, default=0.25, help="durations vary by +- this fraction")
+    p.add_argument("--fail-fraction", type=float, default=0.0, help="jobs that fail at the endpoint")
+    p.add_argument("--rate", type=float, default=50.0, help="Batch API requests/s before 429 (SubmitJob included)")
+    p.add_argument("--poll-interval", type=float, default=10.0, help="triggerer poll interval, s")
+    p.add_argument("--parallelism", type=int, default=8, help="LocalExecutor worker processes")
+    p.add_argument("--triggerers", type=int, default=1, help="triggerer processes (Airflow HA)")
+    p.add_argument("--retries", type=int, default=1, help="task retries")
+    p.add_argument("--health-threshold", type=float, default=30.0, help="[triggerer] triggerer_health_check_threshold")
+    p.add_argument("--role", action="store_true", help="the connection assumes a role (STS at the endpoint)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample-every", type=float, default=2.0, help="seconds between samples")
+    p.add_argument("--timeout", type=float, default=0.0, help="seconds the DAG run may take (default from N)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, database)")
+    return p
+
+
+# The metadata database.
+
+
+@contextlib.contextmanager
+def postgres(workdir: Path) -> Iterator[str]:
+    """A throw-away Postgres (``initdb`` into ``workdir``, ``pg_ctl`` on a free port); yield its URL, then stop it."""
+    data, port = workdir / "pgdata", free_port()
+    data.mkdir(mode=0o700)
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        shutil.chown(data, "nobody")
+        workdir.chmod(0o755)
+        as_user = ["runuser", "-u", "nobody", "--"]
+
+    def pg(*args: str, timeout: float = 120) -> None:
+        subprocess.run([*as_user, *args], check=True, timeout=timeout, stdout=subprocess.DEVNULL, cwd="/")
+
+    pg("initdb", "-D", str(data), "-U", "airflow", "-A", "trust", "--no-sync")
+    options = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=300 -c shared_buffers=256MB"
+    pg("pg_ctl", "-D", str(data), "-o", options, "-l", str(data / "server.log"), "-w", "start")
+    try:
+        pg(
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "airflow",
+            "-d",
+            "postgres",
+            "-qc",
+            "CREATE DATABASE airflow",
+        )
+        yield f"postgresql+psycopg2://airflow@127.0.0.1:{port}/airflow"
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop", timeout=60)
+
+
+# The harness.
+
+
+class Fleet:
+    """Endpoint, database and Airflow for one fleet run: a context manager that stops all of it at exit."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.workdir = Path(tempfile.mkdtemp(prefix="airflow-fleet-"))
+        self.stack = contextlib.ExitStack()
+        self.endpoint = ""
+        self.api = f"http://127.0.0.1:{free_port()}"
+        self.run_id = ""
+        self.samples: list[dict[str, Any]] = []
+        self.triggered_at = 0.0
+        self.ended_at = 0.0
+        self.processes: Processes
+        self._engine: Any = None
+        self._stop_sampling = threading.Event()
+        self._sampler: threading.Thread | None = None
+        self.cpu: dict[str, float] = collections.defaultdict(float)  # of processes that were killed mid-run
+
+    # -- start and stop ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> Fleet:
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not leave processes behind
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            self._stop_sampling.set()
+            if self._sampler:
+                self._sampler.join(30)
+            if hasattr(self, "processes"):
+                for name, seconds in self.processes.cpu_seconds().items():
+                    self.cpu[name] += seconds
+                if exc and exc[0] is not None:
+                    print(self.processes.tails(15), file=sys.stderr)
+                self.processes.stop_all()
+            if self._engine is not None:
+                self._engine.dispose()
+            self.stack.close()
+            if not self.args.keep:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            else:
+                log(f"kept {self.workdir}")
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+    def _start(self) -> None:
+        args = self.args
+        options = ["--rate", str(args.rate), "--duration", str(args.duration), "--spread", str(args.spread)]
+        options += ["--fail-fraction", str(args.fail_fraction), "--seed", str(args.seed), "--max-seconds", "14400"]
+        self.endpoint = self.stack.enter_context(fake_batch.running(*options))
+        if args.db == "postgres":
+            db_url = self.stack.enter_context(postgres(self.workdir))
+        else:
+            db_url = f"sqlite:///{self.workdir / 'airflow.db'}"
+        env = self.airflow_env(db_url)
+        (self.workdir / "logs").mkdir()
+        self.processes = Processes(env, self.workdir / "logs")
+        import sqlalchemy
+
+        self._engine = sqlalchemy.create_engine(db_url, pool_size=2)
+        log(f"endpoint {self.endpoint}, database {args.db}, Airflow home {self.workdir}; airflow db migrate")
+        self.processes.run("db", "migrate", timeout=600)
+        for component in ("api-server", "scheduler", "dag-processor"):
+            extra = ("--skip-serve-logs",) if component == "scheduler" else ()
+            self.processes.start(component, component, *extra)
+        for number in range(args.triggerers):
+            self.start_triggerer(number)
+        wait_for("Airflow to be healthy", self._healthy, 300, self.processes)
+        wait_for(f"the dag-processor to parse {args.dag}", self._parsed, 300, self.processes)
+
+    def airflow_env(self, db_url: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW", "FLEET_BENCH"))}
+        port = self.api.rsplit(":", 1)[1]
+        parallelism = str(self.args.parallelism)
+        env |= {
+            "AIRFLOW_HOME": str(self.workdir),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(HERE / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
+            "AIRFLOW__CORE__PARALLELISM": parallelism,
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(max(self.args.jobs, 16)),
+            "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, self.args.jobs)),
+            "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "256",
+            "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
+            "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": FORKSERVER_PRELOAD,
+            "AIRFLOW__TRIGGERER__CAPACITY": str(max(1000, self.args.jobs)),
+            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(self.args.health_threshold),
+            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": str(min(5.0, self.args.health_threshold / 6)),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api}/execution/",
+            "AIRFLOW__API__BASE_URL": self.api,
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": port,
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__MAXIMUM_PAGE_LIMIT": "1000",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            f"AIRFLOW_CONN_{CONN_ID.upper()}": self.connection(self.endpoint),
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "FLEET_BENCH_JOBS": str(self.args.jobs),
+            "FLEET_BENCH_POLL_INTERVAL": str(self.args.poll_interval),
+            "FLEET_BENCH_RETRIES": str(self.args.retries),
+            "FLEET_BENCH_CONN_ID": CONN_ID,
+            "ML_BATCH_DEMO_RUN": secrets.token_hex(8),  # Processes finds leftovers by it
+            "PYTHONUNBUFFERED": "1",
+        }
+        return env
+
+    def connection(self, endpoint_url: str) -> str:
+        extra: dict[str, Any] = {"region_name": fake_batch.REGION, "endpoint_url": endpoint_url}
+        if self.args.role:
+            extra |= {
+                "role_arn": f"arn:aws:iam::{fake_batch.ACCOUNT}:role/bench",
+                "service_config": {"sts": {"endpoint_url": self.endpoint}},
+            }
+        return json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra})
+
+    def start_triggerer(self, number: int) -> None:
+        """Start triggerer ``number``; its AWS calls reach the endpoint under the path ``/triggerer-<number>``."""
+        env = self.processes.env
+        self.processes.env = env | {
+            f"AIRFLOW_CONN_{CONN_ID.upper()}": self.connection(f"{self.endpoint}/{self.caller(number)}")
+        }
+        try:
+            self.processes.start(self.caller(number), "triggerer", "--skip-serve-logs")
+        finally:
+            self.processes.env = env
+
+    @staticmethod
+    def caller(number: int) -> str:
+        return f"triggerer-{number}"
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Signal a component's whole process group, wait for it, and keep the CPU it used."""
+        self.cpu[name] += self.processes.cpu_seconds().get(name, 0.0)
+        process = self.processes.running.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        process.wait(60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # what outlived a SIGTERM
+
+    def _healthy(self) -> bool:
+        health = http_json("GET", f"{self.api}/api/v2/monitor/health", timeout=5)
+        return all(health.get(p, {}).get("status") == "healthy" for p in ("scheduler", "triggerer", "dag_processor"))
+
+    def _parsed(self) -> bool:
+        errors = http_json("GET", f"{self.api}/api/v2/importErrors", timeout=10)["import_errors"]
+        if errors:
+            raise RuntimeError("DAG import errors:\n" + "\n".join(e["stack_trace"] for e in errors))
+        return bool(http_json("GET", f"{self.api}/api/v2/dags/{self.args.dag}", timeout=10)["dag_id"])
+
+    # -- the run ----------------------------------------------------------------------------------------
+
+    def trigger(self) -> None:
+        """Unpause and trigger the DAG; start sampling."""
+        dag = self.args.dag
+        http_json("PATCH", f"{self.api}/api/v2/dags/{dag}", {"is_paused": False})
+        self.triggered_at = time.time()
+        self.run_id = http_json("POST", f"{self.api}/api/v2/dags/{dag}/dagRuns", {"logical_date": None})["dag_run_id"]
+        log(f"triggered {dag}: run {self.run_id}, {self.args.jobs} tasks")
+        self._sampler = threading.Thread(target=self._sample_loop, name="sampler", daemon=True)
+        self._sampler.start()
+
+    def wait(self, until: Any = None, timeout: float | None = None, what: str = "the DAG run to end") -> str:
+        """Wait (bounded) until ``until()`` is true, or the DAG run ended; return the run's state."""
+        timeout = timeout or self.args.timeout or max(900.0, 600 + 1.0 * self.args.jobs + 2 * self.args.duration)
+        deadline, last = time.monotonic() + timeout, 0.0
+        while True:
+            state = self.run_state()
+            if until is None and state in ("success", "failed"):
+                self.ended_at = self.ended_at or time.time()
+                return state
+            if until is not None and until():
+                return state
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+            if self.processes.exited():
+                raise RuntimeError(f"{', '.join(self.processes.exited())} exited while waiting for {what}")
+            if time.monotonic() - last > 30:
+                last = time.monotonic()
+                states = ", ".join(f"{n} {s}" for s, n in sorted(self.task_states().items()))
+                log(f"{time.time() - self.triggered_at:5.0f}s run {state}; tasks: {states}")
+            time.sleep(1)
+
+    def run_state(self) -> str:
+        rows = self.sql("SELECT state FROM dag_run WHERE dag_id = :dag AND run_id = :run")
+        return str(rows[0][0]) if rows else "none"
+
+    def sql(self, query: str, **params: Any) -> list[Any]:
+        """Rows of a read-only query on the metadata database (``:dag`` and ``:run`` are bound for you)."""
+        import sqlalchemy
+
+        with self._engine.connect() as connection:
+            rows = connection.execute(sqlalchemy.text(query), {"dag": self.args.dag, "run": self.run_id, **params})
+            return list(rows)
+
+    def task_states(self) -> collections.Counter[str]:
+        rows = self.sql(
+            "SELECT state, COUNT(*) FROM task_instance WHERE dag_id = :dag AND run_id = :run GROUP BY state"
+        )
+        return collections.Counter({str(state or "none"): int(n) for state, n in rows})
+
+    def map_indexes(self, state: str) -> list[int]:
+        query = "SELECT map_index FROM task_instance WHERE dag_id = :dag AND run_id = :run AND state = :state"
+        return [int(row[0]) for row in self.sql(query, state=state)]
+
+    def bench(self, path: str, body: Any = None) -> Any:
+        """GET (or POST ``body`` to) one of the endpoint's ``/bench/`` routes."""
+        return http_json("GET" if body is None else "POST", f"{self.endpoint}/bench/{path}", body, timeout=60)
+
+    def job_name(self, map_index: int) -> str:
+        """The Batch job name of a mapped task: ours derives it from the task instance, the official DAG sets it."""
+        from airflow_ml_batch.hooks.batch import job_name_for
+
+        if self.args.dag == "fleet_benchmark_official":
+            return f"model-{map_index:05d}"
+        return job_name_for(self.args.dag, TASK_ID, self.run_id, map_index)
+
+    def _sample_loop(self) -> None:
+        while not self._stop_sampling.wait(self.args.sample_every):
+            with contextlib.suppress(Exception):  # a sample lost to a busy database or endpoint is skipped
+                self.samples.append(self._sample())
+
+    def _sample(self) -> dict[str, Any]:
+        """Triggerer RSS, and the tasks in ``running`` state whose job is RUNNING at the endpoint."""
+        running_tis = self.map_indexes("running")
+        now = time.time()
+        jobs = self.bench("jobs")
+        running_jobs = {j["name"] for j in jobs.values() if j["started"] <= now < j["ends"]}
+        held = [i for i in running_tis if self.job_name(i) in running_jobs]
+        triggerers = [p.pid for name, p in self.processes.running.items() if name.startswith("triggerer")]
+        return {
+            "t": now,
+            "running_tis": len(running_tis),
+            "slots_held_while_job_runs": len(held),
+            "jobs_running": len(running_jobs),
+            "triggerer_rss_mb": sum(_group_rss_mb(pid) for pid in triggerers),
+        }
+
+    # -- results ----------------------------------------------------------------------------------------
+
+    def results(self) -> dict[str, Any]:
+        """What the report prints, from the endpoint, the database and the samples."""
+        jobs = self.bench("jobs")
+        stats = self.bench("stats")
+        longest = max((j["ends"] - j["created"] for j in jobs.values()), default=0.0)
+        ideal = max(longest, self.args.jobs / self.args.rate)
+        calls = collections.Counter(stats["calls"])
+        cpu = dict(self.cpu)
+        for name, seconds in self.processes.cpu_seconds().items():
+            cpu[name] = cpu.get(name, 0.0) + seconds
+        return {
+            "jobs": self.args.jobs,
+            "wall": (self.ended_at or time.time()) - self.triggered_at,
+            "ideal": ideal,
+            "longest_job": longest,
+            "peak_jobs_running": _peak_overlap(jobs.values()),
+            "samples": len(self.samples),
+            "max_slots_held": max((s["slots_held_while_job_runs"] for s in self.samples), default=0),
+            "max_running_tis": max((s["running_tis"] for s in self.samples), default=0),
+            "peak_triggerer_rss_mb": max((s["triggerer_rss_mb"] for s in self.samples), default=0.0),
+            "calls": {op: calls.get(op, 0) for op in OPERATIONS} | dict(calls),
+            "throttled": stats["throttled"],
+            "submits": stats["submits"],
+            "duplicate_submits": sum(1 for n in stats["submits"].values() if n > 1),
+            "terminated": stats["terminated"],
+            "tasks": dict(self.task_states()),
+            "cpu": cpu,
+            "state": self.run_state(),
+        }
+
+
+def _peak_overlap(jobs: Any) -> int:
+    """Most jobs RUNNING at once, from their start and end times."""
+    events = sorted(e for j in jobs if j["started"] < j["ends"] for e in ((j["started"], 1), (j["ends"], -1)))
+    peak = current = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def _group_rss_mb(pgid: int) -> float:
+    """Resident memory of every process in process group ``pgid`` (Linux ``/proc``), MiB."""
+    total = 0
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int((entry / "stat").read_text().rpartition(")")[2].split()[2]) == pgid:
+                total += int((entry / "statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return total / 2**20
+
+
+def _exit_on_sigterm(*_: object) -> None:
+    sys.exit(143)
+
+
+def report(r: dict[str, Any]) -> None:
+    """Print a fleet run's figures."""
+    print(f"\n== fleet: {r['jobs']} mapped tasks ==")
+    print(
+        f"DAG run:                      {r['state']} in {r['wall']:.0f}s; ideal {r['ideal']:.0f}s "
+        f"(longest job {r['longest_job']:.0f}s) -> {r['wall'] / r['ideal']:.2f}x ideal"
+    )
+    print("tasks by final state:         " + ", ".join(f"{s} {n}" for s, n in sorted(r["tasks"].items())))
+    print(f"peak jobs running at once:    {r['peak_jobs_running']}")
+    print(
+        f"worker slots held while jobs run: max {r['max_slots_held']} over {r['samples']} samples "
+        f"(task instances running at most: {r['max_running_tis']})"
+    )
+    print(f"jobs submitted twice:         {r['duplicate_submits']} (SubmitJob per job name > 1)")
+    print("API calls answered:           " + ", ".join(f"{op} {n}" for op, n in r["calls"].items()))
+    print("throttled (429):              " + (", ".join(f"{op} {n}" for op, n in r["throttled"].items()) or "0"))
+    print(f"triggerer peak RSS:           {r['peak_triggerer_rss_mb']:.0f} MiB (process tree, sampled)")
+    print("CPU seconds:                  " + ", ".join(f"{n} {s:.1f}" for n, s in sorted(r["cpu"].items())))
+
+
+class StopEarly(Exception):
+    """SIGTERM or Ctrl-C while the DAG run is under way: stop, and report what was measured."""
+
+
+def _stop_early(*_: object) -> None:
+    raise StopEarly("stopped by a signal")
+
+
+def main() -> int:
+    args = parser().parse_args()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with Fleet(args) as fleet:
+        fleet.trigger()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _stop_early)
+        try:
+            fleet.wait()
+        except (RuntimeError, StopEarly) as error:  # a run that did not end still reports what it measured
+            log(f"stopping early: {error}")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        results = fleet.results()
+    report(results)
+    (Path.cwd() / f"fleet-{args.jobs}-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(json.dumps(results, indent=1))
+    ok = results["state"] == "success" and results["max_slots_held"] == 0 and not results["duplicate_submits"]
+    print("result:                       " + ("OK" if ok else "FAILED"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

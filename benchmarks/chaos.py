@@ -1,0 +1,405 @@
+"""Fault scenarios on a fleet run through a real Airflow: each prints its verdict, PASS or FAIL, with numbers.
+
+Each scenario starts the endpoint, the database and Airflow (:class:`airflow_fleet.Fleet`), triggers
+``fleet_benchmark``, injects its fault at the endpoint or into Airflow's processes, waits for the run,
+and checks what the endpoint and the metadata database saw::
+
+    python benchmarks/chaos.py --scenario triggerer-kill --jobs 200
+    python benchmarks/chaos.py --scenario all --jobs 100 --db sqlite
+
+Scenarios: triggerer-kill, throttle-storm, clear-deferred, expiring-credentials, endpoint-down,
+worker-kill, ha-triggerers, triggerer-stall. Exit status 0 only if every scenario run passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import itertools
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from airflow_fleet import TASK_ID, Fleet, http_json, log, parser
+
+
+@dataclass
+class Verdict:
+    """A scenario's checks (each must hold) and the numbers behind them."""
+
+    scenario: str
+    checks: dict[str, bool] = field(default_factory=dict)
+    numbers: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.checks) and all(self.checks.values())
+
+    def __str__(self) -> str:
+        lines = [f"== {self.scenario}: {'PASS' if self.passed else 'FAIL'}"]
+        if self.error:
+            lines.append(f"   error: {self.error}")
+        lines += [f"   [{'ok' if ok else 'FAILED'}] {check}" for check, ok in self.checks.items()]
+        lines += [f"   {name}: {value}" for name, value in self.numbers.items()]
+        return "\n".join(lines)
+
+
+# What every scenario waits for and checks.
+
+
+def wait_deferred(fleet: Fleet, count: int, timeout: float = 900) -> float:
+    """Wait until ``count`` tasks have deferred (or ended); return when."""
+    log(f"waiting for {count} deferred tasks")
+    fleet.wait(lambda: _deferred_or_done(fleet) >= count, timeout, f"{count} deferred tasks")
+    return time.time()
+
+
+def _deferred_or_done(fleet: Fleet) -> int:
+    states = fleet.task_states()
+    return states["deferred"] + states["success"]
+
+
+def finish(fleet: Fleet, verdict: Verdict, *, duplicates_allowed: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Wait for the run, then check the run's outcome, single submissions, and that no job is left running."""
+    fleet.wait()
+    results = fleet.results()
+    jobs = fleet.bench("jobs")
+    submits = results["submits"]
+    names = {fleet.job_name(i) for i in range(fleet.args.jobs)}
+    verdict.checks["the DAG run succeeded"] = results["state"] == "success"
+    verdict.checks["every task succeeded"] = results["tasks"] == {"success": fleet.args.jobs}
+    verdict.checks["every task's job was submitted"] = names <= set(submits)
+    twice = sorted(n for n, k in submits.items() if k > 1 and n not in duplicates_allowed)
+    verdict.checks["no job submitted twice"] = not twice
+    left = [i for i, j in jobs.items() if j["ends"] > time.time()]
+    verdict.checks["no job left running at the endpoint"] = not left
+    verdict.checks["no task had two jobs running at once"] = not overlapping_jobs(jobs)
+    verdict.numbers |= {
+        "tasks": results["tasks"],
+        "jobs submitted (SubmitJob answered)": sum(submits.values()),
+        "job names submitted twice": len(twice),
+        "wall (s), ideal (s)": (round(results["wall"]), round(results["ideal"])),
+        "API calls answered": {k: v for k, v in results["calls"].items() if v},
+        "throttled": results["throttled"],
+        "max worker slots held while jobs run": results["max_slots_held"],
+        "CPU (s)": {k: round(v, 1) for k, v in results["cpu"].items()},
+    }
+    return results
+
+
+def overlapping_jobs(jobs: dict[str, dict[str, Any]]) -> list[str]:
+    """Job names with two jobs alive at the same time (a terminated job ends when it was terminated)."""
+    by_name: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for job in jobs.values():
+        by_name[job["name"]].append(job)
+    return [
+        name
+        for name, same in by_name.items()
+        if any(a["created"] < b["ends"] and b["created"] < a["ends"] for a, b in itertools.combinations(same, 2))
+    ]
+
+
+def tries(fleet: Fleet) -> dict[int, int]:
+    """How many task instances ended on each try number."""
+    rows = fleet.sql(
+        "SELECT try_number, COUNT(*) FROM task_instance WHERE dag_id = :dag AND run_id = :run GROUP BY try_number"
+    )
+    return {int(t): int(n) for t, n in rows}
+
+
+def triggers_per_triggerer(fleet: Fleet) -> dict[str, int]:
+    rows = fleet.sql("SELECT triggerer_id, COUNT(*) FROM trigger GROUP BY triggerer_id")
+    return {str(t): int(n) for t, n in rows}
+
+
+# The scenarios.
+
+
+def triggerer_kill(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
+    """SIGKILL the triggerer's process group mid-fleet, restart it: all complete, none submitted twice."""
+    fleet.trigger()
+    wait_deferred(fleet, args.jobs // 2)
+    deferred = fleet.task_states()["deferred"]
+    fleet.kill("triggerer-0", signal.SIGKILL)
+    log(f"killed the triggerer (SIGKILL to its process group) holding {deferred} deferred tasks")
+    time.sleep(args.down_seconds)
+    fleet.start_triggerer(0)
+    restarted = time.time()
+    finish(fleet, verdict)
+    verdict.numbers |= {
+        "deferred tasks when killed": deferred,
+        "seconds down": args.down_seconds,
+        "tasks by try number": tries(fleet),
+        "run ended after restart (s)": round(fleet.ended_at - restarted),
+    }
+
+
+def throttle_storm(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
+    """Every Batch call answered 429 for ``--storm-seconds`` while the fleet waits: no task fails."""
+    fleet.trigger()
+    wait_deferred(fleet, args.jobs)
+    before = fleet.bench("stats")["throttled"].get("DescribeJobs", 0)
+    fleet.bench("faults", {"throttle_seconds": args.storm_seconds})
+    log(f"throttling storm: every Batch call answered 429 for {args.storm_seconds:.0f}s")
+    storm_end = time.time() + args.storm_seconds
+    time.sleep(args.storm_seconds)
+    throttled = fleet.bench("stats")["throttled"].get("DescribeJobs", 0) - before
+    finish(fleet, verdict)
+    verdict.checks["the storm throttled DescribeJobs calls"] = throttled > 0
+    verdict.checks["no task retried"] = set(tries(fleet)) == {1}
+    verdict.numbers |= {
+        "DescribeJobs throttled during the storm": throttled,
+        "first answered DescribeJobs after the storm (s)": _first_describe_after(fleet, storm_end),
+    }
+
+
+def clear_deferred(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
+    """Clear ``--clear`` deferred tasks (REST API): each job stopped or re-attached to, never two; others unaffected."""
+    fleet.trigger()
+    wait_deferred(fleet, args.jobs)
+    cleared = sorted(fleet.map_indexes("deferred"))[: args.clear]
+    by_name = {job["name"]: job_id for job_id, job in fleet.bench("jobs").items()}
+    first_jobs = {by_name[fleet.job_name(i)] for i in cleared}
+    body = {
+        "dry_run": False,
+        "dag_run_id": fleet.run_id,
+        "task_ids": [[TASK_ID, i] for i in cleared],
+        "only_failed": False,
+        "reset_dag_runs": True,
+    }
+    answer = http_json("POST", f"{fleet.api}/api/v2/dags/{fleet.args.dag}/clearTaskInstances", body)
+    log(f"cleared {answer['total_entries']} deferred task instances through the REST API")
+    finish(fleet, verdict, duplicates_allowed=frozenset(fleet.job_name(i) for i in cleared))
+    stats = fleet.bench("stats")
+    terminated = set(stats["terminated"])
+    submits = stats["submits"]
+    reattached = [i for i in cleared if submits[fleet.job_name(i)] == 1]
+    killed = [i for i in cleared if by_name[fleet.job_name(i)] in terminated]
+    # on_kill terminates a cleared task's job unless the task's next try has re-deferred by then: that
+    # try re-attached to the job (reattach=True) and waits for it, so it is left running. A job that had
+    # ended is left as it was, and the next try submits a new one. finish() checks that no task ever had
+    # two jobs running at once and that none is left running.
+    verdict.checks["no other job was terminated"] = not terminated - first_jobs
+    verdict.numbers |= {
+        "cleared": answer["total_entries"],
+        "their jobs terminated (the next try submitted a new one)": len(killed),
+        "their next try re-attached to the running job": len(reattached),
+        "their job had ended before the next try": len(cleared) - len(killed) - len(reattached),
+        "other jobs terminated": len(terminated - first_jobs),
+        "tasks by try number": tries(fleet),
+    }
+
+
+def expiring_credentials(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
+    """The connection assumes a role whose credentials expire every ``--credential-ttl`` s: nothing fails."""
+    fleet.bench("faults", {"credential_ttl": args.credential_ttl})
+    fleet.trigger()
+    finish(fleet, verdict)
+    stats = fleet.bench("stats")
+    verdict.checks["the jobs outlived several credential lifetimes"] = (
+        verdict.numbers["wall (s), ideal (s)"][1] > 2 * args.credential_ttl
+    )
+    verdict.checks["no task retried"] = set(tries(fleet)) == {1}
+    verdict.numbers |= {
+        "credential lifetime (s)": args.credential_ttl,
+        "AssumeRole calls": stats["calls"].get("AssumeRole", 0),
+        "calls rejected for expired or unknown credentials": stats["rejected_credentials"],
+    }
+
+
+def endpoint_down(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
+    """Every AWS request has its connection reset for ``--down-seconds``: nothing fails, polling resumes."""
+    fleet.trigger()
+    wait_deferred(fleet, args.jobs)
+    fleet.bench("faults", {"unreachable_seconds": args.down_seconds})
+    log(f"endpoint unreachable (connections reset) for {args.down_seconds:.0f}s")
+    back = time.time() + args.down_seconds
+    time.sleep(args.down_seconds)
+    finish(fleet, verdict)
+    resets = fleet.bench("stats")["calls"].get("connection reset", 0)
+    resumed = _first_describe_after(fleet, back)
+    verdict.checks["requests were reset during the outage"] = resets > 0
+    verdict.checks["polling resumed after the outage"] = resumed is not None
+    verdict.checks["no task retried"] = set(tries(fleet)) == {1}
+    verdict.numbers |= {"connections reset": resets, "first DescribeJobs after the outage (s)": resumed}
+
+
+def worker_kill(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
+    """SIGKILL the task process whose SubmitJob the endpoint holds: the retry re-attaches, no second job."""
+    victims = list(range(args.kill_workers))
+    fleet.bench("faults", {"hold_submit": {"map_indexes": victims, "seconds": 60}})
+    fleet.trigger()
+    killed: dict[str, int] = {}
+    deadline = time.monotonic() + 600
+    while len(killed) < len(victims) and time.monotonic() < deadline:
+        for held in fleet.bench("stats")["held"]:
+            if held["job_name"] not in killed:
+                killed[held["job_name"]] = _kill_socket_owner(held["port"])
+                log(f"job {held['job_name']} created; SIGKILLed pid {killed[held['job_name']]} before its answer")
+        time.sleep(0.2)
+    finish(fleet, verdict)
+    submits = fleet.bench("stats")["submits"]
+    verdict.checks[f"{len(victims)} task processes killed after SubmitJob"] = len(killed) == len(victims) and all(
+        killed.values()
+    )
+    verdict.checks["each killed task's retry re-attached (one job per name)"] = all(
+        submits.get(name) == 1 for name in killed
+    )
+    verdict.numbers |= {"tasks by try number": tries(fleet), "killed pids": list(killed.values())}
+
+
+def ha_triggerers(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
+    """Two triggerers share the fleet; one is stopped midway: every job watched, none twice after the hand-over."""
+    fleet.trigger()
+    wait_deferred(fleet, args.jobs)
+    time.sleep(2 * args.poll_interval)  # both triggerers have polled their jobs
+    before = triggers_per_triggerer(fleet)
+    sig = signal.SIGKILL if args.kill_signal == "KILL" else signal.SIGTERM
+    fleet.kill("triggerer-1", sig)
+    stopped = time.time()
+    log(f"stopped triggerer-1 with SIG{args.kill_signal}; triggers per triggerer id before: {before}")
+    fleet.wait(lambda: len(triggers_per_triggerer(fleet)) <= 1 and "None" not in triggers_per_triggerer(fleet), 300)
+    after = triggers_per_triggerer(fleet)
+    finish(fleet, verdict)
+    describers = fleet.bench("describers")
+    callers = {c: sum(1 for d in describers.values() if c in d) for c in (fleet.caller(0), fleet.caller(1))}
+    overlapping = [j for j, d in describers.items() if len(d) > 1 and _overlap(*d.values())]
+    late = [j for j, d in describers.items() if d.get(fleet.caller(1), [0, 0])[1] > stopped]
+    verdict.checks["both triggerers held triggers before"] = len([t for t in before if t != "None"]) == 2
+    verdict.checks["every job was watched (described by a triggerer)"] = len(describers) >= args.jobs
+    verdict.checks["no job watched by both triggerers at once"] = not overlapping
+    verdict.checks["the stopped triggerer watched nothing after it stopped"] = not late
+    verdict.numbers |= {
+        "triggers per triggerer id, before": before,
+        "after the hand-over": after,
+        "jobs described per triggerer": callers,
+        "jobs described by both (one after the other)": sum(1 for d in describers.values() if len(d) > 1),
+        "TerminateJob by caller": collections.Counter(fleet.bench("stats")["terminated_by"].values()),
+        "signal": f"SIG{args.kill_signal}",
+    }
+
+
+def triggerer_stall(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
+    """Two triggerers; one freezes (SIGSTOP) past Airflow's health threshold, then resumes: no job is stopped."""
+    fleet.trigger()
+    wait_deferred(fleet, args.jobs)
+    time.sleep(2 * args.poll_interval)  # both triggerers have polled their jobs
+    before = triggers_per_triggerer(fleet)
+    group = fleet.processes.running["triggerer-1"].pid
+    os.killpg(group, signal.SIGSTOP)
+    log(f"froze triggerer-1 (SIGSTOP) for {args.stall_seconds:.0f}s; triggers per triggerer id: {before}")
+    try:
+        time.sleep(args.stall_seconds)
+        during = triggers_per_triggerer(fleet)
+    finally:
+        os.killpg(group, signal.SIGCONT)
+    log(f"resumed triggerer-1; triggers per triggerer id: {during}")
+    finish(fleet, verdict)
+    stats = fleet.bench("stats")
+    verdict.checks["both triggerers held triggers before"] = len([t for t in before if t != "None"]) == 2
+    verdict.checks["the frozen triggerer's triggers moved to the other"] = len([t for t in during if t != "None"]) == 1
+    verdict.checks["no job was terminated"] = not stats["terminated"]
+    verdict.numbers |= {
+        "triggers per triggerer id, before": before,
+        "while frozen": during,
+        "TerminateJob by caller": collections.Counter(stats["terminated_by"].values()),
+        "tasks by try number": tries(fleet),
+    }
+
+
+def _overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def _first_describe_after(fleet: Fleet, moment: float) -> float | None:
+    times = [t for t in fleet.bench("stats")["describe_times"] if t >= moment]
+    return round(min(times) - moment, 1) if times else None
+
+
+def _kill_socket_owner(port: int) -> int:
+    """SIGKILL the process holding the local TCP socket on ``port`` (Linux ``/proc``); return its pid, or 0."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    for entry in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if os.readlink(entry) in inodes and int(entry.parts[2]) != os.getpid():
+                pid = int(entry.parts[2])
+                os.kill(pid, signal.SIGKILL)
+                return pid
+    return 0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    run: Callable[[Fleet, argparse.Namespace, Verdict], None]
+    settings: dict[str, Any] = field(default_factory=dict)  # options the scenario needs, over the command line's
+
+
+SCENARIOS = {
+    "triggerer-kill": Scenario(triggerer_kill),
+    "throttle-storm": Scenario(throttle_storm),
+    "clear-deferred": Scenario(clear_deferred),
+    "expiring-credentials": Scenario(expiring_credentials, {"role": True}),
+    "endpoint-down": Scenario(endpoint_down),
+    "worker-kill": Scenario(worker_kill),
+    "ha-triggerers": Scenario(ha_triggerers, {"triggerers": 2}),
+    "triggerer-stall": Scenario(triggerer_stall, {"triggerers": 2}),
+}
+
+
+def run_scenario(name: str, args: argparse.Namespace) -> Verdict:
+    """Run one scenario on a fresh Airflow; never raises for a failure of the system under test."""
+    scenario = SCENARIOS[name]
+    args = argparse.Namespace(**(vars(args) | scenario.settings))
+    verdict = Verdict(name)
+    log(f"scenario {name}: {args.jobs} jobs of ~{args.duration:.0f}s, {args.db}")
+    try:
+        with Fleet(args) as fleet:
+            scenario.run(fleet, args, verdict)
+    except Exception as error:
+        verdict.error = f"{type(error).__name__}: {error}"
+    print(verdict, flush=True)
+    return verdict
+
+
+def chaos_parser() -> argparse.ArgumentParser:
+    p = parser(__doc__)
+    p.add_argument("--scenario", required=True, choices=[*SCENARIOS, "all"])
+    p.add_argument("--storm-seconds", type=float, default=120.0, help="throttle-storm: how long every call is 429")
+    p.add_argument("--down-seconds", type=float, default=60.0, help="endpoint-down / triggerer-kill: outage, s")
+    p.add_argument("--clear", type=int, default=100, help="clear-deferred: how many deferred tasks to clear")
+    p.add_argument("--credential-ttl", type=float, default=180.0, help="expiring-credentials: lifetime, s")
+    p.add_argument("--kill-workers", type=int, default=3, help="worker-kill: task processes to kill")
+    p.add_argument("--kill-signal", choices=("TERM", "KILL"), default="TERM", help="ha-triggerers: the signal")
+    p.add_argument("--stall-seconds", type=float, default=45.0, help="triggerer-stall: how long it is frozen")
+    return p
+
+
+def main() -> int:
+    args = chaos_parser().parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    verdicts = [run_scenario(name, args) for name in names]
+    out = Path.cwd() / f"chaos-{args.scenario}-{args.jobs}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps([vars(v) | {"passed": v.passed} for v in verdicts], indent=1, default=str))
+    print("\n".join(f"{v.scenario}: {'PASS' if v.passed else 'FAIL'}" for v in verdicts))
+    return 0 if all(v.passed for v in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""The fleet benchmark's DAG: N mapped AWS Batch tasks against the local Batch-shaped endpoint.
+
+``fleet_benchmark`` maps this package's ``BatchJobOperator`` over N models (``fleet_benchmark_official.py``
+maps the Amazon provider's ``BatchOperator(deferrable=True)`` over the same N, for a like-for-like run).
+The job durations and failures come from the endpoint (``benchmarks/fake_batch.py``), not from here.
+``benchmarks/airflow_fleet.py`` sets the environment variables ``fleet_settings.py`` reads.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG
+from fleet_settings import COMMON, MODELS, POLL_INTERVAL, START
+
+from airflow_ml_batch.operators.batch import BatchJobOperator
+
+with DAG(dag_id="fleet_benchmark", schedule=None, start_date=START, catchup=False):
+    BatchJobOperator.partial(poll_interval=POLL_INTERVAL, vcpus=1, memory=2048, **COMMON).expand(
+        environment=[{"MODEL": model} for model in MODELS]
+    )

@@ -1,0 +1,20 @@
+"""What both fleet benchmark DAG files share (no DAG here: a task of one never parses the other's file)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+JOBS = int(os.environ.get("FLEET_BENCH_JOBS", "10"))
+POLL_INTERVAL = float(os.environ.get("FLEET_BENCH_POLL_INTERVAL", "10"))
+CONN_ID = os.environ.get("FLEET_BENCH_CONN_ID", "aws_bench")
+COMMON = {
+    "task_id": "model",
+    "aws_conn_id": CONN_ID,
+    "job_queue": "models",
+    "job_definition": "forecast",
+    "retries": int(os.environ.get("FLEET_BENCH_RETRIES", "1")),
+    "retry_delay": timedelta(seconds=float(os.environ.get("FLEET_BENCH_RETRY_DELAY", "5"))),
+}
+MODELS = [f"model-{number:05d}" for number in range(JOBS)]
+START = datetime(2025, 1, 1)

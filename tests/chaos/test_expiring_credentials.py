@@ -1,0 +1,54 @@
+"""The shared async client keeps working when its assumed-role credentials live only seconds.
+
+Found by the ``expiring-credentials`` scenario (``benchmarks/chaos.py``): the async copy of refreshable
+credentials was re-read every 5 minutes whatever their lifetime, so credentials shorter than that
+expired under the triggerer's poller. Here the Batch-shaped endpoint issues 4-second AssumeRole
+credentials and rejects expired ones with ``ExpiredTokenException``, as AWS does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("aiohttp")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import fake_batch
+from airflow_fleet import http_json
+
+pytestmark = pytest.mark.chaos
+
+LIFETIME = 4.0
+
+
+async def test_describe_calls_outlive_short_assumed_role_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_ml_batch.hooks.batch import BatchHook
+
+    with fake_batch.running("--rate", "1000") as url:
+        http_json("POST", f"{url}/bench/faults", {"credential_ttl": LIFETIME})
+        job_id = http_json("POST", f"{url}/bench/jobs", {"count": 1})["jobIds"][0]
+        extra = {
+            "region_name": fake_batch.REGION,
+            "endpoint_url": url,
+            "role_arn": f"arn:aws:iam::{fake_batch.ACCOUNT}:role/bench",
+            "service_config": {"sts": {"endpoint_url": url}},
+        }
+        connection = {"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_CHAOS", json.dumps(connection))
+        described = 0
+        async with BatchHook(aws_conn_id="aws_chaos").async_client() as client:
+            deadline = time.monotonic() + 3 * LIFETIME
+            while time.monotonic() < deadline:
+                response = await client.describe_jobs(jobs=[job_id])  # raises ExpiredTokenException if stale
+                described += len(response["jobs"])
+                await asyncio.sleep(0.5)
+        stats = http_json("GET", f"{url}/bench/stats")
+    assert described >= 3 * LIFETIME / 0.5 - 2
+    assert stats["rejected_credentials"] == 0
+    assert stats["calls"]["AssumeRole"] >= 3  # a new session at least every lifetime
