@@ -21,12 +21,10 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "scripts")]
 
 import fake_batch  # noqa: E402
-from demo import Processes, free_port, http_json, wait_for  # noqa: E402
+from demo import Processes, free_port, http_json, postgres, wait_for  # noqa: E402
 
 CONN_ID = "aws_bench"
 TASK_ID = "model"
@@ -77,46 +75,6 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=0.0, help="seconds the DAG run may take (default from N)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, database)")
     return p
-
-
-# The metadata database.
-
-
-@contextlib.contextmanager
-def postgres(workdir: Path) -> Iterator[str]:
-    """A throw-away Postgres (``initdb`` into ``workdir``, ``pg_ctl`` on a free port); yield its URL, then stop it."""
-    data, port = workdir / "pgdata", free_port()
-    data.mkdir(mode=0o700)
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        shutil.chown(data, "nobody")
-        workdir.chmod(0o755)
-        as_user = ["runuser", "-u", "nobody", "--"]
-
-    def pg(*args: str, timeout: float = 120) -> None:
-        subprocess.run([*as_user, *args], check=True, timeout=timeout, stdout=subprocess.DEVNULL, cwd="/")
-
-    pg("initdb", "-D", str(data), "-U", "airflow", "-A", "trust", "--no-sync")
-    options = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=300 -c shared_buffers=256MB"
-    pg("pg_ctl", "-D", str(data), "-o", options, "-l", str(data / "server.log"), "-w", "start")
-    try:
-        pg(
-            "psql",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-U",
-            "airflow",
-            "-d",
-            "postgres",
-            "-qc",
-            "CREATE DATABASE airflow",
-        )
-        yield f"postgresql+psycopg2://airflow@127.0.0.1:{port}/airflow"
-    finally:
-        with contextlib.suppress(subprocess.SubprocessError):
-            pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop", timeout=60)
 
 
 # The harness.
