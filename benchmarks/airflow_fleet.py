@@ -33,7 +33,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "scripts")]
 
 import fake_batch  # noqa: E402
-from demo import Processes, free_port, http_json, postgres, wait_for  # noqa: E402
+from demo import MetadataDB, Processes, free_port, http_json, postgres, wait_for  # noqa: E402
 
 CONN_ID = "aws_bench"
 TASK_ID = "model"
@@ -94,7 +94,7 @@ class Fleet:
         self.triggered_at = 0.0
         self.ended_at = 0.0
         self.processes: Processes
-        self._engine: Any = None
+        self.db: MetadataDB
         self._stop_sampling = threading.Event()
         self._sampler: threading.Thread | None = None
         self.cpu: dict[str, float] = collections.defaultdict(float)  # of processes that were killed mid-run
@@ -122,8 +122,8 @@ class Fleet:
                 if exc and exc[0] is not None:
                     print(self.processes.tails(15), file=sys.stderr)
                 self.processes.stop_all()
-            if self._engine is not None:
-                self._engine.dispose()
+            if hasattr(self, "db"):
+                self.db.close()
             self.stack.close()
             if not self.args.keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -145,9 +145,7 @@ class Fleet:
         env = self.airflow_env(db_url)
         (self.workdir / "logs").mkdir()
         self.processes = Processes(env, self.workdir / "logs")
-        import sqlalchemy
-
-        self._engine = sqlalchemy.create_engine(db_url, pool_size=2)
+        self.db = MetadataDB(db_url)
         log(f"endpoint {self.endpoint}, database {args.db}, Airflow home {self.workdir}; airflow db migrate")
         self.processes.run("db", "migrate", timeout=600)
         for component in ("api-server", "scheduler", "dag-processor"):
@@ -277,22 +275,14 @@ class Fleet:
             time.sleep(1)
 
     def run_state(self) -> str:
-        rows = self.sql("SELECT state FROM dag_run WHERE dag_id = :dag AND run_id = :run")
-        return str(rows[0][0]) if rows else "none"
+        return self.db.run_state(self.args.dag, self.run_id)
 
     def sql(self, query: str, **params: Any) -> list[Any]:
         """Rows of a read-only query on the metadata database (``:dag`` and ``:run`` are bound for you)."""
-        import sqlalchemy
-
-        with self._engine.connect() as connection:
-            rows = connection.execute(sqlalchemy.text(query), {"dag": self.args.dag, "run": self.run_id, **params})
-            return list(rows)
+        return self.db.sql(query, dag=self.args.dag, run=self.run_id, **params)
 
     def task_states(self) -> collections.Counter[str]:
-        rows = self.sql(
-            "SELECT state, COUNT(*) FROM task_instance WHERE dag_id = :dag AND run_id = :run GROUP BY state"
-        )
-        return collections.Counter({str(state or "none"): int(n) for state, n in rows})
+        return self.db.task_states(self.args.dag, self.run_id)
 
     def map_indexes(self, state: str) -> list[int]:
         query = "SELECT map_index FROM task_instance WHERE dag_id = :dag AND run_id = :run AND state = :state"
