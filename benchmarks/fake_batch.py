@@ -34,7 +34,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -427,21 +427,27 @@ def make_app(batch: FakeBatch) -> web.Application:
     return app
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def endpoint_parser(description: str, noun: str, rate: float) -> argparse.ArgumentParser:
+    """The command line of a fake endpoint (this one and ``fake_ecs.py``): port, durations, failures, rate."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--duration", type=float, default=20.0, help="mean job duration, seconds")
+    parser.add_argument("--duration", type=float, default=20.0, help=f"mean {noun} duration, seconds")
     parser.add_argument("--spread", type=float, default=0.25, help="durations vary by +- this fraction")
-    parser.add_argument("--fail-fraction", type=float, default=0.05, help="fraction of jobs that fail")
-    parser.add_argument("--rate", type=float, default=50.0, help="API requests per second before 429s")
+    parser.add_argument("--fail-fraction", type=float, default=0.05, help=f"fraction of {noun}s that fail")
+    parser.add_argument("--rate", type=float, default=rate, help="API requests per second before throttling")
     parser.add_argument("--burst", type=float, default=0.0, help="token bucket size (default: --rate)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=7200.0, help="exit after this long")
-    return parser.parse_args(argv)
+    return parser
 
 
-async def serve(args: argparse.Namespace) -> None:
-    runner = web.AppRunner(make_app(FakeBatch(args)), access_log=None)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return endpoint_parser(__doc__.splitlines()[0], "job", 50.0).parse_args(argv)
+
+
+async def serve_app(app: web.Application, args: argparse.Namespace) -> None:
+    """Serve ``app`` on 127.0.0.1:``args.port``, print the port, stop after ``args.max_seconds``."""
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=4096)
     await site.start()
@@ -453,21 +459,26 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 @contextmanager
-def running(*options: str) -> Iterator[str]:
-    """Run the endpoint in a subprocess with command-line ``options``; yield its URL, then stop it."""
-    process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), *options], stdout=subprocess.PIPE, text=True
-    )
+def run_endpoint(script: str, *options: str) -> Iterator[str]:
+    """Run a fake endpoint ``script`` in a subprocess with command-line ``options``; yield its URL, then stop it."""
+    command = [sys.executable, str(Path(script).resolve()), *options]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         port = process.stdout.readline().strip()
         if not port:
-            raise RuntimeError(f"fake_batch exited with {process.wait(10)} before listening")
+            raise RuntimeError(f"{Path(script).name} exited with {process.wait(10)} before listening")
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(10)
 
 
+def running(*options: str) -> AbstractContextManager[str]:
+    """This endpoint in a subprocess with command-line ``options``: a context manager yielding its URL."""
+    return run_endpoint(__file__, *options)
+
+
 if __name__ == "__main__":
-    asyncio.run(serve(parse_args()))
+    args = parse_args()
+    asyncio.run(serve_app(make_app(FakeBatch(args)), args))

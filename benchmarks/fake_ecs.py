@@ -22,18 +22,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from fake_batch import ACCOUNT, REGION, TokenBucket, _error
+from fake_batch import ACCOUNT, REGION, TokenBucket, _error, endpoint_parser, run_endpoint, serve_app
 
 CLUSTER = "bench"
 CLUSTER_ARN = f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{CLUSTER}"
@@ -297,46 +293,14 @@ def make_app(ecs: FakeEcs) -> web.Application:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--duration", type=float, default=20.0, help="mean task duration, seconds")
-    parser.add_argument("--spread", type=float, default=0.25, help="durations vary by +- this fraction")
-    parser.add_argument("--fail-fraction", type=float, default=0.05, help="fraction of tasks that fail")
-    parser.add_argument("--rate", type=float, default=20.0, help="API requests per second before throttling")
-    parser.add_argument("--burst", type=float, default=0.0, help="token bucket size (default: --rate)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-seconds", type=float, default=7200.0, help="exit after this long")
-    return parser.parse_args(argv)
+    return endpoint_parser(__doc__.splitlines()[0], "task", 20.0).parse_args(argv)
 
 
-async def serve(args: argparse.Namespace) -> None:
-    runner = web.AppRunner(make_app(FakeEcs(args)), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=4096)
-    await site.start()
-    print(runner.addresses[0][1], flush=True)
-    try:
-        await asyncio.sleep(args.max_seconds)
-    finally:
-        await runner.cleanup()
-
-
-@contextmanager
-def running(*options: str) -> Iterator[str]:
-    """Run the endpoint in a subprocess with command-line ``options``; yield its URL, then stop it."""
-    process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), *options], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert process.stdout is not None
-        port = process.stdout.readline().strip()
-        if not port:
-            raise RuntimeError(f"fake_ecs exited with {process.wait(10)} before listening")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
+def running(*options: str) -> AbstractContextManager[str]:
+    """This endpoint in a subprocess with command-line ``options``: a context manager yielding its URL."""
+    return run_endpoint(__file__, *options)
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(parse_args()))
+    args = parse_args()
+    asyncio.run(serve_app(make_app(FakeEcs(args)), args))

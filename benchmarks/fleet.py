@@ -1,18 +1,20 @@
-"""Fleet benchmark: N deferrable AWS Batch triggers in one event loop, ours against the Amazon provider's.
+"""Fleet benchmark: N deferrable AWS Batch or ECS triggers in one event loop, ours against the Amazon provider's.
 
-For each implementation, a fresh fake Batch endpoint (``fake_batch.py``, its own process) creates N
-jobs, and a fresh trigger process runs N triggers the way Airflow's triggerer does (``async for event
-in trigger.run()``, first event taken), each watching one job. The endpoint counts the API calls; the
-trigger process measures its own CPU, peak memory and event-loop stalls. Figures are printed side by
-side::
+For each implementation, a fresh fake endpoint (``fake_batch.py`` or ``fake_ecs.py``, its own process)
+creates N jobs (Batch) or tasks (ECS), and a fresh trigger process runs N triggers the way Airflow's
+triggerer does (``async for event in trigger.run()``, first event taken), each watching one of them.
+The endpoint counts the API calls; the trigger process measures its own CPU, peak memory and event-loop
+stalls. Figures are printed side by side::
 
     python benchmarks/fleet.py --jobs 5000 --impl both
+    python benchmarks/fleet.py --service ecs --jobs 5000 --impl both
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib.util
 import json
 import os
@@ -25,14 +27,39 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import fake_batch
+import fake_ecs
 
 CONN_ID = "aws_bench"
 REGION = "eu-west-1"
 IMPLS = ("ours", "official")
 TICK = 0.01  # the stall detector's period, seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class Service:
+    """What differs between the Batch and the ECS fleet: endpoint, names, the triggers compared."""
+
+    endpoint: ModuleType  # fake_batch or fake_ecs: ``running(*options)`` and the ``/bench/`` routes
+    noun: str  # "job" or "task": the ``/bench/<noun>s`` route, and the table's words
+    ids_key: str  # where ``POST /bench/<noun>s`` returns the new ids
+    id_words: str  # "job ids" or "task ARNs"
+    describe: str  # the polling operation
+    rate: float  # the endpoint's default requests/s: about the service's rate for that operation
+    #: Per implementation: a "success" event says only that the job stopped, not that it succeeded
+    #: (``EcsRunTaskOperator.execute_complete`` checks exit codes after the official ECS trigger).
+    success_means_stopped: dict[str, bool]
+
+
+SERVICES = {
+    "batch": Service(fake_batch, "job", "jobIds", "job ids", "DescribeJobs", 50.0, {"ours": False, "official": False}),
+    "ecs": Service(fake_ecs, "task", "taskArns", "task ARNs", "DescribeTasks", 20.0, {"ours": False, "official": True}),
+}
+#: ``EcsRunTaskOperator``'s default ``waiter_max_attempts``, which it passes to ``TaskDoneTrigger``
+OFFICIAL_ECS_MAX_ATTEMPTS = 1_000_000
 
 
 def _http(url: str, body: dict[str, Any] | None = None) -> Any:
@@ -44,16 +71,24 @@ def _http(url: str, body: dict[str, Any] | None = None) -> Any:
 # The trigger process.
 
 
-def trigger_factory(impl: str, poll_interval: int) -> Callable[[str], Any]:
-    """A function building the ``impl`` trigger for one job id; exits with a message if not importable."""
+def trigger_factory(service: str, impl: str, poll_interval: int) -> Callable[[str], Any]:
+    """A function building the ``impl`` trigger for one job id (Batch) or task ARN (ECS)."""
     common = {"aws_conn_id": CONN_ID, "region_name": REGION}
+    if service == "ecs":
+        common["cluster"] = fake_ecs.CLUSTER
+        if impl == "ours":
+            from airflow_ml_batch.triggers.ecs import EcsTaskTrigger
+
+            return lambda arn: EcsTaskTrigger(task_arn=arn, poll_interval=poll_interval, **common)
+        from airflow.providers.amazon.aws.triggers.ecs import TaskDoneTrigger
+
+        return lambda arn: TaskDoneTrigger(
+            task_arn=arn, waiter_delay=poll_interval, waiter_max_attempts=OFFICIAL_ECS_MAX_ATTEMPTS, **common
+        )
     if impl == "ours":
-        try:
-            from airflow_ml_batch.triggers.batch import BatchJobTrigger as Ours
-        except ImportError as error:
-            message = f"--impl ours: no BatchJobTrigger in airflow_ml_batch.triggers.batch: {error}"
-            raise SystemExit(message) from None
-        return lambda job_id: Ours(job_id=job_id, poll_interval=poll_interval, **common)
+        from airflow_ml_batch.triggers.batch import BatchJobTrigger
+
+        return lambda job_id: BatchJobTrigger(job_id=job_id, poll_interval=poll_interval, **common)
     from airflow.providers.amazon.aws.triggers.batch import BatchJobTrigger as Official
 
     # waiter_max_attempts keeps the trigger's default (720)
@@ -105,11 +140,12 @@ async def run_fleet(
 
 def child(args: argparse.Namespace) -> None:
     """Run the fleet of ``args.child`` triggers and write the measurements to ``args.out``."""
-    make = trigger_factory(args.child, args.poll_interval)
+    service = SERVICES[args.service]
+    make = trigger_factory(args.service, args.child, args.poll_interval)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    job_ids = _http(f"{args.endpoint}/bench/jobs", {"count": args.jobs})["jobIds"]
+    ids = _http(f"{args.endpoint}/bench/{service.noun}s", {"count": args.jobs})[service.ids_key]
     cpu_before, clock = time.process_time(), time.monotonic()
-    events, stall = asyncio.run(run_fleet(make, job_ids, args.cap))
+    events, stall = asyncio.run(run_fleet(make, ids, args.cap))
     result = {
         "wall": time.monotonic() - clock,
         "cpu": time.process_time() - cpu_before,
@@ -126,12 +162,13 @@ def child(args: argparse.Namespace) -> None:
 
 def run_impl(impl: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Start an endpoint and a trigger process for ``impl``; return the measurements, or an error."""
+    service = SERVICES[args.service]
     endpoint_options = [
         *("--duration", str(args.duration), "--spread", str(args.spread)),
         *("--fail-fraction", str(args.fail_fraction), "--rate", str(args.rate), "--burst", str(args.burst)),
         *("--seed", str(args.seed), "--max-seconds", str(args.cap + 600)),
     ]
-    with fake_batch.running(*endpoint_options) as url:
+    with service.endpoint.running(*endpoint_options) as url:
         home = workdir / impl
         home.mkdir()
         env = os.environ | {
@@ -151,10 +188,10 @@ def run_impl(impl: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
         out = home / "result.json"
         command = [
             *(sys.executable, str(Path(__file__).resolve()), "--child", impl, "--endpoint", url),
-            *("--out", str(out), "--jobs", str(args.jobs), "--poll-interval", str(args.poll_interval)),
-            *("--cap", str(args.cap)),
+            *("--service", args.service, "--out", str(out), "--jobs", str(args.jobs)),
+            *("--poll-interval", str(args.poll_interval), "--cap", str(args.cap)),
         ]
-        print(f"[{impl}] {args.jobs} triggers against {url} ...", file=sys.stderr, flush=True)
+        print(f"[{impl}] {args.jobs} {args.service} triggers against {url} ...", file=sys.stderr, flush=True)
         load = os.getloadavg()[0]
         try:
             code = subprocess.run(command, env=env, timeout=args.cap + 300, check=False).returncode
@@ -164,43 +201,46 @@ def run_impl(impl: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             return {"error": f"trigger process exited with {code}"}
         result = json.loads(out.read_text()) | {"load": load}
         result["stats"] = _http(f"{url}/bench/stats")
-        result["truth"] = _http(f"{url}/bench/jobs")
+        result["truth"] = _http(f"{url}/bench/{service.noun}s")
     return result
 
 
-def summarize(result: dict[str, Any], poll_interval: int) -> tuple[dict[str, str], dict[str, str]]:
-    """The table's rows for one implementation, and one job id per kind of unexpected event."""
+def summarize(
+    service: Service, impl: str, result: dict[str, Any], poll_interval: int
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The table's rows for one implementation, and one job id (task ARN) per kind of unexpected event."""
     if "error" in result:
         return {"error": result["error"]}, {}
     events, truth, stats = result["events"], result["truth"], result["stats"]
     latencies, failed_while_running, false_success, unexpected = [], 0, 0, {}
-    for job_id, (at, status, message) in events.items():
-        job = truth[job_id]
+    for key, (at, status, message) in events.items():
+        job = truth[key]
         ended = at >= job["ends"]
-        if status == "success" and (job["fails"] or not ended):
+        if status == "success" and (not ended or (job["fails"] and not service.success_means_stopped[impl])):
             false_success += 1
         elif status != "success" and not (job["fails"] and ended):
             failed_while_running += 1
-            unexpected.setdefault(f"{status}: {message}", job_id)
+            unexpected.setdefault(f"{status}: {message}", key)
         else:
             latencies.append(at - job["ends"])
-    describes = stats["calls"].get("DescribeJobs", 0) + stats["throttled"].get("DescribeJobs", 0)
+    answered = stats["calls"].get(service.describe, 0)
+    describes = answered + stats["throttled"].get(service.describe, 0)
     times = stats["describe_times"]
     rounds = round((max(times) - min(times)) / poll_interval) + 1 if times else 1
-    answered = stats["calls"].get("DescribeJobs", 0)
-    others = {op: n for op, n in stats["calls"].items() if op != "DescribeJobs"}
+    others = {op: n for op, n in stats["calls"].items() if op != service.describe}
     p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else float("nan")
     rows = {
-        "events / jobs": f"{len(events)} / {len(truth)}",
+        f"events / {service.noun}s": f"{len(events)} / {len(truth)}",
         "unfinished at cap": str(len(truth) - len(events)),
-        "DescribeJobs requests": str(describes),
+        f"{service.describe} requests": str(describes),
         f"  per {poll_interval} s poll interval": f"{describes / rounds:.1f}",
         "  poll rounds (calls' time span)": str(rounds),
-        "  job ids per answered call": f"{stats['described_ids'] / max(answered, 1):.1f}",
-        "  most ids in one call": str(stats["max_ids_per_call"]),
-        "throttled requests (429)": str(sum(stats["throttled"].values())),
-        "other requests": " ".join(f"{op}={n}" for op, n in others.items()) or "0",
-        "failed while job ran": str(failed_while_running),
+        f"  {service.id_words} per answered call": f"{stats['described_ids'] / max(answered, 1):.1f}",
+        f"  most {service.id_words} in one call": str(stats["max_ids_per_call"]),
+        "throttled requests": str(sum(stats["throttled"].values())),
+        "other requests": str(sum(others.values())),
+        **{f"  {op}": str(n) for op, n in sorted(others.items())},
+        f"failed while {service.noun} ran": str(failed_while_running),
         "false successes": str(false_success),
         "detection latency median (s)": f"{statistics.median(latencies):.1f}" if latencies else "-",
         "detection latency p95 (s)": f"{p95:.1f}",
@@ -215,30 +255,36 @@ def summarize(result: dict[str, Any], poll_interval: int) -> tuple[dict[str, str
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
+    service = SERVICES[args.service]
     print(
-        f"\njobs={args.jobs} duration={args.duration:g}s +-{args.spread:.0%} fail={args.fail_fraction:.0%} "
-        f"poll={args.poll_interval}s API rate={args.rate:g}/s burst={args.burst or args.rate:g} "
-        f"cap={args.cap:g}s seed={args.seed} cores={os.cpu_count()}"
+        f"\n{args.service} {service.noun}s={args.jobs} duration={args.duration:g}s +-{args.spread:.0%} "
+        f"fail={args.fail_fraction:.0%} poll={args.poll_interval}s API rate={args.rate:g}/s "
+        f"burst={args.burst or args.rate:g} cap={args.cap:g}s seed={args.seed} cores={os.cpu_count()}"
     )
-    summaries = {impl: summarize(result, args.poll_interval) for impl, result in results.items()}
+    summaries = {impl: summarize(service, impl, result, args.poll_interval) for impl, result in results.items()}
     names = list(dict.fromkeys(name for rows, _ in summaries.values() for name in rows))
     print(f"{'':34}" + "".join(f"{impl:>16}" for impl in summaries))
     for name in names:
-        print(f"{name:34}" + "".join(f"{rows.get(name, '-'):>16}" for rows, _ in summaries.values()))
+        # a row missing from a table without error is a request count of zero
+        cells = (rows.get(name, "-" if "error" in rows else "0") for rows, _ in summaries.values())
+        print(f"{name:34}" + "".join(f"{cell:>16}" for cell in cells))
     for impl, (_, unexpected) in summaries.items():
-        for event, job_id in list(unexpected.items())[:5]:
-            print(f"[{impl}] unexpected event, e.g. job {job_id}: {event}")
+        for event, key in list(unexpected.items())[:5]:
+            print(f"[{impl}] unexpected event, e.g. {service.noun} {key}: {event}")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=5000, help="jobs, one trigger each")
+    parser.add_argument("--service", choices=SERVICES, default="batch", help="AWS Batch jobs or ECS tasks")
+    parser.add_argument("--jobs", type=int, default=5000, help="jobs (ECS: tasks), one trigger each")
     parser.add_argument("--impl", choices=(*IMPLS, "both"), help="default: both if Amazon's provider imports")
     parser.add_argument("--poll-interval", type=int, default=30, help="poll_interval / waiter_delay, seconds")
     parser.add_argument("--duration", type=float, default=20.0, help="mean job duration, seconds")
     parser.add_argument("--spread", type=float, default=0.25, help="job durations vary by +- this fraction")
     parser.add_argument("--fail-fraction", type=float, default=0.05)
-    parser.add_argument("--rate", type=float, default=50.0, help="endpoint's API requests/s before 429s")
+    parser.add_argument(
+        "--rate", type=float, help="endpoint's API requests/s before throttling (default: Batch 50, ECS 20)"
+    )
     parser.add_argument("--burst", type=float, default=0.0, help="endpoint's token bucket (default: --rate)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cap", type=float, default=900.0, help="wall-clock cap per implementation, seconds")
@@ -248,7 +294,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--child", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.rate = args.rate or SERVICES[args.service].rate
+    return args
 
 
 def main() -> None:
