@@ -53,12 +53,18 @@ DAG_ID = "monthly_demand_forecast"
 CONN_ID = "aws_default"  # the example DAG's connection
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 #: What the scheduler's forkserver imports before it starts the LocalExecutor workers that fork the task runs:
-#: the modules a worker forked straight from the scheduler would inherit, and the operator's.
+#: the modules a worker forked straight from the scheduler would inherit, what a task run imports to parse
+#: the DAG file, and the DAG file's own imports.
 FORKSERVER_PRELOAD = (
     "airflow.executors.local_executor",
     "airflow.jobs.scheduler_job_runner",
     "airflow.sdk.execution_time.task_runner",
+    "airflow.dag_processing.dagbag",
+    "airflow.sdk",
+    "airflow.providers.standard.decorators.python",
     "airflow_ml_batch.operators.batch",
+    "airflow_ml_batch.fleet",
+    "airflow_ml_batch.report",
 )
 #: The calls the summary always shows, even when none was made.
 KEY_OPERATIONS = ("batch:SubmitJob", "batch:DescribeJobs", "batch:ListJobs", "batch:TerminateJob")
