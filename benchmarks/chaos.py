@@ -117,6 +117,12 @@ def tries(fleet: Fleet) -> dict[int, int]:
     return {int(t): int(n) for t, n in rows}
 
 
+#: The running triggerer whose heartbeat is oldest.
+STALEST_TRIGGERER = (
+    "SELECT id FROM job WHERE job_type = 'TriggererJob' AND state = 'running' ORDER BY latest_heartbeat LIMIT 1"
+)
+
+
 def triggers_per_triggerer(fleet: Fleet) -> dict[str, int]:
     rows = fleet.sql("SELECT triggerer_id, COUNT(*) FROM trigger GROUP BY triggerer_id")
     return {str(t): int(n) for t, n in rows}
@@ -301,17 +307,23 @@ def triggerer_stall(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) ->
     try:
         time.sleep(args.stall_seconds)
         during = triggers_per_triggerer(fleet)
+        frozen = str(fleet.sql(STALEST_TRIGGERER)[0][0])  # the frozen one has not heartbeated since
     finally:
         os.killpg(group, signal.SIGCONT)
     log(f"resumed triggerer-1; triggers per triggerer id: {during}")
     finish(fleet, verdict)
     stats = fleet.bench("stats")
-    verdict.checks["both triggerers held triggers before"] = len([t for t in before if t != "None"]) == 2
-    verdict.checks["the frozen triggerer's triggers moved to the other"] = len([t for t in during if t != "None"]) == 1
+    # Airflow decides which triggerer claims what: often one claims a small fleet whole, so the check is that
+    # the frozen one held triggers (the case under test), not that both did.
+    verdict.checks["the frozen triggerer held triggers before"] = before.get(frozen, 0) > 0
+    verdict.checks["the frozen triggerer's triggers moved to the other"] = (
+        frozen not in during and len([t for t in during if t != "None"]) == 1
+    )
     verdict.checks["no job was terminated"] = not stats["terminated"]
     verdict.numbers |= {
         "triggers per triggerer id, before": before,
         "while frozen": during,
+        "frozen triggerer id": frozen,
         "TerminateJob by caller": collections.Counter(stats["terminated_by"].values()),
         "tasks by try number": tries(fleet),
     }
