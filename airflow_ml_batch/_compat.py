@@ -21,11 +21,29 @@ except ImportError:  # Airflow 2
 try:  # Airflow 3.1+ (airflow.exceptions warns on it from 3.3)
     from airflow.sdk.exceptions import AirflowTaskTimeout
 except ImportError:  # Airflow 2 to 3.0
-    from airflow.exceptions import AirflowTaskTimeout  # type: ignore[no-redef,attr-defined]  # noqa: F401
+    from airflow.exceptions import AirflowTaskTimeout  # type: ignore[no-redef,attr-defined]
 
 #: ``BaseTrigger.on_kill()`` (Airflow 3.3+): the triggerer calls it when a user clears or marks a
 #: deferred task, and never on a triggerer restart. Older versions need the task state checked.
 TRIGGER_HAS_ON_KILL = "on_kill" in vars(BaseTrigger)
+
+
+def listeners_registered() -> list[str]:
+    """The listeners plugins registered in this process (OpenLineage's, Airflow's example one, yours).
+
+    Airflow runs no listener for a task that a trigger ends, and refuses ``end_from_trigger=True`` at
+    parse time while any is registered.
+    """
+    try:  # Airflow 3.1+: the Task SDK's manager, the one a task run notifies
+        from airflow.sdk.listener import get_listener_manager
+    except ImportError:  # Airflow 2 to 3.0
+        from airflow.listeners.listener import get_listener_manager  # type: ignore[no-redef,assignment]
+
+    manager = get_listener_manager()
+    if not manager.has_listeners:
+        return []
+    plugins = manager.pm.get_plugins()
+    return sorted(getattr(plugin, "__name__", type(plugin).__name__) for plugin in plugins)
 
 
 def task_instance_state(task_instance: Any) -> str | None:
@@ -65,8 +83,10 @@ __all__ = [
     "AIRFLOW_VERSION",
     "AIRFLOW_V_3_0_PLUS",
     "TRIGGER_HAS_ON_KILL",
+    "AirflowTaskTimeout",
     "BaseOperator",
     "BaseOperatorLink",
     "Context",
+    "listeners_registered",
     "task_instance_state",
 ]

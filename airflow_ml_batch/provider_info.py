@@ -52,11 +52,12 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": BATCH, "python-modules": ["airflow_ml_batch.triggers.batch"]},
             {"integration-name": ECS, "python-modules": ["airflow_ml_batch.triggers.ecs"]},
         ],
-        # The Batch operator saves the Amazon provider's console links, so the UI renders them as it
-        # does for the official operators; ECS has none there, so ours.
+        # The Batch operator saves the Amazon provider's job link, so the UI renders it as it does for the
+        # official operator; ECS has none there, so ours, and the log link is the provider's, looked up
+        # only once a job has a log stream.
         "extra-links": [
             "airflow.providers.amazon.aws.links.batch.BatchJobDetailsLink",
-            "airflow.providers.amazon.aws.links.logs.CloudWatchEventsLink",
             "airflow_ml_batch.links.ecs.EcsTaskLink",
+            "airflow_ml_batch.links.logs.JobLogsLink",
         ],
     }

@@ -368,7 +368,6 @@ def airflow_env(args: argparse.Namespace, endpoint_url: str, api_port: int, db_u
         {
             "AIRFLOW_HOME": str(AIRFLOW_HOME),
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
             # Task runs at once. A task holds a slot only while it submits its job: deferred, it holds none.

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 # Airflow reads its home and config at import: give the test session its own, before anything imports it.
+# Everything else is Airflow's default configuration, as a new user has it: examples on, and with them
+# Airflow's example listener plugin (tests/test_deployments.py covers other set-ups).
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-ml-batch-tests-"))
-os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", os.path.join(os.environ["AIRFLOW_HOME"], "dags"))
 os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"], exist_ok=True)
 

@@ -1,61 +1,95 @@
-"""What the operators share: the hook, the deadline, the common trigger settings and the resume step."""
+"""What the operators share: start a job, defer with the task's deadline, and the resume step."""
 
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import Any, ClassVar
 
 from airflow.exceptions import AirflowException
-from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 
-from airflow_ml_batch._compat import AirflowTaskTimeout, BaseOperator, Context
+from airflow_ml_batch._compat import AirflowTaskTimeout, BaseOperator, Context, listeners_registered
 from airflow_ml_batch.hooks.base import AwsServiceHook
+from airflow_ml_batch.links.logs import JobLogsLink
+from airflow_ml_batch.triggers.base import WaitForJobTrigger
+
+#: ``next_method`` of a task that Airflow resumes only to fail it (its deferral timed out, say).
+_FAIL_METHOD = "__fail__"
 
 
 def deadline_for(context: Context, execution_timeout: timedelta | None) -> float | None:
     """Epoch seconds at which the trigger stops the job: a little before Airflow's own deferral timeout."""
     if execution_timeout is None:
         return None
-    started = context["ti"].start_date
     margin = min(15.0, execution_timeout.total_seconds() / 10)
-    start = started.timestamp() if started else time.time()
-    return start + execution_timeout.total_seconds() - margin
+    return _started_at(context) + execution_timeout.total_seconds() - margin
+
+
+def deferral_timeout(context: Context, execution_timeout: timedelta | None) -> timedelta | None:
+    """How long Airflow may keep the task deferred: what is left of its ``execution_timeout``.
+
+    Airflow 3 enforces ``execution_timeout`` on a deferred task only through this timeout, so a task
+    whose trigger never runs (no triggerer, or it is down) still times out. The trigger's deadline
+    (:func:`deadline_for`) comes first and stops the job.
+    """
+    if execution_timeout is None:
+        return None
+    left = _started_at(context) + execution_timeout.total_seconds() - time.time()
+    return timedelta(seconds=max(left, 1.0))
+
+
+def _started_at(context: Context) -> float:
+    started: datetime | None = context["ti"].start_date
+    return started.timestamp() if started else datetime.now(timezone.utc).timestamp()
 
 
 class DeferredJobOperator(BaseOperator):
     """Base of the operators: start a remote job on a worker, defer, and finish from the trigger's event.
 
+    :param reattach: on a retry, wait for a job an earlier try left running instead of starting another
+        (default); ``False`` stops that job and starts a new one.
+    :param wait_for_completion: wait for the job (default); ``False`` starts it, pushes its id to XCom
+        and returns the id at once, for DAGs that wait for it elsewhere.
     :param poll_interval: seconds between status polls on the triggerer.
     :param end_from_trigger: end a successful task from the triggerer, without a second worker run.
+        ``None`` (default): yes, unless listener plugins are registered (OpenLineage, Airflow's example
+        listener under ``load_examples``): Airflow notifies no listener of a task ended from the
+        triggerer, so the task then resumes on a worker when its job ends.
     :param log_tail_lines: CloudWatch log lines shown in a failure message.
     :param collect_metrics: put the last ``{"metrics": {...}}`` JSON line a successful job printed
         (within its last ``log_tail_lines`` log lines, read in one call) into the result as ``metrics``.
     :param missing_grace: seconds the job may be absent from describe calls before the task fails.
-    :param reattach: on a retry, wait for a job an earlier try left running instead of starting another
-        (default); ``False`` stops that job and starts a new one.
     :param aws_conn_id: Airflow ``aws`` connection.
     :param region_name: AWS region; defaults to the connection's.
+    :param verify: TLS verification of AWS calls: ``False``, or the path of a CA bundle.
+    :param botocore_config: botocore client settings (a ``botocore.config.Config`` as a dict), over the
+        connection's ``config_kwargs``.
     """
 
     hook_class: ClassVar[type[AwsServiceHook]]
+    #: XCom key under which the started job's id is pushed, before the task defers.
+    job_id_xcom_key: ClassVar[str]
 
     def __init__(
         self,
         *,
         reattach: bool = True,
+        wait_for_completion: bool = True,
         poll_interval: float = 30.0,
-        end_from_trigger: bool = True,
+        end_from_trigger: bool | None = None,
         log_tail_lines: int = 50,
         collect_metrics: bool = False,
         missing_grace: float = 600.0,
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
+        verify: bool | str | None = None,
+        botocore_config: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.reattach = reattach
+        self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
         self.end_from_trigger = end_from_trigger
         self.log_tail_lines = log_tail_lines
@@ -63,10 +97,43 @@ class DeferredJobOperator(BaseOperator):
         self.missing_grace = missing_grace
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
+        self.verify = verify
+        self.botocore_config = botocore_config
 
     @cached_property
     def hook(self) -> Any:
-        return self.hook_class(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        return self.hook_class(
+            aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify, config=self.botocore_config
+        )
+
+    # -- what each service defines ---------------------------------------------------------------------
+
+    def start_job(self, context: Context) -> str:
+        """Submit the job (or re-attach to an earlier try's), save its console link; return its id."""
+        raise NotImplementedError
+
+    def trigger_for(self, job_id: str, settings: dict[str, Any]) -> WaitForJobTrigger:
+        """The trigger that waits for ``job_id``, with the shared ``settings`` of :meth:`trigger_kwargs`."""
+        raise NotImplementedError
+
+    def stop_job(self, job_id: str, reason: str) -> None:
+        """Stop the job (terminate it, StopTask), from a worker."""
+        raise NotImplementedError
+
+    # -- shared -----------------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> Any:
+        job_id = self.start_job(context)
+        context["ti"].xcom_push(key=self.job_id_xcom_key, value=job_id)
+        if not self.wait_for_completion:
+            self.log.info("Not waiting for %s (wait_for_completion=False)", job_id)
+            return job_id
+        self.log_link_pending = True  # no log stream yet: see JobLogsLink
+        self.defer(
+            trigger=self.trigger_for(job_id, self.trigger_kwargs(context)),
+            method_name="execute_complete",
+            timeout=deferral_timeout(context, self.execution_timeout),
+        )
 
     def trigger_kwargs(self, context: Context) -> dict[str, Any]:
         """The settings every trigger takes, from this operator and the task's ``execution_timeout``."""
@@ -74,18 +141,33 @@ class DeferredJobOperator(BaseOperator):
         return {
             "aws_conn_id": self.aws_conn_id,
             "region_name": self.region_name,
+            "verify": self.verify,
+            "botocore_config": self.botocore_config,
             "poll_interval": self.poll_interval,
             "deadline": deadline_for(context, self.execution_timeout),
-            "end_from_trigger": self.end_from_trigger,
+            "end_from_trigger": self.ends_from_trigger(),
             "xcom_result": self.do_xcom_push,
             "missing_grace": self.missing_grace,
             "log_tail_lines": self.log_tail_lines,
             "collect_metrics": self.collect_metrics,
             "log_link": {
                 "region_name": location["region_name"],
-                "aws_domain": CloudWatchEventsLink.get_aws_domain(location["aws_partition"]),
+                "aws_domain": JobLogsLink.get_aws_domain(location["aws_partition"]),
             },
         }
+
+    def ends_from_trigger(self) -> bool:
+        """Whether a successful job ends the task on the triggerer (see ``end_from_trigger``)."""
+        if self.end_from_trigger is not None:
+            return self.end_from_trigger
+        listeners = listeners_registered()
+        if listeners:
+            self.log.info(
+                "Listeners are registered (%s): the task resumes on a worker when its job ends, so that they "
+                "see it end (Airflow notifies no listener of a task ended from the triggerer)",
+                ", ".join(listeners),
+            )
+        return not listeners
 
     def link_location(self) -> dict[str, str]:
         """``region_name`` and ``aws_partition`` for the console links."""
@@ -94,19 +176,37 @@ class DeferredJobOperator(BaseOperator):
     def execute_complete(self, context: Context, event: Any = None) -> Any:
         """Resume after the trigger: return the job's result or raise why it failed. No AWS calls."""
         if not isinstance(event, dict):
-            return None  # a TaskSuccessEvent replayed by ``dag.test()``: its XComs were pushed already
-        result = event.get("result")
-        if result and result.get("log_stream"):
-            CloudWatchEventsLink.persist(
+            # A TaskSuccessEvent replayed by ``dag.test()``: its XComs were pushed already.
+            self.log_link_pending = JobLogsLink.key not in (getattr(event, "xcoms", None) or {})
+            return None
+        result = event.get("result") or {}
+        self.log_link_pending = not result.get("log_stream")
+        if not self.log_link_pending:
+            JobLogsLink.persist(
                 context=context,
                 operator=self,
                 **self.link_location(),
-                awslogs_region=self.hook.conn_region_name,
+                awslogs_region=result.get("log_region") or self.hook.conn_region_name,
                 awslogs_group=result["log_group"],
                 awslogs_stream_name=result["log_stream"],
             )
         if event["status"] == "success":
-            return result
+            return event.get("result")
         if event["status"] == "timeout":
             raise AirflowTaskTimeout(event["message"])
         raise AirflowException(event["message"])
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Resume after the deferral; when Airflow timed it out, stop the job first: nobody waits for it."""
+        error = str((next_kwargs or {}).get("error", ""))
+        if next_method == _FAIL_METHOD and "timeout" in error.lower():
+            ti = context["ti"]
+            job_id = ti.xcom_pull(task_ids=ti.task_id, key=self.job_id_xcom_key, map_indexes=ti.map_index)
+            if job_id:
+                reason = "the task's execution_timeout was reached while no trigger watched the job"
+                self.log.info("Stopping %s: %s", job_id, reason)
+                try:
+                    self.stop_job(str(job_id), reason)
+                except Exception:
+                    self.log.exception("Could not stop %s", job_id)
+        return super().resume_execution(next_method, next_kwargs, context)

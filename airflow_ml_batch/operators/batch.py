@@ -7,7 +7,6 @@ from typing import Any
 
 from airflow.exceptions import AirflowException
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
-from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 from botocore.exceptions import ClientError
 
 from airflow_ml_batch._compat import Context
@@ -18,6 +17,7 @@ from airflow_ml_batch.hooks.batch import (
     submit_job_request,
     valid_job_name,
 )
+from airflow_ml_batch.links.logs import JobLogsLink
 from airflow_ml_batch.operators.base import DeferredJobOperator
 from airflow_ml_batch.triggers.batch import BatchJobTrigger
 
@@ -58,8 +58,8 @@ class BatchJobOperator(DeferredJobOperator):
     :param submit_job_kwargs: anything else SubmitJob accepts, passed through as is.
 
     Also takes the settings of :class:`~airflow_ml_batch.operators.base.DeferredJobOperator`:
-    ``reattach``, ``poll_interval``, ``end_from_trigger``, ``log_tail_lines``, ``collect_metrics``,
-    ``missing_grace``, ``aws_conn_id``, ``region_name``.
+    ``reattach``, ``wait_for_completion``, ``poll_interval``, ``end_from_trigger``, ``log_tail_lines``,
+    ``collect_metrics``, ``missing_grace``, ``aws_conn_id``, ``region_name``, ``verify``, ``botocore_config``.
     """
 
     template_fields: Sequence[str] = (
@@ -91,7 +91,7 @@ class BatchJobOperator(DeferredJobOperator):
         "tags": "json",
         "submit_job_kwargs": "json",
     }
-    operator_extra_links = (BatchJobDetailsLink(), CloudWatchEventsLink())
+    operator_extra_links = (BatchJobDetailsLink(), JobLogsLink())
     ui_color = "#ff9900"
 
     def __init__(
@@ -139,7 +139,9 @@ class BatchJobOperator(DeferredJobOperator):
 
     hook_class = BatchHook
 
-    def execute(self, context: Context) -> Any:
+    job_id_xcom_key = JOB_ID_XCOM_KEY
+
+    def start_job(self, context: Context) -> str:
         ti = context["ti"]
         map_index = -1 if ti.map_index is None else ti.map_index
         job_name = self.job_name or job_name_for(ti.dag_id, ti.task_id, ti.run_id, map_index)
@@ -153,12 +155,14 @@ class BatchJobOperator(DeferredJobOperator):
             job_id = self._job_of_earlier_try(job_name, task_instance_tags(ti, with_try=False))
         if job_id is None:
             job_id = self._submit(job_name, task_instance_tags(ti))
-        context["ti"].xcom_push(key=JOB_ID_XCOM_KEY, value=job_id)
         BatchJobDetailsLink.persist(context=context, operator=self, job_id=job_id, **self.link_location())
-        self.defer(
-            trigger=BatchJobTrigger(job_id=job_id, **self.trigger_kwargs(context)),
-            method_name="execute_complete",
-        )
+        return job_id
+
+    def trigger_for(self, job_id: str, settings: dict[str, Any]) -> BatchJobTrigger:
+        return BatchJobTrigger(job_id=job_id, **settings)
+
+    def stop_job(self, job_id: str, reason: str) -> None:
+        self.hook.conn.terminate_job(jobId=job_id, reason=f"Airflow: {reason}"[:1024])
 
     def _job_of_earlier_try(self, job_name: str, identity: dict[str, str]) -> str | None:
         """Re-attach to (or, without ``reattach``, terminate) a job an earlier try left running."""
@@ -169,7 +173,7 @@ class BatchJobOperator(DeferredJobOperator):
             return str(job["jobId"])
         for job in jobs:
             self.log.info("Terminating job %s of an earlier try before submitting again", job["jobId"])
-            self.hook.conn.terminate_job(jobId=job["jobId"], reason="Airflow: resubmitted by a retry")
+            self.stop_job(job["jobId"], "resubmitted by a retry")
         return None
 
     def _submit(self, job_name: str, task_tags: dict[str, str]) -> str:

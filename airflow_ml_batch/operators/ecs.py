@@ -68,8 +68,8 @@ class EcsTaskOperator(DeferredJobOperator):
     :param run_task_attempts: RunTask attempts while ECS answers with throttling or no capacity.
 
     Also takes the settings of :class:`~airflow_ml_batch.operators.base.DeferredJobOperator`:
-    ``reattach``, ``poll_interval``, ``end_from_trigger``, ``log_tail_lines``, ``collect_metrics``,
-    ``missing_grace``, ``aws_conn_id``, ``region_name``.
+    ``reattach``, ``wait_for_completion``, ``poll_interval``, ``end_from_trigger``, ``log_tail_lines``,
+    ``collect_metrics``, ``missing_grace``, ``aws_conn_id``, ``region_name``, ``verify``, ``botocore_config``.
     """
 
     template_fields: Sequence[str] = (
@@ -154,7 +154,9 @@ class EcsTaskOperator(DeferredJobOperator):
         self.fail_on_sidecars = fail_on_sidecars
         self.run_task_attempts = run_task_attempts
 
-    def execute(self, context: Context) -> Any:
+    job_id_xcom_key = TASK_ARN_XCOM_KEY
+
+    def start_job(self, context: Context) -> str:
         ti = context["ti"]
         map_index = -1 if ti.map_index is None else ti.map_index
         started_by = started_by_for(ti.dag_id, ti.task_id, ti.run_id, map_index)
@@ -163,7 +165,6 @@ class EcsTaskOperator(DeferredJobOperator):
             task_arn = self._task_of_earlier_try(started_by, task_instance_tags(ti, with_try=False))
         if task_arn is None:
             task_arn = self._run_task(started_by, client_token_for(started_by, ti.try_number), task_instance_tags(ti))
-        ti.xcom_push(key=TASK_ARN_XCOM_KEY, value=task_arn)
         EcsTaskLink.persist(
             context=context,
             operator=self,
@@ -171,15 +172,13 @@ class EcsTaskOperator(DeferredJobOperator):
             cluster_name=self.cluster.rsplit("/", 1)[-1],
             task_id=task_id_of(task_arn),
         )
-        self.defer(
-            trigger=EcsTaskTrigger(
-                cluster=self.cluster,
-                task_arn=task_arn,
-                fail_on_sidecars=self.fail_on_sidecars,
-                **self.trigger_kwargs(context),
-            ),
-            method_name="execute_complete",
-        )
+        return task_arn
+
+    def trigger_for(self, job_id: str, settings: dict[str, Any]) -> EcsTaskTrigger:
+        return EcsTaskTrigger(cluster=self.cluster, task_arn=job_id, fail_on_sidecars=self.fail_on_sidecars, **settings)
+
+    def stop_job(self, job_id: str, reason: str) -> None:
+        self.hook.conn.stop_task(cluster=self.cluster, task=job_id, reason=f"Airflow: {reason}"[:255])
 
     def _task_of_earlier_try(self, started_by: str, identity: dict[str, str]) -> str | None:
         """Re-attach to (or, without ``reattach``, stop) a task an earlier try left running; say what became
@@ -202,7 +201,7 @@ class EcsTaskOperator(DeferredJobOperator):
             return str(task["taskArn"])
         for task in running:
             self.log.info("Stopping ECS task %s of an earlier try before running a new one", task["taskArn"])
-            self.hook.conn.stop_task(cluster=self.cluster, task=task["taskArn"], reason="Airflow: rerun by a retry")
+            self.stop_job(task["taskArn"], "rerun by a retry")
         return None
 
     def _run_task(self, started_by: str, client_token: str, task_tags: dict[str, str]) -> str:

@@ -25,7 +25,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from asgiref.sync import sync_to_async
 from botocore.exceptions import ClientError
@@ -33,6 +32,7 @@ from botocore.exceptions import ClientError
 from airflow_ml_batch import _compat
 from airflow_ml_batch.hooks.base import AwsServiceHook
 from airflow_ml_batch.hooks.logs import CloudWatchLogsHook
+from airflow_ml_batch.links.logs import JobLogsLink
 
 log = logging.getLogger(__name__)
 
@@ -253,13 +253,16 @@ class WaitForJobTrigger(BaseTrigger):
 
     :param aws_conn_id: Airflow ``aws`` connection.
     :param region_name: AWS region; defaults to the connection's.
+    :param verify: TLS verification of AWS calls: ``False``, or the path of a CA bundle.
+    :param botocore_config: botocore client settings (a ``Config`` as a dict); triggers with equal
+        connection, region, ``verify`` and ``botocore_config`` share one client and one poller.
     :param poll_interval: seconds between poll rounds (shared: the shortest of all waiting triggers).
     :param deadline: epoch seconds after which the job is stopped and the task fails; ``None``: no limit.
     :param end_from_trigger: end a successful task from the triggerer, with no worker run after the job.
     :param xcom_result: with ``end_from_trigger``, push the result as the task's ``return_value``.
     :param missing_grace: seconds a job may be absent from describe results before it counts as gone.
     :param log_link: ``region_name`` and ``aws_domain`` of the CloudWatch log link that
-        ``end_from_trigger`` saves with the result (the Amazon provider's ``CloudWatchEventsLink``).
+        ``end_from_trigger`` saves with the result (:class:`~airflow_ml_batch.links.logs.JobLogsLink`).
     :param log_tail_lines: CloudWatch log lines a failure message shows (one GetLogEvents call).
     :param collect_metrics: read the last ``log_tail_lines`` lines of a successful job's log (one call)
         and put the last ``{"metrics": {...}}`` JSON line the job printed into its result.
@@ -277,6 +280,8 @@ class WaitForJobTrigger(BaseTrigger):
         *,
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
+        verify: bool | str | None = None,
+        botocore_config: dict[str, Any] | None = None,
         poll_interval: float = 30.0,
         deadline: float | None = None,
         end_from_trigger: bool = False,
@@ -289,6 +294,8 @@ class WaitForJobTrigger(BaseTrigger):
         super().__init__()
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
+        self.verify = verify
+        self.botocore_config = botocore_config
         self.poll_interval = poll_interval
         self.deadline = deadline
         self.end_from_trigger = end_from_trigger
@@ -338,6 +345,8 @@ class WaitForJobTrigger(BaseTrigger):
                 **self.service_kwargs(),
                 "aws_conn_id": self.aws_conn_id,
                 "region_name": self.region_name,
+                "verify": self.verify,
+                "botocore_config": self.botocore_config,
                 "poll_interval": self.poll_interval,
                 "deadline": self.deadline,
                 "end_from_trigger": self.end_from_trigger,
@@ -351,7 +360,16 @@ class WaitForJobTrigger(BaseTrigger):
 
     @property
     def hook(self) -> AwsServiceHook:
-        return self.hook_class(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        return self.hook_class(**self._connection())
+
+    def _connection(self) -> dict[str, Any]:
+        """The arguments of this trigger's hooks: connection, region, TLS verification, client config."""
+        return {
+            "aws_conn_id": self.aws_conn_id,
+            "region_name": self.region_name,
+            "verify": self.verify,
+            "config": self.botocore_config,
+        }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
@@ -421,13 +439,14 @@ class WaitForJobTrigger(BaseTrigger):
             if self.collect_metrics:
                 result["metrics"] = metrics_from_log(await self._log_tail(result))
             if self.end_from_trigger:
+                self.log.info("%s %s succeeded: the task ends here, on the triggerer", self.noun, self.job_id)
                 return TaskSuccessEvent(xcoms=self._success_xcoms(result))
             return TriggerEvent({"status": "success", "job_id": self.job_id, "result": result})
 
     async def _log_tail(self, result: dict[str, Any]) -> list[str]:
         if not result.get("log_group") or not result.get("log_stream"):
             return []
-        logs = CloudWatchLogsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        logs = CloudWatchLogsHook(**{**self._connection(), "region_name": result.get("log_region") or self.region_name})
         return await logs.tail(result["log_group"], result["log_stream"], self.log_tail_lines)
 
     def _success_xcoms(self, result: dict[str, Any]) -> dict[str, Any] | None:
@@ -436,10 +455,10 @@ class WaitForJobTrigger(BaseTrigger):
             return None
         xcoms: dict[str, Any] = {"return_value": result}
         if self.log_link and result.get("log_stream"):
-            link = CloudWatchEventsLink()
+            link = JobLogsLink()
             xcoms[link.key] = {
                 **self.log_link,
-                "awslogs_region": self.log_link["region_name"],
+                "awslogs_region": result.get("log_region") or self.log_link["region_name"],
                 "awslogs_group": result["log_group"],
                 "awslogs_stream_name": result["log_stream"],
             }

@@ -209,9 +209,9 @@ async def test_end_from_trigger_pushes_result_and_log_link(fake_aws: FakeAws) ->
         "%2Faws%2Fbatch%2Fjob/log-events/forecast%2Fdefault%2Fxyz"
     )
     if AIRFLOW_V_3_0_PLUS:  # Airflow 3 keeps rendered link URLs under their own XCom key
-        assert event.xcoms["_link_CloudWatchEventsLink"] == url
+        assert event.xcoms["_link_JobLogsLink"] == url
     else:
-        assert "_link_CloudWatchEventsLink" not in event.xcoms
+        assert "_link_JobLogsLink" not in event.xcoms
 
 
 async def test_a_triggerer_restart_never_terminates_the_job(fake_aws: FakeAws) -> None:

@@ -1,0 +1,21 @@
+"""The CloudWatch log link of a job, built on the Amazon provider's ``CloudWatchEventsLink``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
+
+
+class JobLogsLink(CloudWatchEventsLink):
+    """The job's CloudWatch log stream in the AWS console, saved once the job has one.
+
+    Airflow 3 renders every link of a task when a worker run ends, the run that defers included. A job
+    that has just been submitted has no log stream yet, and looking up the link's data then would log
+    an "XCom not found" error in every task's log: the operator says when there is nothing to look up.
+    """
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        if getattr(operator, "log_link_pending", False):
+            return ""
+        return str(super().get_link(operator, ti_key=ti_key))

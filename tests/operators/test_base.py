@@ -1,0 +1,129 @@
+"""What every operator shares (operators/base.py), in real tasks against the scripted endpoint and moto."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fake_aws import FakeAws
+from helpers import run_dag, task_instance, xcom
+
+from airflow_ml_batch.operators.batch import JOB_ID_XCOM_KEY
+from airflow_ml_batch.operators.ecs import TASK_ARN_XCOM_KEY
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+BATCH = {"job_queue": "models", "job_definition": "forecast"}
+FAILURE_OF = """
+def _failure_of(call):
+    try:
+        call()
+    except BaseException as error:
+        return type(error).__name__
+"""
+
+
+def deferral(operator: str, arguments: dict[str, Any], then: str = "") -> Any:
+    """Run ``operator(**arguments).execute()`` inside a real task and return what it deferred with.
+
+    ``then`` is Python run after the deferral with ``op`` and ``context`` in scope; its value is returned
+    as ``then`` next to the trigger's classpath and kwargs and the deferral's timeout in seconds.
+    """
+    dag_run = run_dag(
+        f"""
+        @task
+        def run(**context):
+            op = {operator}(task_id="inner", **{arguments!r})
+            try:
+                op.execute(context)
+            except BaseException as error:
+                if type(error).__name__ != "TaskDeferred":
+                    raise
+                deferred = error
+            classpath, kwargs = deferred.trigger.serialize()
+            timeout = deferred.timeout.total_seconds() if deferred.timeout is not None else None
+            return {{"classpath": classpath, "kwargs": kwargs, "timeout": timeout, "then": {then or "None"}}}
+
+        run()
+        """,
+        imports=FAILURE_OF + "from airflow.decorators import task\n",
+    )
+    assert task_instance(dag_run, "run").state == "success"
+    return xcom(dag_run, "run")
+
+
+def test_the_deferral_carries_what_is_left_of_the_execution_timeout(fake_aws: FakeAws) -> None:
+    # Airflow 3 enforces execution_timeout on a deferred task only through the deferral's timeout: a task
+    # whose trigger never runs (no triggerer) must still time out.
+    hour = timedelta(hours=1)
+    deferred = deferral("BatchJobOperator", {"aws_conn_id": "aws_fake", **BATCH, "execution_timeout": hour})
+
+    assert deferred["timeout"] is not None
+    assert 3500 < deferred["timeout"] <= 3600
+    # the trigger stops the job first, a little before Airflow would time the task out
+    assert deferred["kwargs"]["deadline"] is not None
+
+
+def test_no_execution_timeout_no_deferral_timeout(fake_aws: FakeAws) -> None:
+    deferred = deferral("BatchJobOperator", {"aws_conn_id": "aws_fake", **BATCH})
+
+    assert deferred["timeout"] is None
+    assert deferred["kwargs"]["deadline"] is None
+
+
+def test_a_timed_out_deferral_stops_the_job_before_failing(fake_aws: FakeAws) -> None:
+    # What the worker runs when Airflow times a deferral out ("__fail__"): nobody watches the job any more.
+    deferred = deferral(
+        "BatchJobOperator",
+        {"aws_conn_id": "aws_fake", **BATCH, "execution_timeout": timedelta(minutes=10)},
+        then='_failure_of(lambda: op.resume_execution("__fail__", {"error": "Trigger timeout"}, context))',
+    )
+
+    (job,) = fake_aws.jobs.values()
+    assert deferred["then"] in ("TaskDeferralTimeout", "TaskDeferralError")
+    assert job["status"] == "FAILED"
+    assert "execution_timeout" in job["statusReason"]
+
+
+def test_a_failed_trigger_leaves_the_job_to_a_retry(fake_aws: FakeAws) -> None:
+    # A trigger that failed (not a timeout) says nothing about the job: a retry re-attaches to it.
+    deferral(
+        "BatchJobOperator",
+        {"aws_conn_id": "aws_fake", **BATCH},
+        then='_failure_of(lambda: op.resume_execution("__fail__", {"error": "Trigger failure"}, context))',
+    )
+
+    (job,) = fake_aws.jobs.values()
+    assert job["status"] == "RUNNABLE"
+
+
+@pytest.mark.parametrize("operator", ["BatchJobOperator", "EcsTaskOperator"])
+def test_verify_and_botocore_config_reach_the_hook_and_the_trigger(fake_aws: FakeAws, operator: str) -> None:
+    arguments = {"aws_conn_id": "aws_fake", "verify": False, "botocore_config": {"read_timeout": 7}}
+    arguments |= BATCH if operator == "BatchJobOperator" else {"cluster": "models", "task_definition": "forecast"}
+
+    deferred = deferral(operator, arguments, then="[op.hook.verify, op.hook.config.read_timeout]")
+
+    assert deferred["then"] == [False, 7]
+    assert deferred["kwargs"]["verify"] is False
+    assert deferred["kwargs"]["botocore_config"] == {"read_timeout": 7}
+
+
+@pytest.mark.parametrize(
+    ("operator", "key"), [("BatchJobOperator", JOB_ID_XCOM_KEY), ("EcsTaskOperator", TASK_ARN_XCOM_KEY)]
+)
+def test_without_wait_for_completion_the_task_returns_the_id_at_once(
+    fake_aws: FakeAws, operator: str, key: str
+) -> None:
+    fake_aws.submitted_status = "RUNNING"  # jobs that run on after the task ended
+    arguments = {"task_id": "start", "aws_conn_id": "aws_fake", "wait_for_completion": False}
+    arguments |= BATCH if operator == "BatchJobOperator" else {"cluster": "models", "task_definition": "forecast"}
+
+    dag_run = run_dag(f"{operator}(" + ", ".join(f"{k}={v!r}" for k, v in arguments.items()) + ")\n")
+
+    assert task_instance(dag_run, "start").state == "success"
+    started = xcom(dag_run, "start", key)
+    assert started in (*fake_aws.jobs, *fake_aws.tasks)
+    assert xcom(dag_run, "start") == started
+    assert fake_aws.calls["DescribeJobs"] + fake_aws.calls["DescribeTasks"] == 0
