@@ -5,7 +5,10 @@
 source "$(dirname "$0")/_env.sh"
 cd "$ROOT"
 
-MWAA_DIR="${MWAA_DIR:-$ROOT/../shared/mwaa}"
+# The pin files of every MWAA image, kept in the repository (constraints/mwaa/README.md says where from).
+MWAA_DIR="${MWAA_DIR:-$ROOT/constraints/mwaa}"
+# The newest leg takes the newest Airflow release, and asserts it is at least this one.
+NEWEST=">=3.3.2"
 LEGS=("$@")
 [ ${#LEGS[@]} -gt 0 ] || LEGS=(newest 2.10.3 2.11.2 3.0.6 3.2.1 3.3.1)
 SUMMARY=()
@@ -18,7 +21,7 @@ run_leg() {
     # report: matplotlib for the chart tests (MWAA 3.3.1 pins a numpy that needs Python 3.12: the MWAA
     # legs test the report without a chart); aiohttp: the Batch-shaped endpoint of the chaos scenarios
     # (tests/chaos, newest leg only)
-    "$UV" pip install --quiet --python "$PY" -e ".[test,lint,report]" "apache-airflow>=3.3.2" aiohttp
+    "$UV" pip install --quiet --python "$PY" -e ".[test,lint,report]" "apache-airflow$NEWEST" aiohttp
   else
     [ -f "$MWAA_DIR/$leg/airflow_constraints.txt" ] || { echo "no MWAA pin file for $leg in $MWAA_DIR"; exit 2; }
     # As MWAA installs a requirements.txt: Airflow's constraints plus MWAA's essential pins.
@@ -32,7 +35,7 @@ run_leg() {
     "$PY" -m ruff check .
     "$PY" -m ruff format --check .
     "$PY" -m mypy
-    export EXPECTED_AIRFLOW_VERSION="$airflow_version"
+    export EXPECTED_AIRFLOW_VERSION="$NEWEST"
     markers=()  # the chaos scenarios (real Airflow processes, a few minutes) run on the newest Airflow only
   else
     export EXPECTED_AIRFLOW_VERSION="$leg"
