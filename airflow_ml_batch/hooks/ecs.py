@@ -136,6 +136,15 @@ def _seconds(started: Any, stopped: Any) -> float | None:
     return None
 
 
+#: Stop codes that name who stopped the task: it is ``stopped`` whatever its containers' exit codes
+#: (stopping sends SIGTERM, then SIGKILL: 143 or 137), with this text in the failure message.
+STOPPED_BY = {
+    "UserInitiated": "was stopped by a user (StopTask)",
+    "ServiceSchedulerInitiated": "was stopped by the ECS service scheduler",
+    "InfrastructureHealth": "was stopped by ECS (unhealthy infrastructure); a retry can run it again",
+}
+
+
 def classify_stopped_task(task: dict[str, Any], essential: set[str], fail_on_sidecars: bool = False) -> str:
     """Why a STOPPED task stopped: ``success``, ``failed_to_start``, ``spot_interruption``,
     ``out_of_memory``, ``container_failed`` or ``stopped`` (stopped by a user or by ECS).
@@ -147,6 +156,8 @@ def classify_stopped_task(task: dict[str, Any], essential: set[str], fail_on_sid
         return "failed_to_start"
     if stop_code in ("SpotInterruption", "TerminationNotice"):
         return "spot_interruption"
+    if stop_code in STOPPED_BY:
+        return "stopped"
     judged = [c for c in task.get("containers", []) if fail_on_sidecars or not essential or c["name"] in essential]
     failed = [c for c in judged if c.get("exitCode") != 0]
     if any("OutOfMemory" in (c.get("reason") or "") for c in failed):
@@ -193,8 +204,10 @@ _OUTCOME_TEXT = {
 
 def describe_task_failure(summary: dict[str, Any], log_tail: list[str] | None = None) -> str:
     """A failure message that says why: the class of failure, stop code and reason, each container, the log tail."""
+    outcome = summary["outcome"]
+    text = STOPPED_BY.get(summary.get("stop_code") or "") if outcome == "stopped" else None
     lines = [
-        f"ECS task {summary['task_arn']} {_OUTCOME_TEXT.get(summary['outcome'], summary['outcome'])}: "
+        f"ECS task {summary['task_arn']} {text or _OUTCOME_TEXT.get(outcome, outcome)}: "
         f"{summary.get('stopped_reason') or 'no reason given'} (stop code {summary.get('stop_code')})"
     ]
     for container in summary.get("containers") or []:

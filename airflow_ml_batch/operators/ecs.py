@@ -36,8 +36,8 @@ class EcsTaskOperator(DeferredJobOperator):
     or running), records the task ARN and defers to
     :class:`~airflow_ml_batch.triggers.ecs.EcsTaskTrigger`. A task whose essential containers exit 0
     ends the Airflow task from the triggerer; any other stop raises an error that says which class of
-    failure it was (failed to start, Spot interruption, out of memory, container exit code), with the
-    stop reason, each container's exit code and the tail of its CloudWatch log.
+    failure it was (failed to start, Spot interruption, out of memory, container exit code, stopped by a
+    user or by ECS), with the stop reason, each container's exit code and the tail of its CloudWatch log.
 
     RunTask is idempotent per try (``clientToken``) and every task carries a deterministic ``startedBy``
     naming the task instance, so throttled or capacity-starved RunTask calls are retried with backoff

@@ -59,8 +59,9 @@ class EcsTaskTrigger(WaitForJobTrigger):
     Every instance in a triggerer process shares one :class:`EcsTaskPoller` per (connection, region,
     cluster): 5000 waiting tasks of a cluster cost 50 DescribeTasks calls per round. A stopped task is
     classified (``success``, ``failed_to_start``, ``spot_interruption``, ``out_of_memory``,
-    ``container_failed``, ``stopped``) from its essential containers. The event's payload is
-    ``{"status": "success" | "failed" | "timeout" | "missing" | "error", "job_id", "message", "result"}``,
+    ``container_failed``, ``stopped``) from its stop code and its essential containers: a task stopped by
+    a user (StopTask), the service scheduler or ECS is ``stopped``, whatever its exit codes. The event's
+    payload is ``{"status": "success" | "failed" | "timeout" | "missing" | "error", "job_id", "message", "result"}``,
     or a ``TaskSuccessEvent`` with ``end_from_trigger``.
 
     :param cluster: the task's cluster (name or ARN).

@@ -12,6 +12,7 @@ from airflow.triggers.base import TaskSuccessEvent
 from fake_aws import FakeAws
 from helpers import first_event
 
+from airflow_ml_batch.hooks.ecs import EcsHook
 from airflow_ml_batch.triggers.ecs import EcsTaskPoller, EcsTaskTrigger
 
 DEFINITION = {
@@ -127,7 +128,20 @@ async def test_a_failing_sidecar_fails_the_task_when_asked(ecs: FakeAws) -> None
             "container_failed",
             "essential container exit with a non-zero code",
         ),
-        ("UserInitiated", "Stopped by an operator", {}, "stopped", "was stopped: Stopped by an operator"),
+        (
+            "UserInitiated",
+            "Stopped by an operator",
+            {"exitCode": 143},
+            "stopped",
+            "was stopped by a user (StopTask): Stopped by an operator",
+        ),
+        (
+            "ServiceSchedulerInitiated",
+            "Scaling activity initiated by deployment",
+            {"exitCode": 137},
+            "stopped",
+            "was stopped by the ECS service scheduler: Scaling activity",
+        ),
     ],
 )
 async def test_each_failure_class_is_named_with_its_reason_and_log_tail(
@@ -145,6 +159,23 @@ async def test_each_failure_class_is_named_with_its_reason_and_log_tail(
     assert f"(stop code {stop_code})" in message
     assert "container model: exit code" in message
     assert message.endswith("  loading history\n  Traceback: boom")
+
+
+async def test_a_task_stopped_with_stop_task_is_stopped_by_a_user(ecs: FakeAws) -> None:
+    task = ecs.add_task("RUNNING")
+
+    async def stop() -> None:
+        await asyncio.sleep(0.3)
+        killed = [{"name": "model", "exitCode": 143}, {"name": "metrics-sidecar", "exitCode": 137}]
+        ecs.set_task(task, containers=killed)  # what SIGTERM, then SIGKILL, does; the task is still RUNNING
+        hook = EcsHook(aws_conn_id="aws_fake")
+        await asyncio.to_thread(hook.conn.stop_task, cluster="models", task=task, reason="Stopped by Dana")
+
+    event, _ = await asyncio.gather(first_event(trigger_for(task)), stop())
+
+    assert event.payload["status"] == "failed"
+    assert event.payload["result"]["outcome"] == "stopped"
+    assert "was stopped by a user (StopTask): Stopped by Dana (stop code UserInitiated)" in event.payload["message"]
 
 
 async def test_throttling_never_fails_and_tasks_share_calls_per_cluster(ecs: FakeAws) -> None:
