@@ -110,16 +110,27 @@ def task_id_of(task_arn: str) -> str:
     return task_arn.rsplit("/", 1)[-1]
 
 
-def log_location(task: dict[str, Any], task_definition: dict[str, Any] | None) -> tuple[str | None, str | None]:
-    """``(log group, log stream)`` of the first container that logs to CloudWatch (``awslogs``)."""
-    for container in (task_definition or {}).get("containerDefinitions", []):
+def log_location(
+    task: dict[str, Any], task_definition: dict[str, Any] | None, container_name: str | None = None
+) -> tuple[str | None, str | None, str | None]:
+    """``(log group, log stream, log region)`` of the container whose log tells what the task did.
+
+    That is ``container_name`` when given, else the first essential container logging to CloudWatch
+    (``awslogs``); ``None`` for what is not known. The region is the container's ``awslogs-region``.
+    """
+    containers = (task_definition or {}).get("containerDefinitions", [])
+    if container_name:
+        candidates = [c for c in containers if c.get("name") == container_name]
+    else:
+        candidates = [c for c in containers if c.get("essential", True)]
+    for container in candidates:
         config = container.get("logConfiguration") or {}
         options = config.get("options") or {}
         if config.get("logDriver") == "awslogs" and options.get("awslogs-group"):
             prefix = options.get("awslogs-stream-prefix")
             stream = f"{prefix}/{container['name']}/{task_id_of(task['taskArn'])}" if prefix else None
-            return options["awslogs-group"], stream
-    return None, None
+            return options["awslogs-group"], stream, options.get("awslogs-region")
+    return None, None, None
 
 
 def _iso(value: Any) -> str | None:
@@ -169,7 +180,13 @@ def classify_stopped_task(task: dict[str, Any], essential: set[str], fail_on_sid
     return "stopped"
 
 
-def summarize_task(task: dict[str, Any], outcome: str, log_group: str | None, log_stream: str | None) -> dict[str, Any]:
+def summarize_task(
+    task: dict[str, Any],
+    outcome: str,
+    log_group: str | None,
+    log_stream: str | None,
+    log_region: str | None = None,
+) -> dict[str, Any]:
     """The task's result: a JSON-serializable digest of one DescribeTasks entry."""
     started, stopped = task.get("startedAt"), task.get("stoppedAt")
     return {
@@ -190,6 +207,7 @@ def summarize_task(task: dict[str, Any], outcome: str, log_group: str | None, lo
         "duration_seconds": _seconds(started, stopped),
         "log_group": log_group,
         "log_stream": log_stream,
+        "log_region": log_region,
     }
 
 

@@ -101,7 +101,7 @@ class DeferredJobOperator(BaseOperator):
                 context=context,
                 operator=self,
                 **self.link_location(),
-                awslogs_region=self.hook.conn_region_name,
+                awslogs_region=result.get("log_region") or self.hook.conn_region_name,
                 awslogs_group=result["log_group"],
                 awslogs_stream_name=result["log_stream"],
             )

@@ -45,7 +45,10 @@ class EcsTaskOperator(DeferredJobOperator):
 
     :param cluster: cluster name or ARN.
     :param task_definition: ``family``, ``family:revision`` or ARN.
-    :param container_name: the container that ``command``, ``environment``, ``cpu`` and ``memory`` override.
+    :param container_name: the container that ``command``, ``environment``, ``cpu`` and ``memory`` override,
+        and whose CloudWatch log is tailed (failure message, ``collect_metrics``, log link); default for the
+        log: the first essential container that logs with ``awslogs``. The log is read in that container's
+        ``awslogs-region``.
     :param overrides: RunTask ``overrides``.
     :param command: shorthand for the container's command.
     :param environment: shorthand for the container's environment, as a mapping.
@@ -176,6 +179,7 @@ class EcsTaskOperator(DeferredJobOperator):
                 cluster=self.cluster,
                 task_arn=task_arn,
                 fail_on_sidecars=self.fail_on_sidecars,
+                container_name=self.container_name,
                 **self.trigger_kwargs(context),
             ),
             method_name="execute_complete",

@@ -427,7 +427,8 @@ class WaitForJobTrigger(BaseTrigger):
     async def _log_tail(self, result: dict[str, Any]) -> list[str]:
         if not result.get("log_group") or not result.get("log_stream"):
             return []
-        logs = CloudWatchLogsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        region = result.get("log_region") or self.region_name  # a log may live in another region than the job
+        logs = CloudWatchLogsHook(aws_conn_id=self.aws_conn_id, region_name=region)
         return await logs.tail(result["log_group"], result["log_stream"], self.log_tail_lines)
 
     def _success_xcoms(self, result: dict[str, Any]) -> dict[str, Any] | None:
@@ -439,7 +440,7 @@ class WaitForJobTrigger(BaseTrigger):
             link = CloudWatchEventsLink()
             xcoms[link.key] = {
                 **self.log_link,
-                "awslogs_region": self.log_link["region_name"],
+                "awslogs_region": result.get("log_region") or self.log_link["region_name"],
                 "awslogs_group": result["log_group"],
                 "awslogs_stream_name": result["log_stream"],
             }

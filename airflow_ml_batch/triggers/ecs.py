@@ -67,6 +67,8 @@ class EcsTaskTrigger(WaitForJobTrigger):
     :param cluster: the task's cluster (name or ARN).
     :param task_arn: the task to wait for.
     :param fail_on_sidecars: a non-essential container exiting non-zero fails the task too.
+    :param container_name: the container whose CloudWatch log is tailed (failure message, metrics);
+        default: the first essential container that logs with ``awslogs``.
     :param aws_conn_id: Airflow ``aws`` connection.
     :param region_name: AWS region; defaults to the connection's.
     :param poll_interval: seconds between poll rounds (shared: the shortest of all waiting triggers).
@@ -90,12 +92,14 @@ class EcsTaskTrigger(WaitForJobTrigger):
         cluster: str,
         task_arn: str,
         fail_on_sidecars: bool = False,
+        container_name: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.cluster = cluster
         self.job_id = self.task_arn = task_arn
         self.fail_on_sidecars = fail_on_sidecars
+        self.container_name = container_name
 
     @property
     def scope(self) -> str:
@@ -106,6 +110,7 @@ class EcsTaskTrigger(WaitForJobTrigger):
             "cluster": self.cluster,
             "task_arn": self.task_arn,
             "fail_on_sidecars": self.fail_on_sidecars,
+            "container_name": self.container_name,
         }
 
     def is_final(self, description: dict[str, Any]) -> bool:
@@ -116,7 +121,8 @@ class EcsTaskTrigger(WaitForJobTrigger):
         definition = await self._poller().task_definition(description["taskDefinitionArn"])
         essential = {c["name"] for c in definition.get("containerDefinitions", []) if c.get("essential", True)}
         outcome = classify_stopped_task(description, essential, self.fail_on_sidecars)
-        return summarize_task(description, outcome, *log_location(description, definition))
+        log_group, log_stream, log_region = log_location(description, definition, self.container_name)
+        return summarize_task(description, outcome, log_group, log_stream, log_region)
 
     def succeeded(self, result: dict[str, Any]) -> bool:
         return bool(result["outcome"] == "success")

@@ -11,6 +11,7 @@ from airflow_ml_batch.hooks.ecs import (
     EcsHook,
     classify_stopped_task,
     describe_task_failure,
+    log_location,
     summarize_task,
 )
 
@@ -52,6 +53,13 @@ async def test_async_client_runs_and_describes(aws_conn_id: str, ecs_cluster: di
 TASK = {"taskArn": "arn:aws:ecs:eu-west-1:123456789012:task/models/abc123"}
 
 
+def awslogs(group: str, region: str | None = None) -> dict[str, Any]:
+    options = {"awslogs-group": group, "awslogs-stream-prefix": "ecs"}
+    if region:
+        options["awslogs-region"] = region
+    return {"logDriver": "awslogs", "options": options}
+
+
 @pytest.mark.parametrize(
     ("stop_code", "exit_code", "outcome"),
     [
@@ -87,3 +95,17 @@ def test_a_stop_by_a_user_says_so_with_the_reason() -> None:
     assert describe_task_failure(summary).splitlines()[0] == (
         f"ECS task {TASK['taskArn']} was stopped by a user (StopTask): Task stopped by user (stop code UserInitiated)"
     )
+
+
+def test_the_log_is_the_essential_containers_not_the_first_listed() -> None:
+    definition = {
+        "containerDefinitions": [
+            {"name": "log-router", "essential": False, "logConfiguration": awslogs("/ecs/router")},
+            {"name": "model", "logConfiguration": awslogs("/ecs/forecast", "us-east-2")},  # essential by default
+        ]
+    }
+
+    assert log_location(TASK, definition) == ("/ecs/forecast", "ecs/model/abc123", "us-east-2")
+    assert log_location(TASK, definition, "log-router") == ("/ecs/router", "ecs/log-router/abc123", None)
+    assert log_location(TASK, definition, "no-such-container") == (None, None, None)
+    assert log_location(TASK, None) == (None, None, None)

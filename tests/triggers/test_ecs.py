@@ -12,6 +12,7 @@ from airflow.triggers.base import TaskSuccessEvent
 from fake_aws import FakeAws
 from helpers import first_event
 
+from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
 from airflow_ml_batch.hooks.ecs import EcsHook
 from airflow_ml_batch.triggers.ecs import EcsTaskPoller, EcsTaskTrigger
 
@@ -178,6 +179,73 @@ async def test_a_task_stopped_with_stop_task_is_stopped_by_a_user(ecs: FakeAws) 
     assert "was stopped by a user (StopTask): Stopped by Dana (stop code UserInitiated)" in event.payload["message"]
 
 
+def regional_definition(*containers: tuple[str, bool, str | None]) -> dict[str, Any]:
+    """A definition of ``(name, essential, awslogs-region)`` containers, each logging to ``/ecs/<name>``."""
+    return {
+        "family": "forecast",
+        "containerDefinitions": [
+            {
+                "name": name,
+                "essential": essential,
+                "logConfiguration": {
+                    "logDriver": "awslogs",
+                    "options": {
+                        "awslogs-group": f"/ecs/{name}",
+                        "awslogs-stream-prefix": "ecs",
+                        **({"awslogs-region": region} if region else {}),
+                    },
+                },
+            }
+            for name, essential, region in containers
+        ],
+    }
+
+
+async def test_the_tail_is_the_essential_containers_read_in_its_log_region(ecs: FakeAws) -> None:
+    ecs.task_definitions["forecast"] = regional_definition(("log-router", False, None), ("model", True, "us-east-2"))
+    task = ecs.add_task(**stopped("EssentialContainerExited", "Essential container in task exited", {"exitCode": 1}))
+    task_id = task.rsplit("/", 1)[-1]
+    ecs.logs[("/ecs/log-router", f"ecs/log-router/{task_id}")] = ["router up"]
+    ecs.logs[("/ecs/model", f"ecs/model/{task_id}")] = ["Traceback: boom"]
+
+    event = await first_event(trigger_for(task))
+
+    assert event.payload["message"].endswith("  Traceback: boom")
+    result = event.payload["result"]
+    assert (result["log_group"], result["log_region"]) == ("/ecs/model", "us-east-2")
+    assert [region for operation, region in ecs.regions if operation == "GetLogEvents"] == ["us-east-2"]
+    assert {region for operation, region in ecs.regions if operation != "GetLogEvents"} == {"eu-west-1"}
+
+
+async def test_metrics_and_the_log_link_come_from_container_name_in_its_region(ecs: FakeAws) -> None:
+    ecs.task_definitions["forecast"] = regional_definition(("prepare", True, "eu-west-1"), ("model", True, "us-east-2"))
+    task = ecs.add_task(**stopped("EssentialContainerExited", "done", {"exitCode": 0}, {"exitCode": 0}))
+    task_id = task.rsplit("/", 1)[-1]
+    ecs.logs[("/ecs/prepare", f"ecs/prepare/{task_id}")] = ['{"metrics": {"rows": 10}}']
+    ecs.logs[("/ecs/model", f"ecs/model/{task_id}")] = ['{"metrics": {"mape": 0.12}}']
+    link = {"region_name": "eu-west-1", "aws_domain": "aws.amazon.com"}
+
+    event = await first_event(
+        trigger_for(task, container_name="model", collect_metrics=True, end_from_trigger=True, log_link=link)
+    )
+
+    assert isinstance(event, TaskSuccessEvent)
+    assert event.xcoms is not None
+    assert event.xcoms["return_value"]["metrics"] == {"mape": 0.12}
+    assert event.xcoms["cloudwatch_events"] == {
+        **link,
+        "awslogs_region": "us-east-2",
+        "awslogs_group": "/ecs/model",
+        "awslogs_stream_name": f"ecs/model/{task_id}",
+    }
+    if AIRFLOW_V_3_0_PLUS:  # Airflow 3 keeps rendered link URLs under their own XCom key
+        assert event.xcoms["_link_CloudWatchEventsLink"] == (
+            "https://console.aws.amazon.com/cloudwatch/home?region=us-east-2#logsV2:log-groups/log-group/"
+            f"%2Fecs%2Fmodel/log-events/ecs%2Fmodel%2F{task_id}"
+        )
+    assert [region for operation, region in ecs.regions if operation == "GetLogEvents"] == ["us-east-2"]
+
+
 async def test_throttling_never_fails_and_tasks_share_calls_per_cluster(ecs: FakeAws) -> None:
     tasks = [ecs.add_task("RUNNING") for _ in range(250)]
     ecs.fail_next("DescribeTasks", times=3, status=400, code="ThrottlingException")
@@ -246,8 +314,18 @@ async def test_end_from_trigger(ecs: FakeAws) -> None:
 def test_serialize_round_trips_through_airflows_trigger_model() -> None:
     from airflow.models.trigger import Trigger
 
-    trigger = EcsTaskTrigger(cluster="models", task_arn="arn:task", aws_conn_id="x", fail_on_sidecars=True)
+    trigger = EcsTaskTrigger(
+        cluster="models", task_arn="arn:task", aws_conn_id="x", fail_on_sidecars=True, container_name="model"
+    )
     stored = Trigger.from_object(trigger)
 
     assert stored.classpath == "airflow_ml_batch.triggers.ecs.EcsTaskTrigger"
     assert EcsTaskTrigger(**stored.kwargs).serialize() == trigger.serialize()
+    assert stored.kwargs["container_name"] == "model"
+
+
+def test_kwargs_stored_before_container_name_existed_still_load() -> None:
+    _, kwargs = EcsTaskTrigger(cluster="models", task_arn="arn:task").serialize()
+    del kwargs["container_name"]
+
+    assert EcsTaskTrigger(**kwargs).container_name is None
