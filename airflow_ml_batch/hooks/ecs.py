@@ -110,6 +110,11 @@ def task_id_of(task_arn: str) -> str:
     return task_arn.rsplit("/", 1)[-1]
 
 
+def essential_containers(task_definition: dict[str, Any]) -> set[str]:
+    """The names of a task definition's essential containers (``essential`` defaults to true)."""
+    return {c["name"] for c in task_definition.get("containerDefinitions", []) if c.get("essential", True)}
+
+
 def log_location(
     task: dict[str, Any], task_definition: dict[str, Any] | None, container_name: str | None = None
 ) -> tuple[str | None, str | None, str | None]:
@@ -156,11 +161,12 @@ STOPPED_BY = {
 }
 
 
-def classify_stopped_task(task: dict[str, Any], essential: set[str], fail_on_sidecars: bool = False) -> str:
+def classify_stopped_task(task: dict[str, Any], essential: set[str] | None, fail_on_sidecars: bool = False) -> str:
     """Why a STOPPED task stopped: ``success``, ``failed_to_start``, ``spot_interruption``,
     ``out_of_memory``, ``container_failed`` or ``stopped`` (stopped by a user or by ECS).
 
-    Only the ``essential`` containers decide, unless ``fail_on_sidecars``.
+    Only the ``essential`` containers decide, unless ``fail_on_sidecars``; all of them when the
+    essential ones are not known (``None`` or empty).
     """
     stop_code = task.get("stopCode")
     if stop_code == "TaskFailedToStart":
@@ -186,8 +192,13 @@ def summarize_task(
     log_group: str | None,
     log_stream: str | None,
     log_region: str | None = None,
+    essential: set[str] | None = None,
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The task's result: a JSON-serializable digest of one DescribeTasks entry."""
+    """The task's result: a JSON-serializable digest of one DescribeTasks entry.
+
+    ``essential`` is ``None`` when the task definition could not be read (``warnings`` say so).
+    """
     started, stopped = task.get("startedAt"), task.get("stoppedAt")
     return {
         "task_arn": task["taskArn"],
@@ -208,6 +219,8 @@ def summarize_task(
         "log_group": log_group,
         "log_stream": log_stream,
         "log_region": log_region,
+        "essential_containers": None if essential is None else sorted(essential),
+        "warnings": list(warnings or []),
     }
 
 
@@ -232,6 +245,7 @@ def describe_task_failure(summary: dict[str, Any], log_tail: list[str] | None = 
         lines.append(
             f"  container {container['name']}: exit code {container['exit_code']}, {container['reason'] or 'no reason'}"
         )
+    lines.extend(f"  warning: {warning}" for warning in summary.get("warnings") or [])
     return with_log_tail(lines, summary, log_tail)
 
 

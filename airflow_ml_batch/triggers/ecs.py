@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
+import time
 from typing import Any
 
 from airflow_ml_batch.hooks.ecs import (
     EcsHook,
     classify_stopped_task,
     describe_task_failure,
+    essential_containers,
     log_location,
     summarize_task,
 )
-from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
+from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger, is_transient
+
+log = logging.getLogger(__name__)
+
+#: DescribeTaskDefinition is retried with backoff: up to this many answers with an error that will not
+#: pass by itself (access denied), and transient errors (throttling, 5xx) for up to this many seconds.
+DEFINITION_ATTEMPTS = 4
+DEFINITION_RETRY_SECONDS = 300.0
+#: Seconds a definition that could not be read is not read again (tasks finishing meanwhile go without).
+DEFINITION_FAILURE_TTL = 300.0
+
+
+class TaskDefinitionUnavailable(Exception):
+    """A task definition could not be read, even after retrying."""
 
 
 class EcsTaskPoller(SharedPoller):
@@ -27,6 +44,7 @@ class EcsTaskPoller(SharedPoller):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._definitions: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._unreadable_since: dict[str, float] = {}
 
     async def describe(self, client: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
         # Tasks that ECS no longer (or not yet) knows come back in "failures" as MISSING: absent here.
@@ -38,19 +56,41 @@ class EcsTaskPoller(SharedPoller):
         return str(description.get("lastStatus"))
 
     async def task_definition(self, arn: str) -> dict[str, Any]:
-        """The task definition ``arn``, read once per poller; ``{}`` when it cannot be read."""
+        """The task definition ``arn``, read once per poller, in a task of its own (never in a poll round).
+
+        Errors are logged and retried with backoff (:data:`DEFINITION_ATTEMPTS`,
+        :data:`DEFINITION_RETRY_SECONDS`).
+
+        :raises TaskDefinitionUnavailable: it could not be read; for :data:`DEFINITION_FAILURE_TTL`
+            seconds, other tasks of it get that answer without a new read.
+        """
+        failed_at = self._unreadable_since.get(arn)
+        if failed_at is not None and time.monotonic() - failed_at > DEFINITION_FAILURE_TTL:
+            self._definitions.pop(arn, None)
+            self._unreadable_since.pop(arn, None)
         if arn not in self._definitions:
-            self._definitions[arn] = asyncio.ensure_future(self._read_definition(arn))
+            future = self._definitions[arn] = asyncio.ensure_future(self._read_definition(arn))
+            future.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved, even unawaited
         return await asyncio.shield(self._definitions[arn])
 
     async def _read_definition(self, arn: str) -> dict[str, Any]:
-        try:
-            async with self.hook.async_client() as client:
-                response = await client.describe_task_definition(taskDefinition=arn)
-        except Exception:
-            self._definitions.pop(arn, None)  # not cached: the next task tries again
-            return {}
-        return dict(response["taskDefinition"])
+        started, attempt, refusals = time.monotonic(), 0, 0
+        while True:
+            attempt += 1
+            try:
+                async with self.hook.async_client() as client:
+                    response = await client.describe_task_definition(taskDefinition=arn)
+                return dict(response["taskDefinition"])
+            except Exception as error:
+                refusals += not is_transient(error)
+                if refusals >= DEFINITION_ATTEMPTS or time.monotonic() - started >= DEFINITION_RETRY_SECONDS:
+                    self._unreadable_since[arn] = time.monotonic()
+                    log.warning("Giving up reading ECS task definition %s after %d attempts: %s", arn, attempt, error)
+                    message = f"DescribeTaskDefinition {arn} failed {attempt} times: {error}"
+                    raise TaskDefinitionUnavailable(message) from error
+                pause = min(60.0, self._interval() * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                log.warning("Could not read ECS task definition %s (attempt %d): %s; retrying", arn, attempt, error)
+                await asyncio.sleep(pause)
 
 
 class EcsTaskTrigger(WaitForJobTrigger):
@@ -117,12 +157,21 @@ class EcsTaskTrigger(WaitForJobTrigger):
         return description.get("lastStatus") == "STOPPED"
 
     async def summarize(self, description: dict[str, Any]) -> dict[str, Any]:
-        """Classify the stopped task from its definition's essential containers (read once per poller)."""
-        definition = await self._poller().task_definition(description["taskDefinitionArn"])
-        essential = {c["name"] for c in definition.get("containerDefinitions", []) if c.get("essential", True)}
+        """Classify the stopped task from its definition's essential containers (read once per poller).
+
+        Without the definition, every container is judged, and the task log and the result say so.
+        """
+        definition: dict[str, Any] | None = None
+        warnings = []
+        try:
+            definition = await self._poller().task_definition(description["taskDefinitionArn"])
+        except TaskDefinitionUnavailable as error:
+            warnings.append(f"the essential containers are unknown, so all containers are judged ({error})")
+            self.log.warning("%s %s: %s", self.noun, self.task_arn, warnings[-1])
+        essential = None if definition is None else essential_containers(definition)
         outcome = classify_stopped_task(description, essential, self.fail_on_sidecars)
         log_group, log_stream, log_region = log_location(description, definition, self.container_name)
-        return summarize_task(description, outcome, log_group, log_stream, log_region)
+        return summarize_task(description, outcome, log_group, log_stream, log_region, essential, warnings)
 
     def succeeded(self, result: dict[str, Any]) -> bool:
         return bool(result["outcome"] == "success")

@@ -14,7 +14,7 @@ from helpers import first_event
 
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
 from airflow_ml_batch.hooks.ecs import EcsHook
-from airflow_ml_batch.triggers.ecs import EcsTaskPoller, EcsTaskTrigger
+from airflow_ml_batch.triggers.ecs import DEFINITION_ATTEMPTS, EcsTaskPoller, EcsTaskTrigger
 
 DEFINITION = {
     "family": "forecast",
@@ -244,6 +244,50 @@ async def test_metrics_and_the_log_link_come_from_container_name_in_its_region(e
             f"%2Fecs%2Fmodel/log-events/ecs%2Fmodel%2F{task_id}"
         )
     assert [region for operation, region in ecs.regions if operation == "GetLogEvents"] == ["us-east-2"]
+
+
+async def test_a_throttled_task_definition_read_is_retried_while_the_poller_goes_on(ecs: FakeAws) -> None:
+    ecs.fail_next("DescribeTaskDefinition", times=4, status=400, code="ThrottlingException")
+    ecs.fail_next("DescribeTaskDefinition", times=1, status=503, code="ServiceUnavailableException")
+    task = ecs.add_task(**stopped("EssentialContainerExited", "done", {"exitCode": 0}, {"exitCode": 2}))
+
+    event = await first_event(trigger_for(task))
+
+    assert event.payload["status"] == "success", "the failing sidecar is not essential"
+    assert event.payload["result"]["essential_containers"] == ["model"]
+    assert event.payload["result"]["warnings"] == []
+    assert ecs.calls["DescribeTaskDefinition"] == 6
+    assert ecs.calls["DescribeTasks"] >= 3, "poll rounds went on while the definition read backed off"
+
+
+async def test_an_unreadable_task_definition_judges_every_container_and_says_so(
+    ecs: FakeAws, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ecs.fail_next("DescribeTaskDefinition", times=100, status=400, code="AccessDeniedException")
+    first, second = (
+        ecs.add_task(**stopped("EssentialContainerExited", "done", {"exitCode": 0}, {"exitCode": 2})) for _ in range(2)
+    )
+    keeper = asyncio.ensure_future(first_event(trigger_for(ecs.add_task("RUNNING"))))  # keeps the poller alive
+
+    event = await first_event(trigger_for(first))
+    again = await first_event(trigger_for(second))
+    keeper.cancel()
+    await asyncio.gather(keeper, return_exceptions=True)
+
+    assert event.payload["status"] == "failed"
+    result = event.payload["result"]
+    assert result["outcome"] == "container_failed", "the sidecar is judged too"
+    assert result["essential_containers"] is None
+    (warning,) = result["warnings"]
+    assert warning.startswith("the essential containers are unknown, so all containers are judged")
+    assert "AccessDeniedException" in warning
+    assert f"  warning: {warning}" in event.payload["message"]
+    # Airflow 2 logs through the standard library, Airflow 3 through structlog to stdout.
+    logged = caplog.text + capsys.readouterr().out
+    assert f"{first.rsplit('/', 1)[-1]}: {warning}" in logged
+    assert "AccessDeniedException" in logged.split(" (attempt 1)")[1].splitlines()[0], "each error is logged"
+    assert ecs.calls["DescribeTaskDefinition"] == DEFINITION_ATTEMPTS, "retried, then not read again for a while"
+    assert again.payload["result"]["warnings"] == result["warnings"]
 
 
 async def test_throttling_never_fails_and_tasks_share_calls_per_cluster(ecs: FakeAws) -> None:
