@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.exceptions import AirflowException
+from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 from botocore.exceptions import ClientError
 
 from airflow_ml_batch._compat import Context
@@ -104,7 +105,7 @@ class EcsTaskOperator(DeferredJobOperator):
         "tags": "json",
         "run_task_kwargs": "json",
     }
-    operator_extra_links = (EcsTaskLink(),)
+    operator_extra_links = (EcsTaskLink(), CloudWatchEventsLink())
     ui_color = "#ff9900"
     hook_class = EcsHook
 
