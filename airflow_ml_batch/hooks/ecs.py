@@ -52,13 +52,15 @@ def run_task_request(
     enable_execute_command: bool = False,
     ephemeral_storage_gib: int | None = None,
     tags: dict[str, str] | None = None,
+    propagate_tags: str | None = "TASK_DEFINITION",
     run_task_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """RunTask's kwargs: shorthands folded into ``overrides``, tags propagated from the task definition.
+    """RunTask's kwargs: shorthands folded into ``overrides``, tags propagated as ``propagate_tags`` says.
 
     ``command``, ``environment`` (a mapping), ``cpu`` and ``memory`` override the container
     ``container_name`` (required with them); ``cpu``/``memory`` also size the task, as Fargate needs.
-    A ``capacity_provider_strategy`` replaces ``launch_type``. ``run_task_kwargs`` wins over everything.
+    A ``capacity_provider_strategy`` replaces ``launch_type``; ``propagate_tags=None`` omits
+    ``propagateTags``. ``run_task_kwargs`` wins over everything.
     """
     overrides = {**(overrides or {})}
     if command is not None or environment or cpu is not None or memory is not None:
@@ -90,6 +92,7 @@ def run_task_request(
         "group": group,
         "placementConstraints": placement_constraints,
         "placementStrategy": placement_strategy,
+        "propagateTags": propagate_tags,
     }
     return {
         "cluster": cluster,
@@ -100,7 +103,6 @@ def run_task_request(
         **{key: value for key, value in optional.items() if value is not None},
         "enableExecuteCommand": bool(enable_execute_command),
         "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
-        "propagateTags": "TASK_DEFINITION",
         **(run_task_kwargs or {}),
     }
 

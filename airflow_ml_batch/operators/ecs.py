@@ -67,6 +67,9 @@ class EcsTaskOperator(DeferredJobOperator):
     :param enable_execute_command: allow ECS Exec into the task.
     :param ephemeral_storage_gib: Fargate ephemeral storage size.
     :param tags: extra task tags, merged with the task-instance tags.
+    :param propagate_tags: RunTask ``propagateTags``: ``TASK_DEFINITION`` (default: the task definition's
+        tags are copied to the task), ``SERVICE`` or ``NONE``; ``None`` leaves it out of the request.
+        The ECS API reference says RunTask rejects ``SERVICE``.
     :param run_task_kwargs: anything else RunTask accepts, passed through as is.
     :param fail_on_sidecars: a non-essential container exiting non-zero fails the task too.
     :param run_task_attempts: RunTask attempts while ECS answers with throttling or no capacity.
@@ -94,6 +97,7 @@ class EcsTaskOperator(DeferredJobOperator):
         "placement_strategy",
         "ephemeral_storage_gib",
         "tags",
+        "propagate_tags",
         "run_task_kwargs",
         "aws_conn_id",
         "region_name",
@@ -130,6 +134,7 @@ class EcsTaskOperator(DeferredJobOperator):
         enable_execute_command: bool = False,
         ephemeral_storage_gib: int | None = None,
         tags: dict[str, str] | None = None,
+        propagate_tags: str | None = "TASK_DEFINITION",
         run_task_kwargs: dict[str, Any] | None = None,
         fail_on_sidecars: bool = False,
         run_task_attempts: int = 8,
@@ -154,6 +159,7 @@ class EcsTaskOperator(DeferredJobOperator):
         self.enable_execute_command = enable_execute_command
         self.ephemeral_storage_gib = ephemeral_storage_gib
         self.tags = tags
+        self.propagate_tags = propagate_tags
         self.run_task_kwargs = run_task_kwargs
         self.fail_on_sidecars = fail_on_sidecars
         self.run_task_attempts = run_task_attempts
@@ -232,6 +238,7 @@ class EcsTaskOperator(DeferredJobOperator):
             enable_execute_command=self.enable_execute_command,
             ephemeral_storage_gib=self.ephemeral_storage_gib,
             tags={**(self.tags or {}), **task_tags},
+            propagate_tags=self.propagate_tags,
             run_task_kwargs=self.run_task_kwargs,
         )
         where = f"(cluster={self.cluster!r}, task_definition={self.task_definition!r})"

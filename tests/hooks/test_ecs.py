@@ -12,6 +12,7 @@ from airflow_ml_batch.hooks.ecs import (
     classify_stopped_task,
     describe_task_failure,
     log_location,
+    run_task_request,
     summarize_task,
 )
 
@@ -109,3 +110,14 @@ def test_the_log_is_the_essential_containers_not_the_first_listed() -> None:
     assert log_location(TASK, definition, "log-router") == ("/ecs/router", "ecs/log-router/abc123", None)
     assert log_location(TASK, definition, "no-such-container") == (None, None, None)
     assert log_location(TASK, None) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("propagate_tags", "expected"), [("TASK_DEFINITION", "TASK_DEFINITION"), ("NONE", "NONE"), (None, "omitted")]
+)
+def test_propagate_tags_is_passed_or_omitted(propagate_tags: str | None, expected: str) -> None:
+    request = run_task_request(
+        cluster="models", task_definition="forecast", started_by="a", client_token="b", propagate_tags=propagate_tags
+    )
+
+    assert request.get("propagateTags", "omitted") == expected

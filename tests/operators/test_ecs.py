@@ -240,3 +240,17 @@ def test_the_task_and_log_links_render_with_container_names_log_in_its_region(fa
             f"https://console.aws.amazon.com/ecs/v2/clusters/models/tasks/{task_id}/configuration?region=eu-west-1"
         ),
     }
+
+
+@pytest.mark.parametrize(("propagate_tags", "sent"), [("{{ 'NO' ~ 'NE' }}", "NONE"), (None, "omitted")])
+def test_propagate_tags_is_templated_and_can_be_left_out(
+    fake_aws: FakeAws, propagate_tags: str | None, sent: str
+) -> None:
+    fake_aws.task_definitions["forecast"] = DEFINITION
+    fake_aws.new_task_fields = {"lastStatus": "STOPPED", "containers": [{"name": "model", "exitCode": 0}]}
+
+    dag_run = run_dag(ecs_task("aws_fake", cluster="models", task_definition="forecast", propagate_tags=propagate_tags))
+
+    assert task_instance(dag_run, "forecast").state == "success"
+    ((_, request),) = [(op, body) for op, body in fake_aws.requests if op == "RunTask"]
+    assert request.get("propagateTags", "omitted") == sent
