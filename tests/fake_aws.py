@@ -9,6 +9,7 @@ for Batch, JSON 1.1 for ECS and Logs), on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -33,6 +34,8 @@ class FakeAws:
         self.logs: dict[tuple[str, str], list[str]] = {}
         self.calls: Counter[str] = Counter()
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        #: (operation, region the request was signed for) of every call
+        self.regions: list[tuple[str, str]] = []
         #: the status SubmitJob gives new jobs
         self.submitted_status = "RUNNABLE"
         #: called with each SubmitJob request: the new job's fields (``status``, ``container``, ...), or
@@ -87,10 +90,11 @@ class FakeAws:
 
     # -- the API -----------------------------------------------------------------------------------------
 
-    def answer(self, operation: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def answer(self, operation: str, body: dict[str, Any], region: str = "") -> tuple[int, dict[str, Any]]:
         with self.lock:
             self.calls[operation] += 1
             self.requests.append((operation, body))
+            self.regions.append((operation, region))
             pending = self.failures.get(operation)
             if pending:
                 status, code = pending.pop(0)
@@ -220,6 +224,9 @@ _BATCH_PATHS = {
 }
 
 
+_SIGNING_REGION = re.compile(r"Credential=[^/]+/[^/]+/([^/]+)/")
+
+
 def _handler(fake: FakeAws) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -228,7 +235,8 @@ def _handler(fake: FakeAws) -> type[BaseHTTPRequestHandler]:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             target = self.headers.get("X-Amz-Target", "")
             operation = target.rpartition(".")[2] if target else _BATCH_PATHS.get(self.path, "Unknown")
-            status, answer = fake.answer(operation, body)
+            signed = _SIGNING_REGION.search(self.headers.get("Authorization", ""))
+            status, answer = fake.answer(operation, body, signed.group(1) if signed else "")
             payload = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/x-amz-json-1.1" if target else "application/json")

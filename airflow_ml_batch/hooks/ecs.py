@@ -52,13 +52,15 @@ def run_task_request(
     enable_execute_command: bool = False,
     ephemeral_storage_gib: int | None = None,
     tags: dict[str, str] | None = None,
+    propagate_tags: str | None = "TASK_DEFINITION",
     run_task_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """RunTask's kwargs: shorthands folded into ``overrides``, tags propagated from the task definition.
+    """RunTask's kwargs: shorthands folded into ``overrides``, tags propagated as ``propagate_tags`` says.
 
     ``command``, ``environment`` (a mapping), ``cpu`` and ``memory`` override the container
     ``container_name`` (required with them); ``cpu``/``memory`` also size the task, as Fargate needs.
-    A ``capacity_provider_strategy`` replaces ``launch_type``. ``run_task_kwargs`` wins over everything.
+    A ``capacity_provider_strategy`` replaces ``launch_type``; ``propagate_tags=None`` omits
+    ``propagateTags``. ``run_task_kwargs`` wins over everything.
     """
     overrides = {**(overrides or {})}
     if command is not None or environment or cpu is not None or memory is not None:
@@ -90,6 +92,7 @@ def run_task_request(
         "group": group,
         "placementConstraints": placement_constraints,
         "placementStrategy": placement_strategy,
+        "propagateTags": propagate_tags,
     }
     return {
         "cluster": cluster,
@@ -100,7 +103,6 @@ def run_task_request(
         **{key: value for key, value in optional.items() if value is not None},
         "enableExecuteCommand": bool(enable_execute_command),
         "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
-        "propagateTags": "TASK_DEFINITION",
         **(run_task_kwargs or {}),
     }
 
@@ -110,16 +112,32 @@ def task_id_of(task_arn: str) -> str:
     return task_arn.rsplit("/", 1)[-1]
 
 
-def log_location(task: dict[str, Any], task_definition: dict[str, Any] | None) -> tuple[str | None, str | None]:
-    """``(log group, log stream)`` of the first container that logs to CloudWatch (``awslogs``)."""
-    for container in (task_definition or {}).get("containerDefinitions", []):
+def essential_containers(task_definition: dict[str, Any]) -> set[str]:
+    """The names of a task definition's essential containers (``essential`` defaults to true)."""
+    return {c["name"] for c in task_definition.get("containerDefinitions", []) if c.get("essential", True)}
+
+
+def log_location(
+    task: dict[str, Any], task_definition: dict[str, Any] | None, container_name: str | None = None
+) -> tuple[str | None, str | None, str | None]:
+    """``(log group, log stream, log region)`` of the container whose log tells what the task did.
+
+    That is ``container_name`` when given, else the first essential container logging to CloudWatch
+    (``awslogs``); ``None`` for what is not known. The region is the container's ``awslogs-region``.
+    """
+    containers = (task_definition or {}).get("containerDefinitions", [])
+    if container_name:
+        candidates = [c for c in containers if c.get("name") == container_name]
+    else:
+        candidates = [c for c in containers if c.get("essential", True)]
+    for container in candidates:
         config = container.get("logConfiguration") or {}
         options = config.get("options") or {}
         if config.get("logDriver") == "awslogs" and options.get("awslogs-group"):
             prefix = options.get("awslogs-stream-prefix")
             stream = f"{prefix}/{container['name']}/{task_id_of(task['taskArn'])}" if prefix else None
-            return options["awslogs-group"], stream
-    return None, None
+            return options["awslogs-group"], stream, options.get("awslogs-region")
+    return None, None, None
 
 
 def _iso(value: Any) -> str | None:
@@ -136,17 +154,29 @@ def _seconds(started: Any, stopped: Any) -> float | None:
     return None
 
 
-def classify_stopped_task(task: dict[str, Any], essential: set[str], fail_on_sidecars: bool = False) -> str:
+#: Stop codes that name who stopped the task: it is ``stopped`` whatever its containers' exit codes
+#: (stopping sends SIGTERM, then SIGKILL: 143 or 137), with this text in the failure message.
+STOPPED_BY = {
+    "UserInitiated": "was stopped by a user (StopTask)",
+    "ServiceSchedulerInitiated": "was stopped by the ECS service scheduler",
+    "InfrastructureHealth": "was stopped by ECS (unhealthy infrastructure); a retry can run it again",
+}
+
+
+def classify_stopped_task(task: dict[str, Any], essential: set[str] | None, fail_on_sidecars: bool = False) -> str:
     """Why a STOPPED task stopped: ``success``, ``failed_to_start``, ``spot_interruption``,
     ``out_of_memory``, ``container_failed`` or ``stopped`` (stopped by a user or by ECS).
 
-    Only the ``essential`` containers decide, unless ``fail_on_sidecars``.
+    Only the ``essential`` containers decide, unless ``fail_on_sidecars``; all of them when the
+    essential ones are not known (``None`` or empty).
     """
     stop_code = task.get("stopCode")
     if stop_code == "TaskFailedToStart":
         return "failed_to_start"
     if stop_code in ("SpotInterruption", "TerminationNotice"):
         return "spot_interruption"
+    if stop_code in STOPPED_BY:
+        return "stopped"
     judged = [c for c in task.get("containers", []) if fail_on_sidecars or not essential or c["name"] in essential]
     failed = [c for c in judged if c.get("exitCode") != 0]
     if any("OutOfMemory" in (c.get("reason") or "") for c in failed):
@@ -158,8 +188,19 @@ def classify_stopped_task(task: dict[str, Any], essential: set[str], fail_on_sid
     return "stopped"
 
 
-def summarize_task(task: dict[str, Any], outcome: str, log_group: str | None, log_stream: str | None) -> dict[str, Any]:
-    """The task's result: a JSON-serializable digest of one DescribeTasks entry."""
+def summarize_task(
+    task: dict[str, Any],
+    outcome: str,
+    log_group: str | None,
+    log_stream: str | None,
+    log_region: str | None = None,
+    essential: set[str] | None = None,
+    warnings: list[str] | None = None,
+) -> dict[str, Any]:
+    """The task's result: a JSON-serializable digest of one DescribeTasks entry.
+
+    ``essential`` is ``None`` when the task definition could not be read (``warnings`` say so).
+    """
     started, stopped = task.get("startedAt"), task.get("stoppedAt")
     return {
         "task_arn": task["taskArn"],
@@ -179,6 +220,9 @@ def summarize_task(task: dict[str, Any], outcome: str, log_group: str | None, lo
         "duration_seconds": _seconds(started, stopped),
         "log_group": log_group,
         "log_stream": log_stream,
+        "log_region": log_region,
+        "essential_containers": None if essential is None else sorted(essential),
+        "warnings": list(warnings or []),
     }
 
 
@@ -193,14 +237,17 @@ _OUTCOME_TEXT = {
 
 def describe_task_failure(summary: dict[str, Any], log_tail: list[str] | None = None) -> str:
     """A failure message that says why: the class of failure, stop code and reason, each container, the log tail."""
+    outcome = summary["outcome"]
+    text = STOPPED_BY.get(summary.get("stop_code") or "") if outcome == "stopped" else None
     lines = [
-        f"ECS task {summary['task_arn']} {_OUTCOME_TEXT.get(summary['outcome'], summary['outcome'])}: "
+        f"ECS task {summary['task_arn']} {text or _OUTCOME_TEXT.get(outcome, outcome)}: "
         f"{summary.get('stopped_reason') or 'no reason given'} (stop code {summary.get('stop_code')})"
     ]
     for container in summary.get("containers") or []:
         lines.append(
             f"  container {container['name']}: exit code {container['exit_code']}, {container['reason'] or 'no reason'}"
         )
+    lines.extend(f"  warning: {warning}" for warning in summary.get("warnings") or [])
     return with_log_tail(lines, summary, log_tail)
 
 

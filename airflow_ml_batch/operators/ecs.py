@@ -21,6 +21,7 @@ from airflow_ml_batch.hooks.ecs import (
     task_id_of,
 )
 from airflow_ml_batch.links.ecs import EcsTaskLink
+from airflow_ml_batch.links.logs import JobLogsLink
 from airflow_ml_batch.operators.base import DeferredJobOperator
 from airflow_ml_batch.triggers.base import is_transient
 from airflow_ml_batch.triggers.ecs import EcsTaskTrigger
@@ -36,8 +37,8 @@ class EcsTaskOperator(DeferredJobOperator):
     or running), records the task ARN and defers to
     :class:`~airflow_ml_batch.triggers.ecs.EcsTaskTrigger`. A task whose essential containers exit 0
     ends the Airflow task from the triggerer; any other stop raises an error that says which class of
-    failure it was (failed to start, Spot interruption, out of memory, container exit code), with the
-    stop reason, each container's exit code and the tail of its CloudWatch log.
+    failure it was (failed to start, Spot interruption, out of memory, container exit code, stopped by a
+    user or by ECS), with the stop reason, each container's exit code and the tail of its CloudWatch log.
 
     RunTask is idempotent per try (``clientToken``) and every task carries a deterministic ``startedBy``
     naming the task instance, so throttled or capacity-starved RunTask calls are retried with backoff
@@ -45,7 +46,10 @@ class EcsTaskOperator(DeferredJobOperator):
 
     :param cluster: cluster name or ARN.
     :param task_definition: ``family``, ``family:revision`` or ARN.
-    :param container_name: the container that ``command``, ``environment``, ``cpu`` and ``memory`` override.
+    :param container_name: the container that ``command``, ``environment``, ``cpu`` and ``memory`` override,
+        and whose CloudWatch log is tailed (failure message, ``collect_metrics``, log link); default for the
+        log: the first essential container that logs with ``awslogs``. The log is read in that container's
+        ``awslogs-region``.
     :param overrides: RunTask ``overrides``.
     :param command: shorthand for the container's command.
     :param environment: shorthand for the container's environment, as a mapping.
@@ -63,6 +67,9 @@ class EcsTaskOperator(DeferredJobOperator):
     :param enable_execute_command: allow ECS Exec into the task.
     :param ephemeral_storage_gib: Fargate ephemeral storage size.
     :param tags: extra task tags, merged with the task-instance tags.
+    :param propagate_tags: RunTask ``propagateTags``: ``TASK_DEFINITION`` (default: the task definition's
+        tags are copied to the task), ``SERVICE`` or ``NONE``; ``None`` leaves it out of the request.
+        The ECS API reference says RunTask rejects ``SERVICE``.
     :param run_task_kwargs: anything else RunTask accepts, passed through as is.
     :param fail_on_sidecars: a non-essential container exiting non-zero fails the task too.
     :param run_task_attempts: RunTask attempts while ECS answers with throttling or no capacity.
@@ -90,6 +97,7 @@ class EcsTaskOperator(DeferredJobOperator):
         "placement_strategy",
         "ephemeral_storage_gib",
         "tags",
+        "propagate_tags",
         "run_task_kwargs",
         "aws_conn_id",
         "region_name",
@@ -101,7 +109,7 @@ class EcsTaskOperator(DeferredJobOperator):
         "tags": "json",
         "run_task_kwargs": "json",
     }
-    operator_extra_links = (EcsTaskLink(),)
+    operator_extra_links = (EcsTaskLink(), JobLogsLink())
     ui_color = "#ff9900"
     hook_class = EcsHook
 
@@ -126,6 +134,7 @@ class EcsTaskOperator(DeferredJobOperator):
         enable_execute_command: bool = False,
         ephemeral_storage_gib: int | None = None,
         tags: dict[str, str] | None = None,
+        propagate_tags: str | None = "TASK_DEFINITION",
         run_task_kwargs: dict[str, Any] | None = None,
         fail_on_sidecars: bool = False,
         run_task_attempts: int = 8,
@@ -150,6 +159,7 @@ class EcsTaskOperator(DeferredJobOperator):
         self.enable_execute_command = enable_execute_command
         self.ephemeral_storage_gib = ephemeral_storage_gib
         self.tags = tags
+        self.propagate_tags = propagate_tags
         self.run_task_kwargs = run_task_kwargs
         self.fail_on_sidecars = fail_on_sidecars
         self.run_task_attempts = run_task_attempts
@@ -175,7 +185,13 @@ class EcsTaskOperator(DeferredJobOperator):
         return task_arn
 
     def trigger_for(self, job_id: str, settings: dict[str, Any]) -> EcsTaskTrigger:
-        return EcsTaskTrigger(cluster=self.cluster, task_arn=job_id, fail_on_sidecars=self.fail_on_sidecars, **settings)
+        return EcsTaskTrigger(
+            cluster=self.cluster,
+            task_arn=job_id,
+            fail_on_sidecars=self.fail_on_sidecars,
+            container_name=self.container_name,
+            **settings,
+        )
 
     def stop_job(self, job_id: str, reason: str) -> None:
         self.hook.conn.stop_task(cluster=self.cluster, task=job_id, reason=f"Airflow: {reason}"[:255])
@@ -226,6 +242,7 @@ class EcsTaskOperator(DeferredJobOperator):
             enable_execute_command=self.enable_execute_command,
             ephemeral_storage_gib=self.ephemeral_storage_gib,
             tags={**(self.tags or {}), **task_tags},
+            propagate_tags=self.propagate_tags,
             run_task_kwargs=self.run_task_kwargs,
         )
         where = f"(cluster={self.cluster!r}, task_definition={self.task_definition!r})"

@@ -446,7 +446,8 @@ class WaitForJobTrigger(BaseTrigger):
     async def _log_tail(self, result: dict[str, Any]) -> list[str]:
         if not result.get("log_group") or not result.get("log_stream"):
             return []
-        logs = CloudWatchLogsHook(**{**self._connection(), "region_name": result.get("log_region") or self.region_name})
+        region = result.get("log_region") or self.region_name  # a log may live in another region than the job
+        logs = CloudWatchLogsHook(**{**self._connection(), "region_name": region})
         return await logs.tail(result["log_group"], result["log_stream"], self.log_tail_lines)
 
     def _success_xcoms(self, result: dict[str, Any]) -> dict[str, Any] | None:

@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
+import time
 from typing import Any
 
 from airflow_ml_batch.hooks.ecs import (
     EcsHook,
     classify_stopped_task,
     describe_task_failure,
+    essential_containers,
     log_location,
     summarize_task,
 )
-from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
+from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger, is_transient
+
+log = logging.getLogger(__name__)
+
+#: DescribeTaskDefinition is retried with backoff: up to this many answers with an error that will not
+#: pass by itself (access denied), and transient errors (throttling, 5xx) for up to this many seconds.
+DEFINITION_ATTEMPTS = 4
+DEFINITION_RETRY_SECONDS = 300.0
+#: Seconds a definition that could not be read is not read again (tasks finishing meanwhile go without).
+DEFINITION_FAILURE_TTL = 300.0
+
+
+class TaskDefinitionUnavailable(Exception):
+    """A task definition could not be read, even after retrying."""
 
 
 class EcsTaskPoller(SharedPoller):
@@ -27,6 +44,7 @@ class EcsTaskPoller(SharedPoller):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._definitions: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._unreadable_since: dict[str, float] = {}
 
     async def describe(self, client: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
         # Tasks that ECS no longer (or not yet) knows come back in "failures" as MISSING: absent here.
@@ -38,19 +56,41 @@ class EcsTaskPoller(SharedPoller):
         return str(description.get("lastStatus"))
 
     async def task_definition(self, arn: str) -> dict[str, Any]:
-        """The task definition ``arn``, read once per poller; ``{}`` when it cannot be read."""
+        """The task definition ``arn``, read once per poller, in a task of its own (never in a poll round).
+
+        Errors are logged and retried with backoff (:data:`DEFINITION_ATTEMPTS`,
+        :data:`DEFINITION_RETRY_SECONDS`).
+
+        :raises TaskDefinitionUnavailable: it could not be read; for :data:`DEFINITION_FAILURE_TTL`
+            seconds, other tasks of it get that answer without a new read.
+        """
+        failed_at = self._unreadable_since.get(arn)
+        if failed_at is not None and time.monotonic() - failed_at > DEFINITION_FAILURE_TTL:
+            self._definitions.pop(arn, None)
+            self._unreadable_since.pop(arn, None)
         if arn not in self._definitions:
-            self._definitions[arn] = asyncio.ensure_future(self._read_definition(arn))
+            future = self._definitions[arn] = asyncio.ensure_future(self._read_definition(arn))
+            future.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved, even unawaited
         return await asyncio.shield(self._definitions[arn])
 
     async def _read_definition(self, arn: str) -> dict[str, Any]:
-        try:
-            async with self.hook.async_client() as client:
-                response = await client.describe_task_definition(taskDefinition=arn)
-        except Exception:
-            self._definitions.pop(arn, None)  # not cached: the next task tries again
-            return {}
-        return dict(response["taskDefinition"])
+        started, attempt, refusals = time.monotonic(), 0, 0
+        while True:
+            attempt += 1
+            try:
+                async with self.hook.async_client() as client:
+                    response = await client.describe_task_definition(taskDefinition=arn)
+                return dict(response["taskDefinition"])
+            except Exception as error:
+                refusals += not is_transient(error)
+                if refusals >= DEFINITION_ATTEMPTS or time.monotonic() - started >= DEFINITION_RETRY_SECONDS:
+                    self._unreadable_since[arn] = time.monotonic()
+                    log.warning("Giving up reading ECS task definition %s after %d attempts: %s", arn, attempt, error)
+                    message = f"DescribeTaskDefinition {arn} failed {attempt} times: {error}"
+                    raise TaskDefinitionUnavailable(message) from error
+                pause = min(60.0, self._interval() * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                log.warning("Could not read ECS task definition %s (attempt %d): %s; retrying", arn, attempt, error)
+                await asyncio.sleep(pause)
 
 
 class EcsTaskTrigger(WaitForJobTrigger):
@@ -59,13 +99,16 @@ class EcsTaskTrigger(WaitForJobTrigger):
     Every instance in a triggerer process shares one :class:`EcsTaskPoller` per (connection, region,
     cluster): 5000 waiting tasks of a cluster cost 50 DescribeTasks calls per round. A stopped task is
     classified (``success``, ``failed_to_start``, ``spot_interruption``, ``out_of_memory``,
-    ``container_failed``, ``stopped``) from its essential containers. The event's payload is
-    ``{"status": "success" | "failed" | "timeout" | "missing" | "error", "job_id", "message", "result"}``,
+    ``container_failed``, ``stopped``) from its stop code and its essential containers: a task stopped by
+    a user (StopTask), the service scheduler or ECS is ``stopped``, whatever its exit codes. The event's
+    payload is ``{"status": "success" | "failed" | "timeout" | "missing" | "error", "job_id", "message", "result"}``,
     or a ``TaskSuccessEvent`` with ``end_from_trigger``.
 
     :param cluster: the task's cluster (name or ARN).
     :param task_arn: the task to wait for.
     :param fail_on_sidecars: a non-essential container exiting non-zero fails the task too.
+    :param container_name: the container whose CloudWatch log is tailed (failure message, metrics);
+        default: the first essential container that logs with ``awslogs``.
     :param aws_conn_id: Airflow ``aws`` connection.
     :param region_name: AWS region; defaults to the connection's.
     :param poll_interval: seconds between poll rounds (shared: the shortest of all waiting triggers).
@@ -89,12 +132,14 @@ class EcsTaskTrigger(WaitForJobTrigger):
         cluster: str,
         task_arn: str,
         fail_on_sidecars: bool = False,
+        container_name: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.cluster = cluster
         self.job_id = self.task_arn = task_arn
         self.fail_on_sidecars = fail_on_sidecars
+        self.container_name = container_name
 
     @property
     def scope(self) -> str:
@@ -105,17 +150,28 @@ class EcsTaskTrigger(WaitForJobTrigger):
             "cluster": self.cluster,
             "task_arn": self.task_arn,
             "fail_on_sidecars": self.fail_on_sidecars,
+            "container_name": self.container_name,
         }
 
     def is_final(self, description: dict[str, Any]) -> bool:
         return description.get("lastStatus") == "STOPPED"
 
     async def summarize(self, description: dict[str, Any]) -> dict[str, Any]:
-        """Classify the stopped task from its definition's essential containers (read once per poller)."""
-        definition = await self._poller().task_definition(description["taskDefinitionArn"])
-        essential = {c["name"] for c in definition.get("containerDefinitions", []) if c.get("essential", True)}
+        """Classify the stopped task from its definition's essential containers (read once per poller).
+
+        Without the definition, every container is judged, and the task log and the result say so.
+        """
+        definition: dict[str, Any] | None = None
+        warnings = []
+        try:
+            definition = await self._poller().task_definition(description["taskDefinitionArn"])
+        except TaskDefinitionUnavailable as error:
+            warnings.append(f"the essential containers are unknown, so all containers are judged ({error})")
+            self.log.warning("%s %s: %s", self.noun, self.task_arn, warnings[-1])
+        essential = None if definition is None else essential_containers(definition)
         outcome = classify_stopped_task(description, essential, self.fail_on_sidecars)
-        return summarize_task(description, outcome, *log_location(description, definition))
+        log_group, log_stream, log_region = log_location(description, definition, self.container_name)
+        return summarize_task(description, outcome, log_group, log_stream, log_region, essential, warnings)
 
     def succeeded(self, result: dict[str, Any]) -> bool:
         return bool(result["outcome"] == "success")

@@ -177,3 +177,80 @@ def test_every_template_field_is_kept_as_given_until_rendering() -> None:
     operator = EcsTaskOperator(task_id="forecast", **fields)
 
     assert {field: getattr(operator, field) for field in EcsTaskOperator.template_fields} == fields
+
+
+def logging_to(group: str, region: str) -> dict[str, Any]:
+    options = {"awslogs-group": group, "awslogs-region": region, "awslogs-stream-prefix": "ecs"}
+    return {"logDriver": "awslogs", "options": options}
+
+
+LOGGING_DEFINITION = {
+    "family": "forecast",
+    "containerDefinitions": [
+        {"name": "prepare", "essential": True, "logConfiguration": logging_to("/ecs/prepare", "eu-west-1")},
+        {"name": "model", "essential": True, "logConfiguration": logging_to("/ecs/forecast", "us-east-2")},
+    ],
+}
+
+
+def rendered_links(dag_run: Any, operator: EcsTaskOperator) -> dict[str, str | None]:
+    """The URLs the UI shows for ``operator``'s task in ``dag_run``, by link name: from the DAG as the
+    webserver (Airflow 2) or the API server (Airflow 3) loads it, serialized."""
+    from airflow.serialization import serialized_objects
+
+    try:
+        from airflow.sdk import DAG
+    except ImportError:  # Airflow 2
+        from airflow import DAG
+
+    with DAG(dag_run.dag_id, schedule=None) as dag:
+        dag.add_task(operator)
+    serializer = getattr(serialized_objects, "DagSerialization", None) or serialized_objects.SerializedDAG
+    task = serializer.from_dict(serializer.to_dict(dag)).get_task(operator.task_id)
+    ti = task_instance(dag_run, operator.task_id)
+    return {name: task.get_extra_links(ti, name) for name in task.extra_links}
+
+
+def test_the_task_and_log_links_render_with_container_names_log_in_its_region(fake_aws: FakeAws) -> None:
+    fake_aws.task_definitions["forecast"] = LOGGING_DEFINITION
+    fake_aws.new_task_fields = {
+        "lastStatus": "STOPPED",
+        "stopCode": "EssentialContainerExited",
+        "containers": [{"name": "prepare", "exitCode": 0}, {"name": "model", "exitCode": 0}],
+    }
+    # The worker saves the log link when it resumes; ended from the trigger, the trigger saves it
+    # (tests/triggers/test_ecs.py), which dag.test() on Airflow 3 does not replay.
+    arguments = {
+        "cluster": "models",
+        "task_definition": "forecast",
+        "container_name": "model",
+        "end_from_trigger": False,
+    }
+
+    dag_run = run_dag(ecs_task("aws_fake", **arguments))
+
+    assert task_instance(dag_run, "forecast").state == "success"
+    task_id = xcom(dag_run, "forecast", TASK_ARN_XCOM_KEY).rsplit("/", 1)[-1]
+    assert rendered_links(dag_run, EcsTaskOperator(task_id="forecast", **arguments)) == {
+        "CloudWatch Events": (
+            "https://console.aws.amazon.com/cloudwatch/home?region=us-east-2#logsV2:log-groups/log-group/"
+            f"%2Fecs%2Fforecast/log-events/ecs%2Fmodel%2F{task_id}"
+        ),
+        "ECS Task": (
+            f"https://console.aws.amazon.com/ecs/v2/clusters/models/tasks/{task_id}/configuration?region=eu-west-1"
+        ),
+    }
+
+
+@pytest.mark.parametrize(("propagate_tags", "sent"), [("{{ 'NO' ~ 'NE' }}", "NONE"), (None, "omitted")])
+def test_propagate_tags_is_templated_and_can_be_left_out(
+    fake_aws: FakeAws, propagate_tags: str | None, sent: str
+) -> None:
+    fake_aws.task_definitions["forecast"] = DEFINITION
+    fake_aws.new_task_fields = {"lastStatus": "STOPPED", "containers": [{"name": "model", "exitCode": 0}]}
+
+    dag_run = run_dag(ecs_task("aws_fake", cluster="models", task_definition="forecast", propagate_tags=propagate_tags))
+
+    assert task_instance(dag_run, "forecast").state == "success"
+    ((_, request),) = [(op, body) for op, body in fake_aws.requests if op == "RunTask"]
+    assert request.get("propagateTags", "omitted") == sent

@@ -12,7 +12,9 @@ from airflow.triggers.base import TaskSuccessEvent
 from fake_aws import FakeAws
 from helpers import first_event
 
-from airflow_ml_batch.triggers.ecs import EcsTaskPoller, EcsTaskTrigger
+from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
+from airflow_ml_batch.hooks.ecs import EcsHook
+from airflow_ml_batch.triggers.ecs import DEFINITION_ATTEMPTS, EcsTaskPoller, EcsTaskTrigger
 
 DEFINITION = {
     "family": "forecast",
@@ -127,7 +129,20 @@ async def test_a_failing_sidecar_fails_the_task_when_asked(ecs: FakeAws) -> None
             "container_failed",
             "essential container exit with a non-zero code",
         ),
-        ("UserInitiated", "Stopped by an operator", {}, "stopped", "was stopped: Stopped by an operator"),
+        (
+            "UserInitiated",
+            "Stopped by an operator",
+            {"exitCode": 143},
+            "stopped",
+            "was stopped by a user (StopTask): Stopped by an operator",
+        ),
+        (
+            "ServiceSchedulerInitiated",
+            "Scaling activity initiated by deployment",
+            {"exitCode": 137},
+            "stopped",
+            "was stopped by the ECS service scheduler: Scaling activity",
+        ),
     ],
 )
 async def test_each_failure_class_is_named_with_its_reason_and_log_tail(
@@ -145,6 +160,134 @@ async def test_each_failure_class_is_named_with_its_reason_and_log_tail(
     assert f"(stop code {stop_code})" in message
     assert "container model: exit code" in message
     assert message.endswith("  loading history\n  Traceback: boom")
+
+
+async def test_a_task_stopped_with_stop_task_is_stopped_by_a_user(ecs: FakeAws) -> None:
+    task = ecs.add_task("RUNNING")
+
+    async def stop() -> None:
+        await asyncio.sleep(0.3)
+        killed = [{"name": "model", "exitCode": 143}, {"name": "metrics-sidecar", "exitCode": 137}]
+        ecs.set_task(task, containers=killed)  # what SIGTERM, then SIGKILL, does; the task is still RUNNING
+        hook = EcsHook(aws_conn_id="aws_fake")
+        await asyncio.to_thread(hook.conn.stop_task, cluster="models", task=task, reason="Stopped by Dana")
+
+    event, _ = await asyncio.gather(first_event(trigger_for(task)), stop())
+
+    assert event.payload["status"] == "failed"
+    assert event.payload["result"]["outcome"] == "stopped"
+    assert "was stopped by a user (StopTask): Stopped by Dana (stop code UserInitiated)" in event.payload["message"]
+
+
+def regional_definition(*containers: tuple[str, bool, str | None]) -> dict[str, Any]:
+    """A definition of ``(name, essential, awslogs-region)`` containers, each logging to ``/ecs/<name>``."""
+    return {
+        "family": "forecast",
+        "containerDefinitions": [
+            {
+                "name": name,
+                "essential": essential,
+                "logConfiguration": {
+                    "logDriver": "awslogs",
+                    "options": {
+                        "awslogs-group": f"/ecs/{name}",
+                        "awslogs-stream-prefix": "ecs",
+                        **({"awslogs-region": region} if region else {}),
+                    },
+                },
+            }
+            for name, essential, region in containers
+        ],
+    }
+
+
+async def test_the_tail_is_the_essential_containers_read_in_its_log_region(ecs: FakeAws) -> None:
+    ecs.task_definitions["forecast"] = regional_definition(("log-router", False, None), ("model", True, "us-east-2"))
+    task = ecs.add_task(**stopped("EssentialContainerExited", "Essential container in task exited", {"exitCode": 1}))
+    task_id = task.rsplit("/", 1)[-1]
+    ecs.logs[("/ecs/log-router", f"ecs/log-router/{task_id}")] = ["router up"]
+    ecs.logs[("/ecs/model", f"ecs/model/{task_id}")] = ["Traceback: boom"]
+
+    event = await first_event(trigger_for(task))
+
+    assert event.payload["message"].endswith("  Traceback: boom")
+    result = event.payload["result"]
+    assert (result["log_group"], result["log_region"]) == ("/ecs/model", "us-east-2")
+    assert [region for operation, region in ecs.regions if operation == "GetLogEvents"] == ["us-east-2"]
+    assert {region for operation, region in ecs.regions if operation != "GetLogEvents"} == {"eu-west-1"}
+
+
+async def test_metrics_and_the_log_link_come_from_container_name_in_its_region(ecs: FakeAws) -> None:
+    ecs.task_definitions["forecast"] = regional_definition(("prepare", True, "eu-west-1"), ("model", True, "us-east-2"))
+    task = ecs.add_task(**stopped("EssentialContainerExited", "done", {"exitCode": 0}, {"exitCode": 0}))
+    task_id = task.rsplit("/", 1)[-1]
+    ecs.logs[("/ecs/prepare", f"ecs/prepare/{task_id}")] = ['{"metrics": {"rows": 10}}']
+    ecs.logs[("/ecs/model", f"ecs/model/{task_id}")] = ['{"metrics": {"mape": 0.12}}']
+    link = {"region_name": "eu-west-1", "aws_domain": "aws.amazon.com"}
+
+    event = await first_event(
+        trigger_for(task, container_name="model", collect_metrics=True, end_from_trigger=True, log_link=link)
+    )
+
+    assert isinstance(event, TaskSuccessEvent)
+    assert event.xcoms is not None
+    assert event.xcoms["return_value"]["metrics"] == {"mape": 0.12}
+    assert event.xcoms["cloudwatch_events"] == {
+        **link,
+        "awslogs_region": "us-east-2",
+        "awslogs_group": "/ecs/model",
+        "awslogs_stream_name": f"ecs/model/{task_id}",
+    }
+    if AIRFLOW_V_3_0_PLUS:  # Airflow 3 keeps rendered link URLs under their own XCom key
+        assert event.xcoms["_link_JobLogsLink"] == (
+            "https://console.aws.amazon.com/cloudwatch/home?region=us-east-2#logsV2:log-groups/log-group/"
+            f"%2Fecs%2Fmodel/log-events/ecs%2Fmodel%2F{task_id}"
+        )
+    assert [region for operation, region in ecs.regions if operation == "GetLogEvents"] == ["us-east-2"]
+
+
+async def test_a_throttled_task_definition_read_is_retried_while_the_poller_goes_on(ecs: FakeAws) -> None:
+    ecs.fail_next("DescribeTaskDefinition", times=4, status=400, code="ThrottlingException")
+    ecs.fail_next("DescribeTaskDefinition", times=1, status=503, code="ServiceUnavailableException")
+    task = ecs.add_task(**stopped("EssentialContainerExited", "done", {"exitCode": 0}, {"exitCode": 2}))
+
+    event = await first_event(trigger_for(task))
+
+    assert event.payload["status"] == "success", "the failing sidecar is not essential"
+    assert event.payload["result"]["essential_containers"] == ["model"]
+    assert event.payload["result"]["warnings"] == []
+    assert ecs.calls["DescribeTaskDefinition"] == 6
+    assert ecs.calls["DescribeTasks"] >= 3, "poll rounds went on while the definition read backed off"
+
+
+async def test_an_unreadable_task_definition_judges_every_container_and_says_so(
+    ecs: FakeAws, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ecs.fail_next("DescribeTaskDefinition", times=100, status=400, code="AccessDeniedException")
+    first, second = (
+        ecs.add_task(**stopped("EssentialContainerExited", "done", {"exitCode": 0}, {"exitCode": 2})) for _ in range(2)
+    )
+    keeper = asyncio.ensure_future(first_event(trigger_for(ecs.add_task("RUNNING"))))  # keeps the poller alive
+
+    event = await first_event(trigger_for(first))
+    again = await first_event(trigger_for(second))
+    keeper.cancel()
+    await asyncio.gather(keeper, return_exceptions=True)
+
+    assert event.payload["status"] == "failed"
+    result = event.payload["result"]
+    assert result["outcome"] == "container_failed", "the sidecar is judged too"
+    assert result["essential_containers"] is None
+    (warning,) = result["warnings"]
+    assert warning.startswith("the essential containers are unknown, so all containers are judged")
+    assert "AccessDeniedException" in warning
+    assert f"  warning: {warning}" in event.payload["message"]
+    # Airflow 2 logs through the standard library, Airflow 3 through structlog to stdout.
+    logged = caplog.text + capsys.readouterr().out
+    assert f"{first.rsplit('/', 1)[-1]}: {warning}" in logged
+    assert "AccessDeniedException" in logged.split(" (attempt 1)")[1].splitlines()[0], "each error is logged"
+    assert ecs.calls["DescribeTaskDefinition"] == DEFINITION_ATTEMPTS, "retried, then not read again for a while"
+    assert again.payload["result"]["warnings"] == result["warnings"]
 
 
 async def test_throttling_never_fails_and_tasks_share_calls_per_cluster(ecs: FakeAws) -> None:
@@ -215,8 +358,18 @@ async def test_end_from_trigger(ecs: FakeAws) -> None:
 def test_serialize_round_trips_through_airflows_trigger_model() -> None:
     from airflow.models.trigger import Trigger
 
-    trigger = EcsTaskTrigger(cluster="models", task_arn="arn:task", aws_conn_id="x", fail_on_sidecars=True)
+    trigger = EcsTaskTrigger(
+        cluster="models", task_arn="arn:task", aws_conn_id="x", fail_on_sidecars=True, container_name="model"
+    )
     stored = Trigger.from_object(trigger)
 
     assert stored.classpath == "airflow_ml_batch.triggers.ecs.EcsTaskTrigger"
     assert EcsTaskTrigger(**stored.kwargs).serialize() == trigger.serialize()
+    assert stored.kwargs["container_name"] == "model"
+
+
+def test_kwargs_stored_before_container_name_existed_still_load() -> None:
+    _, kwargs = EcsTaskTrigger(cluster="models", task_arn="arn:task").serialize()
+    del kwargs["container_name"]
+
+    assert EcsTaskTrigger(**kwargs).container_name is None
