@@ -230,9 +230,9 @@ def _log_group(container: dict[str, Any] | None) -> str:
 
 
 def job_run(job: dict[str, Any]) -> dict[str, Any]:
-    """What the job's current (or last) run reports: ``node_index`` (multi-node: the main node),
-    ``container_name`` (ECS/EKS containers have names), ``exit_code``, ``reason``, ``log_group`` and
-    ``log_stream``.
+    """What the job's current (or last) run reports: ``node_index`` and ``is_main_node`` (multi-node: the main
+    node, or the described node of a ``jobId#N`` node job), ``container_name`` (ECS/EKS containers have
+    names), ``exit_code``, ``reason``, ``log_group`` and ``log_stream``.
 
     EKS jobs have neither log group nor stream: Batch records none for them (pod logs go wherever the
     cluster's logging sends them), so there is no log tail and no metrics from the log.
@@ -254,6 +254,9 @@ def job_run(job: dict[str, Any]) -> dict[str, Any]:
     definition = next((c for c in defined if c.get("name") == name), defined[0] if defined else None)
     return {
         "node_index": main_node_index(job) if job_kind(job) == "multinode" else None,
+        "is_main_node": (job.get("nodeDetails") or {}).get("isMainNode", True)
+        if job_kind(job) == "multinode"
+        else None,
         "container_name": name,
         "exit_code": chosen.get("exitCode"),
         "reason": latest("reason"),
@@ -374,6 +377,7 @@ def summarize_job(job: dict[str, Any]) -> dict[str, Any]:
         "status_reason": job.get("statusReason"),
         "exit_code": run["exit_code"],
         "node_index": run["node_index"],
+        "is_main_node": run["is_main_node"],
         "container_name": run["container_name"],
         "attempts": attempts,
         "started_at": _iso(started),
@@ -391,7 +395,7 @@ def _reported(summary: dict[str, Any]) -> str:
     """Which node and container the exit code is of, e.g. `` (main node 0, container model)``."""
     parts = []
     if summary.get("node_index") is not None:
-        parts.append(f"main node {summary['node_index']}")
+        parts.append(f"{'main node' if summary.get('is_main_node') else 'node'} {summary['node_index']}")
     if summary.get("container_name"):
         parts.append(f"container {summary['container_name']}")
     return f" ({', '.join(parts)})" if parts else ""

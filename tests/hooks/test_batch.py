@@ -208,6 +208,7 @@ def test_a_node_of_a_multi_node_job_reports_itself(fake_aws: FakeAws) -> None:
     summary = summarize_job(job)
 
     assert (summary["node_index"], summary["exit_code"], summary["log_group"]) == (2, 0, "/ml/nodes")
+    assert "exit code 0 (node 2)" in describe_failure(summary), "not the main node: not called one"
 
 
 def test_a_multi_node_job_of_ecs_tasks_reports_the_main_nodes_essential_container(fake_aws: FakeAws) -> None:
