@@ -14,8 +14,10 @@ tasks pushed before deferring and the results of the jobs that succeeded::
         print(summarize(rows))
 
 AWS Batch is the source of truth for status, duration and attempts (DescribeJobs, 100 jobs per call);
-the metrics come from the results (``collect_metrics=True``). A model whose task never submitted a job
-is reported as ``NOT_SUBMITTED``. The chart needs matplotlib (``pip install 'airflow-ml-batch[report]'``).
+the metrics come from the results (``collect_metrics=True``). Every job kind is read alike
+(:func:`~airflow_ml_batch.hooks.batch.summarize_job`: a multi-node job's exit code is its main node's). A model
+whose task never submitted a job is reported as ``NOT_SUBMITTED``. The chart needs matplotlib
+(``pip install 'airflow-ml-batch[report]'``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow_ml_batch.hooks.batch import summarize_job
+from airflow_ml_batch.hooks.batch import job_containers, summarize_job
 
 if TYPE_CHECKING:
     from airflow_ml_batch.hooks.batch import BatchHook
@@ -99,12 +101,15 @@ def model_ids(expanded: Iterable[Mapping[str, Any]]) -> list[str]:
     return [entry["environment"][MODEL_ID_VARIABLE] for entry in expanded]
 
 
-def _model_of(job: Mapping[str, Any]) -> str | None:
+def _model_of(job: dict[str, Any]) -> str | None:
+    """The job's ``model_id`` tag, else the ``MODEL_ID`` variable of its reported containers (any job kind)."""
     tags = job.get("tags") or {}
     if tags.get(MODEL_ID_KEY):
         return str(tags[MODEL_ID_KEY])
-    environment = (job.get("container") or {}).get("environment") or []
-    return next((str(v["value"]) for v in environment if v.get("name") == MODEL_ID_VARIABLE), None)
+    containers, _ = job_containers(job)
+    # ECS containers call it "environment", EKS containers "env"
+    variables = [v for c in containers for v in (c.get("environment") or c.get("env") or [])]
+    return next((str(v["value"]) for v in variables if v.get("name") == MODEL_ID_VARIABLE), None)
 
 
 def gather_batch_jobs(

@@ -77,6 +77,21 @@ class FakeAws:
             }
         return job_id
 
+    def add_array_job(self, size: int, status: str = "PENDING", child_status: str = "RUNNABLE", **fields: Any) -> str:
+        """Create an array parent and its ``size`` children (``<parent>:<index>``); returns the parent's id.
+
+        DescribeJobs counts the children's states into the parent's ``arrayProperties.statusSummary``.
+        """
+        parent = self.add_job(status, arrayProperties={"size": size}, **fields)
+        for index in range(size):
+            self.add_job(
+                child_status,
+                jobId=f"{parent}:{index}",
+                jobName=self.jobs[parent]["jobName"],
+                arrayProperties={"index": index},
+            )
+        return parent
+
     def set_job(self, job_id: str, **fields: Any) -> None:
         with self.lock:
             self.jobs[job_id].update(fields)
@@ -120,12 +135,29 @@ class FakeAws:
         return 200, {"jobId": job_id, "jobName": body["jobName"], "jobArn": self.jobs[job_id]["jobArn"]}
 
     def _DescribeJobs(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        return 200, {"jobs": [self.jobs[i] for i in body["jobs"] if i in self.jobs and i not in self.hidden]}
+        found = [self.jobs[i] for i in body["jobs"] if i in self.jobs and i not in self.hidden]
+        return 200, {"jobs": [self._with_status_summary(job) for job in found]}
+
+    def _with_status_summary(self, job: dict[str, Any]) -> dict[str, Any]:
+        size = job.get("arrayProperties", {}).get("size")
+        if size is None:
+            return job
+        children = [self.jobs.get(f"{job['jobId']}:{index}") for index in range(size)]
+        summary = dict.fromkeys(("STARTING", "FAILED", "RUNNING", "SUCCEEDED", "RUNNABLE", "SUBMITTED", "PENDING"), 0)
+        for child in children:
+            if child is not None:
+                summary[child["status"]] += 1
+        return {**job, "arrayProperties": {**job["arrayProperties"], "statusSummary": summary}}
 
     def _ListJobs(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         names = {v for f in body.get("filters", []) if f["name"] == "JOB_NAME" for v in f["values"]}
         found = [j for j in self.jobs.values() if not names or j["jobName"] in names]
-        return 200, {"jobSummaryList": [{k: j[k] for k in ("jobId", "jobName", "status", "createdAt")} for j in found]}
+        if "arrayJobId" in body:
+            found = [j for j in found if j["jobId"].startswith(f"{body['arrayJobId']}:")]
+        if "jobStatus" in body and not names:  # Batch ignores jobStatus when filters are given
+            found = [j for j in found if j["status"] == body["jobStatus"]]
+        keys = ("jobId", "jobName", "status", "createdAt", "statusReason", "arrayProperties")
+        return 200, {"jobSummaryList": [{k: j[k] for k in keys if k in j} for j in found]}
 
     def _TerminateJob(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         job = self.jobs.get(body["jobId"])

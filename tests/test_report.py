@@ -31,9 +31,9 @@ def finished_job(
     fake: FakeAws, model_id: str, status: str, minutes: float, try_number: int = 1, **fields: object
 ) -> str:
     started = 1_700_000_000_000
+    fields.setdefault("tags", {"model_id": model_id, "airflow:try_number": str(try_number)})
     return fake.add_job(
         status,
-        tags={"model_id": model_id, "airflow:try_number": str(try_number)},
         startedAt=started,
         stoppedAt=started + int(minutes * MINUTE_MS),
         **fields,
@@ -185,3 +185,57 @@ def test_the_summary_counts_times_metrics_and_names_the_failures() -> None:
         "  b: FAILED Essential container in task exited",
         "  ... and 1 more (see the CSV)",
     ]
+
+
+def test_every_job_kind_gives_a_row_with_its_exit_code_and_attempts(fake_aws: FakeAws) -> None:
+    # No model_id tags: the MODEL_ID variable of each kind's containers names the model.
+    def model(name: str) -> list[dict[str, str]]:
+        return [{"name": "MODEL_ID", "value": name}]
+
+    multi_node = finished_job(
+        fake_aws,
+        "ignored",
+        "FAILED",
+        30,
+        tags={},
+        nodeProperties={
+            "numNodes": 2,
+            "mainNode": 0,
+            "nodeRangeProperties": [{"targetNodes": "0:1", "container": {"environment": model("mnp")}}],
+        },
+        attempts=[{"container": {"exitCode": 1}}, {"container": {"exitCode": 2}}],
+    )
+    ecs = finished_job(
+        fake_aws,
+        "ignored",
+        "SUCCEEDED",
+        5,
+        tags={},
+        ecsProperties={
+            "taskProperties": [{"containers": [{"name": "model", "environment": model("ecs"), "exitCode": 0}]}]
+        },
+    )
+    eks = finished_job(
+        fake_aws,
+        "ignored",
+        "FAILED",
+        2,
+        tags={},
+        eksProperties={"podProperties": {"containers": [{"name": "model", "env": model("eks"), "exitCode": 137}]}},
+        eksAttempts=[{"containers": [{"name": "model", "exitCode": 137}]}],
+    )
+    array = fake_aws.add_array_job(3, "FAILED", child_status="FAILED", tags={"model_id": "array"})
+
+    outcomes = gather_batch_jobs(
+        BatchHook(aws_conn_id="aws_fake", region_name="eu-west-1"),
+        ["mnp", "ecs", "eks", "array"],
+        [multi_node, ecs, eks, array],
+    )
+
+    assert [(o.model_id, o.status, o.exit_code, o.attempts) for o in outcomes] == [
+        ("mnp", "FAILED", 2, 2),  # the main node's exit code
+        ("ecs", "SUCCEEDED", 0, 0),
+        ("eks", "FAILED", 137, 1),
+        ("array", "FAILED", None, 0),
+    ]
+    assert outcomes[0].duration_seconds == 1800.0

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_ml_batch.hooks.batch import FINAL_STATES, BatchHook, describe_failure, summarize_job
+from airflow_ml_batch.hooks.batch import (
+    FINAL_STATES,
+    BatchHook,
+    describe_failure,
+    failed_child_ids,
+    failed_children,
+    job_state,
+    summarize_job,
+)
 from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
 
 
@@ -19,7 +27,8 @@ class BatchJobPoller(SharedPoller):
 
     @staticmethod
     def state_of(description: dict[str, Any]) -> str:
-        return str(description["status"])
+        """The status; for an array parent with its children's counts, so that progress wakes the watcher."""
+        return job_state(description)
 
 
 class BatchJobTrigger(WaitForJobTrigger):
@@ -29,6 +38,11 @@ class BatchJobTrigger(WaitForJobTrigger):
     so 5000 waiting jobs cost 50 DescribeJobs calls per round. The event's payload is
     ``{"status": "success" | "failed" | "timeout" | "missing" | "error", "job_id", "message", "result"}``,
     or a ``TaskSuccessEvent`` with ``end_from_trigger``.
+
+    Every kind of job reports its exit code and log (a multi-node job its main node's; see
+    :func:`~airflow_ml_batch.hooks.batch.summarize_job`). An array parent's children counts per state are
+    logged each time they change; once a parent has failed, one ListJobs and one DescribeJobs call name its
+    failed children (the first :data:`~airflow_ml_batch.hooks.batch.FAILED_CHILDREN_SHOWN`) in the message.
 
     :param job_id: the Batch job to wait for.
     :param aws_conn_id: Airflow ``aws`` connection.
@@ -58,7 +72,22 @@ class BatchJobTrigger(WaitForJobTrigger):
         return description["status"] in FINAL_STATES
 
     async def summarize(self, description: dict[str, Any]) -> dict[str, Any]:
-        return summarize_job(description)
+        result = summarize_job(description)
+        if result["array_size"] is not None and description["status"] == "FAILED":
+            result.update(await self._failed_children(description))
+        return result
+
+    async def _failed_children(self, parent: dict[str, Any]) -> dict[str, Any]:
+        """A failed array's failed children: one ListJobs page (up to 1000), then DescribeJobs of the first few."""
+        try:
+            async with self.hook.async_client() as client:
+                listed = (await client.list_jobs(arrayJobId=self.job_id, jobStatus="FAILED"))["jobSummaryList"]
+                ids = failed_child_ids(listed)
+                children = (await client.describe_jobs(jobs=ids))["jobs"] if ids else []
+        except Exception as error:
+            self.log.warning("Could not list the failed children of array job %s", self.job_id, exc_info=True)
+            return {"failed_children": None, "failed_children_count": None, "failed_children_error": str(error)}
+        return failed_children(parent, children, len(listed))
 
     def succeeded(self, result: dict[str, Any]) -> bool:
         return bool(result["status"] == "SUCCEEDED")

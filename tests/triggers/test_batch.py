@@ -317,3 +317,148 @@ async def test_two_triggers_of_one_job_both_hear_of_it(fake_aws: FakeAws) -> Non
     events = await asyncio.gather(first, second)
 
     assert [event.payload["status"] for event in events] == ["success", "success"]
+
+
+async def test_an_array_job_logs_its_children_counts_each_time_they_change(
+    fake_aws: FakeAws, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parent = fake_aws.add_array_job(3, "PENDING", child_status="RUNNABLE")
+    caplog.set_level(logging.INFO)
+
+    async def progress() -> None:
+        # Batch keeps an array parent PENDING while its children run: only the counts move.
+        for index, status in [(0, "RUNNING"), (1, "RUNNING"), (0, "SUCCEEDED"), (1, "SUCCEEDED"), (2, "SUCCEEDED")]:
+            await polled_twice(fake_aws)
+            await polled_twice(fake_aws)  # polls that see no change log nothing
+            fake_aws.set_job(f"{parent}:{index}", status=status)
+        await polled_twice(fake_aws)
+        fake_aws.set_job(parent, status="SUCCEEDED")
+
+    event, _ = await asyncio.gather(first_event(trigger_for(parent)), progress())
+
+    assert event.payload["status"] == "success"
+    assert event.payload["result"]["array_size"] == 3
+    assert {k: v for k, v in event.payload["result"]["array_status_summary"].items() if v} == {"SUCCEEDED": 3}
+    # Airflow 2 logs through the standard library (and may echo to stdout), Airflow 3 through structlog to stdout.
+    sources = [caplog.text, capsys.readouterr().out]
+    logged = max(sources, key=lambda text: text.count(f"AWS Batch job {parent}: "))
+    states = [
+        "PENDING [3 children: 3 RUNNABLE]",
+        "PENDING [3 children: 2 RUNNABLE, 1 RUNNING]",
+        "PENDING [3 children: 1 RUNNABLE, 2 RUNNING]",
+        "PENDING [3 children: 1 RUNNABLE, 1 RUNNING, 1 SUCCEEDED]",
+        "PENDING [3 children: 1 RUNNABLE, 2 SUCCEEDED]",
+        "PENDING [3 children: 3 SUCCEEDED]",
+        "SUCCEEDED [3 children: 3 SUCCEEDED]",
+    ]
+    changes = [f"AWS Batch job {parent}: {a} -> {b}" for a, b in zip(["deferred", *states], states, strict=False)]
+    positions = [logged.find(change) for change in changes]
+    assert -1 not in positions, logged
+    assert positions == sorted(positions), "changes are logged in order"
+    assert logged.count(f"AWS Batch job {parent}: ") == len(changes), "once per change, not once per poll"
+    assert fake_aws.calls["ListJobs"] == 0, "children are looked up only when the parent failed"
+
+
+async def test_a_failed_array_names_its_failed_children_and_their_reasons(fake_aws: FakeAws) -> None:
+    parent = fake_aws.add_array_job(15, "PENDING", child_status="SUCCEEDED", jobName="backtest")
+    for index in [14, 3, 9, 0, 12, 5, 7, 1, 11, 2, 13, 6]:  # 12 failed children, in no particular order
+        stream = f"backtest/default/c{index}"
+        fake_aws.set_job(
+            f"{parent}:{index}",
+            status="FAILED",
+            statusReason="Essential container in task exited",
+            container={"exitCode": index % 3 + 1, "logStreamName": stream},
+            attempts=[{"container": {"exitCode": index % 3 + 1, "logStreamName": stream, "reason": f"error {index}"}}],
+        )
+    fake_aws.set_job(parent, status="FAILED", statusReason="Array Child Job failed")
+
+    event = await first_event(trigger_for(parent))
+
+    result, message = event.payload["result"], event.payload["message"].splitlines()
+    assert event.payload["status"] == "failed"
+    assert message[:2] == [
+        f"AWS Batch job backtest ({parent}) FAILED: Array Child Job failed",
+        "  15 children: 3 SUCCEEDED, 12 FAILED",
+    ]
+    shown = [0, 1, 2, 3, 5, 6, 7, 9, 11, 12]  # the ten lowest indexes
+    assert message[2:12] == [
+        f"  child {i} ({parent}:{i}): exit code {i % 3 + 1}, error {i} (log /aws/batch/job backtest/default/c{i})"
+        for i in shown
+    ]
+    assert message[12:] == ["  ... and 2 more failed children"]
+    assert [child["index"] for child in result["failed_children"]] == shown
+    assert (result["array_size"], result["failed_children_count"]) == (15, 12)
+    lookups = [(op, body) for op, body in fake_aws.requests if op == "ListJobs"]
+    assert lookups == [("ListJobs", {"arrayJobId": parent, "jobStatus": "FAILED"})]
+    described = [body["jobs"] for op, body in fake_aws.requests if op == "DescribeJobs" and body["jobs"] != [parent]]
+    assert described == [[f"{parent}:{i}" for i in shown]], "one DescribeJobs of the shown children"
+
+
+async def test_a_failed_array_whose_children_cannot_be_listed_still_fails_with_a_message(fake_aws: FakeAws) -> None:
+    parent = fake_aws.add_array_job(2, "FAILED", child_status="FAILED", statusReason="Array Child Job failed")
+    fake_aws.fail_next("ListJobs", status=400, code="AccessDeniedException")
+
+    event = await first_event(trigger_for(parent))
+
+    assert event.payload["status"] == "failed"
+    assert (
+        "the failed children could not be listed: An error occurred (AccessDeniedException)"
+        in (event.payload["message"])
+    )
+    assert "2 children: 2 FAILED" in event.payload["message"]
+
+
+async def test_an_ecs_properties_job_collects_metrics_from_its_containers_log(fake_aws: FakeAws) -> None:
+    stream = "forecast/model/7d1e"
+    fake_aws.logs[("/ml/models", stream)] = ['{"metrics": {"mape": 0.08}}']
+    model = {
+        "name": "model",
+        "exitCode": 0,
+        "logStreamName": stream,
+        "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": "/ml/models"}},
+    }
+    sidecar = {"name": "sidecar", "essential": False, "exitCode": 0, "logStreamName": "forecast/sidecar/7d1e"}
+    job = fake_aws.add_job("SUCCEEDED", ecsProperties={"taskProperties": [{"containers": [sidecar, model]}]})
+
+    event = await first_event(trigger_for(job, collect_metrics=True))
+
+    result = event.payload["result"]
+    assert (result["exit_code"], result["container_name"], result["log_stream"]) == (0, "model", stream)
+    assert result["metrics"] == {"mape": 0.08}
+
+
+async def test_a_failed_multi_node_job_shows_its_main_nodes_log_tail(fake_aws: FakeAws) -> None:
+    stream = "train/default/main"
+    fake_aws.logs[("/aws/batch/job", stream)] = ["rank 0: NCCL timeout"]
+    job = fake_aws.add_job(
+        "FAILED",
+        jobName="train",
+        statusReason="Essential container in task exited",
+        nodeProperties={"numNodes": 2, "mainNode": 0, "nodeRangeProperties": [{"targetNodes": "0:1"}]},
+        attempts=[{"container": {"exitCode": 1, "logStreamName": stream}}],
+    )
+
+    event = await first_event(trigger_for(job))
+
+    assert event.payload["message"].splitlines() == [
+        f"AWS Batch job train ({job}) FAILED: Essential container in task exited; exit code 1 (main node 0)",
+        "  attempt 1: exit code 1, no reason",
+        f"last 1 log lines (/aws/batch/job {stream}):",
+        "  rank 0: NCCL timeout",
+    ]
+
+
+async def test_an_eks_job_reports_its_exit_code_without_reading_logs(fake_aws: FakeAws) -> None:
+    pod = {"podName": "aws-batch.1f2e", "nodeName": "ip-10-0-1-5.ec2.internal"}
+    job = fake_aws.add_job(
+        "SUCCEEDED",
+        eksProperties={"podProperties": {**pod, "containers": [{"name": "model", "exitCode": 0}]}},
+        eksAttempts=[{**pod, "containers": [{"name": "model", "exitCode": 0}]}],
+    )
+
+    event = await first_event(trigger_for(job, collect_metrics=True))
+
+    result = event.payload["result"]
+    assert (result["exit_code"], result["log_stream"], result["metrics"]) == (0, None, None)
+    assert result["pod"]["name"] == "aws-batch.1f2e"
+    assert fake_aws.calls["GetLogEvents"] == 0
