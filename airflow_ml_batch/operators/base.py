@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -41,7 +41,7 @@ def deferral_timeout(context: Context, execution_timeout: timedelta | None) -> t
 
 def _started_at(context: Context) -> float:
     started: datetime | None = context["ti"].start_date
-    return started.timestamp() if started else datetime.now(timezone.utc).timestamp()
+    return started.timestamp() if started else time.time()
 
 
 class DeferredJobOperator(BaseOperator):
