@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow_ml_batch.hooks.batch import job_containers, summarize_job
+from airflow_ml_batch.jobs.batch import job_containers, summarize_job
 
 if TYPE_CHECKING:
     from airflow_ml_batch.hooks.batch import BatchHook

@@ -294,7 +294,7 @@ class Fleet:
 
     def job_name(self, map_index: int) -> str:
         """The Batch job name of a mapped task: ours derives it from the task instance, the official DAG sets it."""
-        from airflow_ml_batch.hooks.batch import job_name_for
+        from airflow_ml_batch.jobs.batch import job_name_for
 
         if self.args.dag == "fleet_benchmark_official":
             return f"model-{map_index:05d}"

@@ -10,13 +10,9 @@ from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
 from botocore.exceptions import ClientError
 
 from airflow_ml_batch._compat import Context
-from airflow_ml_batch.hooks.base import task_instance_tags
-from airflow_ml_batch.hooks.batch import (
-    BatchHook,
-    job_name_for,
-    submit_job_request,
-    valid_job_name,
-)
+from airflow_ml_batch.hooks.batch import BatchHook
+from airflow_ml_batch.jobs.batch import job_name_for, submit_job_request, valid_job_name
+from airflow_ml_batch.jobs.common import task_instance_tags
 from airflow_ml_batch.links.logs import JobLogsLink
 from airflow_ml_batch.operators.base import DeferredJobOperator
 from airflow_ml_batch.triggers.batch import BatchJobTrigger

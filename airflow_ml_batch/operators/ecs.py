@@ -11,15 +11,9 @@ from airflow.exceptions import AirflowException
 from botocore.exceptions import ClientError
 
 from airflow_ml_batch._compat import Context
-from airflow_ml_batch.hooks.base import task_instance_tags
-from airflow_ml_batch.hooks.ecs import (
-    CAPACITY_FAILURES,
-    EcsHook,
-    client_token_for,
-    run_task_request,
-    started_by_for,
-    task_id_of,
-)
+from airflow_ml_batch.hooks.ecs import EcsHook
+from airflow_ml_batch.jobs.common import task_instance_tags
+from airflow_ml_batch.jobs.ecs import CAPACITY_FAILURES, client_token_for, run_task_request, started_by_for, task_id_of
 from airflow_ml_batch.links.ecs import EcsTaskLink
 from airflow_ml_batch.links.logs import JobLogsLink
 from airflow_ml_batch.operators.base import DeferredJobOperator

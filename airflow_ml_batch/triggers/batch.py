@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_ml_batch.hooks.batch import (
+from airflow_ml_batch.hooks.batch import BatchHook
+from airflow_ml_batch.jobs.batch import (
     FINAL_STATES,
-    BatchHook,
     describe_failure,
     failed_child_ids,
     failed_children,

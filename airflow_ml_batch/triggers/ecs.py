@@ -8,8 +8,8 @@ import random
 import time
 from typing import Any
 
-from airflow_ml_batch.hooks.ecs import (
-    EcsHook,
+from airflow_ml_batch.hooks.ecs import EcsHook
+from airflow_ml_batch.jobs.ecs import (
     classify_stopped_task,
     describe_task_failure,
     essential_containers,

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from fake_aws import FakeAws
 
-from airflow_ml_batch.hooks.batch import (
-    BatchHook,
+from airflow_ml_batch.hooks.batch import BatchHook
+from airflow_ml_batch.jobs.batch import (
     describe_failure,
     job_name_for,
     job_state,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from airflow_ml_batch.hooks.ecs import (
-    EcsHook,
+from airflow_ml_batch.hooks.ecs import EcsHook
+from airflow_ml_batch.jobs.ecs import (
     classify_stopped_task,
     describe_task_failure,
     log_location,

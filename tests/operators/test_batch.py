@@ -11,7 +11,8 @@ from helpers import execute_error, expected_tags, run_dag, task_instance, xcom
 from packaging.version import Version
 
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_VERSION
-from airflow_ml_batch.hooks.batch import BatchHook, job_name_for
+from airflow_ml_batch.hooks.batch import BatchHook
+from airflow_ml_batch.jobs.batch import job_name_for
 from airflow_ml_batch.operators.batch import JOB_ID_XCOM_KEY, BatchJobOperator
 
 pytestmark = pytest.mark.usefixtures("airflow_db")

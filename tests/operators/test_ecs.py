@@ -14,7 +14,7 @@ from helpers import execute_error, expected_tags, run_dag, task_instance, xcom
 from packaging.version import Version
 
 from airflow_ml_batch._compat import AIRFLOW_VERSION
-from airflow_ml_batch.hooks.ecs import started_by_for
+from airflow_ml_batch.jobs.ecs import started_by_for
 from airflow_ml_batch.operators.ecs import TASK_ARN_XCOM_KEY, EcsTaskOperator
 
 pytestmark = pytest.mark.usefixtures("airflow_db")

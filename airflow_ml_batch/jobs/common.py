@@ -1,0 +1,33 @@
+"""What jobs of every service share: the tags that name a task instance, and failure messages (no I/O)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_INVALID_TAG_CHARACTERS = re.compile(r"[^\w\s.:/=+\-@]", re.UNICODE)
+
+
+def task_instance_tags(task_instance: Any, *, with_try: bool = True) -> dict[str, str]:
+    """Cost-attribution tags naming a task instance: dag, task, run, map index and (optionally) try.
+
+    Values are made valid for AWS tags (letters, digits, spaces and ``_.:/=+-@``; 256 characters).
+    Without ``with_try`` they identify the task instance across tries, to find an earlier try's job.
+    """
+    tags = {
+        "airflow:dag_id": task_instance.dag_id,
+        "airflow:task_id": task_instance.task_id,
+        "airflow:run_id": task_instance.run_id,
+        "airflow:map_index": str(task_instance.map_index),
+    }
+    if with_try:
+        tags["airflow:try_number"] = str(task_instance.try_number)
+    return {key: _INVALID_TAG_CHARACTERS.sub("_", str(value))[:256] for key, value in tags.items()}
+
+
+def with_log_tail(lines: list[str], summary: dict[str, Any], log_tail: list[str] | None) -> str:
+    """A failure message: ``lines``, then the job's last log lines (from ``summary``'s group and stream)."""
+    if log_tail:
+        lines = [*lines, f"last {len(log_tail)} log lines ({summary['log_group']} {summary['log_stream']}):"]
+        lines.extend(f"  {line}" for line in log_tail)
+    return "\n".join(lines)

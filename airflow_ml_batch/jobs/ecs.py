@@ -1,0 +1,248 @@
+"""Amazon ECS tasks: the RunTask request, names and tokens, and what a stopped task says (no I/O)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from airflow_ml_batch.jobs.common import with_log_tail
+
+#: RunTask ``failures`` reasons that mean "no capacity right now": retried with backoff (the
+#: ``clientToken`` makes a retry safe).
+CAPACITY_FAILURES = ("RESOURCE:", "AGENT", "Capacity is unavailable", "capacity")
+
+
+def started_by_for(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
+    """A deterministic ``startedBy`` naming a task instance (ECS allows 128 of ``[A-Za-z0-9_-]``).
+
+    ``airflow-`` and a hash of the task-instance key: a retry lists the tasks an earlier try started.
+    """
+    key = f"{dag_id}\n{task_id}\n{run_id}\n{map_index}"
+    return "airflow-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def client_token_for(started_by: str, try_number: int) -> str:
+    """RunTask's idempotency token for one try: a repeated RunTask of the same try starts no second task."""
+    return hashlib.sha256(f"{started_by}\n{try_number}".encode()).hexdigest()[:64]
+
+
+def run_task_request(
+    *,
+    cluster: str,
+    task_definition: str,
+    started_by: str,
+    client_token: str,
+    container_name: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    command: list[str] | None = None,
+    environment: dict[str, str] | None = None,
+    cpu: int | None = None,
+    memory: int | None = None,
+    launch_type: str | None = "FARGATE",
+    capacity_provider_strategy: list[dict[str, Any]] | None = None,
+    network_configuration: dict[str, Any] | None = None,
+    platform_version: str | None = None,
+    group: str | None = None,
+    placement_constraints: list[dict[str, Any]] | None = None,
+    placement_strategy: list[dict[str, Any]] | None = None,
+    enable_execute_command: bool = False,
+    ephemeral_storage_gib: int | None = None,
+    tags: dict[str, str] | None = None,
+    propagate_tags: str | None = "TASK_DEFINITION",
+    run_task_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """RunTask's kwargs: shorthands folded into ``overrides``, tags propagated as ``propagate_tags`` says.
+
+    ``command``, ``environment`` (a mapping), ``cpu`` and ``memory`` override the container
+    ``container_name`` (required with them); ``cpu``/``memory`` also size the task, as Fargate needs.
+    A ``capacity_provider_strategy`` replaces ``launch_type``; ``propagate_tags=None`` omits
+    ``propagateTags``. ``run_task_kwargs`` wins over everything.
+    """
+    overrides = {**(overrides or {})}
+    if command is not None or environment or cpu is not None or memory is not None:
+        if not container_name:
+            raise ValueError("container_name is required with command, environment, cpu or memory")
+        containers = [dict(c) for c in overrides.get("containerOverrides", [])]
+        container = next((c for c in containers if c.get("name") == container_name), None)
+        if container is None:
+            container = {"name": container_name}
+            containers.append(container)
+        if command is not None:
+            container["command"] = list(command)
+        if environment:
+            kept = [e for e in container.get("environment", []) if e["name"] not in environment]
+            container["environment"] = kept + [{"name": k, "value": str(v)} for k, v in environment.items()]
+        for key, value in (("cpu", cpu), ("memory", memory)):
+            if value is not None:
+                container[key] = int(value)
+                overrides[key] = str(int(value))
+        overrides["containerOverrides"] = containers
+    if ephemeral_storage_gib is not None:
+        overrides["ephemeralStorage"] = {"sizeInGiB": int(ephemeral_storage_gib)}
+    optional = {
+        "overrides": overrides or None,
+        "capacityProviderStrategy": capacity_provider_strategy,
+        "launchType": None if capacity_provider_strategy else launch_type,
+        "networkConfiguration": network_configuration,
+        "platformVersion": platform_version,
+        "group": group,
+        "placementConstraints": placement_constraints,
+        "placementStrategy": placement_strategy,
+        "propagateTags": propagate_tags,
+    }
+    return {
+        "cluster": cluster,
+        "taskDefinition": task_definition,
+        "count": 1,
+        "startedBy": started_by,
+        "clientToken": client_token,
+        **{key: value for key, value in optional.items() if value is not None},
+        "enableExecuteCommand": bool(enable_execute_command),
+        "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
+        **(run_task_kwargs or {}),
+    }
+
+
+def task_id_of(task_arn: str) -> str:
+    """The id at the end of a task ARN (``arn:aws:ecs:...:task/cluster/ID`` or ``.../task/ID``)."""
+    return task_arn.rsplit("/", 1)[-1]
+
+
+def essential_containers(task_definition: dict[str, Any]) -> set[str]:
+    """The names of a task definition's essential containers (``essential`` defaults to true)."""
+    return {c["name"] for c in task_definition.get("containerDefinitions", []) if c.get("essential", True)}
+
+
+def log_location(
+    task: dict[str, Any], task_definition: dict[str, Any] | None, container_name: str | None = None
+) -> tuple[str | None, str | None, str | None]:
+    """``(log group, log stream, log region)`` of the container whose log tells what the task did.
+
+    That is ``container_name`` when given, else the first essential container logging to CloudWatch
+    (``awslogs``); ``None`` for what is not known. The region is the container's ``awslogs-region``.
+    """
+    containers = (task_definition or {}).get("containerDefinitions", [])
+    if container_name:
+        candidates = [c for c in containers if c.get("name") == container_name]
+    else:
+        candidates = [c for c in containers if c.get("essential", True)]
+    for container in candidates:
+        config = container.get("logConfiguration") or {}
+        options = config.get("options") or {}
+        if config.get("logDriver") == "awslogs" and options.get("awslogs-group"):
+            prefix = options.get("awslogs-stream-prefix")
+            stream = f"{prefix}/{container['name']}/{task_id_of(task['taskArn'])}" if prefix else None
+            return options["awslogs-group"], stream, options.get("awslogs-region")
+    return None, None, None
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _seconds(started: Any, stopped: Any) -> float | None:
+    if isinstance(started, datetime) and isinstance(stopped, datetime):
+        return (stopped - started).total_seconds()
+    if isinstance(started, (int, float)) and isinstance(stopped, (int, float)):
+        return float(stopped - started)
+    return None
+
+
+#: Stop codes that name who stopped the task: it is ``stopped`` whatever its containers' exit codes
+#: (stopping sends SIGTERM, then SIGKILL: 143 or 137), with this text in the failure message.
+STOPPED_BY = {
+    "UserInitiated": "was stopped by a user (StopTask)",
+    "ServiceSchedulerInitiated": "was stopped by the ECS service scheduler",
+    "InfrastructureHealth": "was stopped by ECS (unhealthy infrastructure); a retry can run it again",
+}
+
+
+def classify_stopped_task(task: dict[str, Any], essential: set[str] | None, fail_on_sidecars: bool = False) -> str:
+    """Why a STOPPED task stopped: ``success``, ``failed_to_start``, ``spot_interruption``,
+    ``out_of_memory``, ``container_failed`` or ``stopped`` (stopped by a user or by ECS).
+
+    Only the ``essential`` containers decide, unless ``fail_on_sidecars``; all of them when the
+    essential ones are not known (``None`` or empty).
+    """
+    stop_code = task.get("stopCode")
+    if stop_code == "TaskFailedToStart":
+        return "failed_to_start"
+    if stop_code in ("SpotInterruption", "TerminationNotice"):
+        return "spot_interruption"
+    if stop_code in STOPPED_BY:
+        return "stopped"
+    judged = [c for c in task.get("containers", []) if fail_on_sidecars or not essential or c["name"] in essential]
+    failed = [c for c in judged if c.get("exitCode") != 0]
+    if any("OutOfMemory" in (c.get("reason") or "") for c in failed):
+        return "out_of_memory"
+    if any(c.get("exitCode") not in (0, None) for c in failed):
+        return "container_failed"
+    if not failed and judged and stop_code in (None, "EssentialContainerExited"):
+        return "success"
+    return "stopped"
+
+
+def summarize_task(
+    task: dict[str, Any],
+    outcome: str,
+    log_group: str | None,
+    log_stream: str | None,
+    log_region: str | None = None,
+    essential: set[str] | None = None,
+    warnings: list[str] | None = None,
+) -> dict[str, Any]:
+    """The task's result: a JSON-serializable digest of one DescribeTasks entry.
+
+    ``essential`` is ``None`` when the task definition could not be read (``warnings`` say so).
+    """
+    started, stopped = task.get("startedAt"), task.get("stoppedAt")
+    return {
+        "task_arn": task["taskArn"],
+        "cluster_arn": task.get("clusterArn"),
+        "outcome": outcome,
+        "last_status": task.get("lastStatus"),
+        "stop_code": task.get("stopCode"),
+        "stopped_reason": task.get("stoppedReason"),
+        "containers": [
+            {"name": c["name"], "exit_code": c.get("exitCode"), "reason": c.get("reason")}
+            for c in task.get("containers", [])
+        ],
+        "capacity_provider": task.get("capacityProviderName"),
+        "launch_type": task.get("launchType"),
+        "started_at": _iso(started),
+        "stopped_at": _iso(stopped),
+        "duration_seconds": _seconds(started, stopped),
+        "log_group": log_group,
+        "log_stream": log_stream,
+        "log_region": log_region,
+        "essential_containers": None if essential is None else sorted(essential),
+        "warnings": list(warnings or []),
+    }
+
+
+_OUTCOME_TEXT = {
+    "failed_to_start": "failed to start",
+    "spot_interruption": "was interrupted (Spot capacity reclaimed); a retry can run it again",
+    "out_of_memory": "ran out of memory",
+    "container_failed": "had an essential container exit with a non-zero code",
+    "stopped": "was stopped",
+}
+
+
+def describe_task_failure(summary: dict[str, Any], log_tail: list[str] | None = None) -> str:
+    """A failure message that says why: the class of failure, stop code and reason, each container, the log tail."""
+    outcome = summary["outcome"]
+    text = STOPPED_BY.get(summary.get("stop_code") or "") if outcome == "stopped" else None
+    lines = [
+        f"ECS task {summary['task_arn']} {text or _OUTCOME_TEXT.get(outcome, outcome)}: "
+        f"{summary.get('stopped_reason') or 'no reason given'} (stop code {summary.get('stop_code')})"
+    ]
+    for container in summary.get("containers") or []:
+        lines.append(
+            f"  container {container['name']}: exit code {container['exit_code']}, {container['reason'] or 'no reason'}"
+        )
+    lines.extend(f"  warning: {warning}" for warning in summary.get("warnings") or [])
+    return with_log_tail(lines, summary, log_tail)
