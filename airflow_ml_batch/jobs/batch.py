@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 from airflow_ml_batch.jobs.common import with_log_tail
+from airflow_ml_batch.jobs.fields import RequestField, direct_request
 
 #: Job states in which the job may still run; SUCCEEDED and FAILED are final.
 ACTIVE_STATES = frozenset({"SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"})
@@ -41,61 +43,39 @@ def valid_job_name(name: str) -> bool:
 
 
 def submit_job_request(
-    *,
-    job_name: str,
-    job_queue: str,
-    job_definition: str,
-    parameters: dict[str, str] | None = None,
-    container_overrides: dict[str, Any] | None = None,
-    command: list[str] | None = None,
-    environment: dict[str, str] | None = None,
-    vcpus: float | None = None,
-    memory: int | None = None,
-    gpus: int | None = None,
-    retry_strategy: dict[str, Any] | None = None,
-    timeout: int | None = None,
-    array_size: int | None = None,
-    depends_on: list[dict[str, Any]] | None = None,
-    share_identifier: str | None = None,
-    scheduling_priority: int | None = None,
-    tags: dict[str, str] | None = None,
-    submit_job_kwargs: dict[str, Any] | None = None,
+    fields: Mapping[str, RequestField], values: Mapping[str, Any], *, job_name: str, tags: Mapping[str, str]
 ) -> dict[str, Any]:
-    """SubmitJob's kwargs: the shorthands folded into ``containerOverrides``, tags propagated to tasks.
+    """SubmitJob's kwargs from an operator's request ``values`` (by parameter name, see ``fields``).
 
-    ``command``, ``environment`` (a mapping), ``vcpus``, ``memory`` (MiB) and ``gpus`` override the same
-    entries of ``container_overrides``; ``timeout`` is in seconds; ``submit_job_kwargs`` passes anything
-    else through to SubmitJob as is, and wins over everything.
+    Keyed fields go in as they are. ``command``, ``environment`` (a mapping), ``vcpus``, ``memory`` (MiB)
+    and ``gpus`` override the same entries of ``container_overrides``; ``timeout`` is in seconds;
+    ``tags`` are propagated to the job's tasks; ``submit_job_kwargs`` passes anything else through to
+    SubmitJob as is, and wins over everything.
     """
-    overrides = dict(container_overrides or {})
-    if command is not None:
-        overrides["command"] = list(command)
+    overrides = dict(values.get("container_overrides") or {})
+    if values.get("command") is not None:
+        overrides["command"] = list(values["command"])
+    environment = values.get("environment")
     if environment:
         kept = [e for e in overrides.get("environment", []) if e["name"] not in environment]
         overrides["environment"] = kept + [{"name": k, "value": str(v)} for k, v in environment.items()]
-    resources = {"VCPU": vcpus, "MEMORY": memory, "GPU": gpus}
-    if any(value is not None for value in resources.values()):
-        requested = {kind: _number(value) for kind, value in resources.items() if value is not None}
+    resources = {"VCPU": values.get("vcpus"), "MEMORY": values.get("memory"), "GPU": values.get("gpus")}
+    requested = {kind: _number(value) for kind, value in resources.items() if value is not None}
+    if requested:
         kept = [r for r in overrides.get("resourceRequirements", []) if r["type"] not in requested]
         overrides["resourceRequirements"] = kept + [{"type": k, "value": v} for k, v in requested.items()]
-    optional = {
-        "parameters": parameters,
+    folded = {
         "containerOverrides": overrides or None,
-        "retryStrategy": retry_strategy,
-        "timeout": {"attemptDurationSeconds": int(timeout)} if timeout else None,
-        "arrayProperties": {"size": int(array_size)} if array_size else None,
-        "dependsOn": depends_on,
-        "shareIdentifier": share_identifier,
-        "schedulingPriorityOverride": scheduling_priority,
+        "timeout": {"attemptDurationSeconds": int(values["timeout"])} if values.get("timeout") else None,
+        "arrayProperties": {"size": int(values["array_size"])} if values.get("array_size") else None,
     }
     return {
         "jobName": job_name,
-        "jobQueue": job_queue,
-        "jobDefinition": job_definition,
-        **{key: value for key, value in optional.items() if value is not None},
-        "tags": dict(tags or {}),
+        **direct_request(fields, values),
+        **{key: value for key, value in folded.items() if value is not None},
+        "tags": dict(tags),
         "propagateTags": True,
-        **(submit_job_kwargs or {}),
+        **(values.get("submit_job_kwargs") or {}),
     }
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from airflow_ml_batch.jobs.common import with_log_tail
+from airflow_ml_batch.jobs.fields import RequestField, direct_request
 
 #: RunTask ``failures`` reasons that mean "no capacity right now": retried with backoff (the
 #: ``clientToken`` makes a retry safe).
@@ -28,39 +30,25 @@ def client_token_for(started_by: str, try_number: int) -> str:
 
 
 def run_task_request(
+    fields: Mapping[str, RequestField],
+    values: Mapping[str, Any],
     *,
-    cluster: str,
-    task_definition: str,
     started_by: str,
     client_token: str,
-    container_name: str | None = None,
-    overrides: dict[str, Any] | None = None,
-    command: list[str] | None = None,
-    environment: dict[str, str] | None = None,
-    cpu: int | None = None,
-    memory: int | None = None,
-    launch_type: str | None = "FARGATE",
-    capacity_provider_strategy: list[dict[str, Any]] | None = None,
-    network_configuration: dict[str, Any] | None = None,
-    platform_version: str | None = None,
-    group: str | None = None,
-    placement_constraints: list[dict[str, Any]] | None = None,
-    placement_strategy: list[dict[str, Any]] | None = None,
-    enable_execute_command: bool = False,
-    ephemeral_storage_gib: int | None = None,
-    tags: dict[str, str] | None = None,
-    propagate_tags: str | None = "TASK_DEFINITION",
-    run_task_kwargs: dict[str, Any] | None = None,
+    tags: Mapping[str, str],
 ) -> dict[str, Any]:
-    """RunTask's kwargs: shorthands folded into ``overrides``, tags propagated as ``propagate_tags`` says.
+    """RunTask's kwargs from an operator's request ``values`` (by parameter name, see ``fields``).
 
-    ``command``, ``environment`` (a mapping), ``cpu`` and ``memory`` override the container
-    ``container_name`` (required with them); ``cpu``/``memory`` also size the task, as Fargate needs.
-    A ``capacity_provider_strategy`` replaces ``launch_type``; ``propagate_tags=None`` omits
-    ``propagateTags``. ``run_task_kwargs`` wins over everything.
+    Keyed fields go in as they are. ``command``, ``environment`` (a mapping), ``cpu`` and ``memory``
+    override the container ``container_name`` (required with them); ``cpu``/``memory`` also size the
+    task, as Fargate needs. A ``capacity_provider_strategy`` replaces ``launch_type``;
+    ``propagate_tags=None`` omits ``propagateTags``. ``run_task_kwargs`` wins over everything.
     """
-    overrides = {**(overrides or {})}
-    if command is not None or environment or cpu is not None or memory is not None:
+    overrides = {**(values.get("overrides") or {})}
+    command, environment = values.get("command"), values.get("environment")
+    sizes = {key: values.get(key) for key in ("cpu", "memory")}
+    if command is not None or environment or any(size is not None for size in sizes.values()):
+        container_name = values.get("container_name")
         if not container_name:
             raise ValueError("container_name is required with command, environment, cpu or memory")
         containers = [dict(c) for c in overrides.get("containerOverrides", [])]
@@ -73,34 +61,26 @@ def run_task_request(
         if environment:
             kept = [e for e in container.get("environment", []) if e["name"] not in environment]
             container["environment"] = kept + [{"name": k, "value": str(v)} for k, v in environment.items()]
-        for key, value in (("cpu", cpu), ("memory", memory)):
-            if value is not None:
-                container[key] = int(value)
-                overrides[key] = str(int(value))
+        for key, size in sizes.items():
+            if size is not None:
+                container[key] = int(size)
+                overrides[key] = str(int(size))
         overrides["containerOverrides"] = containers
-    if ephemeral_storage_gib is not None:
-        overrides["ephemeralStorage"] = {"sizeInGiB": int(ephemeral_storage_gib)}
-    optional = {
+    if values.get("ephemeral_storage_gib") is not None:
+        overrides["ephemeralStorage"] = {"sizeInGiB": int(values["ephemeral_storage_gib"])}
+    folded = {
         "overrides": overrides or None,
-        "capacityProviderStrategy": capacity_provider_strategy,
-        "launchType": None if capacity_provider_strategy else launch_type,
-        "networkConfiguration": network_configuration,
-        "platformVersion": platform_version,
-        "group": group,
-        "placementConstraints": placement_constraints,
-        "placementStrategy": placement_strategy,
-        "propagateTags": propagate_tags,
+        "launchType": None if values.get("capacity_provider_strategy") else values.get("launch_type"),
     }
     return {
-        "cluster": cluster,
-        "taskDefinition": task_definition,
         "count": 1,
         "startedBy": started_by,
         "clientToken": client_token,
-        **{key: value for key, value in optional.items() if value is not None},
-        "enableExecuteCommand": bool(enable_execute_command),
-        "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
-        **(run_task_kwargs or {}),
+        **direct_request(fields, values),
+        **{key: value for key, value in folded.items() if value is not None},
+        "enableExecuteCommand": bool(values.get("enable_execute_command")),
+        "tags": [{"key": k, "value": v} for k, v in tags.items()],
+        **(values.get("run_task_kwargs") or {}),
     }
 
 

@@ -11,6 +11,7 @@ from airflow.exceptions import AirflowException
 
 from airflow_ml_batch._compat import AirflowTaskTimeout, BaseOperator, Context, listeners_registered
 from airflow_ml_batch.hooks.base import AwsServiceHook
+from airflow_ml_batch.jobs.fields import RequestField, request_fields
 from airflow_ml_batch.links.logs import JobLogsLink
 from airflow_ml_batch.triggers.base import WaitForJobTrigger
 
@@ -68,6 +69,9 @@ class DeferredJobOperator(BaseOperator):
     """
 
     hook_class: ClassVar[type[AwsServiceHook]]
+    #: The parameters that are fields of the request starting the job, from each subclass's ``__init__``
+    #: (:mod:`airflow_ml_batch.jobs.fields`); they make its ``template_fields``, with the connection's.
+    request_fields: ClassVar[dict[str, RequestField]] = {}
     #: XCom key under which the started job's id is pushed, before the task defers.
     job_id_xcom_key: ClassVar[str]
 
@@ -99,6 +103,25 @@ class DeferredJobOperator(BaseOperator):
         self.region_name = region_name
         self.verify = verify
         self.botocore_config = botocore_config
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.request_fields = {**cls.request_fields, **request_fields(cls.__dict__["__init__"])}
+        if "template_fields" not in cls.__dict__:
+            templated = (name for name, field in cls.request_fields.items() if field.templated)
+            cls.template_fields = (*templated, "aws_conn_id", "region_name")
+        if "template_fields_renderers" not in cls.__dict__:
+            cls.template_fields_renderers = {name: f.render for name, f in cls.request_fields.items() if f.render}
+
+    def keep_request_fields(self, arguments: dict[str, Any]) -> None:
+        """Keep the request fields among ``arguments`` (an ``__init__``'s ``locals()``) as attributes."""
+        for name in type(self).request_fields:
+            setattr(self, name, arguments[name])
+
+    def request_values(self) -> dict[str, Any]:
+        """The (rendered) value of every request field, by parameter name."""
+        return {name: getattr(self, name) for name in type(self).request_fields}
 
     @cached_property
     def hook(self) -> Any:

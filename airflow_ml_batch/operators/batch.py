@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from airflow.exceptions import AirflowException
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
@@ -13,6 +12,7 @@ from airflow_ml_batch._compat import Context
 from airflow_ml_batch.hooks.batch import BatchHook
 from airflow_ml_batch.jobs.batch import job_name_for, submit_job_request, valid_job_name
 from airflow_ml_batch.jobs.common import task_instance_tags
+from airflow_ml_batch.jobs.fields import RequestField
 from airflow_ml_batch.links.logs import JobLogsLink
 from airflow_ml_batch.operators.base import DeferredJobOperator
 from airflow_ml_batch.triggers.batch import BatchJobTrigger
@@ -29,6 +29,8 @@ class BatchJobOperator(DeferredJobOperator):
     successful job ends the task from the triggerer; a failed one raises an error with the job's status
     reason, exit code, every attempt's reason and the tail of its CloudWatch log. Retries and
     ``execution_timeout`` are Airflow's: at the timeout the job is terminated and the task fails.
+
+    Every request parameter below is templated.
 
     Every job is tagged with the task instance (``airflow:dag_id``, ``task_id``, ``run_id``,
     ``map_index``, ``try_number``, plus ``tags``) and propagates the tags to its ECS tasks for cost
@@ -58,80 +60,39 @@ class BatchJobOperator(DeferredJobOperator):
     ``collect_metrics``, ``missing_grace``, ``aws_conn_id``, ``region_name``, ``verify``, ``botocore_config``.
     """
 
-    template_fields: Sequence[str] = (
-        "job_queue",
-        "job_definition",
-        "job_name",
-        "parameters",
-        "container_overrides",
-        "command",
-        "environment",
-        "vcpus",
-        "memory",
-        "gpus",
-        "retry_strategy",
-        "timeout",
-        "array_size",
-        "depends_on",
-        "share_identifier",
-        "scheduling_priority",
-        "tags",
-        "submit_job_kwargs",
-        "aws_conn_id",
-        "region_name",
-    )
-    template_fields_renderers = {
-        "parameters": "json",
-        "container_overrides": "json",
-        "environment": "json",
-        "tags": "json",
-        "submit_job_kwargs": "json",
-    }
     operator_extra_links = (BatchJobDetailsLink(), JobLogsLink())
+    # the request fields the operator reads itself (every one is kept: keep_request_fields)
+    job_queue: str
+    job_definition: str
+    job_name: str | None
+    tags: dict[str, str] | None
     ui_color = "#ff9900"
 
     def __init__(
         self,
         *,
-        job_queue: str,
-        job_definition: str,
-        job_name: str | None = None,
-        parameters: dict[str, str] | None = None,
-        container_overrides: dict[str, Any] | None = None,
-        command: list[str] | None = None,
-        environment: dict[str, str] | None = None,
-        vcpus: float | None = None,
-        memory: int | None = None,
-        gpus: int | None = None,
-        retry_strategy: dict[str, Any] | None = None,
-        timeout: int | None = None,
-        array_size: int | None = None,
-        depends_on: list[dict[str, Any]] | None = None,
-        share_identifier: str | None = None,
-        scheduling_priority: int | None = None,
-        tags: dict[str, str] | None = None,
-        submit_job_kwargs: dict[str, Any] | None = None,
+        job_queue: Annotated[str, RequestField("jobQueue")],
+        job_definition: Annotated[str, RequestField("jobDefinition")],
+        job_name: Annotated[str | None, RequestField()] = None,
+        parameters: Annotated[dict[str, str] | None, RequestField("parameters", render="json")] = None,
+        container_overrides: Annotated[dict[str, Any] | None, RequestField(render="json")] = None,
+        command: Annotated[list[str] | None, RequestField()] = None,
+        environment: Annotated[dict[str, str] | None, RequestField(render="json")] = None,
+        vcpus: Annotated[float | None, RequestField()] = None,
+        memory: Annotated[int | None, RequestField()] = None,
+        gpus: Annotated[int | None, RequestField()] = None,
+        retry_strategy: Annotated[dict[str, Any] | None, RequestField("retryStrategy")] = None,
+        timeout: Annotated[int | None, RequestField()] = None,
+        array_size: Annotated[int | None, RequestField()] = None,
+        depends_on: Annotated[list[dict[str, Any]] | None, RequestField("dependsOn")] = None,
+        share_identifier: Annotated[str | None, RequestField("shareIdentifier")] = None,
+        scheduling_priority: Annotated[int | None, RequestField("schedulingPriorityOverride")] = None,
+        tags: Annotated[dict[str, str] | None, RequestField(render="json")] = None,
+        submit_job_kwargs: Annotated[dict[str, Any] | None, RequestField(render="json")] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.job_queue = job_queue
-        self.job_definition = job_definition
-        self.job_name = job_name
-        self.parameters = parameters
-        self.container_overrides = container_overrides
-        self.command = command
-        self.environment = environment
-        self.vcpus = vcpus
-        self.memory = memory
-        self.gpus = gpus
-        self.retry_strategy = retry_strategy
-        self.timeout = timeout
-        self.array_size = array_size
-        self.depends_on = depends_on
-        self.share_identifier = share_identifier
-        self.scheduling_priority = scheduling_priority
-        self.tags = tags
-        self.submit_job_kwargs = submit_job_kwargs
+        self.keep_request_fields(locals())
 
     hook_class = BatchHook
 
@@ -174,24 +135,7 @@ class BatchJobOperator(DeferredJobOperator):
 
     def _submit(self, job_name: str, task_tags: dict[str, str]) -> str:
         request = submit_job_request(
-            job_name=job_name,
-            job_queue=self.job_queue,
-            job_definition=self.job_definition,
-            parameters=self.parameters,
-            container_overrides=self.container_overrides,
-            command=self.command,
-            environment=self.environment,
-            vcpus=self.vcpus,
-            memory=self.memory,
-            gpus=self.gpus,
-            retry_strategy=self.retry_strategy,
-            timeout=self.timeout,
-            array_size=self.array_size,
-            depends_on=self.depends_on,
-            share_identifier=self.share_identifier,
-            scheduling_priority=self.scheduling_priority,
-            tags={**(self.tags or {}), **task_tags},
-            submit_job_kwargs=self.submit_job_kwargs,
+            self.request_fields, self.request_values(), job_name=job_name, tags={**(self.tags or {}), **task_tags}
         )
         try:
             response = self.hook.conn.submit_job(**request)

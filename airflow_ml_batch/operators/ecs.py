@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from airflow.exceptions import AirflowException
 from botocore.exceptions import ClientError
@@ -14,6 +13,7 @@ from airflow_ml_batch._compat import Context
 from airflow_ml_batch.hooks.ecs import EcsHook
 from airflow_ml_batch.jobs.common import task_instance_tags
 from airflow_ml_batch.jobs.ecs import CAPACITY_FAILURES, client_token_for, run_task_request, started_by_for, task_id_of
+from airflow_ml_batch.jobs.fields import RequestField
 from airflow_ml_batch.links.ecs import EcsTaskLink
 from airflow_ml_batch.links.logs import JobLogsLink
 from airflow_ml_batch.operators.base import DeferredJobOperator
@@ -73,88 +73,48 @@ class EcsTaskOperator(DeferredJobOperator):
     ``collect_metrics``, ``missing_grace``, ``aws_conn_id``, ``region_name``, ``verify``, ``botocore_config``.
     """
 
-    template_fields: Sequence[str] = (
-        "cluster",
-        "task_definition",
-        "container_name",
-        "overrides",
-        "command",
-        "environment",
-        "cpu",
-        "memory",
-        "launch_type",
-        "capacity_provider_strategy",
-        "network_configuration",
-        "platform_version",
-        "group",
-        "placement_constraints",
-        "placement_strategy",
-        "ephemeral_storage_gib",
-        "tags",
-        "propagate_tags",
-        "run_task_kwargs",
-        "aws_conn_id",
-        "region_name",
-    )
-    template_fields_renderers = {
-        "overrides": "json",
-        "environment": "json",
-        "network_configuration": "json",
-        "tags": "json",
-        "run_task_kwargs": "json",
-    }
     operator_extra_links = (EcsTaskLink(), JobLogsLink())
+    # the request fields the operator reads itself (every one is kept: keep_request_fields)
+    cluster: str
+    task_definition: str
+    container_name: str | None
+    tags: dict[str, str] | None
     ui_color = "#ff9900"
     hook_class = EcsHook
 
     def __init__(
         self,
         *,
-        cluster: str,
-        task_definition: str,
-        container_name: str | None = None,
-        overrides: dict[str, Any] | None = None,
-        command: list[str] | None = None,
-        environment: dict[str, str] | None = None,
-        cpu: int | None = None,
-        memory: int | None = None,
-        launch_type: str | None = "FARGATE",
-        capacity_provider_strategy: list[dict[str, Any]] | None = None,
-        network_configuration: dict[str, Any] | None = None,
-        platform_version: str | None = None,
-        group: str | None = None,
-        placement_constraints: list[dict[str, Any]] | None = None,
-        placement_strategy: list[dict[str, Any]] | None = None,
-        enable_execute_command: bool = False,
-        ephemeral_storage_gib: int | None = None,
-        tags: dict[str, str] | None = None,
-        propagate_tags: str | None = "TASK_DEFINITION",
-        run_task_kwargs: dict[str, Any] | None = None,
+        cluster: Annotated[str, RequestField("cluster")],
+        task_definition: Annotated[str, RequestField("taskDefinition")],
+        container_name: Annotated[str | None, RequestField()] = None,
+        overrides: Annotated[dict[str, Any] | None, RequestField(render="json")] = None,
+        command: Annotated[list[str] | None, RequestField()] = None,
+        environment: Annotated[dict[str, str] | None, RequestField(render="json")] = None,
+        cpu: Annotated[int | None, RequestField()] = None,
+        memory: Annotated[int | None, RequestField()] = None,
+        launch_type: Annotated[str | None, RequestField()] = "FARGATE",
+        capacity_provider_strategy: Annotated[
+            list[dict[str, Any]] | None, RequestField("capacityProviderStrategy")
+        ] = None,
+        network_configuration: Annotated[
+            dict[str, Any] | None, RequestField("networkConfiguration", render="json")
+        ] = None,
+        platform_version: Annotated[str | None, RequestField("platformVersion")] = None,
+        group: Annotated[str | None, RequestField("group")] = None,
+        placement_constraints: Annotated[list[dict[str, Any]] | None, RequestField("placementConstraints")] = None,
+        placement_strategy: Annotated[list[dict[str, Any]] | None, RequestField("placementStrategy")] = None,
+        enable_execute_command: Annotated[bool, RequestField(templated=False)] = False,
+        ephemeral_storage_gib: Annotated[int | None, RequestField()] = None,
+        tags: Annotated[dict[str, str] | None, RequestField(render="json")] = None,
+        propagate_tags: Annotated[str | None, RequestField("propagateTags")] = "TASK_DEFINITION",
+        run_task_kwargs: Annotated[dict[str, Any] | None, RequestField(render="json")] = None,
         fail_on_sidecars: bool = False,
         run_task_attempts: int = 8,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.cluster = cluster
-        self.task_definition = task_definition
-        self.container_name = container_name
-        self.overrides = overrides
-        self.command = command
-        self.environment = environment
-        self.cpu = cpu
-        self.memory = memory
-        self.launch_type = launch_type
-        self.capacity_provider_strategy = capacity_provider_strategy
-        self.network_configuration = network_configuration
-        self.platform_version = platform_version
-        self.group = group
-        self.placement_constraints = placement_constraints
-        self.placement_strategy = placement_strategy
-        self.enable_execute_command = enable_execute_command
-        self.ephemeral_storage_gib = ephemeral_storage_gib
-        self.tags = tags
-        self.propagate_tags = propagate_tags
-        self.run_task_kwargs = run_task_kwargs
+        self.keep_request_fields(locals())
         self.fail_on_sidecars = fail_on_sidecars
         self.run_task_attempts = run_task_attempts
 
@@ -216,28 +176,11 @@ class EcsTaskOperator(DeferredJobOperator):
 
     def _run_task(self, started_by: str, client_token: str, task_tags: dict[str, str]) -> str:
         request = run_task_request(
-            cluster=self.cluster,
-            task_definition=self.task_definition,
+            self.request_fields,
+            self.request_values(),
             started_by=started_by,
             client_token=client_token,
-            container_name=self.container_name,
-            overrides=self.overrides,
-            command=self.command,
-            environment=self.environment,
-            cpu=self.cpu,
-            memory=self.memory,
-            launch_type=self.launch_type,
-            capacity_provider_strategy=self.capacity_provider_strategy,
-            network_configuration=self.network_configuration,
-            platform_version=self.platform_version,
-            group=self.group,
-            placement_constraints=self.placement_constraints,
-            placement_strategy=self.placement_strategy,
-            enable_execute_command=self.enable_execute_command,
-            ephemeral_storage_gib=self.ephemeral_storage_gib,
             tags={**(self.tags or {}), **task_tags},
-            propagate_tags=self.propagate_tags,
-            run_task_kwargs=self.run_task_kwargs,
         )
         where = f"(cluster={self.cluster!r}, task_definition={self.task_definition!r})"
         for attempt in range(1, self.run_task_attempts + 1):

@@ -17,6 +17,7 @@ from airflow_ml_batch.jobs.batch import (
     summarize_job,
     valid_job_name,
 )
+from airflow_ml_batch.operators.batch import BatchJobOperator
 
 
 def test_sync_client_submits_and_describes(aws_conn_id: str, batch_queue: dict[str, str]) -> None:
@@ -75,23 +76,22 @@ def test_job_names_are_valid_deterministic_and_distinct(dag_id: str, task_id: st
 
 
 def test_submit_request_folds_shorthands_into_container_overrides() -> None:
-    request = submit_job_request(
-        job_name="model-1",
-        job_queue="models",
-        job_definition="forecast:3",
-        container_overrides={
+    values = {
+        "job_queue": "models",
+        "job_definition": "forecast:3",
+        "container_overrides": {
             "environment": [{"name": "KEEP", "value": "1"}, {"name": "PRODUCT", "value": "old"}],
             "resourceRequirements": [{"type": "GPU", "value": "1"}, {"type": "VCPU", "value": "1"}],
         },
-        command=["python", "train.py"],
-        environment={"PRODUCT": "widgets"},
-        vcpus=0.5,
-        memory=2048,
-        timeout=5400,
-        array_size=10,
-        tags={"team": "demand"},
-        submit_job_kwargs={"shareIdentifier": "blue"},
-    )
+        "command": ["python", "train.py"],
+        "environment": {"PRODUCT": "widgets"},
+        "vcpus": 0.5,
+        "memory": 2048,
+        "timeout": 5400,
+        "array_size": 10,
+        "submit_job_kwargs": {"shareIdentifier": "blue"},
+    }
+    request = submit_job_request(BatchJobOperator.request_fields, values, job_name="model-1", tags={"team": "demand"})
 
     assert request == {
         "jobName": "model-1",

@@ -15,6 +15,7 @@ from airflow_ml_batch.jobs.ecs import (
     run_task_request,
     summarize_task,
 )
+from airflow_ml_batch.operators.ecs import EcsTaskOperator
 
 
 def test_sync_client_runs_and_describes(aws_conn_id: str, ecs_cluster: dict[str, Any]) -> None:
@@ -116,8 +117,7 @@ def test_the_log_is_the_essential_containers_not_the_first_listed() -> None:
     ("propagate_tags", "expected"), [("TASK_DEFINITION", "TASK_DEFINITION"), ("NONE", "NONE"), (None, "omitted")]
 )
 def test_propagate_tags_is_passed_or_omitted(propagate_tags: str | None, expected: str) -> None:
-    request = run_task_request(
-        cluster="models", task_definition="forecast", started_by="a", client_token="b", propagate_tags=propagate_tags
-    )
+    values = {"cluster": "models", "task_definition": "forecast", "propagate_tags": propagate_tags}
+    request = run_task_request(EcsTaskOperator.request_fields, values, started_by="a", client_token="b", tags={})
 
     assert request.get("propagateTags", "omitted") == expected
