@@ -68,6 +68,7 @@ class DeferredJobOperator(BaseOperator):
         connection's ``config_kwargs``.
     """
 
+    ui_color = "#ff9900"
     hook_class: ClassVar[type[AwsServiceHook]]
     #: The parameters that are fields of the request starting the job, from each subclass's ``__init__``
     #: (:mod:`airflow_ml_batch.jobs.fields`); they make its ``template_fields``, with the connection's.

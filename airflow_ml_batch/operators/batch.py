@@ -55,18 +55,16 @@ class BatchJobOperator(DeferredJobOperator):
     :param tags: extra job tags, merged with the task-instance tags.
     :param submit_job_kwargs: anything else SubmitJob accepts, passed through as is.
 
-    Also takes the settings of :class:`~airflow_ml_batch.operators.base.DeferredJobOperator`:
-    ``reattach``, ``wait_for_completion``, ``poll_interval``, ``end_from_trigger``, ``log_tail_lines``,
-    ``collect_metrics``, ``missing_grace``, ``aws_conn_id``, ``region_name``, ``verify``, ``botocore_config``.
+    Also takes every parameter of :class:`~airflow_ml_batch.operators.base.DeferredJobOperator` (waiting,
+    retries, connection).
     """
 
     operator_extra_links = (BatchJobDetailsLink(), JobLogsLink())
-    # the request fields the operator reads itself (every one is kept: keep_request_fields)
+    # request fields that the operator's own logic reads (all of them are kept: keep_request_fields)
     job_queue: str
     job_definition: str
     job_name: str | None
     tags: dict[str, str] | None
-    ui_color = "#ff9900"
 
     def __init__(
         self,

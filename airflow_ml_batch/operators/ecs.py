@@ -68,18 +68,16 @@ class EcsTaskOperator(DeferredJobOperator):
     :param fail_on_sidecars: a non-essential container exiting non-zero fails the task too.
     :param run_task_attempts: RunTask attempts while ECS answers with throttling or no capacity.
 
-    Also takes the settings of :class:`~airflow_ml_batch.operators.base.DeferredJobOperator`:
-    ``reattach``, ``wait_for_completion``, ``poll_interval``, ``end_from_trigger``, ``log_tail_lines``,
-    ``collect_metrics``, ``missing_grace``, ``aws_conn_id``, ``region_name``, ``verify``, ``botocore_config``.
+    Also takes every parameter of :class:`~airflow_ml_batch.operators.base.DeferredJobOperator` (waiting,
+    retries, connection).
     """
 
     operator_extra_links = (EcsTaskLink(), JobLogsLink())
-    # the request fields the operator reads itself (every one is kept: keep_request_fields)
+    # request fields that the operator's own logic reads (all of them are kept: keep_request_fields)
     cluster: str
     task_definition: str
     container_name: str | None
     tags: dict[str, str] | None
-    ui_color = "#ff9900"
     hook_class = EcsHook
 
     def __init__(
