@@ -33,9 +33,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_batch.jobs.batch import job_containers, summarize_job
+from airflow_ml_batch.jobs.ecs import classify_stopped_task, summarize_task
 
 if TYPE_CHECKING:
     from airflow_ml_batch.hooks.batch import BatchHook
+    from airflow_ml_batch.hooks.ecs import EcsHook
 
 #: The status of a model whose task never submitted a job (it failed before, or was never run).
 NOT_SUBMITTED = "NOT_SUBMITTED"
@@ -51,7 +53,14 @@ CSV_COLUMNS = (
     "try_number",
     "exit_code",
     "reason",
+    "definition",
+    "image",
+    "dataset",
+    "parameters",
 )
+#: The environment variables ``airflow_ml_batch.fleet`` gives each job: its dataset and parameters (JSON).
+DATASET_VARIABLE = "MODEL_DATASET"
+PARAMETERS_VARIABLE = "MODEL_PARAMETERS"
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,12 @@ class JobOutcome:
     exit_code: int | None = None
     reason: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: what ran, the record kept per model: the job (or task) definition as ``name:revision``, the
+    #: image, and the model's dataset and parameters (JSON) from the job's environment
+    definition: str | None = None
+    image: str | None = None
+    dataset: str | None = None
+    parameters: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -101,15 +116,48 @@ def model_ids(expanded: Iterable[Mapping[str, Any]]) -> list[str]:
     return [entry["environment"][MODEL_ID_VARIABLE] for entry in expanded]
 
 
-def _model_of(job: dict[str, Any]) -> str | None:
-    """The job's ``model_id`` tag, else the ``MODEL_ID`` variable of its reported containers (any job kind)."""
-    tags = job.get("tags") or {}
-    if tags.get(MODEL_ID_KEY):
-        return str(tags[MODEL_ID_KEY])
-    containers, _ = job_containers(job)
-    # ECS containers call it "environment", EKS containers "env"
-    variables = [v for c in containers for v in (c.get("environment") or c.get("env") or [])]
-    return next((str(v["value"]) for v in variables if v.get("name") == MODEL_ID_VARIABLE), None)
+def _definition(arn: str | None) -> str | None:
+    """``name:revision`` of a job or task definition ARN (``...:job-definition/forecast:3``)."""
+    return arn.rsplit("/", 1)[-1] if arn else None
+
+
+def _variables(containers: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """The environment of ``containers``, merged (ECS and Batch call it ``environment``, EKS ``env``)."""
+    return {
+        str(v["name"]): str(v.get("value", ""))
+        for c in containers
+        for v in (c.get("environment") or c.get("env") or [])
+        if v.get("name")
+    }
+
+
+def _outcome(model: str, summary: Mapping[str, Any], environment: Mapping[str, str], **fields: Any) -> JobOutcome:
+    return JobOutcome(
+        model_id=model,
+        duration_seconds=summary["duration_seconds"],
+        dataset=environment.get(DATASET_VARIABLE),
+        parameters=environment.get(PARAMETERS_VARIABLE),
+        **fields,
+    )
+
+
+def _latest_per_model(models: Sequence[str], outcomes: Iterable[JobOutcome]) -> list[JobOutcome]:
+    """One outcome per model of ``models``, in that order: its latest try's, else :data:`NOT_SUBMITTED`."""
+    by_model: dict[str, JobOutcome] = {}
+    for outcome in outcomes:
+        earlier = by_model.get(outcome.model_id)
+        if earlier is None or (earlier.try_number or 0) <= (outcome.try_number or 0):
+            by_model[outcome.model_id] = outcome
+    return [by_model.get(model) or JobOutcome(model_id=model, status=NOT_SUBMITTED) for model in models]
+
+
+def _try_number(tags: Mapping[str, Any]) -> int | None:
+    text = str(tags.get("airflow:try_number", ""))
+    return int(text) if text.isdigit() else None
+
+
+def _metrics_by_id(results: Iterable[Mapping[str, Any] | None], key: str) -> dict[str, dict[str, Any]]:
+    return {r[key]: dict(r.get("metrics") or {}) for r in results if r and r.get(key)}
 
 
 def gather_batch_jobs(
@@ -124,30 +172,80 @@ def gather_batch_jobs(
     :param job_ids: the job ids the tasks pushed (any order; ``None`` entries are skipped).
     :param results: the tasks' results (any order); a result's ``metrics`` go to its job's outcome.
     """
-    metrics = {r["job_id"]: dict(r.get("metrics") or {}) for r in results if r and r.get("job_id")}
-    by_model: dict[str, JobOutcome] = {}
+    metrics = _metrics_by_id(results, "job_id")
+    outcomes = []
     for job in hook.describe_jobs(i for i in job_ids if i):
-        model = _model_of(job)
-        if model is None:
+        containers, _ = job_containers(job)
+        environment = _variables(containers)
+        tags = job.get("tags") or {}
+        model = tags.get(MODEL_ID_KEY) or environment.get(MODEL_ID_VARIABLE)
+        if not model:
             continue
         summary = summarize_job(job)
-        tags = job.get("tags") or {}
-        try_tag = str(tags.get("airflow:try_number", ""))
-        outcome = JobOutcome(
-            model_id=model,
-            status=str(summary["status"]),
-            job_id=summary["job_id"],
-            duration_seconds=summary["duration_seconds"],
-            attempts=len(summary["attempts"]),
-            try_number=int(try_tag) if try_tag.isdigit() else None,
-            exit_code=summary["exit_code"],
-            reason=summary["status_reason"],
-            metrics=metrics.get(summary["job_id"], {}),
+        outcomes.append(
+            _outcome(
+                str(model),
+                summary,
+                environment,
+                status=str(summary["status"]),
+                job_id=summary["job_id"],
+                attempts=len(summary["attempts"]),
+                try_number=_try_number(tags),
+                exit_code=summary["exit_code"],
+                reason=summary["status_reason"],
+                metrics=metrics.get(summary["job_id"], {}),
+                definition=_definition(summary["job_definition"]),
+                image=summary["image"],
+            )
         )
-        earlier = by_model.get(model)
-        if earlier is None or (earlier.try_number or 0) <= (outcome.try_number or 0):
-            by_model[model] = outcome  # a model's latest try wins
-    return [by_model.get(model) or JobOutcome(model_id=model, status=NOT_SUBMITTED) for model in models]
+    return _latest_per_model(models, outcomes)
+
+
+def gather_ecs_tasks(
+    hook: EcsHook,
+    cluster: str,
+    models: Sequence[str],
+    task_arns: Iterable[str | None],
+    results: Iterable[Mapping[str, Any] | None] = (),
+) -> list[JobOutcome]:
+    """One :class:`JobOutcome` per model of ``models``, in that order, described from Amazon ECS.
+
+    A stopped task's status is ``SUCCEEDED`` or its class of failure in capitals (``CONTAINER_FAILED``,
+    ``SPOT_INTERRUPTION``, ...; every container is judged, as the task definition is not read); a task
+    still running has its ``lastStatus``. Parameters as :func:`gather_batch_jobs`, with the task ARNs
+    the tasks pushed.
+    """
+    metrics = _metrics_by_id(results, "task_arn")
+    outcomes = []
+    for task in hook.describe_tasks(cluster, (arn for arn in task_arns if arn)):
+        overrides = (task.get("overrides") or {}).get("containerOverrides") or []
+        environment = _variables(overrides)
+        tags = {t["key"]: t["value"] for t in task.get("tags") or []}
+        model = tags.get(MODEL_ID_KEY) or environment.get(MODEL_ID_VARIABLE)
+        if not model:
+            continue
+        stopped = task.get("lastStatus") == "STOPPED"
+        outcome = classify_stopped_task(task, None) if stopped else str(task.get("lastStatus"))
+        summary = summarize_task(task, outcome, None, None)
+        failed = next((c for c in summary["containers"] if c["exit_code"] not in (0, None)), None)
+        reported: dict[str, Any] = failed or next(iter(summary["containers"]), {})
+        outcomes.append(
+            _outcome(
+                str(model),
+                summary,
+                environment,
+                status="SUCCEEDED" if outcome == "success" else outcome.upper(),
+                job_id=summary["task_arn"],
+                attempts=1 if task.get("startedAt") else 0,
+                try_number=_try_number(tags),
+                exit_code=reported.get("exit_code"),
+                reason=summary["stopped_reason"],
+                metrics=metrics.get(summary["task_arn"], {}),
+                definition=_definition(summary["task_definition"]),
+                image=reported.get("image"),
+            )
+        )
+    return _latest_per_model(models, outcomes)
 
 
 def write_csv(outcomes: Sequence[JobOutcome], path: str | Path) -> Path:
@@ -181,6 +279,10 @@ def read_csv(path: str | Path) -> list[JobOutcome]:
                     exit_code=None if value["exit_code"] is None else int(value["exit_code"]),
                     reason=value["reason"],
                     metrics=metrics,
+                    definition=value.get("definition"),
+                    image=value.get("image"),
+                    dataset=value.get("dataset"),
+                    parameters=value.get("parameters"),
                 )
             )
     return outcomes
@@ -193,8 +295,26 @@ def _number(text: str) -> Any:
         return text
 
 
-def write_chart(outcomes: Sequence[JobOutcome], path: str | Path, title: str = "Model jobs") -> Path:
-    """A PNG bar chart of every model's duration in minutes, longest first, failures in red.
+def chart_metric(outcomes: Sequence[JobOutcome], metric: str | None = None) -> str | None:
+    """The metric a chart shows: ``metric`` if given, else ``mape`` if any model reported it, else the
+    first numeric metric by name; ``None`` if no model reported a number."""
+    names = sorted({name for o in outcomes for name in o.metrics if metric_values([o], name)})
+    if metric is not None:
+        return metric
+    return "mape" if "mape" in names else next(iter(names), None)
+
+
+def metric_values(outcomes: Sequence[JobOutcome], name: str) -> list[float]:
+    """The numeric values of metric ``name`` that the models reported, in model order."""
+    values = (o.metrics.get(name) for o in outcomes)
+    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def write_chart(
+    outcomes: Sequence[JobOutcome], path: str | Path, title: str = "Model jobs", metric: str | None = None
+) -> Path:
+    """A PNG of three panels: every model's duration (longest first, failures in red), the histogram of
+    durations (succeeded and failed stacked), and the distribution of a metric (:func:`chart_metric`).
 
     Models without a duration (not submitted, or failed before starting) are red ticks at zero.
     """
@@ -209,25 +329,52 @@ def write_chart(outcomes: Sequence[JobOutcome], path: str | Path, title: str = "
     path = Path(path)
     ordered = sorted(outcomes, key=lambda o: -(o.duration_seconds or 0))
     minutes = [(o.duration_seconds or 0) / 60 for o in ordered]
-    colors = ["#2b6cb0" if o.succeeded else "#d62728" for o in ordered]
-    figure, axes = plt.subplots(figsize=(12, 5), dpi=100)
+    colors = [_OK if o.succeeded else _FAILED for o in ordered]
+    succeeded = sum(1 for o in outcomes if o.succeeded)
+    figure = plt.figure(figsize=(12, 8), dpi=100)
     try:
-        positions = range(len(ordered))
-        axes.bar(positions, minutes, width=1.0, color=colors, linewidth=0)
+        grid = figure.add_gridspec(2, 2, height_ratios=(3, 2))
+        bars, durations, distribution = (
+            figure.add_subplot(grid[0, :]),
+            figure.add_subplot(grid[1, 0]),
+            figure.add_subplot(grid[1, 1]),
+        )
+        bars.bar(range(len(ordered)), minutes, width=1.0, color=colors, linewidth=0)
         failed = [x for x, o in enumerate(ordered) if not o.succeeded]
         if failed:
-            axes.scatter(failed, [0] * len(failed), marker="|", color="#d62728", s=60, zorder=3)
-        succeeded = sum(1 for o in outcomes if o.succeeded)
-        axes.set_title(f"{title}: {succeeded} succeeded, {len(outcomes) - succeeded} did not (red)")
-        axes.set_xlabel(f"{len(ordered)} models, longest first")
-        axes.set_ylabel("duration (minutes)")
-        axes.set_xlim(-0.5, max(len(ordered), 1) - 0.5)
-        axes.margins(y=0.05)
+            bars.scatter(failed, [0] * len(failed), marker="|", color=_FAILED, s=60, zorder=3)
+        bars.set_title(f"{title}: {succeeded} succeeded, {len(outcomes) - succeeded} did not (red)")
+        bars.set_xlabel(f"{len(ordered)} models, longest first")
+        bars.set_ylabel("duration (minutes)")
+        bars.set_xlim(-0.5, max(len(ordered), 1) - 0.5)
+        bars.margins(y=0.05)
+
+        timed = [(o.duration_seconds / 60, o.succeeded) for o in outcomes if o.duration_seconds is not None]
+        if timed:
+            stacks = [[m for m, succeeded in timed if succeeded == ok] for ok in (True, False)]
+            durations.hist(stacks, bins=30, stacked=True, color=[_OK, _FAILED], label=["succeeded", "failed"])
+            durations.legend()
+        durations.set_title("durations")
+        durations.set_xlabel("minutes")
+        durations.set_ylabel("models")
+
+        name = chart_metric(outcomes, metric)
+        values = metric_values(outcomes, name) if name else []
+        if values:
+            distribution.hist(values, bins=30, color=_OK)
+            distribution.axvline(statistics.median(values), color="black", linestyle="--", label="median")
+            distribution.legend()
+        distribution.set_title(f"{name or 'no metric'} over {len(values)} models")
+        distribution.set_xlabel(name or "")
+        distribution.set_ylabel("models")
         figure.tight_layout()
         figure.savefig(path, format="png")
     finally:
         plt.close(figure)
     return path
+
+
+_OK, _FAILED = "#2b6cb0", "#d62728"
 
 
 def summarize(outcomes: Sequence[JobOutcome], show_failures: int = 10) -> str:
@@ -246,9 +393,13 @@ def summarize(outcomes: Sequence[JobOutcome], show_failures: int = 10) -> str:
     if retried:
         lines.append(f"retried: {retried} models needed more than one try or attempt")
     for name in sorted({name for outcome in outcomes for name in outcome.metrics}):
-        values = [v for o in outcomes if isinstance(v := o.metrics.get(name), (int, float)) and not isinstance(v, bool)]
+        values = sorted(metric_values(outcomes, name))
         if values:
-            lines.append(f"metric {name}: median {statistics.median(values):.4g} over {len(values)} models")
+            p10, p90 = (values[round(q * (len(values) - 1))] for q in (0.1, 0.9))
+            lines.append(
+                f"metric {name}: median {statistics.median(values):.4g} (p10 {p10:.4g}, p90 {p90:.4g}) "
+                f"over {len(values)} models"
+            )
     failures = [o for o in outcomes if not o.succeeded]
     for outcome in failures[:show_failures]:
         lines.append(f"  {outcome.model_id}: {outcome.status} {outcome.reason or ''}".rstrip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from airflow_ml_batch.hooks.base import AwsServiceHook
@@ -23,6 +24,17 @@ class EcsHook(AwsServiceHook):
     def conn(self) -> ECSClient:
         """The cached sync boto3 ECS client."""
         return cast("ECSClient", super().conn)
+
+    def describe_tasks(self, cluster: str, task_arns: Iterable[str]) -> list[dict[str, Any]]:
+        """DescribeTasks (with tags) for any number of tasks, 100 per call; unknown ones are left out."""
+        arns = list(dict.fromkeys(task_arns))
+        return [
+            dict(task)
+            for start in range(0, len(arns), 100)
+            for task in self.conn.describe_tasks(cluster=cluster, tasks=arns[start : start + 100], include=["TAGS"])[
+                "tasks"
+            ]
+        ]
 
     def tasks_started_by(
         self, cluster: str, started_by: str, desired_status: Literal["RUNNING", "STOPPED"]

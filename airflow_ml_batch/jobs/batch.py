@@ -238,6 +238,7 @@ def job_run(job: dict[str, Any]) -> dict[str, Any]:
         "reason": latest("reason"),
         "log_group": None if on_eks else _log_group(definition),
         "log_stream": None if on_eks else latest("logStreamName"),
+        "image": chosen.get("image") or (definition or {}).get("image"),
     }
 
 
@@ -349,6 +350,9 @@ def summarize_job(job: dict[str, Any]) -> dict[str, Any]:
         "job_name": job.get("jobName"),
         "job_queue": job.get("jobQueue"),
         "job_kind": job_kind(job),
+        "job_definition": job.get("jobDefinition"),
+        "image": run["image"],
+        "parameters": job.get("parameters") or None,
         "status": job.get("status"),
         "status_reason": job.get("statusReason"),
         "exit_code": run["exit_code"],

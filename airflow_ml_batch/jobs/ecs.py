@@ -186,8 +186,9 @@ def summarize_task(
         "last_status": task.get("lastStatus"),
         "stop_code": task.get("stopCode"),
         "stopped_reason": task.get("stoppedReason"),
+        "task_definition": task.get("taskDefinitionArn"),
         "containers": [
-            {"name": c["name"], "exit_code": c.get("exitCode"), "reason": c.get("reason")}
+            {"name": c["name"], "image": c.get("image"), "exit_code": c.get("exitCode"), "reason": c.get("reason")}
             for c in task.get("containers", [])
         ],
         "capacity_provider": task.get("capacityProviderName"),
