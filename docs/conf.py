@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the working tree, not an installed copy
 # Importing the package imports Airflow: keep it from writing an airflow.cfg or a database anywhere real.
-os.environ.setdefault("AIRFLOW_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / "airflow-ml-batch-docs"))
+if "AIRFLOW_HOME" not in os.environ:
+    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="airflow-home-docs-")
 
 from airflow_ml_batch import __version__  # noqa: E402
 
 project = "airflow-ml-batch"
 author = "airflow-ml-batch contributors"
-copyright = "airflow-ml-batch contributors"  # noqa: A001
+copyright = "airflow-ml-batch contributors"
 release = version = __version__
 
 extensions = ["myst_parser", "sphinx.ext.autodoc"]
