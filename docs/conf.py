@@ -10,6 +10,7 @@ standard library are left as plain text and the few that autodoc creates from si
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -59,12 +60,35 @@ html_title = f"airflow-ml-batch {release}"
 html_static_path: list[str] = []
 
 
-def _dataclass_defaults(app, what, name, obj, options, signature, return_annotation):
-    """A dataclass field with a ``default_factory`` shows as ``<factory>``, which is no Python: show ``...``."""
-    if signature and "<factory>" in signature:
-        return signature.replace("<factory>", "..."), return_annotation
-    return None
+_ANNOTATED = re.compile(r"(~?(?:typing|typing_extensions|types)\.)?Annotated\[")
+
+
+def _without_annotated(text: str) -> str:
+    """``Annotated[T, RequestField(...)]`` as ``T``: the metadata is for the operator, not for readers."""
+    while match := _ANNOTATED.search(text):
+        depth, comma = 1, None
+        for index in range(match.end(), len(text)):
+            char = text[index]
+            if char in "[(":
+                depth += 1
+            elif char in "])":
+                depth -= 1
+                if depth == 0:
+                    break
+            elif char == "," and depth == 1 and comma is None:
+                comma = index
+        else:
+            return text  # unbalanced: leave it to Sphinx
+        text = text[: match.start()] + text[match.end() : comma if comma is not None else index] + text[index + 1 :]
+    return text
+
+
+def _readable_signature(app, what, name, obj, options, signature, return_annotation):
+    """Signatures as Python: no ``Annotated`` metadata, and ``...`` for a dataclass field's ``<factory>``."""
+    if not signature:
+        return None
+    return _without_annotated(signature).replace("<factory>", "..."), return_annotation
 
 
 def setup(app):
-    app.connect("autodoc-process-signature", _dataclass_defaults)
+    app.connect("autodoc-process-signature", _readable_signature)
