@@ -15,7 +15,7 @@ tasks pushed before deferring and the results of the jobs that succeeded::
 
 AWS Batch is the source of truth for status, duration and attempts (DescribeJobs, 100 jobs per call);
 the metrics come from the results (``collect_metrics=True``). Every job kind is read alike
-(:func:`~airflow_ml_batch.hooks.batch.summarize_job`: a multi-node job's exit code is its main node's). A model
+(:func:`~airflow_ml_batch.jobs.batch.summarize_job`: a multi-node job's exit code is its main node's). A model
 whose task never submitted a job is reported as ``NOT_SUBMITTED``. The chart needs matplotlib
 (``pip install 'airflow-ml-batch[report]'``).
 """

@@ -22,8 +22,8 @@ a summary, and fails the run if any model did not succeed.
 
 The models file (``forecast_model/models.json``: 5 regions x 5 product groups x 200 products, written by
 ``forecast_model/make_models.py``) and the report location are run parameters. For 5000 models, raise
-``[core] max_map_length`` (default 1024) and the triggerer's capacity (default 1000): see the README's
-"Airflow settings for a fleet".
+``[core] max_map_length`` (default 1024) and the triggerer's capacity (default 1000): see "Airflow
+settings for a fleet of 5000" in ``docs/fleet.md``.
 """
 
 from __future__ import annotations

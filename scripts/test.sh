@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite: lint, types and every test on the newest Airflow, then the suite again under the
+# The test suite: lint, types, the docs build and every test on the newest Airflow, then the suite again under the
 # MWAA pin files of each Airflow version MWAA runs. Usage: scripts/test.sh [LEG ...]
 # LEG is "newest" or an MWAA version (2.10.3 2.11.2 3.0.6 3.2.1 3.3.1); default: all of them.
 source "$(dirname "$0")/_env.sh"
@@ -20,8 +20,8 @@ run_leg() {
   if [ "$leg" = newest ]; then
     # report: matplotlib for the chart tests (MWAA 3.3.1 pins a numpy that needs Python 3.12: the MWAA
     # legs test the report without a chart); aiohttp: the Batch-shaped endpoint of the chaos scenarios
-    # (tests/chaos, newest leg only)
-    "$UV" pip install --quiet --python "$PY" -e ".[test,lint,report]" "apache-airflow$NEWEST" aiohttp
+    # (tests/chaos, newest leg only); docs: Sphinx for the documentation site
+    "$UV" pip install --quiet --python "$PY" -e ".[test,lint,report,docs]" "apache-airflow$NEWEST" aiohttp
   else
     [ -f "$MWAA_DIR/$leg/airflow_constraints.txt" ] || { echo "no MWAA pin file for $leg in $MWAA_DIR"; exit 2; }
     # As MWAA installs a requirements.txt: Airflow's constraints plus MWAA's essential pins.
@@ -35,6 +35,8 @@ run_leg() {
     "$PY" -m ruff check .
     "$PY" -m ruff format --check .
     "$PY" -m mypy
+    # The documentation site, from scratch: every warning is an error, a broken reference included (-n).
+    AIRFLOW_HOME="$(mktemp -d)" "$PY" -m sphinx -E -W --keep-going -n -q -b html docs "$(mktemp -d)"
     export EXPECTED_AIRFLOW_VERSION="$NEWEST"
     markers=()  # the chaos scenarios (real Airflow processes, a few minutes) run on the newest Airflow only
   else

@@ -40,9 +40,9 @@ class BatchJobTrigger(WaitForJobTrigger):
     or a ``TaskSuccessEvent`` with ``end_from_trigger``.
 
     Every kind of job reports its exit code and log (a multi-node job its main node's; see
-    :func:`~airflow_ml_batch.hooks.batch.summarize_job`). An array parent's children counts per state are
+    :func:`~airflow_ml_batch.jobs.batch.summarize_job`). An array parent's children counts per state are
     logged each time they change; once a parent has failed, one ListJobs and one DescribeJobs call name its
-    failed children (the first :data:`~airflow_ml_batch.hooks.batch.FAILED_CHILDREN_SHOWN`) in the message.
+    failed children (the first :data:`~airflow_ml_batch.jobs.batch.FAILED_CHILDREN_SHOWN`) in the message.
 
     :param job_id: the Batch job to wait for.
     :param aws_conn_id: Airflow ``aws`` connection.
