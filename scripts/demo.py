@@ -33,17 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from airflow_ml_batch.report import read_csv, summarize
-from airflow_ml_batch.testing import Endpoint, WallClockRunner, aws_connection_json
-from airflow_ml_batch.testing.local_airflow import (
-    MetadataDB,
-    Processes,
-    airflow_env,
-    free_port,
-    postgres,
-    start_airflow,
-    trigger_dag,
-    wait_ready,
-)
+from airflow_ml_batch.testing import Endpoint, WallClockRunner, aws_connection_json, local_airflow
+from airflow_ml_batch.testing.local_airflow import MetadataDB, Processes
 
 ROOT = Path(__file__).resolve().parent.parent
 MAKE_MODELS = ROOT / "example_dags" / "forecast_model" / "make_models.py"
@@ -78,7 +69,7 @@ def log(message: str) -> None:
 
 def demo_env(args: argparse.Namespace, endpoint_url: str, api_port: int, db_url: str) -> dict[str, str]:
     """The components' environment: the shared one, plus what this demo sets."""
-    env = airflow_env(
+    env = local_airflow.airflow_env(
         AIRFLOW_HOME,
         DAGS_FOLDER,
         db_url,
@@ -109,12 +100,12 @@ def run_demo(
     when the demo is interrupted or times out too.
     """
     log("airflow db migrate")
-    start_airflow(processes, migrate_timeout=300)
+    local_airflow.start_airflow(processes, migrate_timeout=300)
     log(f"started Airflow (logs in {processes.log_dir}); waiting until healthy")
-    wait_ready(processes, api, DAG_ID, timeout=240)
+    local_airflow.wait_ready(processes, api, DAG_ID, timeout=240)
     conf = {"models_file": str(MODELS_FILE), "report_location": str(REPORTS_DIR)}
     logical_date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # the month the data prep job closes
-    run = trigger_dag(api, DAG_ID, logical_date, conf)
+    run = local_airflow.trigger_dag(api, DAG_ID, logical_date, conf)
     run_id, triggered = run["dag_run_id"], time.monotonic()
     log(f"unpaused and triggered {DAG_ID}: run {run_id}, {args.models} models")
 
@@ -182,7 +173,7 @@ def main() -> int:
     os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"  # this process only; the components log at INFO
 
-    api_port = free_port()
+    api_port = local_airflow.free_port()
     result: dict[str, Any] = {}
     error: BaseException | None = None
     cpu: dict[str, float] = {}
@@ -191,7 +182,7 @@ def main() -> int:
         aws.limit("batch", 50.0)  # about Batch's own rate
         endpoint_url = aws.url
         if args.db == "postgres":
-            db_url = stack.enter_context(postgres(DEMO_DIR / "postgres"))
+            db_url = stack.enter_context(local_airflow.postgres(DEMO_DIR / "postgres"))
         else:
             db_url = f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}"
         env = demo_env(args, endpoint_url, api_port, db_url)
