@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
-from airflow_ml_batch.testing.endpoint import Endpoint, WallClockRunner, running
+from airflow_ml_batch.testing.endpoint import Endpoint, ProcessRunner, WallClockRunner, running
 
 NO_RETRIES = Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5)
 
@@ -176,3 +177,29 @@ def test_as_its_own_process_it_prints_its_port_and_runs_jobs_it_is_asked_to_star
     assert all(job["created"] < job["started"] < job["ends"] and not job["fails"] for job in jobs.values())
     assert stats["calls"]["DescribeJobs"] == stats["callers"][""]["DescribeJobs"] >= 1
     assert stats["max_ids_per_call"]["DescribeJobs"] == 3
+
+
+def test_with_a_process_runner_a_job_is_a_local_process_whose_output_is_its_log() -> None:
+    def command(kind: str, name: str, request: dict[str, Any]) -> list[str]:
+        code = 0 if name == "good" else 3  # "good" takes a second: "bad" waits for the one slot
+        script = f"import time; time.sleep({code == 0:d}); print('training {name}'); raise SystemExit({code})"
+        return [sys.executable, "-c", script]
+
+    with Endpoint(ProcessRunner(command, concurrency=1)) as endpoint:
+        batch, logs = client("batch", endpoint.url), client("logs", endpoint.url)
+        ids = [
+            batch.submit_job(jobName=n, jobQueue="models", jobDefinition="forecast")["jobId"] for n in ("good", "bad")
+        ]
+        assert batch.describe_jobs(jobs=ids[1:])["jobs"][0]["status"] == "RUNNABLE"
+
+        def ended() -> list[dict[str, Any]] | None:
+            jobs: list[dict[str, Any]] = batch.describe_jobs(jobs=ids)["jobs"]
+            return jobs if all(j["status"] in ("SUCCEEDED", "FAILED") for j in jobs) else None
+
+        good, bad = wait_until(ended)
+        stream = bad["container"]["logStreamName"]
+        events = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=stream)["events"]
+    assert (good["status"], good["container"]["exitCode"]) == ("SUCCEEDED", 0)
+    assert (bad["status"], bad["container"]["exitCode"]) == ("FAILED", 3)
+    assert bad["startedAt"] >= good["stoppedAt"], "one at a time"
+    assert [e["message"] for e in events] == ["training bad"]

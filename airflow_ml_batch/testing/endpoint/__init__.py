@@ -13,11 +13,13 @@ sequences::
 With a :class:`Runner` (:class:`WallClockRunner`: durations and failure fractions) jobs and tasks run by
 themselves; :meth:`Endpoint.limit` adds rate limits, :attr:`Endpoint.faults` fault switches. As its own
 process (``python -m airflow_ml_batch.testing.endpoint --help``, or :func:`running`) it prints its port;
-:class:`EndpointClient` drives it from elsewhere.
+:class:`EndpointClient` drives it from elsewhere. With a :class:`ProcessRunner` each job is a local
+process: its stdout the job's log stream, its exit code the job's outcome.
 """
 
 from .core import ACCOUNT, REGION, AwsError, Call, Faults, Run, Runner, Timeline, TokenBucket, WallClockRunner
 from .process import EndpointClient, running
+from .processes import ProcessRun, ProcessRunner
 from .server import Endpoint
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "Endpoint",
     "EndpointClient",
     "Faults",
+    "ProcessRun",
+    "ProcessRunner",
     "Run",
     "Runner",
     "Timeline",

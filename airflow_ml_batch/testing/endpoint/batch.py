@@ -110,6 +110,8 @@ class Batch:
             return "SUCCEEDED" if run.exit_code() == 0 else "FAILED"
         if now >= run.started:
             return "RUNNING"
+        if run.started == float("inf"):  # waiting for capacity
+            return "RUNNABLE"
         elapsed = (now - run.created) / (run.started - run.created)
         return next(name for name, start in reversed(PHASES) if elapsed >= start)
 
