@@ -186,10 +186,11 @@ class Endpoint:
         if len(parts) >= 2 and parts[-2] == "v1":
             service, caller = "batch", "/".join(parts[:-2])
             operation = _BATCH_PATHS.get(parts[-1], parts[-1])
-            body = await request.json()
+            body = json.loads(await request.text() or "{}")
         elif target:
             prefix, _, operation = target.partition(".")
-            service, caller, body = TARGETS.get(prefix, prefix), "/".join(parts), await request.json()
+            service, caller = TARGETS.get(prefix, prefix), "/".join(parts)
+            body = json.loads(await request.text() or "{}")
         else:
             form = parse_qs(await request.text())
             service, caller = "sts", "/".join(parts)
