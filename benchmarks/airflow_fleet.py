@@ -1,10 +1,11 @@
-"""Fleet benchmark through a real Airflow: N mapped Batch tasks against the local Batch-shaped endpoint.
+"""Fleet benchmark through a real Airflow: N mapped Batch tasks against the local AWS-shaped endpoint.
 
-Starts ``fake_batch.py`` (its own process), a metadata database (Postgres from the system binaries in
-a temporary directory on a free 127.0.0.1 port, or ``--db sqlite``), and Airflow's api-server,
-scheduler (LocalExecutor), dag-processor and triggerer(s) with ``benchmarks/dags``. Triggers
-``fleet_benchmark`` (N mapped ``BatchJobOperator`` tasks) through the REST API, samples while it runs,
-stops everything it started (also on errors and Ctrl-C) and prints what it measured::
+Starts the endpoint (``python -m airflow_ml_batch.testing.endpoint``, its own process), a metadata
+database (Postgres from the system binaries in a temporary directory on a free 127.0.0.1 port, or
+``--db sqlite``), and Airflow's api-server, scheduler (LocalExecutor), dag-processor and triggerer(s)
+with ``benchmarks/dags``. Triggers ``fleet_benchmark`` (N mapped ``BatchJobOperator`` tasks) through
+the REST API, samples while it runs, stops everything it started (also on errors and Ctrl-C) and
+prints what it measured::
 
     python benchmarks/airflow_fleet.py --jobs 5000
 
@@ -18,7 +19,6 @@ import collections
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import sys
@@ -28,12 +28,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path[:0] = [str(HERE), str(ROOT / "scripts")]
+from airflow_ml_batch.testing.endpoint import ACCOUNT, REGION, EndpointClient, running
+from airflow_ml_batch.testing.local_airflow import (
+    MetadataDB,
+    Processes,
+    airflow_env,
+    free_port,
+    postgres,
+    start_airflow,
+    trigger_dag,
+    wait_ready,
+)
 
-import fake_batch  # noqa: E402
-from demo import MetadataDB, Processes, free_port, http_json, postgres, wait_for  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 CONN_ID = "aws_bench"
 TASK_ID = "model"
@@ -88,7 +95,9 @@ class Fleet:
         self.workdir = Path(tempfile.mkdtemp(prefix="airflow-fleet-"))
         self.stack = contextlib.ExitStack()
         self.endpoint = ""
-        self.api = f"http://127.0.0.1:{free_port()}"
+        self.control: EndpointClient
+        self.api_port = free_port()
+        self.api = f"http://127.0.0.1:{self.api_port}"
         self.run_id = ""
         self.samples: list[dict[str, Any]] = []
         self.triggered_at = 0.0
@@ -135,9 +144,10 @@ class Fleet:
 
     def _start(self) -> None:
         args = self.args
-        options = ["--rate", str(args.rate), "--duration", str(args.duration), "--spread", str(args.spread)]
+        options = ["--batch-rate", str(args.rate), "--duration", str(args.duration), "--spread", str(args.spread)]
         options += ["--fail-fraction", str(args.fail_fraction), "--seed", str(args.seed), "--max-seconds", "14400"]
-        self.endpoint = self.stack.enter_context(fake_batch.running(*options))
+        self.control = self.stack.enter_context(running(*options))
+        self.endpoint = self.control.url
         if args.db == "postgres":
             db_url = self.stack.enter_context(postgres(self.workdir))
         else:
@@ -147,61 +157,42 @@ class Fleet:
         self.processes = Processes(env, self.workdir / "logs")
         self.db = MetadataDB(db_url)
         log(f"endpoint {self.endpoint}, database {args.db}, Airflow home {self.workdir}; airflow db migrate")
-        self.processes.run("db", "migrate", timeout=600)
-        for component in ("api-server", "scheduler", "dag-processor"):
-            extra = ("--skip-serve-logs",) if component == "scheduler" else ()
-            self.processes.start(component, component, *extra)
+        start_airflow(self.processes, ("api-server", "scheduler", "dag-processor"))
         for number in range(args.triggerers):
             self.start_triggerer(number)
-        wait_for("Airflow to be healthy", self._healthy, 300, self.processes)
-        wait_for(f"the dag-processor to parse {args.dag}", self._parsed, 300, self.processes)
+        wait_ready(self.processes, self.api, args.dag)
 
     def airflow_env(self, db_url: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW", "FLEET_BENCH"))}
-        port = self.api.rsplit(":", 1)[1]
-        parallelism = str(self.args.parallelism)
+        env = airflow_env(
+            self.workdir,
+            HERE / "dags",
+            db_url,
+            self.api_port,
+            parallelism=self.args.parallelism,
+            tasks=self.args.jobs,
+            preload=FORKSERVER_PRELOAD,
+            connections={CONN_ID: self.connection(self.endpoint)},
+        )
         env |= {
-            "AIRFLOW_HOME": str(self.workdir),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(HERE / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
-            "AIRFLOW__CORE__PARALLELISM": parallelism,
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(max(self.args.jobs, 16)),
-            "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, self.args.jobs)),
             "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "256",
-            "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
-            "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": FORKSERVER_PRELOAD,
-            "AIRFLOW__TRIGGERER__CAPACITY": str(max(1000, self.args.jobs)),
             "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(self.args.health_threshold),
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": str(min(5.0, self.args.health_threshold / 6)),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api}/execution/",
-            "AIRFLOW__API__BASE_URL": self.api,
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": port,
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API__MAXIMUM_PAGE_LIMIT": "1000",
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
-            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-            f"AIRFLOW_CONN_{CONN_ID.upper()}": self.connection(self.endpoint),
-            "AWS_EC2_METADATA_DISABLED": "true",
             "FLEET_BENCH_JOBS": str(self.args.jobs),
             "FLEET_BENCH_POLL_INTERVAL": str(self.args.poll_interval),
             "FLEET_BENCH_RETRIES": str(self.args.retries),
             "FLEET_BENCH_CONN_ID": CONN_ID,
-            "ML_BATCH_DEMO_RUN": secrets.token_hex(8),  # Processes finds leftovers by it
-            "PYTHONUNBUFFERED": "1",
         }
         return env
 
     def connection(self, endpoint_url: str) -> str:
-        extra: dict[str, Any] = {"region_name": fake_batch.REGION, "endpoint_url": endpoint_url}
+        extra: dict[str, Any] = {"region_name": REGION, "endpoint_url": endpoint_url}
         if self.args.role:
             extra |= {
-                "role_arn": f"arn:aws:iam::{fake_batch.ACCOUNT}:role/bench",
+                "role_arn": f"arn:aws:iam::{ACCOUNT}:role/bench",
                 "service_config": {"sts": {"endpoint_url": self.endpoint}},
             }
         return json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra})
@@ -231,24 +222,13 @@ class Fleet:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # what outlived a SIGTERM
 
-    def _healthy(self) -> bool:
-        health = http_json("GET", f"{self.api}/api/v2/monitor/health", timeout=5)
-        return all(health.get(p, {}).get("status") == "healthy" for p in ("scheduler", "triggerer", "dag_processor"))
-
-    def _parsed(self) -> bool:
-        errors = http_json("GET", f"{self.api}/api/v2/importErrors", timeout=10)["import_errors"]
-        if errors:
-            raise RuntimeError("DAG import errors:\n" + "\n".join(e["stack_trace"] for e in errors))
-        return bool(http_json("GET", f"{self.api}/api/v2/dags/{self.args.dag}", timeout=10)["dag_id"])
-
     # -- the run ----------------------------------------------------------------------------------------
 
     def trigger(self) -> None:
         """Unpause and trigger the DAG; start sampling."""
         dag = self.args.dag
-        http_json("PATCH", f"{self.api}/api/v2/dags/{dag}", {"is_paused": False})
         self.triggered_at = time.time()
-        self.run_id = http_json("POST", f"{self.api}/api/v2/dags/{dag}/dagRuns", {"logical_date": None})["dag_run_id"]
+        self.run_id = trigger_dag(self.api, dag)["dag_run_id"]
         log(f"triggered {dag}: run {self.run_id}, {self.args.jobs} tasks")
         self._sampler = threading.Thread(target=self._sample_loop, name="sampler", daemon=True)
         self._sampler.start()
@@ -289,8 +269,8 @@ class Fleet:
         return [int(row[0]) for row in self.sql(query, state=state)]
 
     def bench(self, path: str, body: Any = None) -> Any:
-        """GET (or POST ``body`` to) one of the endpoint's ``/bench/`` routes."""
-        return http_json("GET" if body is None else "POST", f"{self.endpoint}/bench/{path}", body, timeout=60)
+        """GET (or POST ``body`` to) one of the endpoint's control routes (``jobs``, ``stats``, ``faults``, ...)."""
+        return self.control.control(path, body)
 
     def job_name(self, map_index: int) -> str:
         """The Batch job name of a mapped task: ours derives it from the task instance, the official DAG sets it."""

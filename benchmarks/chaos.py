@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from airflow_fleet import TASK_ID, Fleet, log, parser
 
-from airflow_fleet import TASK_ID, Fleet, http_json, log, parser
+from airflow_ml_batch.testing.local_airflow import http_json
 
 
 @dataclass
@@ -338,7 +338,7 @@ def _overlap(a: list[float], b: list[float]) -> bool:
 
 
 def _first_describe_after(fleet: Fleet, moment: float) -> float | None:
-    times = [t for t in fleet.bench("stats")["describe_times"] if t >= moment]
+    times = [t for t in fleet.bench("stats")["describe_times"]["DescribeJobs"] if t >= moment]
     return round(min(times) - moment, 1) if times else None
 
 

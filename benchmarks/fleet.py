@@ -1,7 +1,7 @@
 """Fleet benchmark: N deferrable AWS Batch or ECS triggers in one event loop, ours against the Amazon provider's.
 
-For each implementation, a fresh fake endpoint (``fake_batch.py`` or ``fake_ecs.py``, its own process)
-creates N jobs (Batch) or tasks (ECS), and a fresh trigger process runs N triggers the way Airflow's
+For each implementation, a fresh AWS-shaped endpoint (``python -m airflow_ml_batch.testing.endpoint``, its
+own process) creates N jobs (Batch) or tasks (ECS), and a fresh trigger process runs N triggers the way Airflow's
 triggerer does (``async for event in trigger.run()``, first event taken), each watching one of them.
 The endpoint counts the API calls; the trigger process measures its own CPU, peak memory and event-loop
 stalls. Figures are printed side by side::
@@ -24,14 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import fake_batch
-import fake_ecs
+from airflow_ml_batch.testing.endpoint import EndpointClient, running
+from airflow_ml_batch.testing.endpoint.ecs import CLUSTER
 
 CONN_ID = "aws_bench"
 REGION = "eu-west-1"
@@ -43,9 +41,7 @@ TICK = 0.01  # the stall detector's period, seconds
 class Service:
     """What differs between the Batch and the ECS fleet: endpoint, names, the triggers compared."""
 
-    endpoint: ModuleType  # fake_batch or fake_ecs: ``running(*options)`` and the ``/bench/`` routes
-    noun: str  # "job" or "task": the ``/bench/<noun>s`` route, and the table's words
-    ids_key: str  # where ``POST /bench/<noun>s`` returns the new ids
+    noun: str  # "job" or "task": the endpoint's ``<noun>s`` control route, and the table's words
     id_words: str  # "job ids" or "task ARNs"
     describe: str  # the polling operation
     rate: float  # the endpoint's default requests/s: about the service's rate for that operation
@@ -55,17 +51,11 @@ class Service:
 
 
 SERVICES = {
-    "batch": Service(fake_batch, "job", "jobIds", "job ids", "DescribeJobs", 50.0, {"ours": False, "official": False}),
-    "ecs": Service(fake_ecs, "task", "taskArns", "task ARNs", "DescribeTasks", 20.0, {"ours": False, "official": True}),
+    "batch": Service("job", "job ids", "DescribeJobs", 50.0, {"ours": False, "official": False}),
+    "ecs": Service("task", "task ARNs", "DescribeTasks", 20.0, {"ours": False, "official": True}),
 }
 #: ``EcsRunTaskOperator``'s default ``waiter_max_attempts``, which it passes to ``TaskDoneTrigger``
 OFFICIAL_ECS_MAX_ATTEMPTS = 1_000_000
-
-
-def _http(url: str, body: dict[str, Any] | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=60) as response:
-        return json.load(response)
 
 
 # The trigger process.
@@ -75,7 +65,7 @@ def trigger_factory(service: str, impl: str, poll_interval: int) -> Callable[[st
     """A function building the ``impl`` trigger for one job id (Batch) or task ARN (ECS)."""
     common = {"aws_conn_id": CONN_ID, "region_name": REGION}
     if service == "ecs":
-        common["cluster"] = fake_ecs.CLUSTER
+        common["cluster"] = CLUSTER
         if impl == "ours":
             from airflow_ml_batch.triggers.ecs import EcsTaskTrigger
 
@@ -143,7 +133,7 @@ def child(args: argparse.Namespace) -> None:
     service = SERVICES[args.service]
     make = trigger_factory(args.service, args.child, args.poll_interval)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    ids = _http(f"{args.endpoint}/bench/{service.noun}s", {"count": args.jobs})[service.ids_key]
+    ids = EndpointClient(args.endpoint).control(f"{service.noun}s", {"count": args.jobs, "name_prefix": "bench"})["ids"]
     cpu_before, clock = time.process_time(), time.monotonic()
     events, stall = asyncio.run(run_fleet(make, ids, args.cap))
     result = {
@@ -164,11 +154,12 @@ def run_impl(impl: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
     """Start an endpoint and a trigger process for ``impl``; return the measurements, or an error."""
     service = SERVICES[args.service]
     endpoint_options = [
-        *("--duration", str(args.duration), "--spread", str(args.spread)),
-        *("--fail-fraction", str(args.fail_fraction), "--rate", str(args.rate), "--burst", str(args.burst)),
+        *("--duration", str(args.duration), "--spread", str(args.spread), "--fail-fraction", str(args.fail_fraction)),
+        *(f"--{args.service}-rate", str(args.rate), f"--{args.service}-burst", str(args.burst)),
         *("--seed", str(args.seed), "--max-seconds", str(args.cap + 600)),
     ]
-    with service.endpoint.running(*endpoint_options) as url:
+    with running(*endpoint_options) as endpoint:
+        url = endpoint.url
         home = workdir / impl
         home.mkdir()
         env = os.environ | {
@@ -200,8 +191,8 @@ def run_impl(impl: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
         if code != 0 or not out.exists():
             return {"error": f"trigger process exited with {code}"}
         result = json.loads(out.read_text()) | {"load": load}
-        result["stats"] = _http(f"{url}/bench/stats")
-        result["truth"] = _http(f"{url}/bench/{service.noun}s")
+        result["stats"] = endpoint.stats()
+        result["truth"] = endpoint.control(f"{service.noun}s")
     return result
 
 
@@ -225,7 +216,7 @@ def summarize(
             latencies.append(at - job["ends"])
     answered = stats["calls"].get(service.describe, 0)
     describes = answered + stats["throttled"].get(service.describe, 0)
-    times = stats["describe_times"]
+    times = stats["describe_times"][service.describe]
     rounds = round((max(times) - min(times)) / poll_interval) + 1 if times else 1
     others = {op: n for op, n in stats["calls"].items() if op != service.describe}
     p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else float("nan")
@@ -235,8 +226,8 @@ def summarize(
         f"{service.describe} requests": str(describes),
         f"  per {poll_interval} s poll interval": f"{describes / rounds:.1f}",
         "  poll rounds (calls' time span)": str(rounds),
-        f"  {service.id_words} per answered call": f"{stats['described_ids'] / max(answered, 1):.1f}",
-        f"  most {service.id_words} in one call": str(stats["max_ids_per_call"]),
+        f"  {service.id_words} per answered call": f"{stats['described_ids'][service.describe] / max(answered, 1):.1f}",
+        f"  most {service.id_words} in one call": str(stats["max_ids_per_call"][service.describe]),
         "throttled requests": str(sum(stats["throttled"].values())),
         "other requests": str(sum(others.values())),
         **{f"  {op}": str(n) for op, n in sorted(others.items())},

@@ -1,7 +1,7 @@
-"""Demo: run example_dags/monthly_demand_forecast.py through a real Airflow against a local AWS-shaped endpoint.
+"""Demo: run example_dags/monthly_demand_forecast.py through a real Airflow against the local AWS endpoint.
 
-1. Starts moto's server on 127.0.0.1 behind a middleware that counts every AWS API call by operation,
-   and creates a Batch job queue and the two job definitions there (``airflow_ml_batch.testing``).
+1. Starts the package's AWS-shaped endpoint on 127.0.0.1 (``airflow_ml_batch.testing.endpoint``): Batch
+   jobs that run ``--job-seconds`` on the wall clock, Batch's API rate limit, every call counted.
 2. Writes a models file of ``--models`` models (``example_dags/forecast_model/make_models.py``).
 3. Starts Airflow's api-server, scheduler (LocalExecutor), dag-processor and triggerer, with SQLite and
    ``AIRFLOW_HOME`` in ``.demo/airflow`` (kept for inspection, wiped by the next run).
@@ -21,26 +21,20 @@ import argparse
 import collections
 import concurrent.futures
 import contextlib
-import io
 import json
 import os
-import re
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from airflow_ml_batch.report import read_csv, summarize
+from airflow_ml_batch.testing import Endpoint, WallClockRunner, aws_connection_json, local_airflow
+from airflow_ml_batch.testing.local_airflow import MetadataDB, Processes
 
 ROOT = Path(__file__).resolve().parent.parent
 MAKE_MODELS = ROOT / "example_dags" / "forecast_model" / "make_models.py"
@@ -51,7 +45,6 @@ REPORTS_DIR = DEMO_DIR / "reports"
 MODELS_FILE = DEMO_DIR / "models.json"
 DAG_ID = "monthly_demand_forecast"
 CONN_ID = "aws_default"  # the example DAG's connection
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 #: What the scheduler's forkserver imports before it starts the LocalExecutor workers that fork the task runs:
 #: the modules a worker forked straight from the scheduler would inherit, what a task run imports to parse
 #: the DAG file, and the DAG file's own imports.
@@ -67,380 +60,39 @@ FORKSERVER_PRELOAD = (
     "airflow_ml_batch.report",
 )
 #: The calls the summary always shows, even when none was made.
-KEY_OPERATIONS = ("batch:SubmitJob", "batch:DescribeJobs", "batch:ListJobs", "batch:TerminateJob")
+KEY_OPERATIONS = ("SubmitJob", "DescribeJobs", "ListJobs", "TerminateJob")
 
 
 def log(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-# The local AWS endpoint.
-
-
-class OperationCounter:
-    """WSGI middleware counting AWS API calls as ``service:Operation`` before handing them to moto.
-
-    The service comes from the SigV4 credential scope; the operation from ``X-Amz-Target`` (JSON
-    protocols), ``Action`` (query protocols) or the request path matched against botocore's service
-    model (REST protocols: Batch's ``POST /v1/describejobs`` is ``DescribeJobs``).
-    """
-
-    def __init__(self, app: Callable[..., Any]) -> None:
-        self.app = app
-        self.calls: collections.Counter[str] = collections.Counter()
-        self._lock = threading.Lock()
-        self._routes: dict[str, list[tuple[str, re.Pattern[str], str]]] = {}
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if not environ.get("PATH_INFO", "").startswith("/moto-api"):
-            operation = self.operation(environ)
-            with self._lock:
-                self.calls[operation] += 1
-        return self.app(environ, start_response)
-
-    def snapshot(self) -> collections.Counter[str]:
-        with self._lock:
-            return collections.Counter(self.calls)
-
-    def operation(self, environ: dict[str, Any]) -> str:
-        scope = re.search(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/", environ.get("HTTP_AUTHORIZATION", ""))
-        service = scope.group(1) if scope else "unknown"
-        target = environ.get("HTTP_X_AMZ_TARGET")
-        if target:
-            return f"{service}:{target.rpartition('.')[2]}"
-        action = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("Action")
-        if not action and environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
-            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-            environ["wsgi.input"] = io.BytesIO(body)  # moto reads it again
-            action = urllib.parse.parse_qs(body.decode()).get("Action")
-        if action:
-            return f"{service}:{action[0]}"
-        method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
-        for route_method, pattern, name in self._rest_routes(service):
-            if route_method == method and pattern.fullmatch(path):
-                return f"{service}:{name}"
-        return f"{service}:{method} {path}"
-
-    def _rest_routes(self, service: str) -> list[tuple[str, re.Pattern[str], str]]:
-        with self._lock:
-            if service not in self._routes:
-                self._routes[service] = []
-                with contextlib.suppress(Exception):  # an unknown service: counted by method and path
-                    import botocore.session
-
-                    model = botocore.session.get_session().get_service_model(service)
-                    for name in model.operation_names:
-                        http = model.operation_model(name).http
-                        uri = re.escape(http["requestUri"].split("?")[0])
-                        uri = re.sub(r"\\\{[^}]+?\\\+\\\}", ".+", uri)  # {Key+}
-                        uri = re.sub(r"\\\{[^}]+\\\}", "[^/]+", uri)  # {Name}
-                        self._routes[service].append((http["method"], re.compile(uri), name))
-            return self._routes[service]
-
-
-@contextlib.contextmanager
-def counting_moto_server() -> Iterator[tuple[str, OperationCounter]]:
-    """moto's server on a free port of 127.0.0.1, in a thread, behind an :class:`OperationCounter`."""
-    import logging
-
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-    from werkzeug.serving import make_server
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    counter = OperationCounter(DomainDispatcherApplication(create_backend_app))
-    server = make_server("127.0.0.1", 0, counter, threaded=True, request_handler=MotoRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, name="moto-server", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_port}"
-    try:
-        # AWS Batch without Docker: a submitted job succeeds at once.
-        http_json("POST", f"{url}/moto-api/config", {"batch": {"use_docker": False}})
-        yield url, counter
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-
-
-def batch_jobs_by_status() -> collections.Counter[str]:
-    """The status of every job the local Batch endpoint holds, read from moto's backend."""
-    from moto.batch.models import batch_backends
-
-    statuses: collections.Counter[str] = collections.Counter()
-    for account in list(batch_backends.keys()):
-        for region in list(batch_backends[account].keys()):
-            jobs = list(batch_backends[account][region]._jobs.values())
-            statuses.update(str(getattr(job.status, "value", job.status)) for job in jobs)
-    return statuses
-
-
-# Processes.
-
-
-class Processes:
-    """Every process the demo starts, each in its own session; :meth:`stop_all` ends them and their children."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
-        self.log_dir = log_dir
-        self.running: dict[str, subprocess.Popen[bytes]] = {}
-        #: the largest resident memory seen per component, bytes (:meth:`sample_memory`)
-        self.peak_rss: dict[str, int] = {}
-
-    def start(self, name: str, *args: str) -> None:
-        with open(self.log_dir / f"{name}.log", "wb") as output:
-            self.running[name] = subprocess.Popen(
-                [sys.executable, "-m", "airflow", *args],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches the demo only; it stops the components in order
-            )
-
-    def run(self, *args: str, timeout: float) -> str:
-        """Run an ``airflow`` CLI command to its end (bounded); return its stdout, raise if it failed."""
-        process = subprocess.Popen(
-            [sys.executable, "-m", "airflow", *args],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        finally:
-            if process.poll() is None:
-                _signal_group(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-        if process.returncode:
-            raise RuntimeError(f"airflow {' '.join(args)} exited with {process.returncode}:\n{stderr[-3000:]}")
-        return stdout
-
-    def _stats(self) -> Iterator[tuple[str, list[str]]]:
-        """``(component, /proc stat fields)`` of every process in a component's process group (Linux)."""
-        groups = {process.pid: name for name, process in self.running.items()}
-        for entry in Path("/proc").glob("[0-9]*"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = (entry / "stat").read_text().rpartition(")")[2].split()
-                if int(fields[2]) in groups:  # process group: the component and what it started
-                    yield groups[int(fields[2])], fields
-
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU time of each component with all its processes, live and ended (their children's included)."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        totals = dict.fromkeys(self.running, 0.0)
-        for name, fields in self._stats():
-            totals[name] += sum(int(f) for f in fields[11:15]) / ticks
-        return totals
-
-    def sample_memory(self) -> None:
-        """Record each component's resident memory (all its processes) and keep the peak."""
-        page = os.sysconf("SC_PAGE_SIZE")
-        now = dict.fromkeys(self.running, 0)
-        for name, fields in self._stats():
-            now[name] += int(fields[21]) * page
-        for name, rss in now.items():
-            self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
-
-    def exited(self) -> list[str]:
-        return [f"{name} (exit code {p.returncode})" for name, p in self.running.items() if p.poll() is not None]
-
-    def stop_all(self, grace: float = 30.0) -> None:
-        """SIGTERM each component's process group, SIGKILL what is left after ``grace`` seconds."""
-        for process in self.running.values():
-            _signal_group(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for process in self.running.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for process in self.running.values():
-            _signal_group(process.pid, signal.SIGKILL)  # children that outlived their parent, too
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=10)
-        leftover = self._leftover_pids()
-        for pid in leftover:  # a child that left its session (a task process, say)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        if leftover:
-            log(f"killed {len(leftover)} leftover process(es): {sorted(leftover)}")
-
-    def _leftover_pids(self) -> list[int]:
-        """Processes still running with this demo's ``ML_BATCH_DEMO_RUN`` marker in their environment."""
-        marker = f"ML_BATCH_DEMO_RUN={self.env['ML_BATCH_DEMO_RUN']}".encode()
-        pids = []
-        for entry in Path("/proc").glob("[0-9]*"):
-            with contextlib.suppress(OSError):
-                if int(entry.name) != os.getpid() and marker in (entry / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(entry.name))
-        return pids
-
-    def tails(self, lines: int = 25) -> str:
-        out = []
-        for name in self.running:
-            path = self.log_dir / f"{name}.log"
-            text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
-            out.append(f"--- last {len(text)} lines of {path} ---\n" + "\n".join(text))
-        return "\n".join(out)
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http_json(method: str, url: str, body: Any = None, timeout: float = 30) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        payload = response.read()
-    return json.loads(payload) if payload else None
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, processes: Processes, every: float = 2.0) -> Any:
-    """Call ``check`` until it returns something truthy; fail after ``timeout`` or if a component exits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError, ValueError):  # not up yet (URLError and HTTPError are OSErrors)
-            result = check()
-            if result:
-                return result
-        if processes.exited():
-            raise RuntimeError(f"while waiting for {what}: {', '.join(processes.exited())} exited")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-
-
-# Airflow.
-
-
-@contextlib.contextmanager
-def postgres(workdir: Path) -> Iterator[str]:
-    """A throw-away Postgres (``initdb`` into ``workdir``, ``pg_ctl`` on a free port); yield its URL, then stop it."""
-    data, port = workdir / "pgdata", free_port()
-    data.mkdir(mode=0o700, parents=True)
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        shutil.chown(data, "nobody")
-        workdir.chmod(0o755)
-        as_user = ["runuser", "-u", "nobody", "--"]
-
-    def pg(*args: str, timeout: float = 120) -> None:
-        subprocess.run([*as_user, *args], check=True, timeout=timeout, stdout=subprocess.DEVNULL, cwd="/")
-
-    pg("initdb", "-D", str(data), "-U", "airflow", "-A", "trust", "--no-sync")
-    options = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=300 -c shared_buffers=256MB"
-    pg("pg_ctl", "-D", str(data), "-o", options, "-l", str(data / "server.log"), "-w", "start")
-    try:
-        pg(
-            "psql",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-U",
-            "airflow",
-            "-d",
-            "postgres",
-            "-qc",
-            "CREATE DATABASE airflow",
-        )
-        yield f"postgresql+psycopg2://airflow@127.0.0.1:{port}/airflow"
-    finally:
-        with contextlib.suppress(subprocess.SubprocessError):
-            pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop", timeout=60)
-
-
-def airflow_env(args: argparse.Namespace, endpoint_url: str, api_port: int, db_url: str) -> dict[str, str]:
-    from airflow_ml_batch.testing import aws_connection_json
-
-    env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "AIRFLOW"))}
-    parallelism = str(args.parallelism)
-    env.update(
-        {
-            "AIRFLOW_HOME": str(AIRFLOW_HOME),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
-            # Task runs at once. A task holds a slot only while it submits its job: deferred, it holds none.
-            "AIRFLOW__CORE__PARALLELISM": parallelism,
-            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": parallelism,
-            # Each task run forks from a LocalExecutor worker. Starting the workers from a forkserver that has
-            # imported what a task needs (Airflow 3.3+) spares every run the import of the operator's module.
-            "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
-            "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": ",".join(FORKSERVER_PRELOAD),
-            "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, args.models)),
-            "AIRFLOW__TRIGGERER__CAPACITY": str(max(1000, args.models + 1)),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(api_port),
-            "AIRFLOW__API__WORKERS": "1",
-            # Thousands of task starts at once load the api-server; a task should wait, not fail (default 5 s).
-            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
-            "AIRFLOW__API__MAXIMUM_PAGE_LIMIT": "1000",
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",  # REST calls need no login
-            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # only the demo's run: no month-end run on unpause
-            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",  # no periodic re-parse during the demo
-            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-            f"AIRFLOW_CONN_{CONN_ID.upper()}": aws_connection_json(endpoint_url),
-            "AWS_EC2_METADATA_DISABLED": "true",  # never look for an instance role
-            "FORECAST_POLL_INTERVAL": str(args.poll_interval),
-            "ML_BATCH_DEMO_RUN": secrets.token_hex(8),  # finds any process of this run left behind
-            "PYTHONUNBUFFERED": "1",
-        }
+def demo_env(args: argparse.Namespace, endpoint_url: str, api_port: int, db_url: str) -> dict[str, str]:
+    """The components' environment: the shared one, plus what this demo sets."""
+    env = local_airflow.airflow_env(
+        AIRFLOW_HOME,
+        DAGS_FOLDER,
+        db_url,
+        api_port,
+        parallelism=args.parallelism,
+        tasks=args.models,
+        preload=FORKSERVER_PRELOAD,
+        connections={CONN_ID: aws_connection_json(endpoint_url)},
     )
+    env |= {
+        # Task runs at once. A task holds a slot only while it submits its job: deferred, it holds none.
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(args.parallelism),
+        # Thousands of task starts at once load the api-server; a task should wait, not fail (default 5 s).
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # only the demo's run: no month-end run on unpause
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",  # no periodic re-parse during the demo
+        "FORECAST_POLL_INTERVAL": str(args.poll_interval),
+    }
     return env
 
 
-class MetadataDB:
-    """Read-only queries on Airflow's metadata database, to watch a run without loading the api-server.
-
-    The REST API's ``GET .../dagRuns/{run_id}`` loads the DAG version of every task instance of the run
-    (Airflow 3.3): polled every few seconds during a 5000-task run, it took a quarter of the api-server's CPU.
-    """
-
-    def __init__(self, db_url: str) -> None:
-        import sqlalchemy
-
-        self._engine = sqlalchemy.create_engine(db_url, pool_size=2)
-
-    def sql(self, query: str, **params: Any) -> list[Any]:
-        import sqlalchemy
-
-        with self._engine.connect() as connection:
-            return list(connection.execute(sqlalchemy.text(query), params))
-
-    def run_state(self, dag_id: str, run_id: str) -> str:
-        rows = self.sql("SELECT state FROM dag_run WHERE dag_id = :dag AND run_id = :run", dag=dag_id, run=run_id)
-        return str(rows[0][0]) if rows else "none"
-
-    def task_states(self, dag_id: str, run_id: str) -> collections.Counter[str]:
-        """How many task instances of the run are in each state (one ``GROUP BY``)."""
-        query = "SELECT state, COUNT(*) FROM task_instance WHERE dag_id = :dag AND run_id = :run GROUP BY state"
-        rows = self.sql(query, dag=dag_id, run=run_id)
-        return collections.Counter({str(state or "none"): int(n) for state, n in rows})
-
-    def close(self) -> None:
-        self._engine.dispose()
-
-
 def run_demo(
-    args: argparse.Namespace,
-    processes: Processes,
-    api: str,
-    db: MetadataDB,
-    counter: OperationCounter,
-    result: dict[str, Any],
+    args: argparse.Namespace, processes: Processes, api: str, db: MetadataDB, aws: Endpoint, result: dict[str, Any]
 ) -> None:
     """Start Airflow, trigger the DAG, and wait for its run, keeping in ``result`` what the summary needs.
 
@@ -448,34 +100,12 @@ def run_demo(
     when the demo is interrupted or times out too.
     """
     log("airflow db migrate")
-    processes.run("db", "migrate", timeout=300)
-    for component in COMPONENTS:
-        processes.start(
-            component, component, *(("--skip-serve-logs",) if component in {"scheduler", "triggerer"} else ())
-        )
-    log(f"started {', '.join(COMPONENTS)} (logs in {processes.log_dir}); waiting until healthy")
-
-    def healthy() -> bool:
-        health = http_json("GET", f"{api}/api/v2/monitor/health", timeout=5)
-        return all(
-            health.get(part, {}).get("status") == "healthy" for part in ("scheduler", "triggerer", "dag_processor")
-        )
-
-    wait_for("the Airflow components to be healthy", healthy, 240, processes)
-
-    def dag_parsed() -> bool:
-        errors = http_json("GET", f"{api}/api/v2/importErrors", timeout=10)["import_errors"]
-        if errors:
-            raise RuntimeError(
-                "DAG import errors:\n" + "\n".join(f"{e['filename']}: {e['stack_trace']}" for e in errors)
-            )
-        return bool(http_json("GET", f"{api}/api/v2/dags/{DAG_ID}", timeout=10)["dag_id"])
-
-    wait_for(f"the dag-processor to parse {DAG_ID}", dag_parsed, 180, processes)
-    http_json("PATCH", f"{api}/api/v2/dags/{DAG_ID}", {"is_paused": False})
+    local_airflow.start_airflow(processes, migrate_timeout=300)
+    log(f"started Airflow (logs in {processes.log_dir}); waiting until healthy")
+    local_airflow.wait_ready(processes, api, DAG_ID, timeout=240)
     conf = {"models_file": str(MODELS_FILE), "report_location": str(REPORTS_DIR)}
     logical_date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # the month the data prep job closes
-    run = http_json("POST", f"{api}/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": logical_date, "conf": conf})
+    run = local_airflow.trigger_dag(api, DAG_ID, logical_date, conf)
     run_id, triggered = run["dag_run_id"], time.monotonic()
     log(f"unpaused and triggered {DAG_ID}: run {run_id}, {args.models} models")
 
@@ -494,10 +124,9 @@ def run_demo(
             last_report = time.monotonic()
             result["task_states"] = db.task_states(DAG_ID, run_id)
             tasks = ", ".join(f"{n} {s}" for s, n in sorted(result["task_states"].items()))
-            calls = counter.snapshot()
             log(
                 f"{time.monotonic() - triggered:5.0f}s  run {state}; tasks: {tasks}; "
-                f"SubmitJob {calls['batch:SubmitJob']}, DescribeJobs {calls['batch:DescribeJobs']}"
+                f"SubmitJob {aws.calls['SubmitJob']}, DescribeJobs {aws.calls['DescribeJobs']}"
             )
     log(f"run {run_id} ended {state} after {result['run_seconds']:.1f}s")
 
@@ -518,6 +147,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, help="seconds the DAG run may take (default: 900, more for >200)")
     parser.add_argument("--poll-interval", type=float, default=5, help="triggerer poll interval, s (default 5)")
     parser.add_argument("--parallelism", type=int, default=8, help="LocalExecutor worker processes (default 8)")
+    parser.add_argument("--job-seconds", type=float, default=5.0, help="how long a Batch job runs, s (default 5)")
     parser.add_argument(
         "--db",
         choices=("sqlite", "postgres"),
@@ -543,27 +173,26 @@ def main() -> int:
     os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"  # this process only; the components log at INFO
 
-    api_port = free_port()
+    api_port = local_airflow.free_port()
     result: dict[str, Any] = {}
     error: BaseException | None = None
     cpu: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
-        endpoint_url, counter = stack.enter_context(counting_moto_server())
+        aws = stack.enter_context(Endpoint(WallClockRunner(duration=args.job_seconds, spread=0.5), keep_requests=False))
+        aws.limit("batch", 50.0)  # about Batch's own rate
+        endpoint_url = aws.url
         if args.db == "postgres":
-            db_url = stack.enter_context(postgres(DEMO_DIR / "postgres"))
+            db_url = stack.enter_context(local_airflow.postgres(DEMO_DIR / "postgres"))
         else:
             db_url = f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}"
-        env = airflow_env(args, endpoint_url, api_port, db_url)
+        env = demo_env(args, endpoint_url, api_port, db_url)
         os.environ.update({k: v for k, v in env.items() if k.startswith(("AIRFLOW", "AWS_"))})
         processes = Processes(env, AIRFLOW_HOME / "component-logs")
         db = MetadataDB(db_url)
         stack.callback(db.close)
         try:
-            from airflow_ml_batch.testing import create_batch_queue
-
-            queue = create_batch_queue(CONN_ID, extra_job_definitions=("forecast-data-prep",))
-            log(f"local AWS endpoint {endpoint_url}: queue {queue['job_queue']}; models file {MODELS_FILE}")
-            run_demo(args, processes, f"http://127.0.0.1:{api_port}", db, counter, result)
+            log(f"local AWS endpoint {endpoint_url}; models file {MODELS_FILE}")
+            run_demo(args, processes, f"http://127.0.0.1:{api_port}", db, aws, result)
         except (Exception, KeyboardInterrupt, SystemExit) as caught:
             error = caught
             if not isinstance(caught, (KeyboardInterrupt, SystemExit)):
@@ -576,8 +205,8 @@ def main() -> int:
             processes.stop_all()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
-        calls = counter.snapshot()
-        jobs = batch_jobs_by_status()
+        calls = collections.Counter(aws.calls)
+        jobs = collections.Counter(aws.batch.status(job_id, time.time()) for job_id in list(aws.batch.jobs))
         tasks: collections.Counter[str] = collections.Counter()
         provider = None
         if error is None:  # while the metadata database still runs
@@ -595,7 +224,7 @@ def main() -> int:
     failed = sum(n for key, n in tasks.items() if key.endswith((":failed", ":upstream_failed")))
     forecast = sum(n for key, n in tasks.items() if key.startswith("forecast:"))
     other = {key: n for key, n in sorted(tasks.items()) if not key.endswith(":success")}
-    submitted = calls["batch:SubmitJob"]
+    submitted = calls["SubmitJob"]
     operations = {op: calls.get(op, 0) for op in KEY_OPERATIONS} | dict(sorted(calls.items()))
     print()
     print("== airflow-ml-batch demo: summary ==")
@@ -621,7 +250,8 @@ def main() -> int:
     print(f"jobs submitted:      {submitted}")
     print(f"jobs succeeded:      {jobs['SUCCEEDED']}")
     print(f"jobs failed:         {jobs['FAILED']}")
-    print(f"DescribeJobs calls:  {calls['batch:DescribeJobs']} (up to 100 jobs per call)")
+    print(f"DescribeJobs calls:  {calls['DescribeJobs']} (up to 100 jobs per call)")
+    print(f"throttled calls:     {sum(aws.throttled.values())} (over Batch's rate limit, answered 429)")
     print("AWS calls by operation:")
     for operation, count in operations.items():
         print(f"  {operation:32} {count}")

@@ -71,13 +71,13 @@ def ecs_cluster(aws_conn_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def fake_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A scripted Batch + Logs endpoint, with the ``aws_fake`` connection pointing at it."""
-    from fake_aws import FakeAws
+def aws_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The scripted AWS endpoint (Batch, ECS, Logs, STS), with the ``aws_fake`` connection pointing at it."""
+    from airflow_ml_batch.testing.endpoint import Endpoint
 
-    with FakeAws() as fake:
-        monkeypatch.setenv("AIRFLOW_CONN_AWS_FAKE", aws_connection_uri(fake.url))
-        yield fake
+    with Endpoint() as endpoint:
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_FAKE", aws_connection_uri(endpoint.url))
+        yield endpoint
 
 
 @pytest.fixture(scope="session")

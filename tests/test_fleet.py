@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_aws import FakeAws
 from helpers import run_dag
 
 from airflow_ml_batch.fleet import Model, ModelsFileError, batch_kwargs, ecs_kwargs, load_models, longest_first
+from airflow_ml_batch.testing.endpoint import Endpoint
 
 DOCUMENT = {
     "defaults": {
@@ -148,8 +148,8 @@ def test_expansion_for_batch_and_ecs(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("airflow_db")
-def test_a_models_file_runs_as_one_mapped_task(tmp_path: Path, fake_aws: FakeAws) -> None:
-    fake_aws.submitted_status = "SUCCEEDED"
+def test_a_models_file_runs_as_one_mapped_task(tmp_path: Path, aws_endpoint: Endpoint) -> None:
+    aws_endpoint.batch.submitted_status = "SUCCEEDED"
     path = write(tmp_path, DOCUMENT)
 
     dag_run = run_dag(
@@ -163,5 +163,5 @@ def test_a_models_file_runs_as_one_mapped_task(tmp_path: Path, fake_aws: FakeAws
 
     states = {ti.map_index: ti.state for ti in dag_run.get_task_instances()}
     assert states == {0: "success", 1: "success", 2: "success"}
-    submitted = [body["tags"]["model_id"] for op, body in fake_aws.requests if op == "SubmitJob"]
+    submitted = [body["tags"]["model_id"] for op, body in aws_endpoint.requests if op == "SubmitJob"]
     assert sorted(submitted) == sorted(m["id"] for m in DOCUMENT["models"])

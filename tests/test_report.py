@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_aws import FakeAws
 
 from airflow_ml_batch.fleet import Model, batch_kwargs
 from airflow_ml_batch.hooks.batch import BatchHook
@@ -23,16 +22,17 @@ from airflow_ml_batch.report import (
     write_chart,
     write_csv,
 )
+from airflow_ml_batch.testing.endpoint import Endpoint
 
 MINUTE_MS = 60_000
 
 
 def finished_job(
-    fake: FakeAws, model_id: str, status: str, minutes: float, try_number: int = 1, **fields: object
+    endpoint: Endpoint, model_id: str, status: str, minutes: float, try_number: int = 1, **fields: object
 ) -> str:
     started = 1_700_000_000_000
     fields.setdefault("tags", {"model_id": model_id, "airflow:try_number": str(try_number)})
-    return fake.add_job(
+    return endpoint.batch.add_job(
         status,
         startedAt=started,
         stoppedAt=started + int(minutes * MINUTE_MS),
@@ -46,10 +46,10 @@ def test_model_ids_follow_the_map_order_of_the_expanded_fleet() -> None:
     assert model_ids(batch_kwargs(models)) == ["long", "short"]
 
 
-def test_outcomes_come_from_aws_batch_in_model_order_with_metrics_from_the_results(fake_aws: FakeAws) -> None:
-    ok = finished_job(fake_aws, "emea-1", "SUCCEEDED", 12, container={"exitCode": 0})
+def test_outcomes_come_from_aws_batch_in_model_order_with_metrics_from_the_results(aws_endpoint: Endpoint) -> None:
+    ok = finished_job(aws_endpoint, "emea-1", "SUCCEEDED", 12, container={"exitCode": 0})
     failed = finished_job(
-        fake_aws,
+        aws_endpoint,
         "emea-2",
         "FAILED",
         3,
@@ -57,9 +57,9 @@ def test_outcomes_come_from_aws_batch_in_model_order_with_metrics_from_the_resul
         container={"exitCode": 137},
         attempts=[{"container": {"exitCode": 1}}, {"container": {"exitCode": 137}}],
     )
-    first_try = finished_job(fake_aws, "emea-3", "FAILED", 1, try_number=1)
-    second_try = finished_job(fake_aws, "emea-3", "SUCCEEDED", 9, try_number=2)
-    by_environment = fake_aws.add_job(
+    first_try = finished_job(aws_endpoint, "emea-3", "FAILED", 1, try_number=1)
+    second_try = finished_job(aws_endpoint, "emea-3", "SUCCEEDED", 9, try_number=2)
+    by_environment = aws_endpoint.batch.add_job(
         "RUNNING", container={"environment": [{"name": "MODEL_ID", "value": "emea-4"}]}, startedAt=1
     )
     hook = BatchHook(aws_conn_id="aws_fake", region_name="eu-west-1")
@@ -85,19 +85,19 @@ def test_outcomes_come_from_aws_batch_in_model_order_with_metrics_from_the_resul
         "Essential container in task exited",
     )
     assert (outcomes[2].try_number, outcomes[2].duration_seconds, outcomes[2].metrics) == (2, 540.0, {"mape": 0.3})
-    assert fake_aws.calls["DescribeJobs"] == 1
+    assert aws_endpoint.calls["DescribeJobs"] == 1
 
 
-def test_jobs_are_described_a_hundred_per_call(fake_aws: FakeAws) -> None:
-    ids = [finished_job(fake_aws, f"m{n}", "SUCCEEDED", 1) for n in range(250)]
+def test_jobs_are_described_a_hundred_per_call(aws_endpoint: Endpoint) -> None:
+    ids = [finished_job(aws_endpoint, f"m{n}", "SUCCEEDED", 1) for n in range(250)]
 
     outcomes = gather_batch_jobs(
         BatchHook(aws_conn_id="aws_fake", region_name="eu-west-1"), [f"m{n}" for n in range(250)], ids
     )
 
     assert [o.status for o in outcomes] == ["SUCCEEDED"] * 250
-    assert fake_aws.calls["DescribeJobs"] == 3
-    assert [len(body["jobs"]) for op, body in fake_aws.requests if op == "DescribeJobs"] == [100, 100, 50]
+    assert aws_endpoint.calls["DescribeJobs"] == 3
+    assert [len(body["jobs"]) for op, body in aws_endpoint.requests if op == "DescribeJobs"] == [100, 100, 50]
 
 
 OUTCOMES = [
@@ -187,13 +187,13 @@ def test_the_summary_counts_times_metrics_and_names_the_failures() -> None:
     ]
 
 
-def test_every_job_kind_gives_a_row_with_its_exit_code_and_attempts(fake_aws: FakeAws) -> None:
+def test_every_job_kind_gives_a_row_with_its_exit_code_and_attempts(aws_endpoint: Endpoint) -> None:
     # No model_id tags: the MODEL_ID variable of each kind's containers names the model.
     def model(name: str) -> list[dict[str, str]]:
         return [{"name": "MODEL_ID", "value": name}]
 
     multi_node = finished_job(
-        fake_aws,
+        aws_endpoint,
         "ignored",
         "FAILED",
         30,
@@ -206,7 +206,7 @@ def test_every_job_kind_gives_a_row_with_its_exit_code_and_attempts(fake_aws: Fa
         attempts=[{"container": {"exitCode": 1}}, {"container": {"exitCode": 2}}],
     )
     ecs = finished_job(
-        fake_aws,
+        aws_endpoint,
         "ignored",
         "SUCCEEDED",
         5,
@@ -216,7 +216,7 @@ def test_every_job_kind_gives_a_row_with_its_exit_code_and_attempts(fake_aws: Fa
         },
     )
     eks = finished_job(
-        fake_aws,
+        aws_endpoint,
         "ignored",
         "FAILED",
         2,
@@ -224,7 +224,7 @@ def test_every_job_kind_gives_a_row_with_its_exit_code_and_attempts(fake_aws: Fa
         eksProperties={"podProperties": {"containers": [{"name": "model", "env": model("eks"), "exitCode": 137}]}},
         eksAttempts=[{"containers": [{"name": "model", "exitCode": 137}]}],
     )
-    array = fake_aws.add_array_job(3, "FAILED", child_status="FAILED", tags={"model_id": "array"})
+    array = aws_endpoint.batch.add_array_job(3, "FAILED", child_status="FAILED", tags={"model_id": "array"})
 
     outcomes = gather_batch_jobs(
         BatchHook(aws_conn_id="aws_fake", region_name="eu-west-1"),

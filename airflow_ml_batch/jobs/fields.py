@@ -4,7 +4,8 @@ An operator marks such a parameter with its type: ``job_queue: Annotated[str, Re
 From that one declaration come the operator's ``template_fields`` and ``template_fields_renderers``, the
 attributes it keeps, and the request: a field with a ``key`` is sent under that key as it is; a field
 without one (a shorthand such as ``command``) is folded in by the service's request builder. The
-signature stays an ordinary typed signature for IDEs, mypy and the docs (``Annotated`` is transparent).
+signature stays an ordinary typed signature for IDEs and mypy (``Annotated`` is transparent to them; the
+docs show it without the metadata).
 """
 
 from __future__ import annotations

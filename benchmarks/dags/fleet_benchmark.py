@@ -2,7 +2,8 @@
 
 ``fleet_benchmark`` maps this package's ``BatchJobOperator`` over N models (``fleet_benchmark_official.py``
 maps the Amazon provider's ``BatchOperator(deferrable=True)`` over the same N, for a like-for-like run).
-The job durations and failures come from the endpoint (``benchmarks/fake_batch.py``), not from here.
+The job durations and failures come from the endpoint (``python -m airflow_ml_batch.testing.endpoint``),
+not from here.
 ``benchmarks/airflow_fleet.py`` sets the environment variables ``fleet_settings.py`` reads.
 """
 

@@ -2,7 +2,7 @@
 
 Found by the ``expiring-credentials`` scenario (``benchmarks/chaos.py``): the async copy of refreshable
 credentials was re-read every 5 minutes whatever their lifetime, so credentials shorter than that
-expired under the triggerer's poller. Here the Batch-shaped endpoint issues 4-second AssumeRole
+expired under the triggerer's poller. Here the endpoint issues 4-second AssumeRole
 credentials and rejects expired ones with ``ExpiredTokenException``, as AWS does.
 """
 
@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-pytest.importorskip("aiohttp")
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-import fake_batch
-from airflow_fleet import http_json
+from airflow_ml_batch.testing.endpoint import ACCOUNT, REGION, Endpoint
 
 pytestmark = pytest.mark.chaos
 
@@ -30,13 +24,14 @@ LIFETIME = 4.0
 async def test_describe_calls_outlive_short_assumed_role_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow_ml_batch.hooks.batch import BatchHook
 
-    with fake_batch.running("--rate", "1000") as url:
-        http_json("POST", f"{url}/bench/faults", {"credential_ttl": LIFETIME})
-        job_id = http_json("POST", f"{url}/bench/jobs", {"count": 1})["jobIds"][0]
+    with Endpoint() as endpoint:
+        endpoint.faults.update({"credential_ttl": LIFETIME})
+        job_id = endpoint.batch.add_job("RUNNING")
+        url = endpoint.url
         extra = {
-            "region_name": fake_batch.REGION,
+            "region_name": REGION,
             "endpoint_url": url,
-            "role_arn": f"arn:aws:iam::{fake_batch.ACCOUNT}:role/bench",
+            "role_arn": f"arn:aws:iam::{ACCOUNT}:role/bench",
             "service_config": {"sts": {"endpoint_url": url}},
         }
         connection = {"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra}
@@ -48,7 +43,6 @@ async def test_describe_calls_outlive_short_assumed_role_credentials(monkeypatch
                 response = await client.describe_jobs(jobs=[job_id])  # raises ExpiredTokenException if stale
                 described += len(response["jobs"])
                 await asyncio.sleep(0.5)
-        stats = http_json("GET", f"{url}/bench/stats")
     assert described >= 3 * LIFETIME / 0.5 - 2
-    assert stats["rejected_credentials"] == 0
-    assert stats["calls"]["AssumeRole"] >= 3  # a new session at least every lifetime
+    assert endpoint.sts.rejected_credentials == 0
+    assert endpoint.calls["AssumeRole"] >= 3  # a new session at least every lifetime

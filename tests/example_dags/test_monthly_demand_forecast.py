@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_aws import FakeAws
 from helpers import aws_connection_uri, run_dag_file, task_instance
 
 from airflow_ml_batch.fleet import load_models
+from airflow_ml_batch.testing.endpoint import Endpoint
 
 EXAMPLES = Path(__file__).parents[2] / "example_dags"
 MAKE_MODELS = EXAMPLES / "forecast_model" / "make_models.py"
@@ -114,10 +114,10 @@ def test_on_moto_every_model_runs_and_the_report_lands_in_s3(
 
 
 def test_a_mix_of_outcomes_is_reported_and_fails_the_run(
-    fake_aws: FakeAws, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    aws_endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """One model's job is rejected at SubmitJob, one fails, the rest succeed and print their metrics."""
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection_uri(fake_aws.url))
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection_uri(aws_endpoint.url))
     models_file = write_models(tmp_path, 6)
     rejected, failing = "amer-dairy-0001", "amer-frozen-0001"
 
@@ -131,10 +131,10 @@ def test_a_mix_of_outcomes_is_reported_and_fails_the_run(
             return {**times, "status": "FAILED", "statusReason": "Essential container in task exited",
                     "container": {"exitCode": 1}}  # fmt: skip
         stream = f"forecast/default/{body['jobName']}"
-        fake_aws.logs[("/aws/batch/job", stream)] = ["training", json.dumps({"metrics": {"mape": 0.25}})]
+        aws_endpoint.logs.streams[("/aws/batch/job", stream)] = ["training", json.dumps({"metrics": {"mape": 0.25}})]
         return {**times, "status": "SUCCEEDED", "container": {"exitCode": 0, "logStreamName": stream}}
 
-    fake_aws.on_submit = on_submit
+    aws_endpoint.batch.on_submit = on_submit
 
     dag_run = run_example(models_file, str(tmp_path / "reports"), retries=0)
 

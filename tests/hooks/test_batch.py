@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fake_aws import FakeAws
 
 from airflow_ml_batch.hooks.batch import BatchHook
 from airflow_ml_batch.jobs.batch import (
@@ -18,6 +17,7 @@ from airflow_ml_batch.jobs.batch import (
     valid_job_name,
 )
 from airflow_ml_batch.operators.batch import BatchJobOperator
+from airflow_ml_batch.testing.endpoint import Endpoint
 
 
 def test_sync_client_submits_and_describes(aws_conn_id: str, batch_queue: dict[str, str]) -> None:
@@ -153,9 +153,11 @@ def test_summary_and_failure_message_of_a_spot_reclaimed_then_failed_job() -> No
 # -- every job kind, described through a Batch-shaped endpoint (botocore parses, and drops unknown fields) --
 
 
-def described(fake: FakeAws, status: str, **fields: Any) -> dict[str, Any]:
+def described(endpoint: Endpoint, status: str, **fields: Any) -> dict[str, Any]:
     """A job as DescribeJobs returns it, after botocore parsed the endpoint's answer."""
-    (job,) = BatchHook(aws_conn_id="aws_fake", region_name="eu-west-1").describe_jobs([fake.add_job(status, **fields)])
+    (job,) = BatchHook(aws_conn_id="aws_fake", region_name="eu-west-1").describe_jobs(
+        [endpoint.batch.add_job(status, **fields)]
+    )
     return job
 
 
@@ -163,7 +165,7 @@ def awslogs(group: str) -> dict[str, Any]:
     return {"logDriver": "awslogs", "options": {"awslogs-group": group, "awslogs-region": "eu-west-1"}}
 
 
-def test_a_multi_node_job_reports_its_main_node(fake_aws: FakeAws) -> None:
+def test_a_multi_node_job_reports_its_main_node(aws_endpoint: Endpoint) -> None:
     node_properties = {
         "numNodes": 4,
         "mainNode": 1,
@@ -173,7 +175,7 @@ def test_a_multi_node_job_reports_its_main_node(fake_aws: FakeAws) -> None:
         ],
     }
     job = described(
-        fake_aws,
+        aws_endpoint,
         "FAILED",
         jobName="train-mnp",
         statusReason="Essential container in task exited",
@@ -195,9 +197,9 @@ def test_a_multi_node_job_reports_its_main_node(fake_aws: FakeAws) -> None:
     )
 
 
-def test_a_node_of_a_multi_node_job_reports_itself(fake_aws: FakeAws) -> None:
+def test_a_node_of_a_multi_node_job_reports_itself(aws_endpoint: Endpoint) -> None:
     job = described(
-        fake_aws,
+        aws_endpoint,
         "SUCCEEDED",
         jobId="4c7e#2",
         nodeDetails={"nodeIndex": 2, "isMainNode": False},
@@ -211,11 +213,11 @@ def test_a_node_of_a_multi_node_job_reports_itself(fake_aws: FakeAws) -> None:
     assert "exit code 0 (node 2)" in describe_failure(summary), "not the main node: not called one"
 
 
-def test_a_multi_node_job_of_ecs_tasks_reports_the_main_nodes_essential_container(fake_aws: FakeAws) -> None:
+def test_a_multi_node_job_of_ecs_tasks_reports_the_main_nodes_essential_container(aws_endpoint: Endpoint) -> None:
     trainer = {"name": "trainer", "image": "train:3", "logConfiguration": awslogs("/ml/trainer")}
     agent = {"name": "agent", "image": "agent:1", "essential": False}
     job = described(
-        fake_aws,
+        aws_endpoint,
         "SUCCEEDED",
         nodeProperties={
             "numNodes": 2,
@@ -245,7 +247,7 @@ def test_a_multi_node_job_of_ecs_tasks_reports_the_main_nodes_essential_containe
     assert (summary["log_group"], summary["log_stream"]) == ("/ml/trainer", "train/trainer/0a1b")
 
 
-def test_an_ecs_properties_job_reports_the_essential_container_that_failed(fake_aws: FakeAws) -> None:
+def test_an_ecs_properties_job_reports_the_essential_container_that_failed(aws_endpoint: Endpoint) -> None:
     containers = [
         {"name": "proxy", "image": "envoy:1", "essential": False, "exitCode": 1, "logStreamName": "f/proxy/9f"},
         {"name": "uploader", "image": "up:1", "exitCode": 0, "logStreamName": "f/uploader/9f"},
@@ -259,7 +261,7 @@ def test_an_ecs_properties_job_reports_the_essential_container_that_failed(fake_
         },
     ]
     job = described(
-        fake_aws,
+        aws_endpoint,
         "FAILED",
         jobName="model-4",
         statusReason="Essential container in task exited",
@@ -287,10 +289,10 @@ def test_an_ecs_properties_job_reports_the_essential_container_that_failed(fake_
     ]
 
 
-def test_an_eks_job_reports_its_exit_code_and_pod_and_no_log_stream(fake_aws: FakeAws) -> None:
+def test_an_eks_job_reports_its_exit_code_and_pod_and_no_log_stream(aws_endpoint: Endpoint) -> None:
     cluster = "arn:aws:eks:eu-west-1:123456789012:cluster/ml"
     job = described(
-        fake_aws,
+        aws_endpoint,
         "FAILED",
         jobName="model-eks",
         statusReason="Essential container in task exited",
@@ -335,10 +337,10 @@ def test_an_eks_job_reports_its_exit_code_and_pod_and_no_log_stream(fake_aws: Fa
     )
 
 
-def test_an_array_parent_reports_its_size_and_children_counts(fake_aws: FakeAws) -> None:
-    parent = fake_aws.add_array_job(5, "PENDING", child_status="RUNNING")
+def test_an_array_parent_reports_its_size_and_children_counts(aws_endpoint: Endpoint) -> None:
+    parent = aws_endpoint.batch.add_array_job(5, "PENDING", child_status="RUNNING")
     for index, status in enumerate(["SUCCEEDED", "SUCCEEDED", "FAILED"]):
-        fake_aws.set_job(f"{parent}:{index}", status=status)
+        aws_endpoint.batch.set_job(f"{parent}:{index}", status=status)
     (job,) = BatchHook(aws_conn_id="aws_fake", region_name="eu-west-1").describe_jobs([parent])
 
     summary = summarize_job(job)

@@ -6,11 +6,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from fake_aws import FakeAws
 from helpers import run_dag, task_instance, xcom
 
 from airflow_ml_batch.operators.batch import JOB_ID_XCOM_KEY
 from airflow_ml_batch.operators.ecs import TASK_ARN_XCOM_KEY
+from airflow_ml_batch.testing.endpoint import Endpoint
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -53,7 +53,7 @@ def deferral(operator: str, arguments: dict[str, Any], then: str = "") -> Any:
     return xcom(dag_run, "run")
 
 
-def test_the_deferral_carries_what_is_left_of_the_execution_timeout(fake_aws: FakeAws) -> None:
+def test_the_deferral_carries_what_is_left_of_the_execution_timeout(aws_endpoint: Endpoint) -> None:
     # Airflow 3 enforces execution_timeout on a deferred task only through the deferral's timeout: a task
     # whose trigger never runs (no triggerer) must still time out.
     hour = timedelta(hours=1)
@@ -65,14 +65,14 @@ def test_the_deferral_carries_what_is_left_of_the_execution_timeout(fake_aws: Fa
     assert deferred["kwargs"]["deadline"] is not None
 
 
-def test_no_execution_timeout_no_deferral_timeout(fake_aws: FakeAws) -> None:
+def test_no_execution_timeout_no_deferral_timeout(aws_endpoint: Endpoint) -> None:
     deferred = deferral("BatchJobOperator", {"aws_conn_id": "aws_fake", **BATCH})
 
     assert deferred["timeout"] is None
     assert deferred["kwargs"]["deadline"] is None
 
 
-def test_a_timed_out_deferral_stops_the_job_before_failing(fake_aws: FakeAws) -> None:
+def test_a_timed_out_deferral_stops_the_job_before_failing(aws_endpoint: Endpoint) -> None:
     # What the worker runs when Airflow times a deferral out ("__fail__"): nobody watches the job any more.
     deferred = deferral(
         "BatchJobOperator",
@@ -80,13 +80,13 @@ def test_a_timed_out_deferral_stops_the_job_before_failing(fake_aws: FakeAws) ->
         then='_failure_of(lambda: op.resume_execution("__fail__", {"error": "Trigger timeout"}, context))',
     )
 
-    (job,) = fake_aws.jobs.values()
+    (job,) = aws_endpoint.batch.jobs.values()
     assert deferred["then"] in ("TaskDeferralTimeout", "TaskDeferralError")
     assert job["status"] == "FAILED"
     assert "execution_timeout" in job["statusReason"]
 
 
-def test_a_failed_trigger_leaves_the_job_to_a_retry(fake_aws: FakeAws) -> None:
+def test_a_failed_trigger_leaves_the_job_to_a_retry(aws_endpoint: Endpoint) -> None:
     # A trigger that failed (not a timeout) says nothing about the job: a retry re-attaches to it.
     deferral(
         "BatchJobOperator",
@@ -94,12 +94,12 @@ def test_a_failed_trigger_leaves_the_job_to_a_retry(fake_aws: FakeAws) -> None:
         then='_failure_of(lambda: op.resume_execution("__fail__", {"error": "Trigger failure"}, context))',
     )
 
-    (job,) = fake_aws.jobs.values()
+    (job,) = aws_endpoint.batch.jobs.values()
     assert job["status"] == "RUNNABLE"
 
 
 @pytest.mark.parametrize("operator", ["BatchJobOperator", "EcsTaskOperator"])
-def test_verify_and_botocore_config_reach_the_hook_and_the_trigger(fake_aws: FakeAws, operator: str) -> None:
+def test_verify_and_botocore_config_reach_the_hook_and_the_trigger(aws_endpoint: Endpoint, operator: str) -> None:
     arguments = {"aws_conn_id": "aws_fake", "verify": False, "botocore_config": {"read_timeout": 7}}
     arguments |= BATCH if operator == "BatchJobOperator" else {"cluster": "models", "task_definition": "forecast"}
 
@@ -114,9 +114,9 @@ def test_verify_and_botocore_config_reach_the_hook_and_the_trigger(fake_aws: Fak
     ("operator", "key"), [("BatchJobOperator", JOB_ID_XCOM_KEY), ("EcsTaskOperator", TASK_ARN_XCOM_KEY)]
 )
 def test_without_wait_for_completion_the_task_returns_the_id_at_once(
-    fake_aws: FakeAws, operator: str, key: str
+    aws_endpoint: Endpoint, operator: str, key: str
 ) -> None:
-    fake_aws.submitted_status = "RUNNING"  # jobs that run on after the task ended
+    aws_endpoint.batch.submitted_status = "RUNNING"  # jobs that run on after the task ended
     arguments = {"task_id": "start", "aws_conn_id": "aws_fake", "wait_for_completion": False}
     arguments |= BATCH if operator == "BatchJobOperator" else {"cluster": "models", "task_definition": "forecast"}
 
@@ -124,6 +124,6 @@ def test_without_wait_for_completion_the_task_returns_the_id_at_once(
 
     assert task_instance(dag_run, "start").state == "success"
     started = xcom(dag_run, "start", key)
-    assert started in (*fake_aws.jobs, *fake_aws.tasks)
+    assert started in (*aws_endpoint.batch.jobs, *aws_endpoint.ecs.tasks)
     assert xcom(dag_run, "start") == started
-    assert fake_aws.calls["DescribeJobs"] + fake_aws.calls["DescribeTasks"] == 0
+    assert aws_endpoint.calls["DescribeJobs"] + aws_endpoint.calls["DescribeTasks"] == 0

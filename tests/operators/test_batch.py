@@ -6,7 +6,6 @@ import threading
 from typing import Any
 
 import pytest
-from fake_aws import FakeAws
 from helpers import execute_error, expected_tags, run_dag, task_instance, xcom
 from packaging.version import Version
 
@@ -14,6 +13,7 @@ from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_VERSION
 from airflow_ml_batch.hooks.batch import BatchHook
 from airflow_ml_batch.jobs.batch import job_name_for
 from airflow_ml_batch.operators.batch import JOB_ID_XCOM_KEY, BatchJobOperator
+from airflow_ml_batch.testing.endpoint import Call, Endpoint
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -30,15 +30,15 @@ def test_submit_defer_and_succeed(aws_conn_id: str, batch_queue: dict[str, str])
     assert xcom(dag_run, "forecast", "batch_job_details")["job_id"] == result["job_id"]
 
 
-def test_the_job_is_tagged_for_cost_attribution_and_overridden(fake_aws: FakeAws) -> None:
-    fake_aws.submitted_status = "SUCCEEDED"
+def test_the_job_is_tagged_for_cost_attribution_and_overridden(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.batch.submitted_status = "SUCCEEDED"
     queue = {"job_queue": "models", "job_definition": "forecast"}
     overrides = {"command": ["python", "train.py"], "environment": {"PRODUCT": "widgets"}, "memory": 1024}
 
     dag_run = run_dag(simple_task("aws_fake", queue, tags={"team": "demand"}, **overrides))
 
     assert task_instance(dag_run, "forecast").state == "success"
-    ((_, request),) = [(op, body) for op, body in fake_aws.requests if op == "SubmitJob"]
+    ((_, request),) = [(op, body) for op, body in aws_endpoint.requests if op == "SubmitJob"]
     assert request["propagateTags"] is True
     assert request["tags"] == expected_tags(dag_run, team="demand")
     assert request["containerOverrides"] == {
@@ -86,13 +86,13 @@ def test_bad_input_fails_fast_with_the_aws_message(
     assert "does not exist" in message  # the AWS message
 
 
-def test_invalid_job_name_fails_before_any_call(fake_aws: FakeAws) -> None:
+def test_invalid_job_name_fails_before_any_call(aws_endpoint: Endpoint) -> None:
     queue = {"job_queue": "models", "job_definition": "forecast"}
 
     message = execute_error("BatchJobOperator", {"aws_conn_id": "aws_fake", "job_name": "bad name!", **queue})
 
     assert message.startswith("ValueError: Invalid AWS Batch job name 'bad name!'"), message
-    assert sum(fake_aws.calls.values()) == 0
+    assert sum(aws_endpoint.calls.values()) == 0
 
 
 @pytest.mark.xfail(
@@ -100,25 +100,25 @@ def test_invalid_job_name_fails_before_any_call(fake_aws: FakeAws) -> None:
     reason="Airflow 3.0's dag.test() resumes a retry with the previous try's trigger event",
     strict=True,
 )
-def test_a_retry_reattaches_to_the_running_job_instead_of_submitting_again(fake_aws: FakeAws) -> None:
+def test_a_retry_reattaches_to_the_running_job_instead_of_submitting_again(aws_endpoint: Endpoint) -> None:
     # The first try's job is invisible to DescribeJobs long enough for that try to fail, while it keeps
     # running: the retry must find it (ListJobs + tags) and wait for it, not submit a copy.
     submitted: list[str] = []
-    submit, list_jobs = fake_aws._SubmitJob, fake_aws._ListJobs
+    submit, list_jobs = aws_endpoint.operations["SubmitJob"], aws_endpoint.operations["ListJobs"]
 
-    def submit_and_hide(body: dict[str, Any]) -> Any:
-        status, answer = submit(body)
+    def submit_and_hide(call: Call) -> Any:
+        answer = submit(call)
         submitted.append(answer["jobId"])
-        fake_aws.hidden.add(answer["jobId"])
-        fake_aws.jobs[answer["jobId"]]["status"] = "RUNNING"
-        return status, answer
+        aws_endpoint.batch.hidden.add(answer["jobId"])
+        aws_endpoint.batch.set_job(answer["jobId"], status="RUNNING")
+        return answer
 
-    def list_then_finish(body: dict[str, Any]) -> Any:
-        fake_aws.hidden.clear()  # visible again; it finishes a moment after the retry found it
-        threading.Timer(1.0, fake_aws.set_job, args=(submitted[0],), kwargs={"status": "SUCCEEDED"}).start()
-        return list_jobs(body)
+    def list_then_finish(call: Call) -> Any:
+        aws_endpoint.batch.hidden.clear()  # visible again; it finishes a moment after the retry found it
+        threading.Timer(1.0, aws_endpoint.batch.set_job, args=(submitted[0],), kwargs={"status": "SUCCEEDED"}).start()
+        return list_jobs(call)
 
-    fake_aws._SubmitJob, fake_aws._ListJobs = submit_and_hide, list_then_finish  # type: ignore[method-assign]
+    aws_endpoint.operations |= {"SubmitJob": submit_and_hide, "ListJobs": list_then_finish}
     queue = {"job_queue": "models", "job_definition": "forecast"}
 
     dag_run = run_dag(
@@ -129,8 +129,8 @@ def test_a_retry_reattaches_to_the_running_job_instead_of_submitting_again(fake_
     ti = task_instance(dag_run, "forecast")
     assert ti.state == "success", ti.state
     assert ti.try_number == 2
-    assert fake_aws.calls["SubmitJob"] == 1
-    assert fake_aws.calls["ListJobs"] == 1
+    assert aws_endpoint.calls["SubmitJob"] == 1
+    assert aws_endpoint.calls["ListJobs"] == 1
     assert xcom(dag_run, "forecast")["job_id"] == submitted[0]
 
 

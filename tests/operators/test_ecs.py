@@ -9,13 +9,13 @@ import urllib.request
 from typing import Any
 
 import pytest
-from fake_aws import FakeAws
 from helpers import execute_error, expected_tags, run_dag, task_instance, xcom
 from packaging.version import Version
 
 from airflow_ml_batch._compat import AIRFLOW_VERSION
 from airflow_ml_batch.jobs.ecs import started_by_for
 from airflow_ml_batch.operators.ecs import TASK_ARN_XCOM_KEY, EcsTaskOperator
+from airflow_ml_batch.testing.endpoint import Call, Endpoint
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -53,14 +53,14 @@ def test_run_defer_and_succeed_on_moto(aws_conn_id: str, ecs_cluster: dict[str, 
     assert xcom(dag_run, "forecast", "ecs_task")["task_id"] == result["task_arn"].rsplit("/", 1)[-1]
 
 
-def test_fargate_request_with_tags_started_by_and_idempotency_token(fake_aws: FakeAws) -> None:
-    fake_aws.task_definitions["forecast"] = DEFINITION
+def test_fargate_request_with_tags_started_by_and_idempotency_token(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.ecs.task_definitions["forecast"] = DEFINITION
     finished = {
         "lastStatus": "STOPPED",
         "stopCode": "EssentialContainerExited",
         "containers": [{"name": "model", "exitCode": 0}],
     }
-    fake_aws.new_task_fields = finished
+    aws_endpoint.ecs.new_task_fields = finished
 
     dag_run = run_dag(
         ecs_task(
@@ -76,7 +76,7 @@ def test_fargate_request_with_tags_started_by_and_idempotency_token(fake_aws: Fa
     )
 
     assert task_instance(dag_run, "forecast").state == "success"
-    ((_, request),) = [(op, body) for op, body in fake_aws.requests if op == "RunTask"]
+    ((_, request),) = [(op, body) for op, body in aws_endpoint.requests if op == "RunTask"]
     assert request["launchType"] == "FARGATE"
     assert request["startedBy"] == started_by_for(dag_run.dag_id, "forecast", dag_run.run_id)
     assert len(request["clientToken"]) == 64
@@ -91,23 +91,23 @@ def test_fargate_request_with_tags_started_by_and_idempotency_token(fake_aws: Fa
     }
 
 
-def test_no_capacity_is_retried_with_the_same_token_and_starts_one_task(fake_aws: FakeAws) -> None:
-    fake_aws.task_definitions["forecast"] = DEFINITION
-    fake_aws.run_task_failures = [{"arn": "", "reason": "Capacity is unavailable at this time."}]
-    fake_aws.fail_next("RunTask", times=1, status=400, code="ThrottlingException")
-    fake_aws.new_task_fields = {"lastStatus": "STOPPED", "containers": [{"name": "model", "exitCode": 0}]}
+def test_no_capacity_is_retried_with_the_same_token_and_starts_one_task(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.ecs.task_definitions["forecast"] = DEFINITION
+    aws_endpoint.ecs.run_task_failures = [{"arn": "", "reason": "Capacity is unavailable at this time."}]
+    aws_endpoint.fail_next("RunTask", times=1, status=400, code="ThrottlingException")
+    aws_endpoint.ecs.new_task_fields = {"lastStatus": "STOPPED", "containers": [{"name": "model", "exitCode": 0}]}
 
     dag_run = run_dag(ecs_task("aws_fake", cluster="models", task_definition="forecast"))
 
     assert task_instance(dag_run, "forecast").state == "success"
-    assert fake_aws.calls["RunTask"] >= 3
-    assert len(fake_aws.tasks) == 1
-    tokens = {body["clientToken"] for op, body in fake_aws.requests if op == "RunTask"}
+    assert aws_endpoint.calls["RunTask"] >= 3
+    assert len(aws_endpoint.ecs.tasks) == 1
+    tokens = {body["clientToken"] for op, body in aws_endpoint.requests if op == "RunTask"}
     assert len(tokens) == 1
 
 
-def test_a_failure_that_is_not_about_capacity_fails_fast(fake_aws: FakeAws) -> None:
-    fake_aws.run_task_failures = [{"arn": "arn:container-instance", "reason": "ATTRIBUTE", "detail": "arm64"}]
+def test_a_failure_that_is_not_about_capacity_fails_fast(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.ecs.run_task_failures = [{"arn": "arn:container-instance", "reason": "ATTRIBUTE", "detail": "arm64"}]
 
     message = execute_error(
         "EcsTaskOperator", {"aws_conn_id": "aws_fake", "cluster": "models", "task_definition": "forecast"}
@@ -117,7 +117,7 @@ def test_a_failure_that_is_not_about_capacity_fails_fast(fake_aws: FakeAws) -> N
         "AirflowException: ECS could not run the task (cluster='models', task_definition='forecast'): "
         "arn:container-instance ATTRIBUTE arm64"
     )
-    assert fake_aws.calls["RunTask"] == 1
+    assert aws_endpoint.calls["RunTask"] == 1
 
 
 def test_an_unknown_cluster_fails_with_the_aws_message(aws_conn_id: str, ecs_cluster: dict[str, Any]) -> None:
@@ -133,24 +133,24 @@ def test_an_unknown_cluster_fails_with_the_aws_message(aws_conn_id: str, ecs_clu
     reason="Airflow 3.0's dag.test() resumes a retry with the previous try's trigger event",
     strict=True,
 )
-def test_a_retry_reattaches_to_the_running_task(fake_aws: FakeAws, caplog: pytest.LogCaptureFixture) -> None:
-    fake_aws.task_definitions["forecast"] = DEFINITION
-    run_task, list_tasks = fake_aws._RunTask, fake_aws._ListTasks
+def test_a_retry_reattaches_to_the_running_task(aws_endpoint: Endpoint, caplog: pytest.LogCaptureFixture) -> None:
+    aws_endpoint.ecs.task_definitions["forecast"] = DEFINITION
+    run_task, list_tasks = aws_endpoint.operations["RunTask"], aws_endpoint.operations["ListTasks"]
     started: list[str] = []
 
-    def run_and_hide(body: dict[str, Any]) -> Any:
-        status, answer = run_task(body)
+    def run_and_hide(call: Call) -> Any:
+        answer = run_task(call)
         started.append(answer["tasks"][0]["taskArn"])
-        fake_aws.hidden.add(started[-1])  # the first try cannot see it and fails
-        return status, answer
+        aws_endpoint.ecs.hidden.add(started[-1])  # the first try cannot see it and fails
+        return answer
 
-    def list_then_finish(body: dict[str, Any]) -> Any:
-        fake_aws.hidden.clear()
+    def list_then_finish(call: Call) -> Any:
+        aws_endpoint.ecs.hidden.clear()
         finished = {"lastStatus": "STOPPED", "containers": [{"name": "model", "exitCode": 0}]}
-        threading.Timer(1.0, fake_aws.set_task, args=(started[0],), kwargs=finished).start()
-        return list_tasks(body)
+        threading.Timer(1.0, aws_endpoint.ecs.set_task, args=(started[0],), kwargs=finished).start()
+        return list_tasks(call)
 
-    fake_aws._RunTask, fake_aws._ListTasks = run_and_hide, list_then_finish  # type: ignore[method-assign]
+    aws_endpoint.operations |= {"RunTask": run_and_hide, "ListTasks": list_then_finish}
 
     dag_run = run_dag(
         ecs_task(
@@ -167,7 +167,7 @@ def test_a_retry_reattaches_to_the_running_task(fake_aws: FakeAws, caplog: pytes
     ti = task_instance(dag_run, "forecast")
     assert ti.state == "success"
     assert ti.try_number == 2
-    assert fake_aws.calls["RunTask"] == 1
+    assert aws_endpoint.calls["RunTask"] == 1
     assert xcom(dag_run, "forecast")["task_arn"] == started[0]
 
 
@@ -211,9 +211,9 @@ def rendered_links(dag_run: Any, operator: EcsTaskOperator) -> dict[str, str | N
     return {name: task.get_extra_links(ti, name) for name in task.extra_links}
 
 
-def test_the_task_and_log_links_render_with_container_names_log_in_its_region(fake_aws: FakeAws) -> None:
-    fake_aws.task_definitions["forecast"] = LOGGING_DEFINITION
-    fake_aws.new_task_fields = {
+def test_the_task_and_log_links_render_with_container_names_log_in_its_region(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.ecs.task_definitions["forecast"] = LOGGING_DEFINITION
+    aws_endpoint.ecs.new_task_fields = {
         "lastStatus": "STOPPED",
         "stopCode": "EssentialContainerExited",
         "containers": [{"name": "prepare", "exitCode": 0}, {"name": "model", "exitCode": 0}],
@@ -244,13 +244,13 @@ def test_the_task_and_log_links_render_with_container_names_log_in_its_region(fa
 
 @pytest.mark.parametrize(("propagate_tags", "sent"), [("{{ 'NO' ~ 'NE' }}", "NONE"), (None, "omitted")])
 def test_propagate_tags_is_templated_and_can_be_left_out(
-    fake_aws: FakeAws, propagate_tags: str | None, sent: str
+    aws_endpoint: Endpoint, propagate_tags: str | None, sent: str
 ) -> None:
-    fake_aws.task_definitions["forecast"] = DEFINITION
-    fake_aws.new_task_fields = {"lastStatus": "STOPPED", "containers": [{"name": "model", "exitCode": 0}]}
+    aws_endpoint.ecs.task_definitions["forecast"] = DEFINITION
+    aws_endpoint.ecs.new_task_fields = {"lastStatus": "STOPPED", "containers": [{"name": "model", "exitCode": 0}]}
 
     dag_run = run_dag(ecs_task("aws_fake", cluster="models", task_definition="forecast", propagate_tags=propagate_tags))
 
     assert task_instance(dag_run, "forecast").state == "success"
-    ((_, request),) = [(op, body) for op, body in fake_aws.requests if op == "RunTask"]
+    ((_, request),) = [(op, body) for op, body in aws_endpoint.requests if op == "RunTask"]
     assert request.get("propagateTags", "omitted") == sent

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from airflow.models.trigger import Trigger
 from airflow.triggers.base import TaskSuccessEvent
-from fake_aws import FakeAws
 from helpers import first_event, run_dag, task_instance
 
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
+from airflow_ml_batch.testing.endpoint import Endpoint
 from airflow_ml_batch.triggers.batch import BatchJobPoller, BatchJobTrigger
 
 FAST = 0.05  # seconds between poll rounds in these tests
@@ -30,10 +30,10 @@ def trigger_for(job_id: str, **kwargs: Any) -> BatchJobTrigger:
     return BatchJobTrigger(job_id=job_id, aws_conn_id="aws_fake", **kwargs)
 
 
-async def polled_twice(fake: FakeAws) -> None:
+async def polled_twice(endpoint: Endpoint) -> None:
     """Wait until the poller has described the current state (one call may have been in flight)."""
-    target = fake.calls["DescribeJobs"] + 2
-    while fake.calls["DescribeJobs"] < target:  # noqa: ASYNC110 - the count lives in another thread
+    target = endpoint.calls["DescribeJobs"] + 2
+    while endpoint.calls["DescribeJobs"] < target:  # noqa: ASYNC110 - the count lives in another thread
         await asyncio.sleep(0.01)
 
 
@@ -59,17 +59,17 @@ def test_every_kwarg_but_the_job_has_a_default() -> None:
 
 
 async def test_success_logs_each_state_change(
-    fake_aws: FakeAws, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    aws_endpoint: Endpoint, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    job = fake_aws.add_job("RUNNABLE", jobName="model-1")
+    job = aws_endpoint.batch.add_job("RUNNABLE", jobName="model-1")
     caplog.set_level(logging.INFO)
 
     async def progress() -> None:
         for status in ("STARTING", "RUNNING"):
-            await polled_twice(fake_aws)
-            fake_aws.set_job(job, status=status)
-        await polled_twice(fake_aws)
-        fake_aws.set_job(
+            await polled_twice(aws_endpoint)
+            aws_endpoint.batch.set_job(job, status=status)
+        await polled_twice(aws_endpoint)
+        aws_endpoint.batch.set_job(
             job,
             status="SUCCEEDED",
             startedAt=1000,
@@ -98,21 +98,21 @@ async def test_success_logs_each_state_change(
     assert positions == sorted(positions), "state changes are logged in order"
 
 
-async def test_throttling_and_server_errors_never_fail_the_trigger(fake_aws: FakeAws) -> None:
-    job = fake_aws.add_job("RUNNING")
-    fake_aws.fail_next("DescribeJobs", times=4, status=429, code="TooManyRequestsException")
-    fake_aws.fail_next("DescribeJobs", times=2, status=500, code="ServerException")
-    fake_aws.fail_next("DescribeJobs", times=1, status=400, code="ExpiredTokenException")
+async def test_throttling_and_server_errors_never_fail_the_trigger(aws_endpoint: Endpoint) -> None:
+    job = aws_endpoint.batch.add_job("RUNNING")
+    aws_endpoint.fail_next("DescribeJobs", times=4, status=429, code="TooManyRequestsException")
+    aws_endpoint.fail_next("DescribeJobs", times=2, status=500, code="ServerException")
+    aws_endpoint.fail_next("DescribeJobs", times=1, status=400, code="ExpiredTokenException")
 
-    finish = later(0.5, fake_aws.set_job, job, status="SUCCEEDED")
+    finish = later(0.5, aws_endpoint.batch.set_job, job, status="SUCCEEDED")
     event, _ = await asyncio.gather(first_event(trigger_for(job), timeout=120), finish)
 
     assert event.payload["status"] == "success"
-    assert fake_aws.calls["DescribeJobs"] >= 8
+    assert aws_endpoint.calls["DescribeJobs"] >= 8
 
 
-async def test_five_hundred_waiting_jobs_cost_five_calls_per_round(fake_aws: FakeAws) -> None:
-    jobs = [fake_aws.add_job("RUNNING") for _ in range(500)]
+async def test_five_hundred_waiting_jobs_cost_five_calls_per_round(aws_endpoint: Endpoint) -> None:
+    jobs = [aws_endpoint.batch.add_job("RUNNING") for _ in range(500)]
     triggers = [asyncio.ensure_future(first_event(trigger_for(job, poll_interval=0.2))) for job in jobs]
 
     async def rounds_done(count: int) -> BatchJobPoller:
@@ -122,10 +122,10 @@ async def test_five_hundred_waiting_jobs_cost_five_calls_per_round(fake_aws: Fak
         return poller  # type: ignore[return-value]
 
     poller = await asyncio.wait_for(rounds_done(3), timeout=60)
-    rounds, calls = poller.rounds, fake_aws.calls["DescribeJobs"]
+    rounds, calls = poller.rounds, aws_endpoint.calls["DescribeJobs"]
 
     for job in jobs:
-        fake_aws.set_job(job, status="SUCCEEDED")
+        aws_endpoint.batch.set_job(job, status="SUCCEEDED")
     events = await asyncio.gather(*triggers)
 
     assert calls <= 5 * rounds, f"{calls} DescribeJobs calls in {rounds} rounds"
@@ -133,21 +133,21 @@ async def test_five_hundred_waiting_jobs_cost_five_calls_per_round(fake_aws: Fak
     assert BatchJobPoller.active() == [], "the poller stops when no trigger waits"
 
 
-async def test_a_job_not_yet_visible_is_waited_for(fake_aws: FakeAws) -> None:
-    job = fake_aws.add_job("SUBMITTED")
-    fake_aws.hidden.add(job)  # DescribeJobs is eventually consistent just after SubmitJob
+async def test_a_job_not_yet_visible_is_waited_for(aws_endpoint: Endpoint) -> None:
+    job = aws_endpoint.batch.add_job("SUBMITTED")
+    aws_endpoint.batch.hidden.add(job)  # DescribeJobs is eventually consistent just after SubmitJob
 
     async def appear() -> None:
         await asyncio.sleep(0.4)
-        fake_aws.hidden.discard(job)
-        fake_aws.set_job(job, status="SUCCEEDED")
+        aws_endpoint.batch.hidden.discard(job)
+        aws_endpoint.batch.set_job(job, status="SUCCEEDED")
 
     event, _ = await asyncio.gather(first_event(trigger_for(job, missing_grace=5)), appear())
 
     assert event.payload["status"] == "success"
 
 
-async def test_a_job_that_stays_gone_fails_with_a_clear_message(fake_aws: FakeAws) -> None:
+async def test_a_job_that_stays_gone_fails_with_a_clear_message(aws_endpoint: Endpoint) -> None:
     event = await first_event(trigger_for("4b6d2c1e-no-such-job", missing_grace=0.3))
 
     assert event.payload["status"] == "missing"
@@ -155,12 +155,14 @@ async def test_a_job_that_stays_gone_fails_with_a_clear_message(fake_aws: FakeAw
     assert "never seen" in event.payload["message"]
 
 
-async def test_failure_message_has_reason_exit_code_attempts_and_log_tail(fake_aws: FakeAws) -> None:
+async def test_failure_message_has_reason_exit_code_attempts_and_log_tail(aws_endpoint: Endpoint) -> None:
     stream = "forecast/default/0a1b"
-    fake_aws.logs[("/aws/batch/job", stream)] = [f"line {n}" for n in range(100)] + ["ValueError: no history"]
+    aws_endpoint.logs.streams[("/aws/batch/job", stream)] = [f"line {n}" for n in range(100)] + [
+        "ValueError: no history"
+    ]
     spot = {"container": {"exitCode": None, "reason": "Host EC2 (instance i-0abc) terminated."}, "startedAt": 1}
     last = {"container": {"exitCode": 3, "logStreamName": stream}, "startedAt": 2, "stoppedAt": 3}
-    job = fake_aws.add_job(
+    job = aws_endpoint.batch.add_job(
         "FAILED",
         jobName="model-7",
         statusReason="Essential container in task exited",
@@ -176,22 +178,22 @@ async def test_failure_message_has_reason_exit_code_attempts_and_log_tail(fake_a
     assert "attempt 1: exit code None, Host EC2 (instance i-0abc) terminated." in message
     assert "attempt 2: exit code 3" in message
     assert message.endswith("  line 96\n  line 97\n  line 98\n  line 99\n  ValueError: no history")
-    assert fake_aws.calls["GetLogEvents"] == 1
+    assert aws_endpoint.calls["GetLogEvents"] == 1
 
 
-async def test_deadline_terminates_the_job_and_says_so(fake_aws: FakeAws) -> None:
-    job = fake_aws.add_job("RUNNING")
+async def test_deadline_terminates_the_job_and_says_so(aws_endpoint: Endpoint) -> None:
+    job = aws_endpoint.batch.add_job("RUNNING")
 
     event = await first_event(trigger_for(job, deadline=time.time() + 0.5))
 
     assert event.payload["status"] == "timeout"
     assert "execution_timeout reached" in event.payload["message"]
-    assert fake_aws.jobs[job]["status"] == "FAILED"
-    assert "execution_timeout" in fake_aws.jobs[job]["statusReason"]
+    assert aws_endpoint.batch.jobs[job]["status"] == "FAILED"
+    assert "execution_timeout" in aws_endpoint.batch.jobs[job]["statusReason"]
 
 
-async def test_end_from_trigger_pushes_result_and_log_link(fake_aws: FakeAws) -> None:
-    job = fake_aws.add_job("SUCCEEDED", container={"exitCode": 0, "logStreamName": "forecast/default/xyz"})
+async def test_end_from_trigger_pushes_result_and_log_link(aws_endpoint: Endpoint) -> None:
+    job = aws_endpoint.batch.add_job("SUCCEEDED", container={"exitCode": 0, "logStreamName": "forecast/default/xyz"})
     link = {"region_name": "eu-west-1", "aws_domain": "aws.amazon.com"}
 
     event = await first_event(trigger_for(job, end_from_trigger=True, log_link=link))
@@ -214,8 +216,8 @@ async def test_end_from_trigger_pushes_result_and_log_link(fake_aws: FakeAws) ->
         assert "_link_JobLogsLink" not in event.xcoms
 
 
-async def test_a_triggerer_restart_never_terminates_the_job(fake_aws: FakeAws) -> None:
-    job = fake_aws.add_job("RUNNING")
+async def test_a_triggerer_restart_never_terminates_the_job(aws_endpoint: Endpoint) -> None:
+    job = aws_endpoint.batch.add_job("RUNNING")
     waiting = asyncio.ensure_future(first_event(trigger_for(job)))
     await asyncio.sleep(0.3)
 
@@ -223,26 +225,26 @@ async def test_a_triggerer_restart_never_terminates_the_job(fake_aws: FakeAws) -
     with pytest.raises(asyncio.CancelledError):
         await waiting
 
-    assert fake_aws.calls["TerminateJob"] == 0
-    assert fake_aws.jobs[job]["status"] == "RUNNING"
+    assert aws_endpoint.calls["TerminateJob"] == 0
+    assert aws_endpoint.batch.jobs[job]["status"] == "RUNNING"
 
 
-async def test_on_kill_terminates_the_job(fake_aws: FakeAws) -> None:
-    job = fake_aws.add_job("RUNNING")
+async def test_on_kill_terminates_the_job(aws_endpoint: Endpoint) -> None:
+    job = aws_endpoint.batch.add_job("RUNNING")
 
     await trigger_for(job).on_kill()  # Airflow 3.3+ calls it when a user clears or marks the task
 
-    assert fake_aws.jobs[job]["status"] == "FAILED"
-    assert "cleared or marked by a user" in fake_aws.jobs[job]["statusReason"]
+    assert aws_endpoint.batch.jobs[job]["status"] == "FAILED"
+    assert "cleared or marked by a user" in aws_endpoint.batch.jobs[job]["statusReason"]
 
 
 @pytest.mark.usefixtures("airflow_db")
-def test_a_cancelled_trigger_whose_task_left_deferred_terminates_the_job(fake_aws: FakeAws) -> None:
+def test_a_cancelled_trigger_whose_task_left_deferred_terminates_the_job(aws_endpoint: Endpoint) -> None:
     # Airflow < 3.3 has no on_kill: when a user clears or marks a deferred task, the triggerer only
     # cancels the trigger. The trigger then reads the task's state (from inside Airflow, as it would
     # on a triggerer) and terminates the job because the task is no longer deferred.
-    still_deferred = fake_aws.add_job("RUNNING")  # its task instance ("waiting") is not in the run
-    cleared = fake_aws.add_job("RUNNING")  # its task instance ("finished") succeeded already
+    still_deferred = aws_endpoint.batch.add_job("RUNNING")  # its task instance ("waiting") is not in the run
+    cleared = aws_endpoint.batch.add_job("RUNNING")  # its task instance ("finished") succeeded already
     dag_run = run_dag(
         f"""
         @task
@@ -274,65 +276,65 @@ def test_a_cancelled_trigger_whose_task_left_deferred_terminates_the_job(fake_aw
     )
 
     assert task_instance(dag_run, "cancel_triggers").state == "success"
-    assert fake_aws.jobs[cleared]["status"] == "FAILED"
-    assert "no longer deferred" in fake_aws.jobs[cleared]["statusReason"]
-    assert fake_aws.jobs[still_deferred]["status"] == "RUNNING", "a task Airflow cannot place is left alone"
+    assert aws_endpoint.batch.jobs[cleared]["status"] == "FAILED"
+    assert "no longer deferred" in aws_endpoint.batch.jobs[cleared]["statusReason"]
+    assert aws_endpoint.batch.jobs[still_deferred]["status"] == "RUNNING", "a task Airflow cannot place is left alone"
 
 
-async def test_metrics_printed_by_the_job_are_collected_in_one_log_call(fake_aws: FakeAws) -> None:
+async def test_metrics_printed_by_the_job_are_collected_in_one_log_call(aws_endpoint: Endpoint) -> None:
     stream = "forecast/default/m1"
-    fake_aws.logs[("/aws/batch/job", stream)] = [
+    aws_endpoint.logs.streams[("/aws/batch/job", stream)] = [
         "training on 36 months",
         '{"metrics": {"mape": 0.5}}',
         "not json {",
         '{"metrics": {"mape": 0.12, "rmse": 41.0}, "model": "linear"}',
         "done",
     ]
-    job = fake_aws.add_job("SUCCEEDED", container={"exitCode": 0, "logStreamName": stream})
+    job = aws_endpoint.batch.add_job("SUCCEEDED", container={"exitCode": 0, "logStreamName": stream})
 
     event = await first_event(trigger_for(job, collect_metrics=True, log_tail_lines=10))
 
     assert event.payload["result"]["metrics"] == {"mape": 0.12, "rmse": 41.0}
-    assert fake_aws.calls["GetLogEvents"] == 1
+    assert aws_endpoint.calls["GetLogEvents"] == 1
 
 
-async def test_no_metrics_line_gives_none(fake_aws: FakeAws) -> None:
+async def test_no_metrics_line_gives_none(aws_endpoint: Endpoint) -> None:
     stream = "forecast/default/m2"
-    fake_aws.logs[("/aws/batch/job", stream)] = ["done"]
-    job = fake_aws.add_job("SUCCEEDED", container={"exitCode": 0, "logStreamName": stream})
+    aws_endpoint.logs.streams[("/aws/batch/job", stream)] = ["done"]
+    job = aws_endpoint.batch.add_job("SUCCEEDED", container={"exitCode": 0, "logStreamName": stream})
 
     event = await first_event(trigger_for(job, collect_metrics=True))
 
     assert event.payload["result"]["metrics"] is None
 
 
-async def test_two_triggers_of_one_job_both_hear_of_it(fake_aws: FakeAws) -> None:
-    job = fake_aws.add_job("RUNNING")
+async def test_two_triggers_of_one_job_both_hear_of_it(aws_endpoint: Endpoint) -> None:
+    job = aws_endpoint.batch.add_job("RUNNING")
     first = asyncio.ensure_future(first_event(trigger_for(job)))
-    await polled_twice(fake_aws)
+    await polled_twice(aws_endpoint)
     second = asyncio.ensure_future(first_event(trigger_for(job)))  # e.g. a trigger handed back to this triggerer
-    await polled_twice(fake_aws)
+    await polled_twice(aws_endpoint)
 
-    fake_aws.set_job(job, status="SUCCEEDED")
+    aws_endpoint.batch.set_job(job, status="SUCCEEDED")
     events = await asyncio.gather(first, second)
 
     assert [event.payload["status"] for event in events] == ["success", "success"]
 
 
 async def test_an_array_job_logs_its_children_counts_each_time_they_change(
-    fake_aws: FakeAws, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    aws_endpoint: Endpoint, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    parent = fake_aws.add_array_job(3, "PENDING", child_status="RUNNABLE")
+    parent = aws_endpoint.batch.add_array_job(3, "PENDING", child_status="RUNNABLE")
     caplog.set_level(logging.INFO)
 
     async def progress() -> None:
         # Batch keeps an array parent PENDING while its children run: only the counts move.
         for index, status in [(0, "RUNNING"), (1, "RUNNING"), (0, "SUCCEEDED"), (1, "SUCCEEDED"), (2, "SUCCEEDED")]:
-            await polled_twice(fake_aws)
-            await polled_twice(fake_aws)  # polls that see no change log nothing
-            fake_aws.set_job(f"{parent}:{index}", status=status)
-        await polled_twice(fake_aws)
-        fake_aws.set_job(parent, status="SUCCEEDED")
+            await polled_twice(aws_endpoint)
+            await polled_twice(aws_endpoint)  # polls that see no change log nothing
+            aws_endpoint.batch.set_job(f"{parent}:{index}", status=status)
+        await polled_twice(aws_endpoint)
+        aws_endpoint.batch.set_job(parent, status="SUCCEEDED")
 
     event, _ = await asyncio.gather(first_event(trigger_for(parent)), progress())
 
@@ -356,21 +358,21 @@ async def test_an_array_job_logs_its_children_counts_each_time_they_change(
     assert -1 not in positions, logged
     assert positions == sorted(positions), "changes are logged in order"
     assert logged.count(f"AWS Batch job {parent}: ") == len(changes), "once per change, not once per poll"
-    assert fake_aws.calls["ListJobs"] == 0, "children are looked up only when the parent failed"
+    assert aws_endpoint.calls["ListJobs"] == 0, "children are looked up only when the parent failed"
 
 
-async def test_a_failed_array_names_its_failed_children_and_their_reasons(fake_aws: FakeAws) -> None:
-    parent = fake_aws.add_array_job(15, "PENDING", child_status="SUCCEEDED", jobName="backtest")
+async def test_a_failed_array_names_its_failed_children_and_their_reasons(aws_endpoint: Endpoint) -> None:
+    parent = aws_endpoint.batch.add_array_job(15, "PENDING", child_status="SUCCEEDED", jobName="backtest")
     for index in [14, 3, 9, 0, 12, 5, 7, 1, 11, 2, 13, 6]:  # 12 failed children, in no particular order
         stream = f"backtest/default/c{index}"
-        fake_aws.set_job(
+        aws_endpoint.batch.set_job(
             f"{parent}:{index}",
             status="FAILED",
             statusReason="Essential container in task exited",
             container={"exitCode": index % 3 + 1, "logStreamName": stream},
             attempts=[{"container": {"exitCode": index % 3 + 1, "logStreamName": stream, "reason": f"error {index}"}}],
         )
-    fake_aws.set_job(parent, status="FAILED", statusReason="Array Child Job failed")
+    aws_endpoint.batch.set_job(parent, status="FAILED", statusReason="Array Child Job failed")
 
     event = await first_event(trigger_for(parent))
 
@@ -388,15 +390,19 @@ async def test_a_failed_array_names_its_failed_children_and_their_reasons(fake_a
     assert message[12:] == ["  ... and 2 more failed children"]
     assert [child["index"] for child in result["failed_children"]] == shown
     assert (result["array_size"], result["failed_children_count"]) == (15, 12)
-    lookups = [(op, body) for op, body in fake_aws.requests if op == "ListJobs"]
+    lookups = [(op, body) for op, body in aws_endpoint.requests if op == "ListJobs"]
     assert lookups == [("ListJobs", {"arrayJobId": parent, "jobStatus": "FAILED"})]
-    described = [body["jobs"] for op, body in fake_aws.requests if op == "DescribeJobs" and body["jobs"] != [parent]]
+    described = [
+        body["jobs"] for op, body in aws_endpoint.requests if op == "DescribeJobs" and body["jobs"] != [parent]
+    ]
     assert described == [[f"{parent}:{i}" for i in shown]], "one DescribeJobs of the shown children"
 
 
-async def test_a_failed_array_whose_children_cannot_be_listed_still_fails_with_a_message(fake_aws: FakeAws) -> None:
-    parent = fake_aws.add_array_job(2, "FAILED", child_status="FAILED", statusReason="Array Child Job failed")
-    fake_aws.fail_next("ListJobs", status=400, code="AccessDeniedException")
+async def test_a_failed_array_whose_children_cannot_be_listed_still_fails_with_a_message(
+    aws_endpoint: Endpoint,
+) -> None:
+    parent = aws_endpoint.batch.add_array_job(2, "FAILED", child_status="FAILED", statusReason="Array Child Job failed")
+    aws_endpoint.fail_next("ListJobs", status=400, code="AccessDeniedException")
 
     event = await first_event(trigger_for(parent))
 
@@ -408,9 +414,9 @@ async def test_a_failed_array_whose_children_cannot_be_listed_still_fails_with_a
     assert "2 children: 2 FAILED" in event.payload["message"]
 
 
-async def test_an_ecs_properties_job_collects_metrics_from_its_containers_log(fake_aws: FakeAws) -> None:
+async def test_an_ecs_properties_job_collects_metrics_from_its_containers_log(aws_endpoint: Endpoint) -> None:
     stream = "forecast/model/7d1e"
-    fake_aws.logs[("/ml/models", stream)] = ['{"metrics": {"mape": 0.08}}']
+    aws_endpoint.logs.streams[("/ml/models", stream)] = ['{"metrics": {"mape": 0.08}}']
     model = {
         "name": "model",
         "exitCode": 0,
@@ -418,7 +424,7 @@ async def test_an_ecs_properties_job_collects_metrics_from_its_containers_log(fa
         "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": "/ml/models"}},
     }
     sidecar = {"name": "sidecar", "essential": False, "exitCode": 0, "logStreamName": "forecast/sidecar/7d1e"}
-    job = fake_aws.add_job("SUCCEEDED", ecsProperties={"taskProperties": [{"containers": [sidecar, model]}]})
+    job = aws_endpoint.batch.add_job("SUCCEEDED", ecsProperties={"taskProperties": [{"containers": [sidecar, model]}]})
 
     event = await first_event(trigger_for(job, collect_metrics=True))
 
@@ -427,10 +433,10 @@ async def test_an_ecs_properties_job_collects_metrics_from_its_containers_log(fa
     assert result["metrics"] == {"mape": 0.08}
 
 
-async def test_a_failed_multi_node_job_shows_its_main_nodes_log_tail(fake_aws: FakeAws) -> None:
+async def test_a_failed_multi_node_job_shows_its_main_nodes_log_tail(aws_endpoint: Endpoint) -> None:
     stream = "train/default/main"
-    fake_aws.logs[("/aws/batch/job", stream)] = ["rank 0: NCCL timeout"]
-    job = fake_aws.add_job(
+    aws_endpoint.logs.streams[("/aws/batch/job", stream)] = ["rank 0: NCCL timeout"]
+    job = aws_endpoint.batch.add_job(
         "FAILED",
         jobName="train",
         statusReason="Essential container in task exited",
@@ -448,9 +454,9 @@ async def test_a_failed_multi_node_job_shows_its_main_nodes_log_tail(fake_aws: F
     ]
 
 
-async def test_an_eks_job_reports_its_exit_code_without_reading_logs(fake_aws: FakeAws) -> None:
+async def test_an_eks_job_reports_its_exit_code_without_reading_logs(aws_endpoint: Endpoint) -> None:
     pod = {"podName": "aws-batch.1f2e", "nodeName": "ip-10-0-1-5.ec2.internal"}
-    job = fake_aws.add_job(
+    job = aws_endpoint.batch.add_job(
         "SUCCEEDED",
         eksProperties={"podProperties": {**pod, "containers": [{"name": "model", "exitCode": 0}]}},
         eksAttempts=[{**pod, "containers": [{"name": "model", "exitCode": 0}]}],
@@ -461,4 +467,4 @@ async def test_an_eks_job_reports_its_exit_code_without_reading_logs(fake_aws: F
     result = event.payload["result"]
     assert (result["exit_code"], result["log_stream"], result["metrics"]) == (0, None, None)
     assert result["pod"]["name"] == "aws-batch.1f2e"
-    assert fake_aws.calls["GetLogEvents"] == 0
+    assert aws_endpoint.calls["GetLogEvents"] == 0

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 from airflow.triggers.base import TaskSuccessEvent
-from fake_aws import FakeAws
 from helpers import first_event
 
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
 from airflow_ml_batch.hooks.ecs import EcsHook
+from airflow_ml_batch.testing.endpoint import Endpoint
 from airflow_ml_batch.triggers.ecs import DEFINITION_ATTEMPTS, EcsTaskPoller, EcsTaskTrigger
 
 DEFINITION = {
@@ -33,9 +33,9 @@ DEFINITION = {
 
 
 @pytest.fixture
-def ecs(fake_aws: FakeAws) -> FakeAws:
-    fake_aws.task_definitions["forecast"] = DEFINITION
-    return fake_aws
+def ecs(aws_endpoint: Endpoint) -> Endpoint:
+    aws_endpoint.ecs.task_definitions["forecast"] = DEFINITION
+    return aws_endpoint
 
 
 def trigger_for(task_arn: str, **kwargs: Any) -> EcsTaskTrigger:
@@ -59,12 +59,12 @@ def stopped(
     }
 
 
-async def test_success_when_essential_containers_exit_zero_even_if_a_sidecar_fails(ecs: FakeAws) -> None:
-    task = ecs.add_task("RUNNING")
+async def test_success_when_essential_containers_exit_zero_even_if_a_sidecar_fails(ecs: Endpoint) -> None:
+    task = ecs.ecs.add_task("RUNNING")
 
     async def finish() -> None:
         await asyncio.sleep(0.5)
-        ecs.set_task(
+        ecs.ecs.set_task(
             task,
             **stopped(
                 "EssentialContainerExited", "Essential container in task exited", {"exitCode": 0}, {"exitCode": 2}
@@ -80,8 +80,8 @@ async def test_success_when_essential_containers_exit_zero_even_if_a_sidecar_fai
     assert (result["log_group"], result["log_stream"]) == ("/ecs/forecast", f"ecs/model/{task.rsplit('/', 1)[-1]}")
 
 
-async def test_a_failing_sidecar_fails_the_task_when_asked(ecs: FakeAws) -> None:
-    task = ecs.add_task(
+async def test_a_failing_sidecar_fails_the_task_when_asked(ecs: Endpoint) -> None:
+    task = ecs.ecs.add_task(
         **stopped("EssentialContainerExited", "Essential container in task exited", {"exitCode": 0}, {"exitCode": 2})
     )
 
@@ -146,10 +146,10 @@ async def test_a_failing_sidecar_fails_the_task_when_asked(ecs: FakeAws) -> None
     ],
 )
 async def test_each_failure_class_is_named_with_its_reason_and_log_tail(
-    ecs: FakeAws, stop_code: str, reason: str, model: dict[str, Any], outcome: str, said: str
+    ecs: Endpoint, stop_code: str, reason: str, model: dict[str, Any], outcome: str, said: str
 ) -> None:
-    task = ecs.add_task(**stopped(stop_code, reason, model))
-    ecs.logs[("/ecs/forecast", f"ecs/model/{task.rsplit('/', 1)[-1]}")] = ["loading history", "Traceback: boom"]
+    task = ecs.ecs.add_task(**stopped(stop_code, reason, model))
+    ecs.logs.streams[("/ecs/forecast", f"ecs/model/{task.rsplit('/', 1)[-1]}")] = ["loading history", "Traceback: boom"]
 
     event = await first_event(trigger_for(task, log_tail_lines=2))
 
@@ -162,13 +162,13 @@ async def test_each_failure_class_is_named_with_its_reason_and_log_tail(
     assert message.endswith("  loading history\n  Traceback: boom")
 
 
-async def test_a_task_stopped_with_stop_task_is_stopped_by_a_user(ecs: FakeAws) -> None:
-    task = ecs.add_task("RUNNING")
+async def test_a_task_stopped_with_stop_task_is_stopped_by_a_user(ecs: Endpoint) -> None:
+    task = ecs.ecs.add_task("RUNNING")
 
     async def stop() -> None:
         await asyncio.sleep(0.3)
         killed = [{"name": "model", "exitCode": 143}, {"name": "metrics-sidecar", "exitCode": 137}]
-        ecs.set_task(task, containers=killed)  # what SIGTERM, then SIGKILL, does; the task is still RUNNING
+        ecs.ecs.set_task(task, containers=killed)  # what SIGTERM, then SIGKILL, does; the task is still RUNNING
         hook = EcsHook(aws_conn_id="aws_fake")
         await asyncio.to_thread(hook.conn.stop_task, cluster="models", task=task, reason="Stopped by Dana")
 
@@ -201,12 +201,16 @@ def regional_definition(*containers: tuple[str, bool, str | None]) -> dict[str, 
     }
 
 
-async def test_the_tail_is_the_essential_containers_read_in_its_log_region(ecs: FakeAws) -> None:
-    ecs.task_definitions["forecast"] = regional_definition(("log-router", False, None), ("model", True, "us-east-2"))
-    task = ecs.add_task(**stopped("EssentialContainerExited", "Essential container in task exited", {"exitCode": 1}))
+async def test_the_tail_is_the_essential_containers_read_in_its_log_region(ecs: Endpoint) -> None:
+    ecs.ecs.task_definitions["forecast"] = regional_definition(
+        ("log-router", False, None), ("model", True, "us-east-2")
+    )
+    task = ecs.ecs.add_task(
+        **stopped("EssentialContainerExited", "Essential container in task exited", {"exitCode": 1})
+    )
     task_id = task.rsplit("/", 1)[-1]
-    ecs.logs[("/ecs/log-router", f"ecs/log-router/{task_id}")] = ["router up"]
-    ecs.logs[("/ecs/model", f"ecs/model/{task_id}")] = ["Traceback: boom"]
+    ecs.logs.streams[("/ecs/log-router", f"ecs/log-router/{task_id}")] = ["router up"]
+    ecs.logs.streams[("/ecs/model", f"ecs/model/{task_id}")] = ["Traceback: boom"]
 
     event = await first_event(trigger_for(task))
 
@@ -217,12 +221,14 @@ async def test_the_tail_is_the_essential_containers_read_in_its_log_region(ecs: 
     assert {region for operation, region in ecs.regions if operation != "GetLogEvents"} == {"eu-west-1"}
 
 
-async def test_metrics_and_the_log_link_come_from_container_name_in_its_region(ecs: FakeAws) -> None:
-    ecs.task_definitions["forecast"] = regional_definition(("prepare", True, "eu-west-1"), ("model", True, "us-east-2"))
-    task = ecs.add_task(**stopped("EssentialContainerExited", "done", {"exitCode": 0}, {"exitCode": 0}))
+async def test_metrics_and_the_log_link_come_from_container_name_in_its_region(ecs: Endpoint) -> None:
+    ecs.ecs.task_definitions["forecast"] = regional_definition(
+        ("prepare", True, "eu-west-1"), ("model", True, "us-east-2")
+    )
+    task = ecs.ecs.add_task(**stopped("EssentialContainerExited", "done", {"exitCode": 0}, {"exitCode": 0}))
     task_id = task.rsplit("/", 1)[-1]
-    ecs.logs[("/ecs/prepare", f"ecs/prepare/{task_id}")] = ['{"metrics": {"rows": 10}}']
-    ecs.logs[("/ecs/model", f"ecs/model/{task_id}")] = ['{"metrics": {"mape": 0.12}}']
+    ecs.logs.streams[("/ecs/prepare", f"ecs/prepare/{task_id}")] = ['{"metrics": {"rows": 10}}']
+    ecs.logs.streams[("/ecs/model", f"ecs/model/{task_id}")] = ['{"metrics": {"mape": 0.12}}']
     link = {"region_name": "eu-west-1", "aws_domain": "aws.amazon.com"}
 
     event = await first_event(
@@ -246,10 +252,10 @@ async def test_metrics_and_the_log_link_come_from_container_name_in_its_region(e
     assert [region for operation, region in ecs.regions if operation == "GetLogEvents"] == ["us-east-2"]
 
 
-async def test_a_throttled_task_definition_read_is_retried_while_the_poller_goes_on(ecs: FakeAws) -> None:
+async def test_a_throttled_task_definition_read_is_retried_while_the_poller_goes_on(ecs: Endpoint) -> None:
     ecs.fail_next("DescribeTaskDefinition", times=4, status=400, code="ThrottlingException")
     ecs.fail_next("DescribeTaskDefinition", times=1, status=503, code="ServiceUnavailableException")
-    task = ecs.add_task(**stopped("EssentialContainerExited", "done", {"exitCode": 0}, {"exitCode": 2}))
+    task = ecs.ecs.add_task(**stopped("EssentialContainerExited", "done", {"exitCode": 0}, {"exitCode": 2}))
 
     event = await first_event(trigger_for(task))
 
@@ -261,13 +267,14 @@ async def test_a_throttled_task_definition_read_is_retried_while_the_poller_goes
 
 
 async def test_an_unreadable_task_definition_judges_every_container_and_says_so(
-    ecs: FakeAws, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    ecs: Endpoint, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ecs.fail_next("DescribeTaskDefinition", times=100, status=400, code="AccessDeniedException")
     first, second = (
-        ecs.add_task(**stopped("EssentialContainerExited", "done", {"exitCode": 0}, {"exitCode": 2})) for _ in range(2)
+        ecs.ecs.add_task(**stopped("EssentialContainerExited", "done", {"exitCode": 0}, {"exitCode": 2}))
+        for _ in range(2)
     )
-    keeper = asyncio.ensure_future(first_event(trigger_for(ecs.add_task("RUNNING"))))  # keeps the poller alive
+    keeper = asyncio.ensure_future(first_event(trigger_for(ecs.ecs.add_task("RUNNING"))))  # keeps the poller alive
 
     event = await first_event(trigger_for(first))
     again = await first_event(trigger_for(second))
@@ -290,8 +297,8 @@ async def test_an_unreadable_task_definition_judges_every_container_and_says_so(
     assert again.payload["result"]["warnings"] == result["warnings"]
 
 
-async def test_throttling_never_fails_and_tasks_share_calls_per_cluster(ecs: FakeAws) -> None:
-    tasks = [ecs.add_task("RUNNING") for _ in range(250)]
+async def test_throttling_never_fails_and_tasks_share_calls_per_cluster(ecs: Endpoint) -> None:
+    tasks = [ecs.ecs.add_task("RUNNING") for _ in range(250)]
     ecs.fail_next("DescribeTasks", times=3, status=400, code="ThrottlingException")
     ecs.fail_next("DescribeTasks", times=1, status=503, code="ServiceUnavailableException")
     waiting = [asyncio.ensure_future(first_event(trigger_for(task, poll_interval=0.2), timeout=120)) for task in tasks]
@@ -304,7 +311,7 @@ async def test_throttling_never_fails_and_tasks_share_calls_per_cluster(ecs: Fak
     poller = await asyncio.wait_for(rounds_done(3), timeout=90)
     rounds, calls = poller.rounds, ecs.calls["DescribeTasks"]
     for task in tasks:
-        ecs.set_task(task, **stopped("EssentialContainerExited", "done", {"exitCode": 0}))
+        ecs.ecs.set_task(task, **stopped("EssentialContainerExited", "done", {"exitCode": 0}))
     events = await asyncio.gather(*waiting)
 
     assert {event.payload["status"] for event in events} == {"success"}
@@ -312,9 +319,9 @@ async def test_throttling_never_fails_and_tasks_share_calls_per_cluster(ecs: Fak
     assert ecs.calls["DescribeTaskDefinition"] == 1, "one definition read for all tasks of it"
 
 
-async def test_a_task_gone_from_describe_tasks_fails_clearly(ecs: FakeAws) -> None:
-    task = ecs.add_task("RUNNING")
-    ecs.hidden.add(task)  # what ECS does an hour after a task stopped, e.g. after a long triggerer outage
+async def test_a_task_gone_from_describe_tasks_fails_clearly(ecs: Endpoint) -> None:
+    task = ecs.ecs.add_task("RUNNING")
+    ecs.ecs.hidden.add(task)  # what ECS does an hour after a task stopped, e.g. after a long triggerer outage
 
     event = await first_event(trigger_for(task, missing_grace=0.3))
 
@@ -322,32 +329,32 @@ async def test_a_task_gone_from_describe_tasks_fails_clearly(ecs: FakeAws) -> No
     assert f"ECS task {task} was not found" in event.payload["message"]
 
 
-async def test_deadline_stops_the_task(ecs: FakeAws) -> None:
-    task = ecs.add_task("RUNNING")
+async def test_deadline_stops_the_task(ecs: Endpoint) -> None:
+    task = ecs.ecs.add_task("RUNNING")
 
     event = await first_event(trigger_for(task, deadline=time.time() + 0.3))
 
     assert event.payload["status"] == "timeout"
-    assert ecs.tasks[task]["lastStatus"] == "STOPPED"
-    assert "execution_timeout" in ecs.tasks[task]["stoppedReason"]
+    assert ecs.ecs.tasks[task]["lastStatus"] == "STOPPED"
+    assert "execution_timeout" in ecs.ecs.tasks[task]["stoppedReason"]
 
 
-async def test_restart_leaves_the_task_and_on_kill_stops_it(ecs: FakeAws) -> None:
-    task = ecs.add_task("RUNNING")
+async def test_restart_leaves_the_task_and_on_kill_stops_it(ecs: Endpoint) -> None:
+    task = ecs.ecs.add_task("RUNNING")
     waiting = asyncio.ensure_future(first_event(trigger_for(task)))
     await asyncio.sleep(0.3)
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
-    assert ecs.tasks[task]["lastStatus"] == "RUNNING"
+    assert ecs.ecs.tasks[task]["lastStatus"] == "RUNNING"
 
     await trigger_for(task).on_kill()
 
-    assert ecs.tasks[task]["lastStatus"] == "STOPPED"
+    assert ecs.ecs.tasks[task]["lastStatus"] == "STOPPED"
     assert ecs.calls["StopTask"] == 1
 
 
-async def test_end_from_trigger(ecs: FakeAws) -> None:
-    task = ecs.add_task(**stopped("EssentialContainerExited", "done", {"exitCode": 0}))
+async def test_end_from_trigger(ecs: Endpoint) -> None:
+    task = ecs.ecs.add_task(**stopped("EssentialContainerExited", "done", {"exitCode": 0}))
 
     event = await first_event(trigger_for(task, end_from_trigger=True))
 

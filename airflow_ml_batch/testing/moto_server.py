@@ -1,4 +1,4 @@
-"""Run DAGs of this package against a local, AWS-shaped endpoint (moto in server mode).
+"""moto in server mode: a local endpoint with real AWS Batch and ECS resource shapes.
 
 For trying a fleet DAG on a laptop and for tests: ``pip install "airflow-ml-batch[test]"``, then::
 

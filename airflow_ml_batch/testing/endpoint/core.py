@@ -1,0 +1,185 @@
+"""What every service of the endpoint shares: errors, calls, rate limits, fault switches and job runs."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+REGION = "eu-west-1"
+ACCOUNT = "123456789012"
+EXITED = "Essential container in task exited"
+EXPIRED_TOKEN = "The security token included in the request is expired"
+
+
+class AwsError(Exception):
+    """An error answer: HTTP ``status``, AWS error ``code`` and ``message``, rendered in the service's protocol."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass
+class Call:
+    """One API request as the services see it."""
+
+    service: str  # "batch", "ecs", "logs" or "sts"
+    operation: str  # e.g. "DescribeJobs"
+    body: dict[str, Any]
+    caller: str = ""  # the path prefix of ``endpoint_url`` (``http://127.0.0.1:port/<caller>``), if any
+    region: str = ""  # the region the request was signed for
+    access_key: str = ""
+
+
+def ms(seconds: float) -> int:
+    """Epoch seconds as the epoch milliseconds Batch sends."""
+    return int(seconds * 1000)
+
+
+@dataclass
+class TokenBucket:
+    """``rate`` requests per second, bursts of up to ``capacity``."""
+
+    rate: float
+    capacity: float
+    tokens: float = field(init=False)
+    updated: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.capacity
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+@dataclass
+class Faults:
+    """Fault switches; times are epoch seconds."""
+
+    throttle_until: float = 0.0  # every Batch and ECS call is throttled until then
+    unreachable_until: float = 0.0  # every AWS request has its connection reset until then
+    server_errors_until: float = 0.0  # every Batch and ECS call is answered 500 until then
+    hold_map_indexes: set[str] = field(default_factory=set)  # SubmitJob of these tasks answers late
+    hold_seconds: float = 0.0
+    credential_ttl: float = 0.0  # > 0: AssumeRole credentials expire after this long, and are checked
+
+    def update(self, body: dict[str, Any]) -> None:
+        """Switch faults on: ``throttle_seconds``, ``unreachable_seconds``, ``server_error_seconds`` (from
+        now), ``hold_submit`` (``{"map_indexes", "seconds"}``), ``credential_ttl``."""
+        now = time.time()
+        if "throttle_seconds" in body:
+            self.throttle_until = now + float(body["throttle_seconds"])
+        if "unreachable_seconds" in body:
+            self.unreachable_until = now + float(body["unreachable_seconds"])
+        if "server_error_seconds" in body:
+            self.server_errors_until = now + float(body["server_error_seconds"])
+        if "hold_submit" in body:
+            self.hold_map_indexes = {str(i) for i in body["hold_submit"]["map_indexes"]}
+            self.hold_seconds = float(body["hold_submit"]["seconds"])
+        if "credential_ttl" in body:
+            self.credential_ttl = float(body["credential_ttl"])
+
+
+# -- how a job or task runs -------------------------------------------------------------------------------
+
+
+class Run(Protocol):
+    """How one Batch job or ECS task runs: its timeline (epoch seconds, ``inf`` while not known) and outcome.
+
+    The endpoint renders states, timestamps, exit codes and log streams from it on every Describe call.
+    ``exits`` is when the container exited (ECS: DEPROVISIONING until ``ends``, STOPPED after).
+    """
+
+    created: float
+    started: float
+    exits: float
+    ends: float
+    reason: str
+    stop_code: str
+
+    def exit_code(self) -> int | None:
+        """The container's exit code once it exited (``None``: stopped before it started)."""
+
+    def stop(self, now: float, reason: str) -> None:
+        """TerminateJob / StopTask: end the run now with ``reason``."""
+
+    def log_lines(self) -> list[str]:
+        """What the container printed so far: its CloudWatch log stream."""
+
+
+class Runner(Protocol):
+    """Decides how each submitted job (``kind`` ``"job"``) or started task (``"task"``) runs.
+
+    The seam for other runners, e.g. one whose runs are local processes: stdout as the log, exit code as
+    the outcome.
+    """
+
+    def start(self, kind: str, name: str, request: dict[str, Any]) -> Run: ...
+
+
+@dataclass
+class Timeline:
+    """A run scripted on the wall clock: it starts, exits and ends at set times and fails or succeeds."""
+
+    created: float
+    started: float
+    exits: float
+    ends: float
+    fails: bool
+    reason: str = EXITED
+    stop_code: str = "EssentialContainerExited"
+    drain: float = 0.0  # how long a stopped run takes to end (ECS: DEPROVISIONING)
+
+    def exit_code(self) -> int | None:
+        if self.started == float("inf"):
+            return None
+        return 1 if self.fails else 0
+
+    def stop(self, now: float, reason: str) -> None:
+        if now >= self.exits:
+            return
+        self.exits, self.ends, self.fails = now, now + self.drain, True
+        self.reason, self.stop_code = reason, "UserInitiated"
+        if now < self.started:
+            self.started = float("inf")
+
+    def log_lines(self) -> list[str]:
+        return ["model run", "Traceback: ValueError: bad input"] if self.fails else ["model run"]
+
+
+@dataclass
+class WallClockRunner:
+    """Runs last ``duration`` seconds +- ``spread`` (a fraction), and ``fail_fraction`` of them fail.
+
+    The container starts a quarter into the run; an ECS container exits at 90 % (then DEPROVISIONING).
+    """
+
+    duration: float = 20.0
+    spread: float = 0.25
+    fail_fraction: float = 0.0
+    seed: int = 0
+    random: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.random = random.Random(self.seed)
+
+    def start(self, kind: str, name: str, request: dict[str, Any]) -> Timeline:
+        now = time.time()
+        duration = self.duration * self.random.uniform(1 - self.spread, 1 + self.spread)
+        task = kind == "task"
+        return Timeline(
+            created=now,
+            started=now + 0.25 * duration,
+            exits=now + (0.9 if task else 1.0) * duration,
+            ends=now + duration,
+            fails=self.random.random() < self.fail_fraction,
+            drain=2.0 if task else 0.0,
+        )

@@ -1,0 +1,205 @@
+"""The AWS-shaped endpoint of ``airflow_ml_batch.testing``: botocore parses its answers as AWS's."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
+
+from airflow_ml_batch.testing.endpoint import Endpoint, ProcessRunner, WallClockRunner, running
+
+NO_RETRIES = Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5)
+
+
+def client(service: str, url: str, **keys: str) -> Any:
+    credentials = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"} | keys
+    return boto3.client(service, endpoint_url=url, region_name="eu-west-1", config=NO_RETRIES, **credentials)
+
+
+def error_of(call: Any, **kwargs: Any) -> tuple[int, str]:
+    with pytest.raises(ClientError) as raised:
+        call(**kwargs)
+    response = raised.value.response
+    return response["ResponseMetadata"]["HTTPStatusCode"], response["Error"]["Code"]
+
+
+@pytest.fixture
+def running_jobs() -> Iterator[Endpoint]:
+    """Jobs and tasks of about a second; a quarter of a second's startup."""
+    with Endpoint(WallClockRunner(duration=1.0, spread=0.0)) as endpoint:
+        yield endpoint
+
+
+def wait_until(check: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+    return result
+
+
+def test_a_submitted_job_runs_on_the_wall_clock_and_ends_with_an_attempt(running_jobs: Endpoint) -> None:
+    batch = client("batch", running_jobs.url)
+    job_id = batch.submit_job(jobName="m1", jobQueue="models", jobDefinition="forecast")["jobId"]
+    seen = set()
+
+    def succeeded() -> dict[str, Any] | None:
+        (job,) = batch.describe_jobs(jobs=[job_id])["jobs"]
+        seen.add(job["status"])
+        return job if job["status"] == "SUCCEEDED" else None
+
+    job = wait_until(succeeded)
+    assert {"SUBMITTED", "SUCCEEDED"} <= seen
+    assert seen <= {"SUBMITTED", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED"}
+    assert job["container"]["exitCode"] == 0
+    assert job["startedAt"] < job["stoppedAt"]  # botocore parsed epoch milliseconds
+    assert [a["container"]["exitCode"] for a in job["attempts"]] == [0]
+    assert running_jobs.batch.submits == {"m1": 1}
+
+
+def test_a_failed_job_says_why_and_its_log_stream_has_what_it_printed() -> None:
+    with Endpoint(WallClockRunner(duration=0.5, spread=0.0, fail_fraction=1.0)) as endpoint:
+        batch, logs = client("batch", endpoint.url), client("logs", endpoint.url)
+        job_id = batch.submit_job(jobName="m1", jobQueue="models", jobDefinition="forecast")["jobId"]
+        job = wait_until(
+            lambda: next((j for j in batch.describe_jobs(jobs=[job_id])["jobs"] if j["status"] == "FAILED"), None)
+        )
+        stream = job["container"]["logStreamName"]
+        events = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=stream)["events"]
+        assert job["container"]["exitCode"] == 1
+        assert job["statusReason"] == "Essential container in task exited"
+        assert [e["message"] for e in events] == ["model run", "Traceback: ValueError: bad input"]
+        assert error_of(logs.get_log_events, logGroupName="/aws/batch/job", logStreamName="nope") == (
+            400,
+            "ResourceNotFoundException",
+        )
+
+
+def test_terminate_job_fails_a_running_job_with_the_reason(running_jobs: Endpoint) -> None:
+    batch = client("batch", running_jobs.url)
+    job_id = batch.submit_job(jobName="m1", jobQueue="models", jobDefinition="forecast")["jobId"]
+    batch.terminate_job(jobId=job_id, reason="cleared by a user")
+    (job,) = batch.describe_jobs(jobs=[job_id])["jobs"]
+    assert (job["status"], job["statusReason"]) == ("FAILED", "cleared by a user")
+    assert "exitCode" not in job["container"], "it never started"
+    assert error_of(batch.terminate_job, jobId="missing", reason="x") == (400, "ClientException")
+
+
+def test_an_ecs_task_runs_through_its_states_and_stop_task_stops_it(running_jobs: Endpoint) -> None:
+    ecs = client("ecs", running_jobs.url)
+    (done,) = ecs.run_task(cluster="models", taskDefinition="forecast", startedBy="m1")["tasks"]
+    (stopped,) = ecs.run_task(cluster="models", taskDefinition="forecast", startedBy="m2")["tasks"]
+    assert done["lastStatus"] == "PROVISIONING"
+    ecs.stop_task(cluster="models", task=stopped["taskArn"], reason="no longer needed")
+
+    def described() -> list[dict[str, Any]] | None:
+        tasks = ecs.describe_tasks(cluster="models", tasks=[done["taskArn"], stopped["taskArn"]])["tasks"]
+        return tasks if all(t["lastStatus"] == "STOPPED" for t in tasks) else None
+
+    first, second = wait_until(described)
+    assert (first["stopCode"], first["containers"][0]["exitCode"]) == ("EssentialContainerExited", 0)
+    assert (second["stopCode"], second["stoppedReason"]) == ("UserInitiated", "no longer needed")
+    definition = ecs.describe_task_definition(taskDefinition="forecast")["taskDefinition"]
+    assert definition["containerDefinitions"][0]["logConfiguration"]["options"]["awslogs-stream-prefix"] == "ecs"
+
+
+def test_rate_limits_answer_as_each_service_does() -> None:
+    with Endpoint() as endpoint:
+        endpoint.limit("batch", rate=0.01, burst=2)
+        endpoint.limit("ecs", rate=0.01, burst=1)
+        batch, ecs = client("batch", endpoint.url), client("ecs", endpoint.url)
+        batch.describe_jobs(jobs=[])
+        batch.describe_jobs(jobs=[])
+        assert error_of(batch.describe_jobs, jobs=[]) == (429, "TooManyRequestsException")
+        ecs.describe_tasks(cluster="models", tasks=["a"])
+        assert error_of(ecs.describe_tasks, cluster="models", tasks=["a"]) == (400, "ThrottlingException")
+        assert endpoint.calls["DescribeJobs"] == 2
+        assert endpoint.throttled == {"DescribeJobs": 1, "DescribeTasks": 1}
+
+
+def test_fault_switches_and_scripted_failures() -> None:
+    with Endpoint() as endpoint:
+        batch = client("batch", endpoint.url)
+        endpoint.fail_next("DescribeJobs", status=503, code="ServiceUnavailableException")
+        assert error_of(batch.describe_jobs, jobs=[]) == (503, "ServiceUnavailableException")
+        endpoint.faults.update({"server_error_seconds": 60})
+        assert error_of(batch.describe_jobs, jobs=[]) == (500, "ServerException")
+        endpoint.faults.update({"server_error_seconds": 0, "throttle_seconds": 60})
+        assert error_of(batch.list_jobs, jobQueue="models") == (429, "TooManyRequestsException")
+        endpoint.faults.update({"throttle_seconds": 0, "unreachable_seconds": 60})
+        with pytest.raises((ConnectionClosedError, EndpointConnectionError)):
+            batch.describe_jobs(jobs=[])
+        assert endpoint.calls["connection reset"] == 1
+
+
+def test_assumed_role_credentials_expire_and_expired_ones_are_refused() -> None:
+    with Endpoint() as endpoint:
+        endpoint.faults.update({"credential_ttl": 60})
+        credentials = client("sts", endpoint.url).assume_role(
+            RoleArn="arn:aws:iam::123456789012:role/r", RoleSessionName="local"
+        )["Credentials"]
+        assert 50 < credentials["Expiration"].timestamp() - time.time() <= 60
+        keys = {
+            "aws_access_key_id": credentials["AccessKeyId"],
+            "aws_secret_access_key": credentials["SecretAccessKey"],
+            "aws_session_token": credentials["SessionToken"],
+        }
+        assert client("batch", endpoint.url, **keys).describe_jobs(jobs=[])["jobs"] == []
+        assert error_of(client("batch", endpoint.url).describe_jobs, jobs=[]) == (403, "ExpiredTokenException")
+        assert error_of(client("ecs", endpoint.url).describe_tasks, tasks=["a"]) == (400, "ExpiredTokenException")
+        assert endpoint.sts.rejected_credentials == 2
+
+
+def test_calls_are_counted_by_caller_and_region() -> None:
+    with Endpoint() as endpoint:
+        job = endpoint.batch.add_job("RUNNING")
+        client("batch", f"{endpoint.url}/triggerer-1").describe_jobs(jobs=[job])
+        client("batch", endpoint.url).describe_jobs(jobs=[job])
+        assert endpoint.callers == {("triggerer-1", "DescribeJobs"): 1, ("", "DescribeJobs"): 1}
+        assert set(endpoint.batch.describers[job]) == {"triggerer-1", ""}
+        assert endpoint.regions == [("DescribeJobs", "eu-west-1")] * 2
+
+
+def test_as_its_own_process_it_prints_its_port_and_runs_jobs_it_is_asked_to_start() -> None:
+    with running("--duration", "0.5", "--fail-fraction", "0", "--batch-rate", "1000") as endpoint:
+        ids = endpoint.start_jobs(3, name_prefix="bench")
+        batch = client("batch", endpoint.url)
+        wait_until(lambda: all(j["status"] == "SUCCEEDED" for j in batch.describe_jobs(jobs=ids)["jobs"]))
+        jobs = endpoint.jobs()
+        stats = endpoint.stats()
+    assert sorted(job["name"] for job in jobs.values()) == ["bench-0", "bench-1", "bench-2"]
+    assert all(job["created"] < job["started"] < job["ends"] and not job["fails"] for job in jobs.values())
+    assert stats["calls"]["DescribeJobs"] == stats["callers"][""]["DescribeJobs"] >= 1
+    assert stats["max_ids_per_call"]["DescribeJobs"] == 3
+
+
+def test_with_a_process_runner_a_job_is_a_local_process_whose_output_is_its_log() -> None:
+    def command(kind: str, name: str, request: dict[str, Any]) -> list[str]:
+        code = 0 if name == "good" else 3  # "good" takes a second: "bad" waits for the one slot
+        script = f"import time; time.sleep({code == 0:d}); print('training {name}'); raise SystemExit({code})"
+        return [sys.executable, "-c", script]
+
+    with Endpoint(ProcessRunner(command, concurrency=1)) as endpoint:
+        batch, logs = client("batch", endpoint.url), client("logs", endpoint.url)
+        ids = [
+            batch.submit_job(jobName=n, jobQueue="models", jobDefinition="forecast")["jobId"] for n in ("good", "bad")
+        ]
+        assert batch.describe_jobs(jobs=ids[1:])["jobs"][0]["status"] == "RUNNABLE"
+
+        def ended() -> list[dict[str, Any]] | None:
+            jobs: list[dict[str, Any]] = batch.describe_jobs(jobs=ids)["jobs"]
+            return jobs if all(j["status"] in ("SUCCEEDED", "FAILED") for j in jobs) else None
+
+        good, bad = wait_until(ended)
+        stream = bad["container"]["logStreamName"]
+        events = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=stream)["events"]
+    assert (good["status"], good["container"]["exitCode"]) == ("SUCCEEDED", 0)
+    assert (bad["status"], bad["container"]["exitCode"]) == ("FAILED", 3)
+    assert bad["startedAt"] >= good["stoppedAt"], "one at a time"
+    assert [e["message"] for e in events] == ["training bad"]
