@@ -11,10 +11,14 @@ import pytest
 
 from airflow_ml_batch.fleet import Model, batch_kwargs
 from airflow_ml_batch.hooks.batch import BatchHook
+from airflow_ml_batch.hooks.ecs import EcsHook
 from airflow_ml_batch.report import (
     NOT_SUBMITTED,
     JobOutcome,
+    chart_metric,
     gather_batch_jobs,
+    gather_ecs_tasks,
+    metric_values,
     model_ids,
     pulled,
     read_csv,
@@ -78,7 +82,9 @@ def test_outcomes_come_from_aws_batch_in_model_order_with_metrics_from_the_resul
         ("emea-4", "RUNNING", by_environment),  # no model_id tag: the MODEL_ID variable names it
         ("emea-5", NOT_SUBMITTED, None),
     ]
-    assert outcomes[0] == JobOutcome("emea-1", "SUCCEEDED", ok, 720.0, 0, 1, 0, None, {"mape": 0.12})
+    assert outcomes[0] == JobOutcome(
+        "emea-1", "SUCCEEDED", ok, 720.0, 0, 1, 0, None, {"mape": 0.12}, definition="forecast:1"
+    )
     assert (outcomes[1].exit_code, outcomes[1].attempts, outcomes[1].reason) == (
         137,
         2,
@@ -86,6 +92,90 @@ def test_outcomes_come_from_aws_batch_in_model_order_with_metrics_from_the_resul
     )
     assert (outcomes[2].try_number, outcomes[2].duration_seconds, outcomes[2].metrics) == (2, 540.0, {"mape": 0.3})
     assert aws_endpoint.calls["DescribeJobs"] == 1
+
+
+IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/forecast:2026.11"
+
+
+def test_each_row_records_what_ran(aws_endpoint: Endpoint) -> None:
+    environment = [
+        {"name": "MODEL_ID", "value": "emea-1"},
+        {"name": "MODEL_DATASET", "value": "s3://sales/emea-1.csv"},
+        {"name": "MODEL_PARAMETERS", "value": '{"window": 24}'},
+    ]
+    job = finished_job(
+        aws_endpoint,
+        "emea-1",
+        "SUCCEEDED",
+        12,
+        try_number=2,
+        jobDefinition="arn:aws:batch:eu-west-1:123456789012:job-definition/forecast:7",
+        container={
+            "exitCode": 0,
+            "image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/forecast:2026.11",
+            "environment": environment,
+        },
+    )
+
+    (outcome,) = gather_batch_jobs(BatchHook(aws_conn_id="aws_fake", region_name="eu-west-1"), ["emea-1"], [job])
+
+    assert (outcome.definition, outcome.image, outcome.dataset, outcome.parameters, outcome.try_number) == (
+        "forecast:7",
+        IMAGE,
+        "s3://sales/emea-1.csv",
+        '{"window": 24}',
+        2,
+    )
+
+
+def test_ecs_tasks_give_the_same_rows(aws_endpoint: Endpoint) -> None:
+    def task(model: str, exit_code: int, **fields: object) -> str:
+        return aws_endpoint.ecs.add_task(
+            "STOPPED",
+            taskDefinitionArn="arn:aws:ecs:eu-west-1:123456789012:task-definition/forecast:4",
+            startedAt="2026-11-30T00:00:00Z",
+            stoppedAt="2026-11-30T00:10:00Z",
+            stopCode="EssentialContainerExited",
+            stoppedReason="Essential container in task exited",
+            containers=[{"name": "model", "image": "forecast:11", "exitCode": exit_code, "lastStatus": "STOPPED"}],
+            overrides={
+                "containerOverrides": [
+                    {
+                        "name": "model",
+                        "environment": [
+                            {"name": "MODEL_ID", "value": model},
+                            {"name": "MODEL_DATASET", "value": f"{model}.csv"},
+                        ],
+                    }
+                ]
+            },
+            **fields,
+        )
+
+    ok, failed = task("emea-1", 0), task("emea-2", 1, tags=[{"key": "airflow:try_number", "value": "2"}])
+    running = aws_endpoint.ecs.add_task("RUNNING", tags=[{"key": "model_id", "value": "emea-3"}])
+
+    outcomes = gather_ecs_tasks(
+        EcsHook(aws_conn_id="aws_fake", region_name="eu-west-1"),
+        "models",
+        ["emea-1", "emea-2", "emea-3", "emea-4"],
+        [running, failed, ok, None],
+        [{"task_arn": ok, "metrics": {"mape": 0.08}}],
+    )
+
+    assert [(o.model_id, o.status, o.exit_code, o.try_number) for o in outcomes] == [
+        ("emea-1", "SUCCEEDED", 0, None),
+        ("emea-2", "CONTAINER_FAILED", 1, 2),
+        ("emea-3", "RUNNING", None, None),
+        ("emea-4", NOT_SUBMITTED, None, None),
+    ]
+    assert (outcomes[0].duration_seconds, outcomes[0].metrics, outcomes[0].definition, outcomes[0].image) == (
+        600.0,
+        {"mape": 0.08},
+        "forecast:4",
+        "forecast:11",
+    )
+    assert (outcomes[1].reason, outcomes[1].dataset) == ("Essential container in task exited", "emea-2.csv")
 
 
 def test_jobs_are_described_a_hundred_per_call(aws_endpoint: Endpoint) -> None:
@@ -101,7 +191,7 @@ def test_jobs_are_described_a_hundred_per_call(aws_endpoint: Endpoint) -> None:
 
 
 OUTCOMES = [
-    JobOutcome("a", "SUCCEEDED", "j1", 600.0, 1, 1, 0, None, {"mape": 0.1, "slope": 2}),
+    JobOutcome("a", "SUCCEEDED", "j1", 600.0, 1, 1, 0, None, {"mape": 0.1, "slope": 2}, "forecast:3", "img:1", "a.csv"),
     JobOutcome("b", "FAILED", "j2", 60.0, 1, 3, 1, "Essential container in task exited"),
     JobOutcome("c", "SUCCEEDED", "j3", 5400.0, 1, 1, 0, None, {"mape": 0.3}),
     JobOutcome("d", NOT_SUBMITTED),
@@ -121,6 +211,10 @@ def test_the_csv_has_a_row_per_model_and_a_column_per_metric(tmp_path: Path) -> 
         "try_number",
         "exit_code",
         "reason",
+        "definition",
+        "image",
+        "dataset",
+        "parameters",
         "metric_mape",
         "metric_slope",
     ]
@@ -135,7 +229,9 @@ def test_the_csv_has_a_row_per_model_and_a_column_per_metric(tmp_path: Path) -> 
 
 def test_a_written_report_reads_back(tmp_path: Path) -> None:
     assert read_csv(write_csv(OUTCOMES, tmp_path / "report.csv")) == [
-        JobOutcome("a", "SUCCEEDED", "j1", 600.0, 1, 1, 0, None, {"mape": 0.1, "slope": 2.0}),
+        JobOutcome(
+            "a", "SUCCEEDED", "j1", 600.0, 1, 1, 0, None, {"mape": 0.1, "slope": 2.0}, "forecast:3", "img:1", "a.csv"
+        ),
         *OUTCOMES[1:],
     ]
 
@@ -164,7 +260,15 @@ def test_the_chart_is_a_png(tmp_path: Path) -> None:
 
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert struct.unpack(">II", data[16:24]) == (1200, 500)
+    assert struct.unpack(">II", data[16:24]) == (1200, 800)
+
+
+def test_the_chart_shows_mape_unless_told_another_metric() -> None:
+    assert chart_metric(OUTCOMES) == "mape"
+    assert chart_metric(OUTCOMES, "slope") == "slope"
+    assert chart_metric([JobOutcome("a", "SUCCEEDED", metrics={"rmse": 2, "note": "x"})]) == "rmse"
+    assert chart_metric([JobOutcome("a", "SUCCEEDED")]) is None
+    assert metric_values(OUTCOMES, "mape") == [0.1, 0.3]
 
 
 def test_the_chart_says_what_to_install_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,8 +284,8 @@ def test_the_summary_counts_times_metrics_and_names_the_failures() -> None:
         "4 models: 2 succeeded, 1 failed, 1 not_submitted",
         "durations: median 10.0 min, p95 90.0 min, longest 90.0 min (c)",
         "retried: 1 models needed more than one try or attempt",
-        "metric mape: median 0.2 over 2 models",
-        "metric slope: median 2 over 1 models",
+        "metric mape: median 0.2 (p10 0.1, p90 0.3) over 2 models",
+        "metric slope: median 2 (p10 2, p90 2) over 1 models",
         "  b: FAILED Essential container in task exited",
         "  ... and 1 more (see the CSV)",
     ]
