@@ -18,9 +18,9 @@ process: its stdout the job's log stream, its exit code the job's outcome.
 """
 
 from .core import ACCOUNT, REGION, AwsError, Call, Faults, Run, Runner, Timeline, TokenBucket, WallClockRunner
-from .process import EndpointClient, running
-from .processes import ProcessRun, ProcessRunner
+from .process_runner import ProcessRun, ProcessRunner
 from .server import Endpoint
+from .standalone import EndpointClient, running
 
 __all__ = [
     "ACCOUNT",
