@@ -52,7 +52,12 @@ nitpick_ignore_regex = [
     (r"py:class", r"(BaseOperator|BaseTrigger|BaseAwsLink|CloudWatchEventsLink|AwsGenericHook|Context)"),
     (r"py:class", r"(Config|Credentials|AioSession|AioBaseClient|BatchClient|ECSClient|TriggerEvent)"),
     # The standard library's types in signatures (built-ins and typing resolve without a target).
-    (r"py:class", r"(abc|datetime|pathlib|collections\.abc|asyncio|contextlib|weakref)\..*"),
+    (
+        r"py:class",
+        r"(abc|datetime|pathlib|collections(\.abc)?|asyncio|contextlib|weakref|random|subprocess|argparse)\..*",
+    ),
+    # the endpoint's web server
+    (r"py:.*", r"aiohttp(\..*)?"),
 ]
 
 html_theme = "alabaster"

@@ -2,10 +2,12 @@
 
 Two endpoints, for two needs (``pip install "airflow-ml-batch[test]"``):
 
-- :func:`local_aws`: moto in server mode, with real Batch and ECS resources (queues, job definitions,
-  clusters) that :func:`create_batch_queue` and :func:`create_ecs_cluster` create; its jobs end at once.
-- :class:`Endpoint` (:mod:`airflow_ml_batch.testing.endpoint`): jobs and tasks that take time and fail,
-  rate limits, throttling, outages and expiring credentials, scripted state for tests.
+- :func:`~airflow_ml_batch.testing.moto_server.local_aws`: moto in server mode, with real Batch and ECS resources
+  (queues, job definitions, clusters) that :func:`~airflow_ml_batch.testing.moto_server.create_batch_queue` and
+  :func:`~airflow_ml_batch.testing.moto_server.create_ecs_cluster` create; its jobs end at once.
+- :class:`~airflow_ml_batch.testing.endpoint.server.Endpoint` (:mod:`airflow_ml_batch.testing.endpoint`): jobs and
+  tasks that take time and fail, rate limits, throttling, outages and expiring credentials, scripted state for
+  tests.
 
 Either way, point a connection at it::
 

@@ -1,8 +1,7 @@
 """One AWS-shaped endpoint on 127.0.0.1: AWS Batch, Amazon ECS, CloudWatch Logs and STS.
 
-botocore and aiobotocore talk to it as to AWS (REST-JSON for Batch, JSON 1.1 for ECS and Logs, the
-query protocol for STS) and parse every answer, errors included. In-process, a test scripts exact state
-sequences::
+botocore and aiobotocore talk to it as to AWS (REST-JSON for Batch, JSON 1.1 for ECS and Logs, the query protocol
+for STS) and parse every answer, errors included. In-process, a test scripts exact state sequences::
 
     with Endpoint() as aws:
         job_id = aws.batch.add_job("RUNNING")
@@ -10,11 +9,14 @@ sequences::
         ...
         aws.batch.set_job(job_id, status="SUCCEEDED")
 
-With a :class:`Runner` (:class:`WallClockRunner`: durations and failure fractions) jobs and tasks run by
-themselves; :meth:`Endpoint.limit` adds rate limits, :attr:`Endpoint.faults` fault switches. As its own
-process (``python -m airflow_ml_batch.testing.endpoint --help``, or :func:`running`) it prints its port;
-:class:`EndpointClient` drives it from elsewhere. With a :class:`ProcessRunner` each job is a local
-process: its stdout the job's log stream, its exit code the job's outcome.
+With a :class:`~airflow_ml_batch.testing.endpoint.core.Runner`
+(:class:`~airflow_ml_batch.testing.endpoint.core.WallClockRunner`: durations and failure fractions) jobs and tasks
+run by themselves; :meth:`~airflow_ml_batch.testing.endpoint.server.Endpoint.limit` adds rate limits, ``faults``
+fault switches. As its own process (``python -m airflow_ml_batch.testing.endpoint --help``, or
+:func:`~airflow_ml_batch.testing.endpoint.standalone.running`) it prints its port;
+:class:`~airflow_ml_batch.testing.endpoint.standalone.EndpointClient` drives it from elsewhere. With a
+:class:`~airflow_ml_batch.testing.endpoint.process_runner.ProcessRunner` each job is a local process: its stdout the
+job's log stream, its exit code the job's outcome.
 """
 
 from .core import ACCOUNT, REGION, AwsError, Call, Faults, Run, Runner, Timeline, TokenBucket, WallClockRunner

@@ -51,7 +51,7 @@ class DescribeStats:
 
 
 class Endpoint:
-    """State, script and counters of the endpoint; in-process as a context manager, :attr:`url` once started.
+    """State, script and counters of the endpoint; in-process as a context manager, ``url`` once started.
 
     ``runner`` decides how submitted jobs and started tasks run (e.g. :class:`~.core.WallClockRunner`);
     without one they keep the states a test scripts.
@@ -145,7 +145,8 @@ class Endpoint:
     # -- answering ---------------------------------------------------------------------------------------
 
     def answer(self, call: Call) -> tuple[int, Any]:
-        """Answer one call: ``(HTTP status, answer)``, where an error answer is an :class:`AwsError`."""
+        """Answer one call: ``(HTTP status, answer)``, where an error answer is an
+        :class:`~airflow_ml_batch.testing.endpoint.core.AwsError`."""
         with self.lock:
             describe = self.describes.get(call.operation)
             if describe is not None:
@@ -304,7 +305,8 @@ _BATCH_PATHS = {
 
 
 def _render(service: str, status: int, answer: Any) -> web.Response:
-    """``answer`` (a dict, STS's XML, or an :class:`AwsError`) in the wire format of ``service``."""
+    """``answer`` (a dict, STS's XML, or an :class:`~airflow_ml_batch.testing.endpoint.core.AwsError`) in the
+    wire format of ``service``."""
     if service == "sts":
         if isinstance(answer, AwsError):
             xml = (

@@ -96,12 +96,13 @@ class EndpointClient:
         return tasks
 
     def stats(self) -> dict[str, Any]:
-        """The counters (:meth:`Endpoint.stats`)."""
+        """The counters (:meth:`~airflow_ml_batch.testing.endpoint.server.Endpoint.stats`)."""
         stats: dict[str, Any] = self.control("stats")
         return stats
 
     def faults(self, **switches: Any) -> None:
-        """Switch faults on (:meth:`~.core.Faults.update`): ``throttle_seconds=60``, ``credential_ttl=4``, ..."""
+        """Switch faults on (:meth:`~airflow_ml_batch.testing.endpoint.core.Faults.update`):
+        ``throttle_seconds=60``, ``credential_ttl=4``, ..."""
         self.control("faults", switches)
 
     def fail_next(
