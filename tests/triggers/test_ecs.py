@@ -296,10 +296,12 @@ async def test_throttling_never_fails_and_tasks_share_calls_per_cluster(ecs: Fak
     ecs.fail_next("DescribeTasks", times=1, status=503, code="ServiceUnavailableException")
     waiting = [asyncio.ensure_future(first_event(trigger_for(task, poll_interval=0.2), timeout=120)) for task in tasks]
 
+    first = trigger_for(tasks[0])
+
     async def rounds_done(count: int) -> EcsTaskPoller:
-        while not EcsTaskPoller.active() or EcsTaskPoller.active()[0].rounds < count:  # noqa: ASYNC110
+        while (poller := EcsTaskPoller.of(first.hook, first.scope)) is None or poller.rounds < count:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        return EcsTaskPoller.active()[0]  # type: ignore[return-value]
+        return poller  # type: ignore[return-value]
 
     poller = await asyncio.wait_for(rounds_done(3), timeout=90)
     rounds, calls = poller.rounds, ecs.calls["DescribeTasks"]
