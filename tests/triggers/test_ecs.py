@@ -334,18 +334,18 @@ async def test_deadline_stops_the_task(ecs: FakeAws) -> None:
     assert "execution_timeout" in ecs.tasks[task]["stoppedReason"]
 
 
-async def test_restart_leaves_the_task_and_on_kill_stops_it(ecs: FakeAws) -> None:
+async def test_neither_a_restart_nor_on_kill_with_an_unknown_task_state_stops_the_task(ecs: FakeAws) -> None:
+    # tests/triggers/test_batch.py runs on_kill against real task states; StopTask is the deadline test's
     task = ecs.add_task("RUNNING")
     waiting = asyncio.ensure_future(first_event(trigger_for(task)))
     await asyncio.sleep(0.3)
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
-    assert ecs.tasks[task]["lastStatus"] == "RUNNING"
 
     await trigger_for(task).on_kill()
 
-    assert ecs.tasks[task]["lastStatus"] == "STOPPED"
-    assert ecs.calls["StopTask"] == 1
+    assert ecs.tasks[task]["lastStatus"] == "RUNNING"
+    assert ecs.calls["StopTask"] == 0
 
 
 async def test_end_from_trigger(ecs: FakeAws) -> None:
