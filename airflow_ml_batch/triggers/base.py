@@ -15,6 +15,8 @@ restart, nor when the task's state cannot be read), and end with one event.
 from __future__ import annotations
 
 import asyncio
+import collections
+import gc
 import json
 import logging
 import random
@@ -84,6 +86,46 @@ _UNKNOWN_STATE = "<unknown>"
 #: triggerer's ``on_kill_timeout`` instead of queueing on one thread.
 _STATE_READS = 32
 _state_readers: ThreadPoolExecutor | None = None
+
+
+#: Triggers that start their wait in one event-loop iteration: thousands starting together take turns.
+STARTS_PER_ITERATION = 100
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, collections.deque[asyncio.Future[None]]]
+_turns = weakref.WeakKeyDictionary()
+_frozen = False
+
+
+async def take_turn() -> None:
+    """Wait until this trigger may start: :data:`STARTS_PER_ITERATION` per loop iteration, first come first.
+
+    The first call of the process also moves every object alive then (modules, Airflow's own) out of the
+    garbage collector's reach (``gc.freeze()``): a full collection while thousands of triggers start
+    would otherwise walk them all, stalling the event loop for hundreds of milliseconds.
+    """
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.freeze()
+    loop = asyncio.get_running_loop()
+    queue = _turns.get(loop)
+    if queue is None:
+        queue = _turns[loop] = collections.deque()
+    turn: asyncio.Future[None] = loop.create_future()
+    queue.append(turn)
+    if len(queue) == 1:
+        loop.call_soon(_give_turns, queue)
+    await turn
+
+
+def _give_turns(queue: collections.deque[asyncio.Future[None]]) -> None:
+    given = 0
+    while queue and given < STARTS_PER_ITERATION:
+        turn = queue.popleft()
+        if not turn.done():
+            turn.set_result(None)
+            given += 1
+    if queue:
+        asyncio.get_running_loop().call_soon(_give_turns, queue)
 
 
 def metrics_from_log(lines: list[str]) -> dict[str, Any] | None:
@@ -510,6 +552,7 @@ class WaitForJobTrigger(BaseTrigger):
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        await take_turn()
         try:
             async with self.poller.watch(self.hook, self.scope, self.job_id, self.poll_interval) as updates:
                 event = await self._wait(updates)

@@ -57,7 +57,8 @@ def test_success_ends_the_task_from_the_trigger(aws_conn_id: str, batch_queue: d
 
     assert task_instance(dag_run, "forecast").state == "success"
     result = xcom(dag_run, "forecast")
-    assert (result["job_id"], result["status"], result["exit_code"]) == (xcom(dag_run, "forecast", "batch_job_id"), "SUCCEEDED", 0)
+    job_id = xcom(dag_run, "forecast", JOB_ID_XCOM_KEY)
+    assert (result["job_id"], result["status"], result["exit_code"]) == (job_id, "SUCCEEDED", 0)
 
 
 def test_failed_job_fails_the_task(

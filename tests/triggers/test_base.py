@@ -101,6 +101,8 @@ async def test_each_job_is_described_at_its_own_triggers_interval(fake_aws: Fake
     waiting = [asyncio.ensure_future(first_event(trigger_for(job, 2.0))) for job in slow]
     waiting += [asyncio.ensure_future(first_event(trigger_for(job, 0.2))) for job in fast]
 
+    while fake_aws.calls["DescribeJobs"] < 1:  # noqa: ASYNC110 - the count lives in another thread
+        await asyncio.sleep(0.01)
     await asyncio.sleep(3.0)
     await stopped(waiting)
 
