@@ -47,7 +47,13 @@ def listeners_registered() -> list[str]:
 
 
 def task_instance_state(task_instance: Any) -> str | None:
-    """The current state of a trigger's task instance, read from Airflow (blocking: call in a thread)."""
+    """The current state of a trigger's task instance, read from Airflow (blocking: call in a thread).
+
+    ``None`` is a task instance without a state: cleared, its next try not scheduled yet.
+
+    :raises LookupError: Airflow has no such task instance (its run was deleted, say).
+    """
+    mapped = task_instance.map_index is not None and task_instance.map_index >= 0
     if AIRFLOW_V_3_0_PLUS:
         from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
 
@@ -58,15 +64,17 @@ def task_instance_state(task_instance: Any) -> str | None:
             map_index=task_instance.map_index,
         )
         # A mapped task instance's state is keyed "<task_id>_<map_index>".
-        mapped = task_instance.map_index is not None and task_instance.map_index >= 0
         key = f"{task_instance.task_id}_{task_instance.map_index}" if mapped else task_instance.task_id
-        state = states.get(task_instance.run_id, {}).get(key)
+        of_run = states.get(task_instance.run_id, {})
+        if key not in of_run:
+            raise LookupError(f"no task instance {key} in run {task_instance.run_id} of {task_instance.dag_id}")
+        state = of_run[key]
     else:
         from airflow.models.taskinstance import TaskInstance
         from airflow.utils.session import create_session
 
         with create_session() as session:
-            state = (
+            row = (
                 session.query(TaskInstance.state)
                 .filter_by(
                     dag_id=task_instance.dag_id,
@@ -74,9 +82,24 @@ def task_instance_state(task_instance: Any) -> str | None:
                     run_id=task_instance.run_id,
                     map_index=task_instance.map_index,
                 )
-                .scalar()
+                .first()
             )
+        if row is None:
+            raise LookupError(f"no task instance {task_instance.task_id} in run {task_instance.run_id}")
+        state = row[0]
     return None if state is None else str(getattr(state, "value", state))
+
+
+def tries_since_last_clear(try_number: int, max_tries: int, retries: int) -> range:
+    """The earlier tries of a task instance that no user cleared since: their jobs may be re-attached to.
+
+    Airflow (2.10 through 3.3) counts ``try_number`` up when it schedules a try, and a clear sets
+    ``max_tries`` to ``try_number + retries`` of the cleared try, while a retry leaves ``max_tries`` as it
+    is. So the first try after the last clear is ``max_tries - retries + 1`` (Airflow's own
+    ``get_first_reschedule_date`` counts so), and 1 if the task was never cleared. A task cleared while
+    RUNNING (not deferred) is retried without ``max_tries`` changing, so its try counts as a retry.
+    """
+    return range(max(1, max_tries - retries + 1), try_number)
 
 
 __all__ = [
@@ -89,4 +112,5 @@ __all__ = [
     "Context",
     "listeners_registered",
     "task_instance_state",
+    "tries_since_last_clear",
 ]

@@ -69,15 +69,29 @@ def _deferred_or_done(fleet: Fleet) -> int:
     return states["deferred"] + states["success"]
 
 
-def finish(fleet: Fleet, verdict: Verdict, *, duplicates_allowed: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """Wait for the run, then check the run's outcome, single submissions, and that no job is left running."""
+def finish(
+    fleet: Fleet,
+    verdict: Verdict,
+    *,
+    duplicates_allowed: frozenset[str] = frozenset(),
+    marked_failed: int = 0,
+) -> dict[str, Any]:
+    """Wait for the run, then check the run's outcome, single submissions, and that no job is left running.
+
+    ``marked_failed`` tasks were marked failed by the scenario: the run fails, every other task succeeds.
+    """
     fleet.wait()
     results = fleet.results()
     jobs = fleet.bench("jobs")
     submits = results["submits"]
     names = {fleet.job_name(i) for i in range(fleet.args.jobs)}
-    verdict.checks["the DAG run succeeded"] = results["state"] == "success"
-    verdict.checks["every task succeeded"] = results["tasks"] == {"success": fleet.args.jobs}
+    if marked_failed:
+        verdict.checks["the DAG run failed (tasks marked failed), no other task failed"] = results["state"] == "failed"
+        expected = {"success": fleet.args.jobs - marked_failed, "failed": marked_failed}
+        verdict.checks["every other task succeeded"] = results["tasks"] == expected
+    else:
+        verdict.checks["the DAG run succeeded"] = results["state"] == "success"
+        verdict.checks["every task succeeded"] = results["tasks"] == {"success": fleet.args.jobs}
     verdict.checks["every task's job was submitted"] = names <= set(submits)
     twice = sorted(n for n, k in submits.items() if k > 1 and n not in duplicates_allowed)
     verdict.checks["no job submitted twice"] = not twice
@@ -170,12 +184,23 @@ def throttle_storm(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> 
 
 
 def clear_deferred(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
-    """Clear ``--clear`` deferred tasks (REST API): each job stopped or re-attached to, never two; others unaffected."""
+    """Clear ``--clear`` deferred tasks, mark ``--mark`` others failed or successful, kill a few task processes.
+
+    A clear re-runs the model: the cleared try's job is terminated and the next try submits one new job,
+    never re-attaching to the old one. A mark stops it: the job is terminated and nothing is submitted.
+    A task process killed after SubmitJob is retried, and that retry re-attaches to the job.
+    """
+    victims = list(range(args.jobs - args.kill_workers, args.jobs))
+    fleet.bench("faults", {"hold_submit": {"map_indexes": victims, "seconds": 60}})
     fleet.trigger()
+    killed = _kill_held_submitters(fleet, victims)
     wait_deferred(fleet, args.jobs)
-    cleared = sorted(fleet.map_indexes("deferred"))[: args.clear]
+    deferred = sorted(set(fleet.map_indexes("deferred")) - set(victims))
+    cleared, marked = deferred[: args.clear], deferred[args.clear : args.clear + args.mark]
+    marked_as = {i: ("failed" if n % 2 else "success") for n, i in enumerate(marked)}
     by_name = {job["name"]: job_id for job_id, job in fleet.bench("jobs").items()}
-    first_jobs = {by_name[fleet.job_name(i)] for i in cleared}
+    first_jobs = {i: by_name[fleet.job_name(i)] for i in cleared}
+    marked_jobs = {i: by_name[fleet.job_name(i)] for i in marked}
     body = {
         "dry_run": False,
         "dag_run_id": fleet.run_id,
@@ -183,27 +208,69 @@ def clear_deferred(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> 
         "only_failed": False,
         "reset_dag_runs": True,
     }
+    acted_at = time.time()
     answer = http_json("POST", f"{fleet.api}/api/v2/dags/{fleet.args.dag}/clearTaskInstances", body)
     log(f"cleared {answer['total_entries']} deferred task instances through the REST API")
-    finish(fleet, verdict, duplicates_allowed=frozenset(fleet.job_name(i) for i in cleared))
-    stats = fleet.bench("stats")
-    terminated = set(stats["terminated"])
-    submits = stats["submits"]
-    reattached = [i for i in cleared if submits[fleet.job_name(i)] == 1]
-    killed = [i for i in cleared if by_name[fleet.job_name(i)] in terminated]
-    # on_kill terminates a cleared task's job unless the task's next try has re-deferred by then: that
-    # try re-attached to the job (reattach=True) and waits for it, so it is left running. A job that had
-    # ended is left as it was, and the next try submits a new one. finish() checks that no task ever had
-    # two jobs running at once and that none is left running.
-    verdict.checks["no other job was terminated"] = not terminated - first_jobs
+    for i, state in marked_as.items():
+        url = f"{fleet.api}/api/v2/dags/{fleet.args.dag}/dagRuns/{fleet.run_id}/taskInstances/{TASK_ID}/{i}"
+        http_json("PATCH", url, {"new_state": state})
+    log(f"marked {len(marked)} deferred task instances failed or successful through the REST API")
+    finish(
+        fleet,
+        verdict,
+        duplicates_allowed=frozenset(fleet.job_name(i) for i in cleared),
+        marked_failed=sum(1 for state in marked_as.values() if state == "failed"),
+    )
+    stats, jobs = fleet.bench("stats"), fleet.bench("jobs")
+    terminated, submits = set(stats["terminated"]), stats["submits"]
+    ended_before = [i for i, job in first_jobs.items() if jobs[job]["ends"] <= acted_at]
+    old_job_stopped = [i for i, job in first_jobs.items() if job in terminated or i in ended_before]
+    states = dict(fleet.sql(_MAPPED_STATES, task=TASK_ID))
+    verdict.checks["every cleared task's old job was terminated (or had ended before the clear)"] = len(
+        old_job_stopped
+    ) == len(cleared)
+    verdict.checks["every cleared task's next try submitted exactly one new job"] = all(
+        submits.get(fleet.job_name(i)) == 2 for i in cleared
+    )
+    verdict.checks["every marked task's job was terminated"] = set(marked_jobs.values()) <= terminated
+    verdict.checks["no marked task submitted again"] = all(submits.get(fleet.job_name(i)) == 1 for i in marked)
+    verdict.checks["every marked task kept its mark"] = all(states.get(i) == s for i, s in marked_as.items())
+    verdict.checks[f"{len(victims)} task processes killed after SubmitJob"] = len(killed) == len(victims) and all(
+        killed.values()
+    )
+    verdict.checks["each killed task's retry re-attached (one job per name)"] = all(
+        submits.get(name) == 1 for name in killed
+    )
+    others = terminated - set(first_jobs.values()) - set(marked_jobs.values())
+    verdict.checks["no other job was terminated"] = not others
     verdict.numbers |= {
         "cleared": answer["total_entries"],
-        "their jobs terminated (the next try submitted a new one)": len(killed),
-        "their next try re-attached to the running job": len(reattached),
-        "their job had ended before the next try": len(cleared) - len(killed) - len(reattached),
-        "other jobs terminated": len(terminated - first_jobs),
+        "their old job terminated": sum(1 for job in first_jobs.values() if job in terminated),
+        "their old job had ended before the clear": len(ended_before),
+        "their next try re-attached to the old job": sum(1 for i in cleared if submits.get(fleet.job_name(i)) == 1),
+        "marked failed, marked success": tuple(
+            collections.Counter(marked_as.values())[s] for s in ("failed", "success")
+        ),
+        "TerminateJob by caller": collections.Counter(stats["terminated_by"].values()),
+        "other jobs terminated": len(others),
         "tasks by try number": tries(fleet),
     }
+
+
+_MAPPED_STATES = "SELECT map_index, state FROM task_instance WHERE dag_id = :dag AND run_id = :run AND task_id = :task"
+
+
+def _kill_held_submitters(fleet: Fleet, victims: list[int], timeout: float = 600) -> dict[str, int]:
+    """SIGKILL each task process whose SubmitJob the endpoint holds (``hold_submit``): job name -> pid."""
+    killed: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    while len(killed) < len(victims) and time.monotonic() < deadline:
+        for held in fleet.bench("stats")["held"]:
+            if held["job_name"] not in killed:
+                killed[held["job_name"]] = _kill_socket_owner(held["port"])
+                log(f"job {held['job_name']} created; SIGKILLed pid {killed[held['job_name']]} before its answer")
+        time.sleep(0.2)
+    return killed
 
 
 def expiring_credentials(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
@@ -245,14 +312,7 @@ def worker_kill(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> Non
     victims = list(range(args.kill_workers))
     fleet.bench("faults", {"hold_submit": {"map_indexes": victims, "seconds": 60}})
     fleet.trigger()
-    killed: dict[str, int] = {}
-    deadline = time.monotonic() + 600
-    while len(killed) < len(victims) and time.monotonic() < deadline:
-        for held in fleet.bench("stats")["held"]:
-            if held["job_name"] not in killed:
-                killed[held["job_name"]] = _kill_socket_owner(held["port"])
-                log(f"job {held['job_name']} created; SIGKILLed pid {killed[held['job_name']]} before its answer")
-        time.sleep(0.2)
+    killed = _kill_held_submitters(fleet, victims)
     finish(fleet, verdict)
     submits = fleet.bench("stats")["submits"]
     verdict.checks[f"{len(victims)} task processes killed after SubmitJob"] = len(killed) == len(victims) and all(
@@ -399,8 +459,9 @@ def chaos_parser() -> argparse.ArgumentParser:
     p.add_argument("--storm-seconds", type=float, default=120.0, help="throttle-storm: how long every call is 429")
     p.add_argument("--down-seconds", type=float, default=60.0, help="endpoint-down / triggerer-kill: outage, s")
     p.add_argument("--clear", type=int, default=100, help="clear-deferred: how many deferred tasks to clear")
+    p.add_argument("--mark", type=int, default=10, help="clear-deferred: deferred tasks to mark failed/success")
     p.add_argument("--credential-ttl", type=float, default=180.0, help="expiring-credentials: lifetime, s")
-    p.add_argument("--kill-workers", type=int, default=3, help="worker-kill: task processes to kill")
+    p.add_argument("--kill-workers", type=int, default=3, help="worker-kill, clear-deferred: task processes to kill")
     p.add_argument("--kill-signal", choices=("TERM", "KILL"), default="TERM", help="ha-triggerers: the signal")
     p.add_argument("--stall-seconds", type=float, default=45.0, help="triggerer-stall: how long it is frozen")
     return p

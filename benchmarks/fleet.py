@@ -61,7 +61,7 @@ OFFICIAL_ECS_MAX_ATTEMPTS = 1_000_000
 # The trigger process.
 
 
-def trigger_factory(service: str, impl: str, poll_interval: int) -> Callable[[str], Any]:
+def trigger_factory(service: str, impl: str, poll_interval: float) -> Callable[[str], Any]:
     """A function building the ``impl`` trigger for one job id (Batch) or task ARN (ECS)."""
     common = {"aws_conn_id": CONN_ID, "region_name": REGION}
     if service == "ecs":
@@ -131,11 +131,14 @@ async def run_fleet(
 def child(args: argparse.Namespace) -> None:
     """Run the fleet of ``args.child`` triggers and write the measurements to ``args.out``."""
     service = SERVICES[args.service]
-    make = trigger_factory(args.service, args.child, args.poll_interval)
+    slow = trigger_factory(args.service, args.child, args.poll_interval)
+    fast = trigger_factory(args.service, args.child, args.fast_interval)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    ids = EndpointClient(args.endpoint).control(f"{service.noun}s", {"count": args.jobs, "name_prefix": "bench"})["ids"]
+    count = args.jobs + args.fast_jobs
+    ids = EndpointClient(args.endpoint).control(f"{service.noun}s", {"count": count, "name_prefix": "bench"})["ids"]
+    fast_ids = set(ids[args.jobs :])
     cpu_before, clock = time.process_time(), time.monotonic()
-    events, stall = asyncio.run(run_fleet(make, ids, args.cap))
+    events, stall = asyncio.run(run_fleet(lambda i: (fast if i in fast_ids else slow)(i), ids, args.cap))
     result = {
         "wall": time.monotonic() - clock,
         "cpu": time.process_time() - cpu_before,
@@ -181,6 +184,7 @@ def run_impl(impl: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             *(sys.executable, str(Path(__file__).resolve()), "--child", impl, "--endpoint", url),
             *("--service", args.service, "--out", str(out), "--jobs", str(args.jobs)),
             *("--poll-interval", str(args.poll_interval), "--cap", str(args.cap)),
+            *("--fast-jobs", str(args.fast_jobs), "--fast-interval", str(args.fast_interval)),
         ]
         print(f"[{impl}] {args.jobs} {args.service} triggers against {url} ...", file=sys.stderr, flush=True)
         load = os.getloadavg()[0]
@@ -215,6 +219,7 @@ def summarize(
         else:
             latencies.append(at - job["ends"])
     answered = stats["calls"].get(service.describe, 0)
+    described = stats["described_ids"][service.describe]
     describes = answered + stats["throttled"].get(service.describe, 0)
     times = stats["describe_times"][service.describe]
     rounds = round((max(times) - min(times)) / poll_interval) + 1 if times else 1
@@ -226,7 +231,8 @@ def summarize(
         f"{service.describe} requests": str(describes),
         f"  per {poll_interval} s poll interval": f"{describes / rounds:.1f}",
         "  poll rounds (calls' time span)": str(rounds),
-        f"  {service.id_words} per answered call": f"{stats['described_ids'][service.describe] / max(answered, 1):.1f}",
+        f"  {service.id_words} per answered call": f"{described / max(answered, 1):.1f}",
+        f"  {service.id_words} described per second": f"{described / max(result['wall'], 1e-9):.1f}",
         f"  most {service.id_words} in one call": str(stats["max_ids_per_call"][service.describe]),
         "throttled requests": str(sum(stats["throttled"].values())),
         "other requests": str(sum(others.values())),
@@ -251,6 +257,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
         f"\n{args.service} {service.noun}s={args.jobs} duration={args.duration:g}s +-{args.spread:.0%} "
         f"fail={args.fail_fraction:.0%} poll={args.poll_interval}s API rate={args.rate:g}/s "
         f"burst={args.burst or args.rate:g} cap={args.cap:g}s seed={args.seed} cores={os.cpu_count()}"
+        + (f" + {args.fast_jobs} polled every {args.fast_interval:g}s" if args.fast_jobs else "")
     )
     summaries = {impl: summarize(service, impl, result, args.poll_interval) for impl, result in results.items()}
     names = list(dict.fromkeys(name for rows, _ in summaries.values() for name in rows))
@@ -270,6 +277,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=5000, help="jobs (ECS: tasks), one trigger each")
     parser.add_argument("--impl", choices=(*IMPLS, "both"), help="default: both if Amazon's provider imports")
     parser.add_argument("--poll-interval", type=int, default=30, help="poll_interval / waiter_delay, seconds")
+    parser.add_argument("--fast-jobs", type=int, default=0, help="more jobs, polled every --fast-interval")
+    parser.add_argument("--fast-interval", type=float, default=5.0, help="poll interval of --fast-jobs, seconds")
     parser.add_argument("--duration", type=float, default=20.0, help="mean job duration, seconds")
     parser.add_argument("--spread", type=float, default=0.25, help="job durations vary by +- this fraction")
     parser.add_argument("--fail-fraction", type=float, default=0.05)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import airflow
@@ -67,3 +68,42 @@ def test_task_instance_state_reads_another_task_of_the_run() -> None:
     )
 
     assert xcom(dag_run, "state_of_first") == "success"
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_airflows_clear_raises_max_tries_so_a_cleared_try_is_not_reattachable() -> None:
+    # Airflow's own clear on a finished try: the next try's earlier tries exclude the cleared one, while a
+    # retry (max_tries untouched) may re-attach to every earlier try's job.
+    from airflow.models.taskinstance import TaskInstance, clear_task_instances
+    from airflow.utils.session import create_session
+
+    dag_run = run_dag(
+        """
+        @task(retries=2)
+        def model() -> None:
+            pass
+
+        model()
+        """,
+        imports="from airflow.decorators import task\n",
+    )
+    with create_session() as session:
+        ti = session.query(TaskInstance).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id).one()
+        assert (ti.try_number, ti.max_tries) == (1, 2)
+        assert list(_compat.tries_since_last_clear(ti.try_number + 1, ti.max_tries, 2)) == [1], "a retry"
+
+        if "dag" in inspect.signature(clear_task_instances).parameters:  # Airflow 2: the UI and API pass it
+            clear_task_instances([ti], session, dag=dag_run.dag)
+        else:  # Airflow 3 reads the serialized DAG, which the DAG processor writes
+            from airflow.models.serialized_dag import SerializedDagModel
+
+            if session.query(SerializedDagModel).filter_by(dag_id=dag_run.dag_id).first() is None:
+                pytest.skip("this Airflow's dag.test() writes no serialized DAG for clear to read")
+            clear_task_instances([ti], session)
+        session.flush()
+        ti = session.query(TaskInstance).filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id).one()
+        next_try = ti.try_number + 1  # the scheduler counts the try up when it schedules it
+
+        assert ti.max_tries == 3
+        assert list(_compat.tries_since_last_clear(next_try, ti.max_tries, 2)) == []
+        assert list(_compat.tries_since_last_clear(next_try + 1, ti.max_tries, 2)) == [2], "its retry, later"

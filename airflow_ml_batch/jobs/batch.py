@@ -420,3 +420,12 @@ def _array_failure_lines(summary: dict[str, Any]) -> list[str]:
     if shown and more > 0:
         lines.append(f"  ... and {more} more failed children")
     return lines
+
+
+def reattachable_job(jobs: list[dict[str, Any]], tries: range) -> dict[str, Any] | None:
+    """The newest of ``jobs`` that a try in ``tries`` submitted and nobody asked to terminate, if any."""
+    for job in jobs:  # newest first
+        try_tag = (job.get("tags") or {}).get("airflow:try_number", "")
+        if try_tag.isdigit() and int(try_tag) in tries and not (job.get("isTerminated") or job.get("isCancelled")):
+            return job
+    return None

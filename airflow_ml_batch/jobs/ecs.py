@@ -227,3 +227,12 @@ def describe_task_failure(summary: dict[str, Any], log_tail: list[str] | None = 
         )
     lines.extend(f"  warning: {warning}" for warning in summary.get("warnings") or [])
     return with_log_tail(lines, summary, log_tail)
+
+
+def reattachable_task(tasks: list[dict[str, Any]], tries: range) -> dict[str, Any] | None:
+    """The newest of ``tasks`` (desired status RUNNING: never StopTask-ed) that a try in ``tries`` started."""
+    for task in tasks:  # newest first
+        try_tag = {t["key"]: t["value"] for t in task.get("tags", [])}.get("airflow:try_number", "")
+        if try_tag.isdigit() and int(try_tag) in tries:
+            return task
+    return None

@@ -8,9 +8,9 @@ from airflow.exceptions import AirflowException
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
 from botocore.exceptions import ClientError
 
-from airflow_ml_batch._compat import Context
+from airflow_ml_batch._compat import Context, tries_since_last_clear
 from airflow_ml_batch.hooks.batch import BatchHook
-from airflow_ml_batch.jobs.batch import job_name_for, submit_job_request, valid_job_name
+from airflow_ml_batch.jobs.batch import job_name_for, reattachable_job, submit_job_request, valid_job_name
 from airflow_ml_batch.jobs.common import task_instance_tags
 from airflow_ml_batch.jobs.fields import RequestField
 from airflow_ml_batch.links.logs import JobLogsLink
@@ -107,7 +107,8 @@ class BatchJobOperator(DeferredJobOperator):
             )
         job_id = None
         if ti.try_number > 1:  # only a retry (a re-run after a crash is one) can find an earlier job
-            job_id = self._job_of_earlier_try(job_name, task_instance_tags(ti, with_try=False))
+            reattachable = tries_since_last_clear(ti.try_number, ti.max_tries, self.retries or 0)
+            job_id = self._job_of_earlier_try(job_name, task_instance_tags(ti, with_try=False), reattachable)
         if job_id is None:
             job_id = self._submit(job_name, task_instance_tags(ti))
         BatchJobDetailsLink.persist(context=context, operator=self, job_id=job_id, **self.link_location())
@@ -119,16 +120,20 @@ class BatchJobOperator(DeferredJobOperator):
     def stop_job(self, job_id: str, reason: str) -> None:
         self.hook.conn.terminate_job(jobId=job_id, reason=f"Airflow: {reason}"[:1024])
 
-    def _job_of_earlier_try(self, job_name: str, identity: dict[str, str]) -> str | None:
-        """Re-attach to (or, without ``reattach``, terminate) a job an earlier try left running."""
+    def _job_of_earlier_try(self, job_name: str, identity: dict[str, str], reattachable: range) -> str | None:
+        """Re-attach to a job an earlier try left running; terminate the others (of a cleared try, say)."""
         jobs = self.hook.find_active_jobs(self.job_queue, job_name, identity)
-        if jobs and self.reattach:
-            job = jobs[0]
-            self.log.info("Re-attaching to job %s (%s) of an earlier try, %s", job["jobId"], job_name, job["status"])
-            return str(job["jobId"])
+        keep = reattachable_job(jobs, reattachable) if self.reattach else None
+        if keep is not None:
+            self.log.info("Re-attaching to job %s (%s) of an earlier try, %s", keep["jobId"], job_name, keep["status"])
+            return str(keep["jobId"])
         for job in jobs:
-            self.log.info("Terminating job %s of an earlier try before submitting again", job["jobId"])
-            self.stop_job(job["jobId"], "resubmitted by a retry")
+            self.log.info(
+                "Terminating job %s of try %s before submitting again",
+                job["jobId"],
+                (job.get("tags") or {}).get("airflow:try_number", "?"),
+            )
+            self.stop_job(job["jobId"], "resubmitted by a later try")
         return None
 
     def _submit(self, job_name: str, task_tags: dict[str, str]) -> str:

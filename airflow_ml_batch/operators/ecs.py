@@ -9,10 +9,17 @@ from typing import Annotated, Any
 from airflow.exceptions import AirflowException
 from botocore.exceptions import ClientError
 
-from airflow_ml_batch._compat import Context
+from airflow_ml_batch._compat import Context, tries_since_last_clear
 from airflow_ml_batch.hooks.ecs import EcsHook
 from airflow_ml_batch.jobs.common import task_instance_tags
-from airflow_ml_batch.jobs.ecs import CAPACITY_FAILURES, client_token_for, run_task_request, started_by_for, task_id_of
+from airflow_ml_batch.jobs.ecs import (
+    CAPACITY_FAILURES,
+    client_token_for,
+    reattachable_task,
+    run_task_request,
+    started_by_for,
+    task_id_of,
+)
 from airflow_ml_batch.jobs.fields import RequestField
 from airflow_ml_batch.links.ecs import EcsTaskLink
 from airflow_ml_batch.links.logs import JobLogsLink
@@ -124,7 +131,8 @@ class EcsTaskOperator(DeferredJobOperator):
         started_by = started_by_for(ti.dag_id, ti.task_id, ti.run_id, map_index)
         task_arn = None
         if ti.try_number > 1:  # only a retry (a re-run after a crash is one) can find an earlier task
-            task_arn = self._task_of_earlier_try(started_by, task_instance_tags(ti, with_try=False))
+            reattachable = tries_since_last_clear(ti.try_number, ti.max_tries, self.retries or 0)
+            task_arn = self._task_of_earlier_try(started_by, task_instance_tags(ti, with_try=False), reattachable)
         if task_arn is None:
             task_arn = self._run_task(started_by, client_token_for(started_by, ti.try_number), task_instance_tags(ti))
         EcsTaskLink.persist(
@@ -148,9 +156,9 @@ class EcsTaskOperator(DeferredJobOperator):
     def stop_job(self, job_id: str, reason: str) -> None:
         self.hook.conn.stop_task(cluster=self.cluster, task=job_id, reason=f"Airflow: {reason}"[:255])
 
-    def _task_of_earlier_try(self, started_by: str, identity: dict[str, str]) -> str | None:
-        """Re-attach to (or, without ``reattach``, stop) a task an earlier try left running; say what became
-        of a stopped one."""
+    def _task_of_earlier_try(self, started_by: str, identity: dict[str, str], reattachable: range) -> str | None:
+        """Re-attach to a task an earlier try left running; stop the others (of a cleared try, say); say what
+        became of a stopped one."""
 
         def ours(task: dict[str, Any]) -> bool:
             return identity.items() <= {t["key"]: t["value"] for t in task.get("tags", [])}.items()
@@ -163,13 +171,13 @@ class EcsTaskOperator(DeferredJobOperator):
                 task.get("stoppedReason"),
             )
         running = list(filter(ours, self.hook.tasks_started_by(self.cluster, started_by, "RUNNING")))
-        if running and self.reattach:
-            task = running[0]
-            self.log.info("Re-attaching to ECS task %s of an earlier try, %s", task["taskArn"], task["lastStatus"])
-            return str(task["taskArn"])
+        keep = reattachable_task(running, reattachable) if self.reattach else None
+        if keep is not None:
+            self.log.info("Re-attaching to ECS task %s of an earlier try, %s", keep["taskArn"], keep["lastStatus"])
+            return str(keep["taskArn"])
         for task in running:
             self.log.info("Stopping ECS task %s of an earlier try before running a new one", task["taskArn"])
-            self.stop_job(task["taskArn"], "rerun by a retry")
+            self.stop_job(task["taskArn"], "rerun by a later try")
         return None
 
     def _run_task(self, started_by: str, client_token: str, task_tags: dict[str, str]) -> str:

@@ -1,19 +1,22 @@
 """What every trigger of this package shares: one poller per triggerer process, and the waiting task's life.
 
-:class:`SharedPoller` turns thousands of waiting triggers into a few batched describe calls per round:
-each trigger registers the id it waits for, one task per (event loop, connection, region, scope)
-describes up to 100 ids per call at one shared, jittered pace, and wakes a trigger only when its
-resource changes state. Errors (throttling, 5xx, timeouts, lost connections, expired credentials) slow
-the poller down; they never fail a trigger.
+:class:`SharedPoller` turns thousands of waiting triggers into a few batched describe calls: each trigger
+registers the id it waits for with its own ``poll_interval``; one task per (event loop, connection,
+region, scope) describes the ids that are due, up to 100 per call, and wakes a trigger only when its
+resource changes state. Transient errors (throttling, 5xx, network, expired credentials) slow the
+poller down and never fail a trigger; any other error that lasts :data:`PERSISTENT_ERROR_GRACE`
+fails every trigger of the poller at once, with the AWS message.
 
 :class:`WaitForJobTrigger` is the life of one deferred task on top of it: log each state change, stop at
-the deadline, terminate the remote job when a user acts on the task (but never on a triggerer restart),
-and end with one event.
+the deadline, terminate the remote job when a user clears or marks the task (but never on a triggerer
+restart, nor when the task's state cannot be read), and end with one event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import gc
 import json
 import logging
 import random
@@ -21,13 +24,22 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Hashable
-from contextlib import asynccontextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from asgiref.sync import sync_to_async
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    MetadataRetrievalError,
+    SSLError,
+)
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
 from airflow_ml_batch import _compat
 from airflow_ml_batch.hooks.base import AwsServiceHook
@@ -57,14 +69,63 @@ TRANSIENT_ERROR_CODES = frozenset(
         "RequestTimeoutException",
     }
 )
-#: How long the same non-transient error (access denied, say) may last before the waiting tasks fail.
+#: How long errors that will not pass by themselves (access denied, say) may last before the waiting
+#: tasks of that (connection, region, scope) fail; any answered call starts the clock again.
 PERSISTENT_ERROR_GRACE = 600.0
 _MIN_CALL_GAP, _MAX_CALL_GAP = 0.02, 2.0
 _MAX_BACKOFF = 300.0
+#: A round also describes ids due within this fraction of their interval, so that ids keep sharing calls.
+_EARLY = 0.05
+#: Seconds a new watcher waits for its first describe, so that triggers starting together share calls.
+_JOIN_DELAY = 0.2
 
 #: The sentinel Airflow 3.3+ passes to ``Task.cancel()`` when a user acts on a deferred task.
 _USER_ACTION = "__airflow_user_action__"
 _UNKNOWN_STATE = "<unknown>"
+#: Task-state reads of cancelled triggers run in these threads: thousands at once finish within the
+#: triggerer's ``on_kill_timeout`` instead of queueing on one thread.
+_STATE_READS = 32
+_state_readers: ThreadPoolExecutor | None = None
+
+
+#: Triggers that start their wait in one event-loop iteration: thousands starting together take turns.
+STARTS_PER_ITERATION = 100
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, collections.deque[asyncio.Future[None]]]
+_turns = weakref.WeakKeyDictionary()
+_frozen = False
+
+
+async def take_turn() -> None:
+    """Wait until this trigger may start: :data:`STARTS_PER_ITERATION` per loop iteration, first come first.
+
+    The first call of the process also moves every object alive then (modules, Airflow's own) out of the
+    garbage collector's reach (``gc.freeze()``): a full collection while thousands of triggers start
+    would otherwise walk them all, stalling the event loop for hundreds of milliseconds.
+    """
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.freeze()
+    loop = asyncio.get_running_loop()
+    queue = _turns.get(loop)
+    if queue is None:
+        queue = _turns[loop] = collections.deque()
+    turn: asyncio.Future[None] = loop.create_future()
+    queue.append(turn)
+    if len(queue) == 1:
+        loop.call_soon(_give_turns, queue)
+    await turn
+
+
+def _give_turns(queue: collections.deque[asyncio.Future[None]]) -> None:
+    given = 0
+    while queue and given < STARTS_PER_ITERATION:
+        turn = queue.popleft()
+        if not turn.done():
+            turn.set_result(None)
+            given += 1
+    if queue:
+        asyncio.get_running_loop().call_soon(_give_turns, queue)
 
 
 def metrics_from_log(lines: list[str]) -> dict[str, Any] | None:
@@ -84,30 +145,66 @@ def metrics_from_log(lines: list[str]) -> dict[str, Any] | None:
 
 
 def is_transient(error: BaseException) -> bool:
-    """Whether ``error`` will likely pass by itself (throttling, 5xx, network, expired credentials)."""
+    """Whether ``error`` will likely pass by itself: throttling, 5xx, network, expired or unrefreshed credentials.
+
+    Not transient: any other AWS error (access denied, an unknown cluster), a TLS certificate that does not
+    verify, a request botocore rejects (``ParamValidationError``), no region or no credentials at all (a
+    connection that is wrong stays wrong), and any exception this function does not know.
+    """
     if isinstance(error, ClientError):
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return (
             error.response.get("Error", {}).get("Code") in TRANSIENT_ERROR_CODES or status in (429,) or (status >= 500)
         )
-    return True  # connection resets, timeouts, credential refresh errors: nothing the user can fix
+    if isinstance(error, SSLError):
+        return False
+    network = (BotocoreConnectionError, HTTPClientError, ConnectionClosedError, asyncio.TimeoutError, OSError)
+    if isinstance(error, (*network, CredentialRetrievalError, MetadataRetrievalError)):
+        return True
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiobotocore depends on it
+        return False
+    return isinstance(error, aiohttp.ClientError)
+
+
+def error_text(error: BaseException) -> str:
+    """An error as users read it: an AWS error's code and message, otherwise its type and text."""
+    if isinstance(error, ClientError):
+        details = error.response.get("Error", {})
+        return f"{details.get('Code', 'Error')}: {details.get('Message') or error}"
+    return f"{type(error).__name__}: {error}"
 
 
 @dataclass(frozen=True)
 class Observation:
-    """What a poll round saw of one watched resource: its description, or ``None`` when not returned."""
+    """What the poller saw of one watched resource: its description, or ``None`` when not returned.
+
+    ``error``: the poller gave up (an error outlasted the grace). ``bug``: handling the answer raised
+    (a bug, or an answer of a shape nobody expected); the trigger fails with it.
+    """
 
     description: dict[str, Any] | None
     error: str | None = None
+    bug: BaseException | None = None
+
+
+def due_ids(due: dict[str, float], intervals: dict[str, float], now: float) -> list[str]:
+    """The ids to describe at ``now``: those due, and those due within :data:`_EARLY` of their interval."""
+    return [resource for resource, at in due.items() if at - _EARLY * intervals[resource] <= now]
 
 
 class SharedPoller(ABC):
-    """Describes every watched resource of one (connection, region, scope) in batches, at one pace.
+    """Describes every watched resource of one (connection, region, scope) in batches, each at its own pace.
 
-    Subclasses set :attr:`batch_size` and implement :meth:`describe` and :meth:`state_of`.
+    Each watched id is due again ``poll_interval`` (the shortest of its own watchers', jittered) after it
+    was described. Subclasses set :attr:`batch_size` and implement :meth:`request`, :meth:`found` and
+    :meth:`state_of`.
     """
 
     batch_size: ClassVar[int] = 100
+    #: the describe call, for messages ("DescribeJobs")
+    operation: ClassVar[str] = "describe"
     _pollers: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, SharedPoller]]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -120,21 +217,19 @@ class SharedPoller(ABC):
         self.calls = 0
         self.rounds = 0
         self._watchers: dict[str, list[tuple[asyncio.Queue[Observation], float]]] = {}
+        self._intervals: dict[str, float] = {}
+        self._due: dict[str, float] = {}
         self._last_state: dict[str, str | None] = {}
         self._call_gap = _MIN_CALL_GAP
         self._failures = 0
+        self._failing_since: float | None = None
+        self._joined = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def active(cls) -> list[SharedPoller]:
-        """The pollers running on the current event loop."""
-        return list(cls._pollers.get(asyncio.get_running_loop(), {}).values())
-
-    @classmethod
-    def for_scope(cls, hook: AwsServiceHook, scope: Hashable) -> SharedPoller:
-        """The poller of this event loop for ``hook``'s connection and region and ``scope``."""
-        pollers = cls._pollers.setdefault(asyncio.get_running_loop(), {})
-        return pollers.get((hook._shared_client_key, scope)) or cls(hook, scope)
+    def of(cls, hook: AwsServiceHook, scope: Hashable) -> SharedPoller | None:
+        """The running poller of this event loop for ``hook``'s connection and region and ``scope``, if any."""
+        return cls._pollers.get(asyncio.get_running_loop(), {}).get((hook._shared_client_key, scope))
 
     @classmethod
     @asynccontextmanager
@@ -149,19 +244,13 @@ class SharedPoller(ABC):
             poller = pollers[key] = cls(hook, scope)
         queue: asyncio.Queue[Observation] = asyncio.Queue()
         entry = (queue, max(float(poll_interval), 0.1))
-        poller._watchers.setdefault(resource_id, []).append(entry)
-        poller._last_state.pop(resource_id, None)  # the next round tells the new watcher the current state
+        poller._join(resource_id, entry)
         if poller._task is None or poller._task.done():
             poller._task = asyncio.ensure_future(poller._run())
         try:
             yield queue
         finally:
-            watchers = poller._watchers.get(resource_id, [])
-            if entry in watchers:
-                watchers.remove(entry)
-            if not watchers:
-                poller._watchers.pop(resource_id, None)
-                poller._last_state.pop(resource_id, None)
+            poller._leave(resource_id, entry)
             if not poller._watchers and pollers.get(key) is poller:
                 del pollers[key]
                 if poller._task is not None:
@@ -169,70 +258,152 @@ class SharedPoller(ABC):
                     await asyncio.wait([poller._task])  # its client is closed before the last watcher leaves
 
     @abstractmethod
-    async def describe(self, client: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Describe ``ids`` (at most :attr:`batch_size`) in one call; return the found ones by id."""
+    async def request(self, client: Any, ids: list[str]) -> Any:
+        """Describe ``ids`` (at most :attr:`batch_size`) in one call; return the answer as it came."""
+
+    @abstractmethod
+    def found(self, answer: Any) -> dict[str, dict[str, Any]]:
+        """The descriptions in an answer of :meth:`request`, by id (missing ids are left out)."""
 
     @staticmethod
     @abstractmethod
     def state_of(description: dict[str, Any]) -> str:
         """The part of a description whose change wakes the watcher (a status)."""
 
+    async def describe(self, client: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """:meth:`request` then :meth:`found`: the found descriptions of ``ids``, by id."""
+        return self.found(await self.request(client, ids))
+
+    # -- the watchers' clocks ---------------------------------------------------------------------------
+
+    def _join(self, resource: str, entry: tuple[asyncio.Queue[Observation], float]) -> None:
+        self._watchers.setdefault(resource, []).append(entry)
+        self._intervals[resource] = min(interval for _, interval in self._watchers[resource])
+        self._last_state.pop(resource, None)  # the next describe tells the new watcher the current state
+        self._due[resource] = min(self._due.get(resource, float("inf")), time.monotonic() + _JOIN_DELAY)
+        self._joined.set()
+
+    def _leave(self, resource: str, entry: tuple[asyncio.Queue[Observation], float]) -> None:
+        watchers = self._watchers.get(resource, [])
+        if entry in watchers:
+            watchers.remove(entry)
+        if watchers:
+            self._intervals[resource] = min(interval for _, interval in watchers)
+            return
+        for table in (self._watchers, self._intervals, self._due, self._last_state):
+            table.pop(resource, None)
+
     def _interval(self) -> float:
-        return min((interval for entries in self._watchers.values() for _, interval in entries), default=1.0)
+        """The shortest interval of any watcher: the base of the backoff."""
+        return min(self._intervals.values(), default=1.0)
+
+    async def _until_due(self) -> None:
+        """Sleep until the earliest id is due, or a new watcher joins."""
+        self._joined.clear()
+        wait = min(self._due.values(), default=float("inf")) - time.monotonic()
+        if wait > 0:
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._joined.wait(), None if wait == float("inf") else wait)
+
+    # -- polling ----------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         while self._watchers:
             try:
                 async with self.hook.async_client() as client:
-                    while self._watchers:
-                        await asyncio.sleep(self._interval() * random.uniform(0.9, 1.1))
-                        await self._poll_round(client)
+                    await self._poll_while_watched(client)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the client could not be created: wait, then try again
-                log.warning("Could not create the %s client; retrying", self.hook.service, exc_info=True)
+            except Exception as error:  # the client could not be created: on the same clock as a describe
+                self._failed(error, "create the client")
                 await asyncio.sleep(self._backoff())
 
-    async def _poll_round(self, client: Any) -> None:
-        ids = list(self._watchers)
-        self.rounds += 1
-        for start in range(0, len(ids), self.batch_size):
-            chunk = [resource for resource in ids[start : start + self.batch_size] if resource in self._watchers]
-            found = await self._describe_until_answered(client, chunk)
-            for resource in chunk:
-                self._deliver(resource, Observation(found.get(resource)))
-            if start + self.batch_size < len(ids):
-                await asyncio.sleep(self._call_gap)
+    async def _poll_while_watched(self, client: Any) -> None:
+        try:
+            while self._watchers:
+                await self._until_due()
+                if not await self._poll_round(client):
+                    await asyncio.sleep(self._backoff())
+        except Exception as bug:  # a bug of the poller itself: its watchers fail with it, never wait forever
+            log.exception("%s: the poller failed", self._where())
+            for resource in list(self._watchers):
+                for queue, _ in self._watchers[resource]:
+                    queue.put_nowait(Observation(None, bug=bug))
+            self._due.clear()
 
-    async def _describe_until_answered(self, client: Any, chunk: list[str]) -> dict[str, dict[str, Any]]:
-        first_error_at: float | None = None
-        while chunk:
+    async def _poll_round(self, client: Any) -> bool:
+        """Describe the due ids, :attr:`batch_size` per call; ``False`` when a call failed."""
+        started = time.monotonic()
+        ids = due_ids(self._due, self._intervals, started)
+        if not ids:
+            return True
+        self.rounds += 1
+        jitter = random.uniform(0.95, 1.05)  # one factor per round: ids described together stay together
+        for start in range(0, len(ids), self.batch_size):
+            if start:
+                await asyncio.sleep(self._call_gap)
+            chunk = [resource for resource in ids[start : start + self.batch_size] if resource in self._watchers]
+            if not chunk:
+                continue
             try:
                 self.calls += 1
-                found = await self.describe(client, chunk)
+                answer = await self.request(client, chunk)
             except Exception as error:
-                first_error_at = first_error_at or time.monotonic()
-                self._failures += 1
-                self._call_gap = min(self._call_gap * 2, _MAX_CALL_GAP)
-                transient = is_transient(error)
-                log.warning(
-                    "%s describe of %d ids failed (%s, attempt %d); backing off",
-                    self.hook.service,
-                    len(chunk),
-                    error,
-                    self._failures,
-                )
-                if not transient and time.monotonic() - first_error_at > PERSISTENT_ERROR_GRACE:
-                    for resource in chunk:
-                        self._deliver(resource, Observation(None, error=str(error)), force=True)
-                    return {}
-                await asyncio.sleep(self._backoff())
-                chunk = [resource for resource in chunk if resource in self._watchers]
+                self._failed(error, f"describe {len(chunk)} ids")
+                return False
+            self._answered()
+            for resource in chunk:
+                if resource in self._due:
+                    self._due[resource] = started + self._intervals[resource] * jitter
+            try:
+                found = self.found(answer)
+            except Exception as bug:
+                log.exception("%s: could not read the %s answer", self._where(), self.operation)
+                for resource in chunk:
+                    self._deliver(resource, Observation(None, bug=bug), force=True)
                 continue
-            self._failures = 0
-            self._call_gap = max(self._call_gap * 0.8, _MIN_CALL_GAP)
-            return found
-        return {}
+            for resource in chunk:
+                self._deliver(resource, Observation(found.get(resource)))
+        return True
+
+    def _answered(self) -> None:
+        self._failures = 0
+        self._failing_since = None
+        self._call_gap = max(self._call_gap * 0.8, _MIN_CALL_GAP)
+
+    def _failed(self, error: Exception, what: str) -> None:
+        """Count a failed call; once non-transient errors outlast the grace, fail every watcher with it."""
+        self._failures += 1
+        self._call_gap = min(self._call_gap * 2, _MAX_CALL_GAP)
+        transient = is_transient(error)
+        log.warning(
+            "%s: could not %s (%s, attempt %d%s); backing off",
+            self._where(),
+            what,
+            error_text(error),
+            self._failures,
+            "" if transient else ", will not pass by itself",
+        )
+        if transient:
+            return
+        now = time.monotonic()
+        self._failing_since = self._failing_since or now
+        if now - self._failing_since < PERSISTENT_ERROR_GRACE:
+            return
+        message = (
+            f"{self._where()}: could not {what} for {now - self._failing_since:.0f}s; last error: {error_text(error)}"
+        )
+        for resource in list(self._watchers):
+            self._deliver(resource, Observation(None, error=message), force=True)
+
+    def _where(self) -> str:
+        """The service, connection, region and scope of this poller, for messages."""
+        conn_id, region, service, *_ = self.hook._shared_client_key
+        where = f"{self.operation} ({service}, connection {conn_id!r}, region {region or 'of the connection'}"
+        return where + (f", {self.scope_name} {self.scope!r})" if self.scope is not None else ")")
+
+    #: what :attr:`scope` is, for messages ("cluster")
+    scope_name: ClassVar[str] = "scope"
 
     def _backoff(self) -> float:
         """Exponential backoff with full jitter, never shorter than a second."""
@@ -240,12 +411,21 @@ class SharedPoller(ABC):
         return max(1.0, random.uniform(0, ceiling))
 
     def _deliver(self, resource: str, observation: Observation, force: bool = False) -> None:
-        state = None if observation.description is None else self.state_of(observation.description)
+        if observation.description is not None:
+            try:
+                state: str | None = self.state_of(observation.description)
+            except Exception as bug:
+                log.exception("%s: could not read the state of %s", self._where(), resource)
+                observation, state, force = Observation(None, bug=bug), None, True
+        else:
+            state = None
         if not force and resource in self._last_state and self._last_state[resource] == state:
             return
         self._last_state[resource] = state
         for queue, _ in self._watchers.get(resource, []):
             queue.put_nowait(observation)
+        if observation.error is not None or observation.bug is not None:
+            self._due.pop(resource, None)  # its watchers end; nothing to describe until another joins
 
 
 class WaitForJobTrigger(BaseTrigger):
@@ -256,7 +436,7 @@ class WaitForJobTrigger(BaseTrigger):
     :param verify: TLS verification of AWS calls: ``False``, or the path of a CA bundle.
     :param botocore_config: botocore client settings (a ``Config`` as a dict); triggers with equal
         connection, region, ``verify`` and ``botocore_config`` share one client and one poller.
-    :param poll_interval: seconds between poll rounds (shared: the shortest of all waiting triggers).
+    :param poll_interval: seconds between two describes of this job (each trigger at its own pace).
     :param deadline: epoch seconds after which the job is stopped and the task fails; ``None``: no limit.
     :param end_from_trigger: end a successful task from the triggerer, with no worker run after the job.
     :param xcom_result: with ``end_from_trigger``, push the result as the task's ``return_value``.
@@ -372,14 +552,15 @@ class WaitForJobTrigger(BaseTrigger):
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        await take_turn()
         try:
             async with self.poller.watch(self.hook, self.scope, self.job_id, self.poll_interval) as updates:
                 event = await self._wait(updates)
         except asyncio.CancelledError as cancelled:
-            if not (cancelled.args and cancelled.args[0] == _USER_ACTION) and await self._task_left_deferred():
-                # Airflow < 3.3 (no on_kill), or Airflow's own deferral timeout: the task is no longer
-                # waiting for this job, so nobody will. A triggerer restart leaves it DEFERRED.
-                await self._stop_quietly("the task is no longer deferred (cleared, marked or timed out)")
+            if not (cancelled.args and cancelled.args[0] == _USER_ACTION):
+                # Airflow < 3.3 (no on_kill), or Airflow's own deferral timeout: stop the job if the task no
+                # longer waits for it. A triggerer restart or a trigger handed over leaves it DEFERRED.
+                await self._stop_if_abandoned("the task is no longer deferred (cleared, marked or timed out)")
             raise
         yield event
 
@@ -388,14 +569,17 @@ class WaitForJobTrigger(BaseTrigger):
 
         Airflow 3.3 also calls it when a triggerer whose heartbeat lapsed drops a trigger that was handed
         to another triggerer (apache/airflow#73454). The task is still DEFERRED then, and the other
-        triggerer watches its job: it is left running.
+        triggerer watches its job: it is left running, as it is when the task's state cannot be read.
         """
-        if await self._task_state() == "deferred":
-            self.log.info(
-                "%s %s: the task is still deferred (its trigger moved); job left running", self.noun, self.job_id
-            )
+        await self._stop_if_abandoned("the Airflow task was cleared or marked by a user")
+
+    async def _stop_if_abandoned(self, reason: str) -> None:
+        state = await self._task_state()
+        if not job_abandoned(state):
+            why = "cannot be read" if state == _UNKNOWN_STATE else f"is {state}"
+            self.log.info("%s %s: the task's state %s; job left running", self.noun, self.job_id, why)
             return
-        await self._stop_quietly("the Airflow task was cleared or marked by a user")
+        await self._stop_quietly(reason)
 
     async def _wait(self, updates: asyncio.Queue[Observation]) -> TriggerEvent:
         last_state: str | None = None
@@ -419,6 +603,8 @@ class WaitForJobTrigger(BaseTrigger):
                         f"(last state: {last_state or 'never seen'}); it no longer exists",
                     )
                 continue
+            if observation.bug is not None:
+                raise observation.bug  # our parsing failed on this answer: fail with its traceback
             if observation.error is not None:
                 return self._event("error", f"Could not describe {self.noun} {self.job_id}: {observation.error}")
             if observation.description is None:
@@ -481,18 +667,33 @@ class WaitForJobTrigger(BaseTrigger):
         except Exception:
             self.log.exception("Could not stop %s %s", self.noun, self.job_id)
 
-    async def _task_left_deferred(self) -> bool:
-        """Whether this trigger's task instance is no longer DEFERRED; ``False`` when it cannot be told."""
-        state = await self._task_state()
-        return state is not None and state not in ("deferred", _UNKNOWN_STATE)
-
     async def _task_state(self) -> str | None:
-        """The state of this trigger's task instance (``None``: none), or ``_UNKNOWN_STATE``."""
+        """The state of this trigger's task instance (``None``: cleared), or ``_UNKNOWN_STATE``.
+
+        Read in a thread of a pool shared by every trigger (not the one thread ``sync_to_async`` uses by
+        default), so that the reads of thousands of triggers cancelled together run side by side. Through
+        ``sync_to_async``, so that Airflow 3's triggerer can answer from its event loop.
+        """
         task_instance = getattr(self, "task_instance", None)
         if task_instance is None:
             return _UNKNOWN_STATE
+        global _state_readers
+        if _state_readers is None:
+            _state_readers = ThreadPoolExecutor(_STATE_READS, thread_name_prefix="task-state")
+        read = sync_to_async(_compat.task_instance_state, thread_sensitive=False, executor=_state_readers)
         try:
-            return await sync_to_async(_compat.task_instance_state)(task_instance)
+            return await read(task_instance)
         except Exception:
             self.log.warning("Could not read the task's state", exc_info=True)
             return _UNKNOWN_STATE
+
+
+def job_abandoned(state: str | None) -> bool:
+    """Whether nobody will wait for a cancelled trigger's job, from its task's state now.
+
+    ``deferred``: the trigger moved or the triggerer restarts, the job is waited for. Unknown: left
+    running, as a doubt never terminates a job. Anything else (no state: cleared; the next try on its
+    way; a success or failure a user marked; a timeout): the try that started the job is over, and the
+    next one never re-attaches to a job of a cleared try.
+    """
+    return state not in ("deferred", _UNKNOWN_STATE)

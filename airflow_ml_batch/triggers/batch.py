@@ -20,10 +20,13 @@ class BatchJobPoller(SharedPoller):
     """Describes up to 100 Batch jobs per DescribeJobs call for every trigger of a (connection, region)."""
 
     batch_size = 100
+    operation = "DescribeJobs"
 
-    async def describe(self, client: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
-        response = await client.describe_jobs(jobs=ids)
-        return {job["jobId"]: job for job in response["jobs"]}
+    async def request(self, client: Any, ids: list[str]) -> Any:
+        return await client.describe_jobs(jobs=ids)
+
+    def found(self, answer: Any) -> dict[str, dict[str, Any]]:
+        return {job["jobId"]: job for job in answer["jobs"]}
 
     @staticmethod
     def state_of(description: dict[str, Any]) -> str:
@@ -35,7 +38,8 @@ class BatchJobTrigger(WaitForJobTrigger):
     """Wait for an AWS Batch job to finish; stop it on the deadline or when a user acts on the task.
 
     Every instance in a triggerer process shares one :class:`BatchJobPoller` per (connection, region),
-    so 5000 waiting jobs cost 50 DescribeJobs calls per round. The event's payload is
+    so 5000 waiting jobs cost 50 DescribeJobs calls per ``poll_interval``; each job is described at
+    its own trigger's ``poll_interval``. The event's payload is
     ``{"status": "success" | "failed" | "timeout" | "missing" | "error", "job_id", "message", "result"}``,
     or a ``TaskSuccessEvent`` with ``end_from_trigger``.
 
@@ -47,7 +51,7 @@ class BatchJobTrigger(WaitForJobTrigger):
     :param job_id: the Batch job to wait for.
     :param aws_conn_id: Airflow ``aws`` connection.
     :param region_name: AWS region; defaults to the connection's.
-    :param poll_interval: seconds between poll rounds (shared: the shortest of all waiting triggers).
+    :param poll_interval: seconds between two DescribeJobs of this job (each trigger at its own pace).
     :param deadline: epoch seconds after which the job is terminated and the task fails.
     :param end_from_trigger: end a successful task from the triggerer, with no worker run after the job.
     :param xcom_result: with ``end_from_trigger``, push the result as the task's ``return_value``.

@@ -46,10 +46,15 @@ class EcsTaskPoller(SharedPoller):
         self._definitions: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._unreadable_since: dict[str, float] = {}
 
-    async def describe(self, client: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+    operation = "DescribeTasks"
+    scope_name = "cluster"
+
+    async def request(self, client: Any, ids: list[str]) -> Any:
+        return await client.describe_tasks(cluster=self.scope, tasks=ids)
+
+    def found(self, answer: Any) -> dict[str, dict[str, Any]]:
         # Tasks that ECS no longer (or not yet) knows come back in "failures" as MISSING: absent here.
-        response = await client.describe_tasks(cluster=self.scope, tasks=ids)
-        return {task["taskArn"]: task for task in response["tasks"]}
+        return {task["taskArn"]: task for task in answer["tasks"]}
 
     @staticmethod
     def state_of(description: dict[str, Any]) -> str:
@@ -97,7 +102,7 @@ class EcsTaskTrigger(WaitForJobTrigger):
     """Wait for an ECS task to stop; stop it on the deadline or when a user acts on the task.
 
     Every instance in a triggerer process shares one :class:`EcsTaskPoller` per (connection, region,
-    cluster): 5000 waiting tasks of a cluster cost 50 DescribeTasks calls per round. A stopped task is
+    cluster): 5000 waiting tasks of a cluster cost 50 DescribeTasks calls per ``poll_interval``. A stopped task is
     classified (``success``, ``failed_to_start``, ``spot_interruption``, ``out_of_memory``,
     ``container_failed``, ``stopped``) from its stop code and its essential containers: a task stopped by
     a user (StopTask), the service scheduler or ECS is ``stopped``, whatever its exit codes. The event's
@@ -111,7 +116,7 @@ class EcsTaskTrigger(WaitForJobTrigger):
         default: the first essential container that logs with ``awslogs``.
     :param aws_conn_id: Airflow ``aws`` connection.
     :param region_name: AWS region; defaults to the connection's.
-    :param poll_interval: seconds between poll rounds (shared: the shortest of all waiting triggers).
+    :param poll_interval: seconds between two DescribeTasks of this task (each trigger at its own pace).
     :param deadline: epoch seconds after which the task is stopped and the Airflow task fails.
     :param end_from_trigger: end a successful Airflow task from the triggerer, with no worker run after.
     :param xcom_result: with ``end_from_trigger``, push the result as the task's ``return_value``.
@@ -183,4 +188,6 @@ class EcsTaskTrigger(WaitForJobTrigger):
         await client.stop_task(cluster=self.cluster, task=self.task_arn, reason=f"Airflow: {reason}"[:255])
 
     def _poller(self) -> EcsTaskPoller:
-        return self.poller.for_scope(self.hook, self.scope)  # type: ignore[return-value]
+        """The poller this trigger watches through (it holds the task definitions read)."""
+        poller = self.poller.of(self.hook, self.scope)
+        return poller if isinstance(poller, EcsTaskPoller) else EcsTaskPoller(self.hook, self.scope)

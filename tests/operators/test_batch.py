@@ -57,6 +57,9 @@ def test_success_ends_the_task_from_the_trigger(aws_conn_id: str, batch_queue: d
     dag_run = run_dag(simple_task(aws_conn_id, batch_queue))
 
     assert task_instance(dag_run, "forecast").state == "success"
+    result = xcom(dag_run, "forecast")
+    job_id = xcom(dag_run, "forecast", JOB_ID_XCOM_KEY)
+    assert (result["job_id"], result["status"]) == (job_id, "SUCCEEDED")
 
 
 def test_failed_job_fails_the_task(

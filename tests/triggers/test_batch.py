@@ -13,7 +13,7 @@ from airflow.models.trigger import Trigger
 from airflow.triggers.base import TaskSuccessEvent
 from helpers import first_event, run_dag, task_instance
 
-from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
+from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS, TRIGGER_HAS_ON_KILL
 from airflow_ml_batch.testing.endpoint import Endpoint
 from airflow_ml_batch.triggers.batch import BatchJobPoller, BatchJobTrigger
 
@@ -115,10 +115,11 @@ async def test_five_hundred_waiting_jobs_cost_five_calls_per_round(aws_endpoint:
     jobs = [aws_endpoint.batch.add_job("RUNNING") for _ in range(500)]
     triggers = [asyncio.ensure_future(first_event(trigger_for(job, poll_interval=0.2))) for job in jobs]
 
+    hook = trigger_for(jobs[0]).hook
+
     async def rounds_done(count: int) -> BatchJobPoller:
-        while not BatchJobPoller.active() or BatchJobPoller.active()[0].rounds < count:  # noqa: ASYNC110
+        while (poller := BatchJobPoller.of(hook, None)) is None or poller.rounds < count:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        (poller,) = BatchJobPoller.active()
         return poller  # type: ignore[return-value]
 
     poller = await asyncio.wait_for(rounds_done(3), timeout=60)
@@ -130,7 +131,7 @@ async def test_five_hundred_waiting_jobs_cost_five_calls_per_round(aws_endpoint:
 
     assert calls <= 5 * rounds, f"{calls} DescribeJobs calls in {rounds} rounds"
     assert {event.payload["status"] for event in events} == {"success"}
-    assert BatchJobPoller.active() == [], "the poller stops when no trigger waits"
+    assert BatchJobPoller.of(hook, None) is None, "the poller stops when no trigger waits"
 
 
 async def test_a_job_not_yet_visible_is_waited_for(aws_endpoint: Endpoint) -> None:
@@ -229,56 +230,96 @@ async def test_a_triggerer_restart_never_terminates_the_job(aws_endpoint: Endpoi
     assert aws_endpoint.batch.jobs[job]["status"] == "RUNNING"
 
 
-async def test_on_kill_terminates_the_job(aws_endpoint: Endpoint) -> None:
-    job = aws_endpoint.batch.add_job("RUNNING")
-
-    await trigger_for(job).on_kill()  # Airflow 3.3+ calls it when a user clears or marks the task
-
-    assert aws_endpoint.batch.jobs[job]["status"] == "FAILED"
-    assert "cleared or marked by a user" in aws_endpoint.batch.jobs[job]["statusReason"]
-
-
 @pytest.mark.usefixtures("airflow_db")
-def test_a_cancelled_trigger_whose_task_left_deferred_terminates_the_job(aws_endpoint: Endpoint) -> None:
-    # Airflow < 3.3 has no on_kill: when a user clears or marks a deferred task, the triggerer only
-    # cancels the trigger. The trigger then reads the task's state (from inside Airflow, as it would
-    # on a triggerer) and terminates the job because the task is no longer deferred.
-    still_deferred = aws_endpoint.batch.add_job("RUNNING")  # its task instance ("waiting") is not in the run
-    cleared = aws_endpoint.batch.add_job("RUNNING")  # its task instance ("finished") succeeded already
+def test_a_user_action_stops_the_job_unless_the_task_still_waits_or_its_state_is_unknown(
+    aws_endpoint: Endpoint,
+) -> None:
+    # Real task instances of a real run, put in the states a user's clear or mark leaves them in; for each,
+    # a trigger as the triggerer holds it is ended the way this Airflow ends it (on_kill on 3.3+; a plain
+    # cancel before), and must terminate the job exactly when nobody waits for it any more.
+    states = {"marked_success": "success", "marked_failed": "failed", "cleared": None, "deferred": "deferred"}
+    jobs = {task_id: aws_endpoint.batch.add_job("RUNNING") for task_id in [*states, "no_such_task"]}
     dag_run = run_dag(
         f"""
         @task
-        def finished() -> None:
+        def marked_success() -> None:
             pass
 
         @task
-        def cancel_triggers(run_id=None, dag=None) -> None:
-            async def watch_then_cancel(job_id: str, task_id: str) -> None:
+        def marked_failed() -> None:
+            pass
+
+        @task
+        def cleared() -> None:
+            pass
+
+        @task
+        def deferred() -> None:
+            pass
+
+        @task
+        def end_triggers(run_id=None, dag=None) -> None:
+            def set_states(states):
+                with create_session() as session:
+                    for task_id, state in states.items():
+                        session.query(TaskInstance).filter_by(
+                            dag_id=dag.dag_id, run_id=run_id, task_id=task_id
+                        ).update({{"state": state}}, synchronize_session=False)
+
+            set_states({states!r})
+
+            async def end(task_id: str, job_id: str) -> None:
                 trigger = BatchJobTrigger(job_id=job_id, aws_conn_id="aws_fake", poll_interval=0.05)
-                trigger.task_instance = SimpleNamespace(
-                    dag_id=dag.dag_id, task_id=task_id, run_id=run_id, map_index=-1
-                )
+                trigger.task_instance = SimpleNamespace(dag_id=dag.dag_id, task_id=task_id, run_id=run_id, map_index=-1)
                 waiting = asyncio.ensure_future(trigger.run().__anext__())
-                await asyncio.sleep(1)
-                waiting.cancel()
-                await asyncio.gather(waiting, return_exceptions=True)
+                await asyncio.sleep(0.5)
+                if _compat.TRIGGER_HAS_ON_KILL:
+                    waiting.cancel("__airflow_user_action__")
+                    await asyncio.gather(waiting, return_exceptions=True)
+                    await trigger.on_kill()
+                else:
+                    waiting.cancel()
+                    await asyncio.gather(waiting, return_exceptions=True)
 
-            async def both() -> None:
-                await watch_then_cancel({cleared!r}, "finished")
-                await watch_then_cancel({still_deferred!r}, "waiting")
+            async def all_of_them() -> None:
+                # one at a time: dag.test()'s in-process stand-in for the triggerer's supervisor answers one
+                # thread at a time (the triggerer's own answers reads side by side)
+                for task_id, job_id in {jobs!r}.items():
+                    await end(task_id, job_id)
 
-            asyncio.run(both())
+            try:
+                asyncio.run(all_of_them())
+            finally:  # dag.test() runs until every task instance is done
+                set_states(dict.fromkeys({states!r}, "success"))
 
-        finished() >> cancel_triggers()
+        [marked_success(), marked_failed(), cleared(), deferred()] >> end_triggers()
         """,
         imports="import asyncio\nfrom types import SimpleNamespace\nfrom airflow.decorators import task\n"
-        "from airflow_ml_batch.triggers.batch import BatchJobTrigger\n",
+        "from airflow.models.taskinstance import TaskInstance\nfrom airflow.utils.session import create_session\n"
+        "from airflow_ml_batch import _compat\nfrom airflow_ml_batch.triggers.batch import BatchJobTrigger\n",
     )
 
-    assert task_instance(dag_run, "cancel_triggers").state == "success"
-    assert aws_endpoint.batch.jobs[cleared]["status"] == "FAILED"
-    assert "no longer deferred" in aws_endpoint.batch.jobs[cleared]["statusReason"]
-    assert aws_endpoint.batch.jobs[still_deferred]["status"] == "RUNNING", "a task Airflow cannot place is left alone"
+    assert task_instance(dag_run, "end_triggers").state == "success"
+    status = {task_id: aws_endpoint.batch.jobs[job]["status"] for task_id, job in jobs.items()}
+    assert status == {
+        "marked_success": "FAILED",
+        "marked_failed": "FAILED",
+        "cleared": "FAILED",
+        "deferred": "RUNNING",  # a trigger handed to another triggerer, or a triggerer restart
+        "no_such_task": "RUNNING",  # a state that cannot be read never terminates
+    }
+    reason = "cleared or marked by a user" if TRIGGER_HAS_ON_KILL else "no longer deferred"
+    assert reason in aws_endpoint.batch.jobs[jobs["cleared"]]["statusReason"]
+    assert aws_endpoint.calls["TerminateJob"] == 3
+
+
+async def test_on_kill_without_a_task_instance_leaves_the_job_running(aws_endpoint: Endpoint) -> None:
+    job = aws_endpoint.batch.add_job("RUNNING")
+
+    await trigger_for(job).on_kill()
+
+    assert aws_endpoint.batch.jobs[job]["status"] == "RUNNING"
+    assert aws_endpoint.calls["TerminateJob"] == 0
 
 
 async def test_metrics_printed_by_the_job_are_collected_in_one_log_call(aws_endpoint: Endpoint) -> None:

@@ -1,0 +1,212 @@
+"""The shared poller's core, through Batch triggers against the scripted endpoint: clocks, errors, joins, leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+    ReadTimeoutError,
+    SSLError,
+)
+from helpers import first_event
+
+from airflow_ml_batch.testing.endpoint import Endpoint
+from airflow_ml_batch.triggers import base
+from airflow_ml_batch.triggers.base import due_ids, is_transient, job_abandoned
+from airflow_ml_batch.triggers.batch import BatchJobPoller, BatchJobTrigger
+
+
+def trigger_for(job_id: str, poll_interval: float = 0.05, **kwargs: Any) -> BatchJobTrigger:
+    return BatchJobTrigger(
+        job_id=job_id, aws_conn_id=kwargs.pop("aws_conn_id", "aws_fake"), poll_interval=poll_interval, **kwargs
+    )
+
+
+def described(fake: Endpoint) -> collections.Counter[str]:
+    """How many times the endpoint was asked to describe each job."""
+    return collections.Counter(job for op, body in fake.requests if op == "DescribeJobs" for job in body["jobs"])
+
+
+async def stopped(waiting: list[asyncio.Future[Any]]) -> None:
+    for future in waiting:
+        future.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+
+
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (client_error("TooManyRequestsException", 429), True),
+        (client_error("ThrottlingException", 400), True),
+        (client_error("ServerException", 500), True),
+        (client_error("ExpiredTokenException", 400), True),
+        (client_error("AccessDeniedException", 403), False),
+        (client_error("ClusterNotFoundException", 400), False),
+        (client_error("UnrecognizedClientException", 403), False),
+        (EndpointConnectionError(endpoint_url="https://batch.eu-west-1.amazonaws.com"), True),
+        (ConnectionClosedError(endpoint_url="https://batch.eu-west-1.amazonaws.com"), True),
+        (ReadTimeoutError(endpoint_url="https://batch.eu-west-1.amazonaws.com"), True),
+        (asyncio.TimeoutError(), True),
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (aiohttp.ServerDisconnectedError(), True),
+        (CredentialRetrievalError(provider="assume-role", error_msg="timed out"), True),
+        (SSLError(endpoint_url="https://x", error=ssl.SSLError("certificate verify failed")), False),
+        (ParamValidationError(report="Invalid type for parameter jobs"), False),
+        (NoRegionError(), False),
+        (NoCredentialsError(), False),
+        (KeyError("jobId"), False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_what_passes_by_itself(error: BaseException, transient: bool) -> None:
+    assert is_transient(error) is transient
+
+
+def test_a_round_takes_the_due_ids_and_those_almost_due() -> None:
+    intervals = {"due": 30.0, "almost": 30.0, "later": 30.0, "fast": 5.0}
+    due = {"due": 100.0, "almost": 101.0, "later": 110.0, "fast": 100.5}
+
+    assert due_ids(due, intervals, now=100.0) == ["due", "almost"]  # within 5% of 30 s, not of 5 s
+    assert due_ids(due, intervals, now=100.3) == ["due", "almost", "fast"]
+
+
+@pytest.mark.parametrize(
+    ("state", "abandoned"),
+    [("deferred", False), ("<unknown>", False), (None, True), ("scheduled", True), ("success", True), ("failed", True)],
+)
+def test_which_task_states_leave_a_cancelled_triggers_job_to_nobody(state: str | None, abandoned: bool) -> None:
+    assert job_abandoned(state) is abandoned
+
+
+async def test_each_job_is_described_at_its_own_triggers_interval(aws_endpoint: Endpoint) -> None:
+    slow = [aws_endpoint.batch.add_job("RUNNING") for _ in range(150)]
+    fast = [aws_endpoint.batch.add_job("RUNNING") for _ in range(5)]
+    waiting = [asyncio.ensure_future(first_event(trigger_for(job, 2.0))) for job in slow]
+    waiting += [asyncio.ensure_future(first_event(trigger_for(job, 0.2))) for job in fast]
+
+    while aws_endpoint.calls["DescribeJobs"] < 1:  # noqa: ASYNC110 - the count lives in another thread
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(3.0)
+    await stopped(waiting)
+
+    counts = described(aws_endpoint)
+    assert max(counts[job] for job in slow) <= 3, "a 2-s job is described at most 3 times in 3 s"
+    assert min(counts[job] for job in fast) >= 8, "a 0.2-s job about every 0.2 s"
+    sizes = [len(body["jobs"]) for op, body in aws_endpoint.requests if op == "DescribeJobs"]
+    assert max(sizes) <= 100
+    assert sum(1 for size in sizes if size > 5) <= 8, "the slow jobs are not described with every fast round"
+
+
+async def test_a_watcher_joining_mid_round_is_described_soon_not_at_the_others_pace(aws_endpoint: Endpoint) -> None:
+    running = [aws_endpoint.batch.add_job("RUNNING") for _ in range(250)]
+    waiting = [asyncio.ensure_future(first_event(trigger_for(job, 30.0))) for job in running]
+    while aws_endpoint.calls["DescribeJobs"] < 1:  # noqa: ASYNC110 - the count lives in another thread
+        await asyncio.sleep(0.005)
+    done = aws_endpoint.batch.add_job("SUCCEEDED", container={"exitCode": 0})
+
+    event = await first_event(trigger_for(done, 30.0), timeout=5)
+    await stopped(waiting)
+
+    assert event.payload["status"] == "success"
+    assert described(aws_endpoint)[done] == 1
+
+
+async def test_a_persistent_error_fails_every_waiting_task_at_once_with_the_aws_message(
+    aws_endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "PERSISTENT_ERROR_GRACE", 0.5)
+    jobs = [aws_endpoint.batch.add_job("RUNNING") for _ in range(250)]
+    aws_endpoint.fail_next("DescribeJobs", times=10_000, status=400, code="AccessDeniedException")
+    ended: dict[str, float] = {}
+
+    async def wait(job: str) -> Any:
+        event = await first_event(trigger_for(job, 0.1), timeout=60)
+        ended[job] = time.monotonic()
+        return event
+
+    events = await asyncio.gather(*(wait(job) for job in jobs))
+
+    assert {event.payload["status"] for event in events} == {"error"}
+    message = events[-1].payload["message"]
+    assert message.startswith(
+        f"Could not describe AWS Batch job {jobs[-1]}: DescribeJobs (batch, connection 'aws_fake'"
+    )
+    assert "AccessDeniedException: AccessDeniedException (injected)" in message
+    assert max(ended.values()) - min(ended.values()) < 0.5, "all at once, not one chunk after another"
+    assert aws_endpoint.calls["DescribeJobs"] < 10, "the poller backed off and gave up, it did not retry each chunk"
+
+
+async def test_transient_errors_never_start_the_error_clock(
+    aws_endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "PERSISTENT_ERROR_GRACE", 0.0)  # any error that counts fails at once
+    job = aws_endpoint.batch.add_job("SUCCEEDED", container={"exitCode": 0})
+    aws_endpoint.fail_next("DescribeJobs", times=1, status=429, code="TooManyRequestsException")
+    aws_endpoint.fail_next("DescribeJobs", times=1, status=503, code="ServiceUnavailableException")
+    aws_endpoint.fail_next("DescribeJobs", times=1, status=400, code="ExpiredTokenException")
+
+    event = await first_event(trigger_for(job), timeout=60)
+
+    assert event.payload["status"] == "success"
+    assert aws_endpoint.calls["DescribeJobs"] == 4
+
+
+async def test_an_answer_that_cannot_be_read_fails_only_its_trigger_with_the_traceback(aws_endpoint: Endpoint) -> None:
+    broken = aws_endpoint.batch.add_job("RUNNING")
+    del aws_endpoint.batch.jobs[broken]["status"]  # an answer our parsing does not expect
+    fine = aws_endpoint.batch.add_job("RUNNING")
+    other = asyncio.ensure_future(first_event(trigger_for(fine)))
+
+    with pytest.raises(KeyError, match="status"):
+        await first_event(trigger_for(broken))
+    aws_endpoint.batch.set_job(fine, status="SUCCEEDED", container={"exitCode": 0})
+
+    assert (await other).payload["status"] == "success"
+
+
+async def test_a_client_that_cannot_be_created_ends_with_its_reason(
+    aws_endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(base, "PERSISTENT_ERROR_GRACE", 0.5)
+
+    events = await asyncio.gather(
+        *(first_event(trigger_for(f"job-{n}", aws_conn_id="no_such_connection"), timeout=60) for n in range(3))
+    )
+
+    assert {event.payload["status"] for event in events} == {"error"}
+    message = events[0].payload["message"]
+    assert "connection 'no_such_connection'" in message
+    assert "could not create the client" in message
+    # the Amazon provider falls back to botocore's defaults for a connection it cannot find: no region
+    assert message.endswith("last error: NoRegionError: You must specify a region.")
+    assert aws_endpoint.calls["DescribeJobs"] == 0
+
+
+async def test_cancelling_while_a_describe_is_in_flight_ends_the_trigger_and_the_poller(aws_endpoint: Endpoint) -> None:
+    job = aws_endpoint.batch.add_job("RUNNING")
+    trigger = trigger_for(job)
+    with aws_endpoint.lock:  # the endpoint answers nothing until released: the first describe hangs
+        waiting = asyncio.ensure_future(first_event(trigger))
+        await asyncio.sleep(1.0)
+        waiting.cancel()
+        await asyncio.wait_for(asyncio.gather(waiting, return_exceptions=True), timeout=5)
+        assert BatchJobPoller.of(trigger.hook, None) is None, "the last watcher's leave stops the poller"
+    assert waiting.cancelled()
+    assert aws_endpoint.calls["TerminateJob"] == 0, "a cancel whose task state is unknown leaves the job running"
