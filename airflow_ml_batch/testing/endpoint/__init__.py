@@ -14,9 +14,12 @@ With a :class:`Runner` (:class:`WallClockRunner`: durations and failure fraction
 themselves; :meth:`Endpoint.limit` adds rate limits, :attr:`Endpoint.faults` fault switches. As its own
 process (``python -m airflow_ml_batch.testing.endpoint --help``, or :func:`running`) it prints its port;
 :class:`EndpointClient` drives it from elsewhere. With a :class:`ProcessRunner` each job is a local
-process: its stdout the job's log stream, its exit code the job's outcome.
+process: its stdout the job's log stream, its exit code the job's outcome; a :class:`ContainerRunner`
+runs a Batch job as its job definition's :class:`Image` would, with the job's environment, for its
+expected duration, its attempts as the job's ``retryStrategy`` says (Spot reclaims included).
 """
 
+from .container_runner import ContainerRunner, Image
 from .core import ACCOUNT, REGION, AwsError, Call, Faults, Run, Runner, Timeline, TokenBucket, WallClockRunner
 from .process_runner import ProcessRun, ProcessRunner
 from .server import Endpoint
@@ -27,9 +30,11 @@ __all__ = [
     "REGION",
     "AwsError",
     "Call",
+    "ContainerRunner",
     "Endpoint",
     "EndpointClient",
     "Faults",
+    "Image",
     "ProcessRun",
     "ProcessRunner",
     "Run",
