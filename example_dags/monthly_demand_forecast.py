@@ -13,7 +13,8 @@ it starts.
 Each ``forecast`` task holds a worker slot only while it submits its job, then defers: the triggerer
 watches every job through one shared poller (one DescribeJobs call per 100 jobs per round). A job that
 succeeds ends its task from the triggerer; a job that fails resumes its task, which fails with the
-job's reason and log tail, and Airflow retries it (a retry re-attaches to a job that still runs).
+job's reason and log tail, and Airflow retries it (a retry re-attaches to a job that still runs). A job
+whose Spot instance is reclaimed is run again by Batch itself (``retryStrategy``: a second attempt).
 
 ``report`` describes every job from AWS Batch (status, duration, attempts, the Airflow try), adds the
 metrics each model printed (``collect_metrics``), writes ``report.csv`` and ``report.png`` (durations
@@ -55,6 +56,14 @@ DATA_PREP_JOB_DEFINITION = "forecast-data-prep"
 MODELS_FILE = Path(__file__).parent / "forecast_model" / "models.json"
 # Seconds between status polls on the triggerer: 30 s suits jobs of minutes to hours.
 POLL_INTERVAL = float(os.environ.get("FORECAST_POLL_INTERVAL", "30"))
+# Seconds before a failed model's next Airflow try.
+RETRY_DELAY = timedelta(seconds=float(os.environ.get("FORECAST_RETRY_DELAY", "120")))
+# A model job whose Spot instance is reclaimed runs again within Batch (same job, a second attempt);
+# one that fails by itself (exit code, bad data) is left to the task's retries.
+SPOT_RETRY = {
+    "attempts": 2,
+    "evaluateOnExit": [{"onStatusReason": "Host EC2*", "action": "RETRY"}, {"onReason": "*", "action": "EXIT"}],
+}
 
 
 def reports_dir() -> str:
@@ -82,7 +91,7 @@ with DAG(
     # Run parameters: the models file (JSON or YAML), and where the report goes (a directory or
     # s3://bucket/prefix; empty: $AIRFLOW_HOME/reports/forecast).
     params={"models_file": str(MODELS_FILE), "report_location": ""},
-    default_args={"aws_conn_id": AWS_CONN_ID, "retries": 2, "retry_delay": timedelta(minutes=2)},
+    default_args={"aws_conn_id": AWS_CONN_ID, "retries": 2, "retry_delay": RETRY_DELAY},
     tags=["airflow-ml-batch", "example"],
 ) as dag:
     prepare_data = BatchJobOperator(
@@ -106,6 +115,7 @@ with DAG(
         job_queue=JOB_QUEUE,
         job_definition=MODEL_JOB_DEFINITION,
         collect_metrics=True,  # the model's {"metrics": ...} line goes into the task's result
+        retry_strategy=SPOT_RETRY,
         poll_interval=POLL_INTERVAL,
         map_index_template="{{ task.environment['MODEL_ID'] }}",  # the UI lists tasks by model
         execution_timeout=timedelta(hours=2),  # the job is terminated then, and the task fails

@@ -1,16 +1,23 @@
 """Demo: run example_dags/monthly_demand_forecast.py through a real Airflow against the local AWS endpoint.
 
-1. Starts the package's AWS-shaped endpoint on 127.0.0.1 (``airflow_ml_batch.testing.endpoint``): Batch
-   jobs that run ``--job-seconds`` on the wall clock, Batch's API rate limit, every call counted.
-2. Writes a models file of ``--models`` models (``example_dags/forecast_model/make_models.py``).
+1. Writes a models file of ``--models`` models (``example_dags/forecast_model/make_models.py``) and each
+   model's sales history (``.demo/history``): a few models get bad history (empty or malformed), a few
+   lose their first attempt's Spot instance.
+2. Starts the package's AWS-shaped endpoint on 127.0.0.1 (``airflow_ml_batch.testing.endpoint``), whose
+   Batch jobs are local processes (``ContainerRunner``): each model job runs the reference model
+   (``example_dags/forecast_model/model.py``) with the job's environment, ``--slots`` at once (the rest wait
+   RUNNABLE), its output the job's CloudWatch log, its exit code the outcome; a job stays RUNNING for its
+   ``expected_minutes`` compressed (``--minute-seconds``). Batch's API rate limit is on, every call counted.
 3. Starts Airflow's api-server, scheduler (LocalExecutor), dag-processor and triggerer, with SQLite and
    ``AIRFLOW_HOME`` in ``.demo/airflow`` (kept for inspection, wiped by the next run).
-4. Unpauses and triggers ``monthly_demand_forecast`` through the REST API with that models file: the
-   data-prep job, one ``BatchJobOperator`` task per model (each submits its job, defers, and ends from
-   the triggerer's shared DescribeJobs poller), then the report (CSV and PNG chart in ``.demo/reports``).
+4. Prints the Airflow UI's address (no login: every visitor is an admin), unpauses and triggers
+   ``monthly_demand_forecast`` through the REST API with that models file: the data-prep job, one
+   ``BatchJobOperator`` task per model (each submits its job, defers, and ends from the triggerer's shared
+   DescribeJobs poller; a model that fails is retried by Airflow, a reclaimed one by Batch), then the
+   report (CSV and PNG chart in ``.demo/reports``; it fails the run, as the bad models failed).
 5. Waits for the run (bounded by ``--timeout``) while sampling each component's memory, stops every
    process it started, and prints the report summary and what the tasks and the endpoint saw. Exits
-   non-zero if anything failed.
+   non-zero unless exactly the models meant to fail failed.
 
 Nothing reaches AWS, and nothing listens beyond 127.0.0.1. Usage: python scripts/demo.py [--models N]
 """
@@ -21,28 +28,47 @@ import argparse
 import collections
 import concurrent.futures
 import contextlib
+import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from airflow_ml_batch.report import read_csv, summarize
-from airflow_ml_batch.testing import Endpoint, WallClockRunner, aws_connection_json, local_airflow
+from airflow_ml_batch.testing import aws_connection_json, local_airflow
+from airflow_ml_batch.testing.endpoint import ACCOUNT, REGION, ContainerRunner, Endpoint, Image
 from airflow_ml_batch.testing.local_airflow import MetadataDB, Processes
+from airflow_ml_batch.testing.sales import DEFECTS, write_history
 
 ROOT = Path(__file__).resolve().parent.parent
 MAKE_MODELS = ROOT / "example_dags" / "forecast_model" / "make_models.py"
+MODEL = ROOT / "example_dags" / "forecast_model" / "model.py"
 DAGS_FOLDER = ROOT / "example_dags"
 DEMO_DIR = ROOT / ".demo"
 AIRFLOW_HOME = DEMO_DIR / "airflow"
 REPORTS_DIR = DEMO_DIR / "reports"
 MODELS_FILE = DEMO_DIR / "models.json"
+HISTORY_DIR = DEMO_DIR / "history"
+REGISTRY = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
+#: What each job definition's container runs here: the model on the history the demo wrote, and a data-prep
+#: stand-in that prints its command (the history is already there).
+IMAGES = {
+    "forecast": Image(f"{REGISTRY}/forecast:2026.12", (sys.executable, str(MODEL))),
+    "forecast-data-prep": Image(
+        f"{REGISTRY}/forecast-data-prep:2026.12",
+        (sys.executable, "-c", "import sys; print('data prep:', *sys.argv[1:])"),
+    ),
+}
+#: Of every 100 models (by a hash of the id), how many get bad history and how many a Spot reclaim.
+BAD_HISTORY_PER_100, RECLAIMED_PER_100 = 3, 2
 DAG_ID = "monthly_demand_forecast"
 CONN_ID = "aws_default"  # the example DAG's connection
 #: What the scheduler's forkserver imports before it starts the LocalExecutor workers that fork the task runs:
@@ -67,6 +93,43 @@ def log(message: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+@dataclass
+class Fleet:
+    """The demo's models: each one's hold (s), and the ones meant to fail or to lose a Spot instance."""
+
+    holds: dict[str, float]
+    bad: dict[str, str]  # model id -> defect
+    reclaimed: frozenset[str]
+    minute_seconds: float
+
+
+def write_fleet(count: int, minute_seconds: float | None, slots: int) -> Fleet:
+    """The models file (datasets in :data:`HISTORY_DIR`) and every model's history.
+
+    Without ``minute_seconds``, an expected minute lasts what fits the jobs into about 150 s of ``slots``.
+    Each model's hold is its expected duration so compressed, varied by a factor drawn from its id.
+    """
+    subprocess.run([sys.executable, str(MAKE_MODELS), "--count", str(count), "--output", str(MODELS_FILE)], check=True)
+    document = json.loads(MODELS_FILE.read_text())
+    document["defaults"]["dataset"] = f"{HISTORY_DIR}/{{id}}.csv"
+    MODELS_FILE.write_text(json.dumps(document, indent=1))
+    expected = {
+        m["id"]: float(m.get("expected_minutes", document["defaults"]["expected_minutes"])) for m in document["models"]
+    }
+    scale = minute_seconds or min(0.5, 150.0 * slots / sum(expected.values()))
+    bad, reclaimed = {}, set()
+    for model_id in expected:
+        draw = int(hashlib.sha256(f"{model_id}/demo".encode()).hexdigest()[:8], 16) % 100
+        if draw < BAD_HISTORY_PER_100:
+            bad[model_id] = DEFECTS[len(bad) % len(DEFECTS)]
+        elif draw < BAD_HISTORY_PER_100 + RECLAIMED_PER_100:
+            reclaimed.add(model_id)
+        write_history(HISTORY_DIR / f"{model_id}.csv", model_id, bad.get(model_id))
+    # A model's duration varies around its expected one (x0.5 to x2, most near x1), as real runs do.
+    holds = {k: v * scale * min(2.0, max(0.5, random.Random(k).lognormvariate(0, 0.3))) for k, v in expected.items()}
+    return Fleet(holds, bad, frozenset(reclaimed), scale)
+
+
 def demo_env(args: argparse.Namespace, endpoint_url: str, api_port: int, db_url: str) -> dict[str, str]:
     """The components' environment: the shared one, plus what this demo sets."""
     env = local_airflow.airflow_env(
@@ -87,6 +150,7 @@ def demo_env(args: argparse.Namespace, endpoint_url: str, api_port: int, db_url:
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # only the demo's run: no month-end run on unpause
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",  # no periodic re-parse during the demo
         "FORECAST_POLL_INTERVAL": str(args.poll_interval),
+        "FORECAST_RETRY_DELAY": "10",  # a failed model's next try after 10 s (the DAG's default: 2 min)
     }
     return env
 
@@ -103,6 +167,7 @@ def run_demo(
     local_airflow.start_airflow(processes, migrate_timeout=300)
     log(f"started Airflow (logs in {processes.log_dir}); waiting until healthy")
     local_airflow.wait_ready(processes, api, DAG_ID, timeout=240)
+    log(f"Airflow UI: {api}/dags/{DAG_ID} (no login: [core] simple_auth_manager_all_admins makes everyone admin)")
     conf = {"models_file": str(MODELS_FILE), "report_location": str(REPORTS_DIR)}
     logical_date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # the month the data prep job closes
     run = local_airflow.trigger_dag(api, DAG_ID, logical_date, conf)
@@ -147,7 +212,13 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, help="seconds the DAG run may take (default: 900, more for >200)")
     parser.add_argument("--poll-interval", type=float, default=5, help="triggerer poll interval, s (default 5)")
     parser.add_argument("--parallelism", type=int, default=8, help="LocalExecutor worker processes (default 8)")
-    parser.add_argument("--job-seconds", type=float, default=5.0, help="how long a Batch job runs, s (default 5)")
+    parser.add_argument("--slots", type=int, default=4, help="model jobs running at once (default 4)")
+    parser.add_argument(
+        "--minute-seconds",
+        type=float,
+        help="seconds a model's expected minute lasts (default: what fits the jobs into about 150 s of slots)",
+    )
+    # --mode group (one task per group of models) goes here once the package has the group mode.
     parser.add_argument(
         "--db",
         choices=("sqlite", "postgres"),
@@ -165,8 +236,14 @@ def main() -> int:
     for directory in (AIRFLOW_HOME, REPORTS_DIR, DEMO_DIR / "postgres"):
         shutil.rmtree(directory, ignore_errors=True)
     (AIRFLOW_HOME / "component-logs").mkdir(parents=True)
-    subprocess.run(
-        [sys.executable, str(MAKE_MODELS), "--count", str(args.models), "--output", str(MODELS_FILE)], check=True
+    shutil.rmtree(HISTORY_DIR, ignore_errors=True)
+    fleet = write_fleet(args.models, args.minute_seconds, args.slots)
+    bad = [f"{m} ({d})" for m, d in fleet.bad.items()]
+    log(
+        f"{args.models} models, {args.slots} at a time, an expected minute lasting {fleet.minute_seconds:.3f}s; "
+        f"bad history: {len(bad)} ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); Spot reclaim on the "
+        f"first attempt: {len(fleet.reclaimed)} ({', '.join(sorted(fleet.reclaimed)[:5])}"
+        f"{', ...' if len(fleet.reclaimed) > 5 else ''})"
     )
     for name in [n for n in os.environ if n.startswith(("AWS_", "AIRFLOW"))]:  # never touch a real account
         del os.environ[name]
@@ -178,7 +255,10 @@ def main() -> int:
     error: BaseException | None = None
     cpu: dict[str, float] = {}
     with contextlib.ExitStack() as stack:
-        aws = stack.enter_context(Endpoint(WallClockRunner(duration=args.job_seconds, spread=0.5), keep_requests=False))
+        runner = stack.enter_context(
+            ContainerRunner(IMAGES, slots=args.slots, holds=fleet.holds, default_hold=1.0, reclaims=fleet.reclaimed)
+        )
+        aws = stack.enter_context(Endpoint(runner, keep_requests=False))
         aws.limit("batch", 50.0)  # about Batch's own rate
         endpoint_url = aws.url
         if args.db == "postgres":
@@ -192,6 +272,7 @@ def main() -> int:
         stack.callback(db.close)
         try:
             log(f"local AWS endpoint {endpoint_url}; models file {MODELS_FILE}")
+            log(f"Airflow UI, once started: http://127.0.0.1:{api_port}/ (no login)")
             run_demo(args, processes, f"http://127.0.0.1:{api_port}", db, aws, result)
         except (Exception, KeyboardInterrupt, SystemExit) as caught:
             error = caught
@@ -265,19 +346,39 @@ def main() -> int:
     print(textwrap.indent(summarize(outcomes), "  ") if outcomes else "  NOT WRITTEN")
     for path in report_files:
         print(f"  {path.suffix[1:].upper()}: {path}")
+    by_model = {outcome.model_id: outcome for outcome in outcomes}
+    print(f"models meant to fail (bad history: {len(fleet.bad)}) or to lose a Spot instance ({len(fleet.reclaimed)}):")
+    for model_id in [*list(fleet.bad)[:5], *sorted(fleet.reclaimed)[:5]]:  # the first five of each
+        row = by_model.get(model_id)
+        run = aws.batch.runs.get(row.job_id or "") if row else None
+        if row is None or run is None:
+            print(f"  {model_id}: NOT IN THE REPORT")
+            continue
+        why = (
+            f"history {fleet.bad[model_id]}, the log ends {(run.log_lines() or ['(empty)'])[-1]!r}"
+            if model_id in fleet.bad
+            else f"attempt 1: {run.earlier_attempts[0]['statusReason'] if run.earlier_attempts else 'not reclaimed'}"
+        )
+        print(
+            f"  {model_id}: {row.status} (exit code {row.exit_code}), {row.attempts} Batch attempt(s), "
+            f"Airflow try {row.try_number}; {why}"
+        )
     if tasks:  # the final checks ran
         print(f"airflow providers list: {provider or 'airflow-ml-batch NOT FOUND'}")
     print(f"Airflow home, with every component's and task's log: {AIRFLOW_HOME}")
+    tries = 3  # the DAG's retries, each try a new job: the failed one does not run any more
+    meant_to_fail = {m for m, row in by_model.items() if not row.succeeded}
     ok = (
         error is None
-        and result.get("state") == "success"
+        and result.get("state") == ("failed" if fleet.bad else "success")
         and forecast == args.models
-        and succeeded == sum(tasks.values())
-        and submitted == args.models + 1  # and the data-prep job
-        and jobs["SUCCEEDED"] == args.models + 1
-        and not jobs["FAILED"]
+        and tasks["forecast:failed"] == len(fleet.bad)
+        and submitted == args.models + 1 + (tries - 1) * len(fleet.bad)  # and the data-prep job
+        and jobs["FAILED"] == tries * len(fleet.bad)
         and len(outcomes) == args.models
-        and all(outcome.succeeded for outcome in outcomes)
+        and meant_to_fail == set(fleet.bad)
+        and all(by_model[m].attempts == 2 for m in fleet.reclaimed)
+        and all(row.metrics.get("mape") is not None for row in outcomes if row.succeeded)
         and len(report_files) == 2
         and provider is not None
     )

@@ -16,9 +16,12 @@ fault switches. As its own process (``python -m airflow_ml_batch.testing.endpoin
 :func:`~airflow_ml_batch.testing.endpoint.standalone.running`) it prints its port;
 :class:`~airflow_ml_batch.testing.endpoint.standalone.EndpointClient` drives it from elsewhere. With a
 :class:`~airflow_ml_batch.testing.endpoint.process_runner.ProcessRunner` each job is a local process: its stdout the
-job's log stream, its exit code the job's outcome.
+job's log stream, its exit code the job's outcome; a :class:`~airflow_ml_batch.testing.endpoint.container_runner.ContainerRunner`
+runs a Batch job as its job definition's image would, with the job's environment, for its expected duration,
+its attempts as the job's ``retryStrategy`` says (Spot reclaims included).
 """
 
+from .container_runner import ContainerRunner, Image
 from .core import ACCOUNT, REGION, AwsError, Call, Faults, Run, Runner, Timeline, TokenBucket, WallClockRunner
 from .process_runner import ProcessRun, ProcessRunner
 from .server import Endpoint
@@ -29,9 +32,11 @@ __all__ = [
     "REGION",
     "AwsError",
     "Call",
+    "ContainerRunner",
     "Endpoint",
     "EndpointClient",
     "Faults",
+    "Image",
     "ProcessRun",
     "ProcessRunner",
     "Run",

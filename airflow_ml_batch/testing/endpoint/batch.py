@@ -26,6 +26,15 @@ def _name(arn: str) -> str:
     return arn.rsplit("/", 1)[-1]
 
 
+def definition_arn(definition: str) -> str:
+    """A job definition's ARN with its revision, from the name, ``name:revision`` or ARN SubmitJob was given
+    (a name alone: revision 1)."""
+    if definition.startswith("arn:"):
+        return definition
+    name, _, revision = definition.partition(":")
+    return f"arn:aws:batch:{REGION}:{ACCOUNT}:job-definition/{name}:{revision or 1}"
+
+
 class Batch:
     """The Batch service's state: jobs, their runs, and who described or terminated them."""
 
@@ -89,14 +98,22 @@ class Batch:
             self.jobs[job_id].update(fields)
 
     def run_job(
-        self, name: str, queue: str = QUEUE, definition: str = DEFINITION, tags: dict[str, str] | None = None
+        self,
+        name: str,
+        queue: str = QUEUE,
+        definition: str = DEFINITION,
+        tags: dict[str, str] | None = None,
+        request: dict[str, Any] | None = None,
     ) -> str:
-        """Create a job the runner runs, as SubmitJob does; returns its id."""
+        """Create a job the runner runs, as SubmitJob does (``request``: the rest of its request); returns its id."""
         if self.runner is None:
             raise RuntimeError("the endpoint has no runner")
-        request = {"jobName": name, "jobQueue": queue, "jobDefinition": definition, "tags": dict(tags or {})}
+        tags = dict(tags or {})
+        request = {**(request or {}), "jobName": name, "jobQueue": queue, "jobDefinition": definition, "tags": tags}
         run = self.runner.start("job", name, request)
-        job_id = self.add_job("SUBMITTED", jobName=name, jobQueue=queue, jobDefinition=definition, tags=request["tags"])
+        fields = {key: request[key] for key in ("parameters", "retryStrategy") if request.get(key)}
+        arn = definition_arn(definition)
+        job_id = self.add_job("SUBMITTED", jobName=name, jobQueue=queue, jobDefinition=arn, tags=tags, **fields)
         with self.lock:
             self.runs[job_id] = run
             self.jobs[job_id]["createdAt"] = ms(run.created)
@@ -136,14 +153,16 @@ class Batch:
         if run is None:
             return self._with_status_summary(self.jobs[job_id])
         detail = self.jobs[job_id] | self.summary(job_id, now)
+        detail["container"] = dict(run.container)
+        detail["attempts"] = list(run.earlier_attempts)
         if now < run.started:
             return detail
         stream = f"forecast/default/{job_id.replace('-', '')}"
-        detail["container"] = {"logStreamName": stream}
+        detail["container"]["logStreamName"] = stream
         if "stoppedAt" in detail:
             exit_code = run.exit_code()
             detail["container"]["exitCode"] = exit_code
-            detail["attempts"] = [
+            detail["attempts"] += [
                 {
                     "container": {"exitCode": exit_code, "logStreamName": stream, "reason": run.reason},
                     "startedAt": detail["startedAt"],
@@ -186,7 +205,11 @@ class Batch:
         body = call.body
         if self.runner is not None:
             job_id = self.run_job(
-                body["jobName"], body.get("jobQueue", QUEUE), body.get("jobDefinition", DEFINITION), body.get("tags")
+                body["jobName"],
+                body.get("jobQueue", QUEUE),
+                body.get("jobDefinition", DEFINITION),
+                body.get("tags"),
+                request=body,
             )
         else:
             fields = {"status": self.submitted_status, **(self.on_submit(body) if self.on_submit else {})}

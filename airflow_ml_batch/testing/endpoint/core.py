@@ -95,7 +95,8 @@ class Run(Protocol):
     """How one Batch job or ECS task runs: its timeline (epoch seconds, ``inf`` while not known) and outcome.
 
     The endpoint renders states, timestamps, exit codes and log streams from it on every Describe call.
-    ``exits`` is when the container exited (ECS: DEPROVISIONING until ``ends``, STOPPED after).
+    ``exits`` is when the container exited (ECS: DEPROVISIONING until ``ends``, STOPPED after). A Batch
+    job whose ``started`` is ``inf`` (not placed yet, or back in the queue for another attempt) is RUNNABLE.
     """
 
     created: float
@@ -104,6 +105,10 @@ class Run(Protocol):
     ends: float
     reason: str
     stop_code: str
+    #: what DescribeJobs shows of the container besides its exit code and log stream (image, environment, ...)
+    container: dict[str, Any]
+    #: Batch ``attempts`` entries of the runs before the current one (its retry strategy's attempts)
+    earlier_attempts: list[dict[str, Any]]
 
     def exit_code(self) -> int | None:
         """The container's exit code once it exited (``None``: stopped before it started)."""
@@ -118,8 +123,9 @@ class Run(Protocol):
 class Runner(Protocol):
     """Decides how each submitted job (``kind`` ``"job"``) or started task (``"task"``) runs.
 
-    The seam for other runners, e.g. one whose runs are local processes: stdout as the log, exit code as
-    the outcome.
+    ``request`` is the SubmitJob (RunTask) request. :class:`WallClockRunner` scripts runs on the clock;
+    :class:`~.process_runner.ProcessRunner` and :class:`~.container_runner.ContainerRunner` run local
+    processes: stdout as the log, exit code as the outcome.
     """
 
     def start(self, kind: str, name: str, request: dict[str, Any]) -> Run: ...
@@ -137,6 +143,8 @@ class Timeline:
     reason: str = EXITED
     stop_code: str = "EssentialContainerExited"
     drain: float = 0.0  # how long a stopped run takes to end (ECS: DEPROVISIONING)
+    container: dict[str, Any] = field(default_factory=dict)
+    earlier_attempts: list[dict[str, Any]] = field(default_factory=list)
 
     def exit_code(self) -> int | None:
         if self.started == float("inf"):

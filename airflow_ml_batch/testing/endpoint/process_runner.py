@@ -32,6 +32,8 @@ class ProcessRun:
     returncode: int | None = None
     process: subprocess.Popen[str] | None = None
     stopped: bool = False
+    container: dict[str, Any] = field(default_factory=dict)
+    earlier_attempts: list[dict[str, Any]] = field(default_factory=list)
 
     def exit_code(self) -> int | None:
         return self.returncode
