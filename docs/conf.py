@@ -54,7 +54,7 @@ nitpick_ignore_regex = [
     # The standard library's types in signatures (built-ins and typing resolve without a target).
     (
         r"py:class",
-        r"(abc|datetime|pathlib|collections(\.abc)?|asyncio|contextlib|weakref|random|subprocess|argparse)\..*",
+        r"(abc|datetime|pathlib|collections(\.abc)?|asyncio|contextlib|weakref|random|subprocess|argparse|threading)\..*",
     ),
     # the endpoint's web server
     (r"py:.*", r"aiohttp(\..*)?"),

@@ -32,7 +32,7 @@ def sales_history(model_id: str, months: int = 36, last: tuple[int, int] = (2026
 
 
 def write_history(path: str | Path, model_id: str, defect: str | None = None, months: int = 36) -> Path:
-    """Write ``model_id``'s history CSV to ``path`` (with ``defect``: one of :data:`DEFECTS`)."""
+    """Write ``model_id``'s history CSV to ``path`` (with ``defect``: one of ``DEFECTS``)."""
     if defect is not None and defect not in DEFECTS:
         raise ValueError(f"defect must be one of {DEFECTS}, not {defect!r}")
     rows = [] if defect == "empty" else [f"{month},{demand}" for month, demand in sales_history(model_id, months)]

@@ -190,7 +190,7 @@ class Observation:
 
 
 def due_ids(due: dict[str, float], intervals: dict[str, float], now: float) -> list[str]:
-    """The ids to describe at ``now``: those due, and those due within :data:`_EARLY` of their interval."""
+    """The ids to describe at ``now``: those due, and those due within ``_EARLY`` (5 %) of their interval."""
     return [resource for resource, at in due.items() if at - _EARLY * intervals[resource] <= now]
 
 
@@ -402,7 +402,7 @@ class SharedPoller(ABC):
         where = f"{self.operation} ({service}, connection {conn_id!r}, region {region or 'of the connection'}"
         return where + (f", {self.scope_name} {self.scope!r})" if self.scope is not None else ")")
 
-    #: what :attr:`scope` is, for messages ("cluster")
+    #: what ``scope`` is, for messages ("cluster")
     scope_name: ClassVar[str] = "scope"
 
     def _backoff(self) -> float:

@@ -16,9 +16,10 @@ fault switches. As its own process (``python -m airflow_ml_batch.testing.endpoin
 :func:`~airflow_ml_batch.testing.endpoint.standalone.running`) it prints its port;
 :class:`~airflow_ml_batch.testing.endpoint.standalone.EndpointClient` drives it from elsewhere. With a
 :class:`~airflow_ml_batch.testing.endpoint.process_runner.ProcessRunner` each job is a local process: its stdout the
-job's log stream, its exit code the job's outcome; a :class:`~airflow_ml_batch.testing.endpoint.container_runner.ContainerRunner`
-runs a Batch job as its job definition's image would, with the job's environment, for its expected duration,
-its attempts as the job's ``retryStrategy`` says (Spot reclaims included).
+job's log stream, its exit code the job's outcome; a
+:class:`~airflow_ml_batch.testing.endpoint.container_runner.ContainerRunner` runs a Batch job as its job
+definition's image would, with the job's environment, for its expected duration, its attempts as the job's
+``retryStrategy`` says (Spot reclaims included).
 """
 
 from .container_runner import ContainerRunner, Image
