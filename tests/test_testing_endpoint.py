@@ -12,7 +12,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 
-from airflow_ml_batch.testing.endpoint import Endpoint, ProcessRunner, WallClockRunner, running
+from airflow_ml_batch.testing.endpoint import ContainerRunner, Endpoint, WallClockRunner, running
 
 NO_RETRIES = Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5)
 
@@ -185,7 +185,7 @@ def test_with_a_process_runner_a_job_is_a_local_process_whose_output_is_its_log(
         script = f"import time; time.sleep({code == 0:d}); print('training {name}'); raise SystemExit({code})"
         return [sys.executable, "-c", script]
 
-    with Endpoint(ProcessRunner(command, concurrency=1)) as endpoint:
+    with ContainerRunner(command=command, slots=1) as runner, Endpoint(runner) as endpoint:
         batch, logs = client("batch", endpoint.url), client("logs", endpoint.url)
         ids = [
             batch.submit_job(jobName=n, jobQueue="models", jobDefinition="forecast")["jobId"] for n in ("good", "bad")
@@ -203,3 +203,22 @@ def test_with_a_process_runner_a_job_is_a_local_process_whose_output_is_its_log(
     assert (bad["status"], bad["container"]["exitCode"]) == ("FAILED", 3)
     assert bad["startedAt"] >= good["stoppedAt"], "one at a time"
     assert [e["message"] for e in events] == ["training bad"]
+
+
+def test_with_a_process_runner_an_ecs_task_is_a_local_process_too() -> None:
+    def command(kind: str, name: str, request: dict[str, Any]) -> list[str]:
+        return [sys.executable, "-c", f"print('{kind} {request['taskDefinition']}'); raise SystemExit(2)"]
+
+    with ContainerRunner(command=command) as runner, Endpoint(runner) as endpoint:
+        ecs = client("ecs", endpoint.url)
+        (task,) = ecs.run_task(cluster="models", taskDefinition="forecast:1", startedBy="model-7")["tasks"]
+
+        def stopped() -> dict[str, Any] | None:
+            (described,) = ecs.describe_tasks(cluster="models", tasks=[task["taskArn"]])["tasks"]
+            return described if described["lastStatus"] == "STOPPED" else None
+
+        described = wait_until(stopped)
+        runs = list(runner.runs)
+    assert described["containers"][0]["exitCode"] == 2
+    assert described["stopCode"] == "EssentialContainerExited"
+    assert [run.log_lines() for run in runs] == [["task forecast:1"]]

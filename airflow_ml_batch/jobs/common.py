@@ -1,7 +1,9 @@
-"""What jobs of every service share: the tags that name a task instance, and failure messages (no I/O)."""
+"""What jobs of every service share: the tags that name a task instance, failure messages and the metrics a
+job logs (no I/O)."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -31,3 +33,19 @@ def with_log_tail(lines: list[str], summary: dict[str, Any], log_tail: list[str]
         lines = [*lines, f"last {len(log_tail)} log lines ({summary['log_group']} {summary['log_stream']}):"]
         lines.extend(f"  {line}" for line in log_tail)
     return "\n".join(lines)
+
+
+def metrics_from_log(lines: list[str]) -> dict[str, Any] | None:
+    """The ``metrics`` of the last log line that is a JSON object with a ``metrics`` mapping, if any."""
+    for line in reversed(lines):
+        text = line.strip()
+        if not (text.startswith("{") and '"metrics"' in text):
+            continue
+        try:
+            document = json.loads(text)
+        except ValueError:
+            continue
+        metrics = document.get("metrics") if isinstance(document, dict) else None
+        if isinstance(metrics, dict):
+            return metrics
+    return None

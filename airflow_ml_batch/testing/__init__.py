@@ -16,14 +16,15 @@ Either way, point a connection at it::
         os.environ["AIRFLOW_CONN_AWS_LOCAL"] = aws_connection_json(aws.url)
 """
 
-from .endpoint import Endpoint, EndpointClient, ProcessRunner, WallClockRunner, running
+from .endpoint import ContainerRunner, Endpoint, EndpointClient, Image, WallClockRunner, running
 from .moto_server import DEFAULT_REGION, aws_connection_json, create_batch_queue, create_ecs_cluster, local_aws
 
 __all__ = [
     "DEFAULT_REGION",
+    "ContainerRunner",
     "Endpoint",
     "EndpointClient",
-    "ProcessRunner",
+    "Image",
     "WallClockRunner",
     "aws_connection_json",
     "create_batch_queue",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import gc
-import json
 import logging
 import random
 import time
@@ -31,44 +30,21 @@ from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from asgiref.sync import sync_to_async
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    CredentialRetrievalError,
-    HTTPClientError,
-    MetadataRetrievalError,
-    SSLError,
-)
-from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
 from airflow_ml_batch import _compat
 from airflow_ml_batch.hooks.base import AwsServiceHook
 from airflow_ml_batch.hooks.logs import CloudWatchLogsHook
+from airflow_ml_batch.jobs.common import metrics_from_log as metrics_from_log
+from airflow_ml_batch.jobs.errors import TRANSIENT_ERROR_CODES as TRANSIENT_ERROR_CODES
+from airflow_ml_batch.jobs.errors import error_text as error_text
+from airflow_ml_batch.jobs.errors import is_transient as is_transient
 from airflow_ml_batch.links.logs import JobLogsLink
+
+# metrics_from_log, is_transient, error_text and TRANSIENT_ERROR_CODES live in airflow_ml_batch.jobs now; the
+# ``as`` imports keep them importable from here, where they were before.
 
 log = logging.getLogger(__name__)
 
-#: Error codes that say "later", not "never": the poller backs off and tries again, however long it takes.
-TRANSIENT_ERROR_CODES = frozenset(
-    {
-        "TooManyRequestsException",
-        "ThrottlingException",
-        "Throttling",
-        "ThrottledException",
-        "RequestLimitExceeded",
-        "RequestThrottled",
-        "SlowDown",
-        "ServerException",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "RequestExpired",
-        "RequestTimeout",
-        "RequestTimeoutException",
-    }
-)
 #: How long errors that will not pass by themselves (access denied, say) may last before the waiting
 #: tasks of that (connection, region, scope) fail; any answered call starts the clock again.
 PERSISTENT_ERROR_GRACE = 600.0
@@ -126,54 +102,6 @@ def _give_turns(queue: collections.deque[asyncio.Future[None]]) -> None:
             given += 1
     if queue:
         asyncio.get_running_loop().call_soon(_give_turns, queue)
-
-
-def metrics_from_log(lines: list[str]) -> dict[str, Any] | None:
-    """The ``metrics`` of the last log line that is a JSON object with a ``metrics`` mapping, if any."""
-    for line in reversed(lines):
-        text = line.strip()
-        if not (text.startswith("{") and '"metrics"' in text):
-            continue
-        try:
-            document = json.loads(text)
-        except ValueError:
-            continue
-        metrics = document.get("metrics") if isinstance(document, dict) else None
-        if isinstance(metrics, dict):
-            return metrics
-    return None
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether ``error`` will likely pass by itself: throttling, 5xx, network, expired or unrefreshed credentials.
-
-    Not transient: any other AWS error (access denied, an unknown cluster), a TLS certificate that does not
-    verify, a request botocore rejects (``ParamValidationError``), no region or no credentials at all (a
-    connection that is wrong stays wrong), and any exception this function does not know.
-    """
-    if isinstance(error, ClientError):
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return (
-            error.response.get("Error", {}).get("Code") in TRANSIENT_ERROR_CODES or status in (429,) or (status >= 500)
-        )
-    if isinstance(error, SSLError):
-        return False
-    network = (BotocoreConnectionError, HTTPClientError, ConnectionClosedError, asyncio.TimeoutError, OSError)
-    if isinstance(error, (*network, CredentialRetrievalError, MetadataRetrievalError)):
-        return True
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - aiobotocore depends on it
-        return False
-    return isinstance(error, aiohttp.ClientError)
-
-
-def error_text(error: BaseException) -> str:
-    """An error as users read it: an AWS error's code and message, otherwise its type and text."""
-    if isinstance(error, ClientError):
-        details = error.response.get("Error", {})
-        return f"{details.get('Code', 'Error')}: {details.get('Message') or error}"
-    return f"{type(error).__name__}: {error}"
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,10 @@
-"""EcsHook against a moto server (the sync client for operators, the shared async client for triggers), and
-the pure functions that build RunTask requests and read stopped tasks."""
+"""EcsHook against a moto server: the sync client for operators and the shared async client for triggers."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from airflow_ml_batch.hooks.ecs import EcsHook
-from airflow_ml_batch.jobs.ecs import (
-    classify_stopped_task,
-    describe_task_failure,
-    log_location,
-    run_task_request,
-    summarize_task,
-)
-from airflow_ml_batch.operators.ecs import EcsTaskOperator
 
 
 def test_sync_client_runs_and_describes(aws_conn_id: str, ecs_cluster: dict[str, Any]) -> None:
@@ -50,74 +39,3 @@ async def test_async_client_runs_and_describes(aws_conn_id: str, ecs_cluster: di
 
     assert [t["taskArn"] for t in described["tasks"]] == [task_arn]
     assert described["failures"] == []
-
-
-TASK = {"taskArn": "arn:aws:ecs:eu-west-1:123456789012:task/models/abc123"}
-
-
-def awslogs(group: str, region: str | None = None) -> dict[str, Any]:
-    options = {"awslogs-group": group, "awslogs-stream-prefix": "ecs"}
-    if region:
-        options["awslogs-region"] = region
-    return {"logDriver": "awslogs", "options": options}
-
-
-@pytest.mark.parametrize(
-    ("stop_code", "exit_code", "outcome"),
-    [
-        ("UserInitiated", 143, "stopped"),  # StopTask: SIGTERM, the container exits
-        ("UserInitiated", 137, "stopped"),  # StopTask: SIGKILL 30 seconds later
-        ("UserInitiated", 0, "stopped"),
-        ("ServiceSchedulerInitiated", 143, "stopped"),
-        ("InfrastructureHealth", 137, "stopped"),
-        ("SpotInterruption", 143, "spot_interruption"),
-        ("TerminationNotice", 143, "spot_interruption"),
-        ("TaskFailedToStart", None, "failed_to_start"),
-        ("EssentialContainerExited", 137, "container_failed"),
-        ("EssentialContainerExited", 0, "success"),
-        (None, 0, "success"),
-    ],
-)
-def test_every_stop_code_is_classified(stop_code: str | None, exit_code: int | None, outcome: str) -> None:
-    task = {**TASK, "stopCode": stop_code, "containers": [{"name": "model", "exitCode": exit_code}]}
-
-    assert classify_stopped_task(task, {"model"}) == outcome
-
-
-def test_a_stop_by_a_user_says_so_with_the_reason() -> None:
-    task = {
-        **TASK,
-        "stopCode": "UserInitiated",
-        "stoppedReason": "Task stopped by user",
-        "containers": [{"name": "model", "exitCode": 137}],
-    }
-
-    summary = summarize_task(task, classify_stopped_task(task, {"model"}), None, None)
-
-    assert describe_task_failure(summary).splitlines()[0] == (
-        f"ECS task {TASK['taskArn']} was stopped by a user (StopTask): Task stopped by user (stop code UserInitiated)"
-    )
-
-
-def test_the_log_is_the_essential_containers_not_the_first_listed() -> None:
-    definition = {
-        "containerDefinitions": [
-            {"name": "log-router", "essential": False, "logConfiguration": awslogs("/ecs/router")},
-            {"name": "model", "logConfiguration": awslogs("/ecs/forecast", "us-east-2")},  # essential by default
-        ]
-    }
-
-    assert log_location(TASK, definition) == ("/ecs/forecast", "ecs/model/abc123", "us-east-2")
-    assert log_location(TASK, definition, "log-router") == ("/ecs/router", "ecs/log-router/abc123", None)
-    assert log_location(TASK, definition, "no-such-container") == (None, None, None)
-    assert log_location(TASK, None) == (None, None, None)
-
-
-@pytest.mark.parametrize(
-    ("propagate_tags", "expected"), [("TASK_DEFINITION", "TASK_DEFINITION"), ("NONE", "NONE"), (None, "omitted")]
-)
-def test_propagate_tags_is_passed_or_omitted(propagate_tags: str | None, expected: str) -> None:
-    values = {"cluster": "models", "task_definition": "forecast", "propagate_tags": propagate_tags}
-    request = run_task_request(EcsTaskOperator.request_fields, values, started_by="a", client_token="b", tags={})
-
-    assert request.get("propagateTags", "omitted") == expected

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ssl
 import time
 from typing import Any
 
-import aiohttp
 import pytest
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    CredentialRetrievalError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    NoRegionError,
-    ParamValidationError,
-    ReadTimeoutError,
-    SSLError,
-)
 from helpers import first_event
 
 from airflow_ml_batch.testing.endpoint import Endpoint
 from airflow_ml_batch.triggers import base
-from airflow_ml_batch.triggers.base import due_ids, is_transient, job_abandoned
+from airflow_ml_batch.triggers.base import due_ids, job_abandoned
 from airflow_ml_batch.triggers.batch import BatchJobPoller, BatchJobTrigger
 
 
@@ -44,39 +31,6 @@ async def stopped(waiting: list[asyncio.Future[Any]]) -> None:
     for future in waiting:
         future.cancel()
     await asyncio.gather(*waiting, return_exceptions=True)
-
-
-def client_error(code: str, status: int) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
-
-
-@pytest.mark.parametrize(
-    ("error", "transient"),
-    [
-        (client_error("TooManyRequestsException", 429), True),
-        (client_error("ThrottlingException", 400), True),
-        (client_error("ServerException", 500), True),
-        (client_error("ExpiredTokenException", 400), True),
-        (client_error("AccessDeniedException", 403), False),
-        (client_error("ClusterNotFoundException", 400), False),
-        (client_error("UnrecognizedClientException", 403), False),
-        (EndpointConnectionError(endpoint_url="https://batch.eu-west-1.amazonaws.com"), True),
-        (ConnectionClosedError(endpoint_url="https://batch.eu-west-1.amazonaws.com"), True),
-        (ReadTimeoutError(endpoint_url="https://batch.eu-west-1.amazonaws.com"), True),
-        (asyncio.TimeoutError(), True),
-        (ConnectionResetError(104, "Connection reset by peer"), True),
-        (aiohttp.ServerDisconnectedError(), True),
-        (CredentialRetrievalError(provider="assume-role", error_msg="timed out"), True),
-        (SSLError(endpoint_url="https://x", error=ssl.SSLError("certificate verify failed")), False),
-        (ParamValidationError(report="Invalid type for parameter jobs"), False),
-        (NoRegionError(), False),
-        (NoCredentialsError(), False),
-        (KeyError("jobId"), False),
-    ],
-    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
-)
-def test_what_passes_by_itself(error: BaseException, transient: bool) -> None:
-    assert is_transient(error) is transient
 
 
 def test_a_round_takes_the_due_ids_and_those_almost_due() -> None:

@@ -15,16 +15,14 @@ run by themselves; :meth:`~airflow_ml_batch.testing.endpoint.server.Endpoint.lim
 fault switches. As its own process (``python -m airflow_ml_batch.testing.endpoint --help``, or
 :func:`~airflow_ml_batch.testing.endpoint.standalone.running`) it prints its port;
 :class:`~airflow_ml_batch.testing.endpoint.standalone.EndpointClient` drives it from elsewhere. With a
-:class:`~airflow_ml_batch.testing.endpoint.process_runner.ProcessRunner` each job is a local process: its stdout the
-job's log stream, its exit code the job's outcome; a
-:class:`~airflow_ml_batch.testing.endpoint.container_runner.ContainerRunner` runs a Batch job as its job
-definition's image would, with the job's environment, for its expected duration, its attempts as the job's
-``retryStrategy`` says (Spot reclaims included).
+:class:`~airflow_ml_batch.testing.endpoint.container_runner.ContainerRunner` each job is a local process: its
+output the job's log stream, its exit code the job's outcome. It runs a Batch job as its job definition's image
+would, with the job's environment, for its expected duration, its attempts as the job's ``retryStrategy`` says
+(Spot reclaims included); or it runs any job or ECS task as the command a function of yours returns.
 """
 
-from .container_runner import ContainerRunner, Image
+from .container_runner import ContainerRun, ContainerRunner, Image
 from .core import ACCOUNT, REGION, AwsError, Call, Faults, Run, Runner, Timeline, TokenBucket, WallClockRunner
-from .process_runner import ProcessRun, ProcessRunner
 from .server import Endpoint
 from .standalone import EndpointClient, running
 
@@ -33,13 +31,12 @@ __all__ = [
     "REGION",
     "AwsError",
     "Call",
+    "ContainerRun",
     "ContainerRunner",
     "Endpoint",
     "EndpointClient",
     "Faults",
     "Image",
-    "ProcessRun",
-    "ProcessRunner",
     "Run",
     "Runner",
     "Timeline",

@@ -1,6 +1,6 @@
-"""A runner whose Batch jobs are local processes standing in for their containers.
+"""The runner whose jobs and tasks are local processes standing in for their containers.
 
-Each job runs its job definition's :class:`Image` (an entrypoint on this machine) with the job's
+Each Batch job runs its job definition's :class:`Image` (an entrypoint on this machine) with the job's
 ``containerOverrides`` command as arguments and environment as the process's; what it prints (stdout and
 stderr) is the job's CloudWatch log stream, its exit code the job's outcome. At most ``slots`` jobs run at
 once; the others wait RUNNABLE, oldest first. A job that succeeds stays RUNNING for at least its ``hold``
@@ -9,6 +9,9 @@ seconds (its expected duration, compressed), so a fleet's durations look like a 
     runner = ContainerRunner({"forecast": Image("forecast:1", (sys.executable, "model.py"))}, slots=4)
     with Endpoint(runner) as aws:
         ...
+
+Given a ``command(kind, name, request)`` instead of images, every job and every ECS task runs as the argv it
+returns, in this process's environment: ``ContainerRunner(command=command, slots=2)``.
 
 A job of ``reclaims`` loses its first attempt's host 40 % into its hold, as in a Spot reclaim; its
 ``retryStrategy`` (attempts, ``evaluateOnExit``) decides, as Batch does, whether it goes back to the queue.
@@ -22,7 +25,7 @@ import random
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from subprocess import DEVNULL, PIPE, STDOUT
 from typing import Any
@@ -32,6 +35,8 @@ from .core import EXITED, AwsError, ms
 INF = float("inf")
 #: A container's exit code when its process was killed (as Docker reports SIGKILL).
 KILLED = 137
+#: ``command(kind, name, request)``: the argv that stands in for the container of a job or task.
+Command = Callable[[str, str, dict[str, Any]], list[str]]
 
 
 def host_terminated(rng: random.Random) -> str:
@@ -67,7 +72,7 @@ def retries(strategy: Mapping[str, Any], attempt: int, status_reason: str, reaso
 
 
 class ContainerRun:
-    """One job: its attempts as processes, its timeline (the :class:`~.core.Run` the endpoint renders)."""
+    """One job or task: its attempts as processes, its timeline (the :class:`~.core.Run` the endpoint renders)."""
 
     def __init__(
         self,
@@ -189,13 +194,16 @@ class ContainerRunner:
     """Runs each Batch job as a local process of its job definition's :class:`Image`, ``slots`` at once.
 
     :param images: by job definition name.
+    :param command: instead of ``images``: the argv of each job and each task, from its kind (``"job"`` or
+        ``"task"``), name and request; the process gets this process's environment (or ``base_environment``).
     :param holds: by ``MODEL_ID``: the seconds a job that succeeds stays RUNNING at least (default
         ``default_hold``).
     :param reclaims: the ``MODEL_ID`` of jobs whose first attempt loses its host (a Spot reclaim).
     :param base_environment: what every process gets besides the job's environment (default: ``PATH``).
     """
 
-    images: Mapping[str, Image]
+    images: Mapping[str, Image] = field(default_factory=dict)
+    command: Command | None = None
     slots: int = 4
     holds: Mapping[str, float] = field(default_factory=dict)
     default_hold: float = 0.0
@@ -213,6 +221,31 @@ class ContainerRunner:
         self.thread.start()
 
     def start(self, kind: str, name: str, request: dict[str, Any]) -> ContainerRun:
+        if self.command is None:  # the job definition's image, with the job's environment and PATH only
+            argv, variables, container, cwd = self._image_process(kind, request)
+            base: Mapping[str, str] = {"PATH": os.environ.get("PATH", "")}
+        else:  # the process that command() names, in this process's environment
+            argv, variables, container, cwd = self.command(kind, name, request), {}, {}, None
+            base = os.environ
+        model = variables.get("MODEL_ID", "")
+        run = ContainerRun(
+            command=argv,
+            environment={**(base if self.base_environment is None else self.base_environment), **variables},
+            container=container,
+            cwd=cwd,
+            hold=self.holds.get(model, self.default_hold),
+            strategy=request.get("retryStrategy") or {},
+            reclaim=host_terminated(self.random) if model in self.reclaims else None,
+            lock=self.lock,
+        )
+        with self.lock:
+            self.runs.append(run)
+        return run
+
+    def _image_process(
+        self, kind: str, request: dict[str, Any]
+    ) -> tuple[list[str], dict[str, str], dict[str, Any], str | None]:
+        """A job's argv, environment, container (as DescribeJobs shows it) and directory, by its image."""
         if kind != "job":
             raise AwsError(400, "UnsupportedFeatureException", "this endpoint runs only Batch jobs as processes")
         definition = str(request.get("jobDefinition", "")).rsplit("/", 1)[-1].partition(":")[0]
@@ -228,21 +261,7 @@ class ContainerRunner:
             "environment": [{"name": k, "value": v} for k, v in variables.items()],
             "resourceRequirements": list(overrides.get("resourceRequirements") or []),
         }
-        base = {"PATH": os.environ.get("PATH", "")} if self.base_environment is None else dict(self.base_environment)
-        model = variables.get("MODEL_ID", "")
-        run = ContainerRun(
-            command=[*image.entrypoint, *command],
-            environment={**base, **variables},
-            container=container,
-            cwd=image.cwd,
-            hold=self.holds.get(model, self.default_hold),
-            strategy=request.get("retryStrategy") or {},
-            reclaim=host_terminated(self.random) if model in self.reclaims else None,
-            lock=self.lock,
-        )
-        with self.lock:
-            self.runs.append(run)
-        return run
+        return [*image.entrypoint, *command], variables, container, image.cwd
 
     def _schedule(self) -> None:
         while not self.stopped.wait(0.1):

@@ -124,9 +124,8 @@ class Runner(Protocol):
     """Decides how each submitted job (``kind`` ``"job"``) or started task (``"task"``) runs.
 
     ``request`` is the SubmitJob (RunTask) request. :class:`WallClockRunner` scripts runs on the clock;
-    :class:`~airflow_ml_batch.testing.endpoint.process_runner.ProcessRunner` and
-    :class:`~airflow_ml_batch.testing.endpoint.container_runner.ContainerRunner` run local processes: stdout as
-    the log, exit code as the outcome.
+    :class:`~airflow_ml_batch.testing.endpoint.container_runner.ContainerRunner` runs local processes: their
+    output as the log, their exit code as the outcome.
     """
 
     def start(self, kind: str, name: str, request: dict[str, Any]) -> Run: ...

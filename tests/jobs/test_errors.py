@@ -1,0 +1,71 @@
+"""The pure functions of :mod:`airflow_ml_batch.jobs.errors`: which AWS errors pass by themselves, how one reads."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import aiohttp
+import pytest
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from airflow_ml_batch.jobs.errors import error_text, is_transient
+
+
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (client_error("TooManyRequestsException", 429), True),
+        (client_error("ThrottlingException", 400), True),
+        (client_error("ServerException", 500), True),
+        (client_error("ExpiredTokenException", 400), True),
+        (client_error("AccessDeniedException", 403), False),
+        (client_error("ClusterNotFoundException", 400), False),
+        (client_error("UnrecognizedClientException", 403), False),
+        (EndpointConnectionError(endpoint_url="https://batch.eu-west-1.amazonaws.com"), True),
+        (ConnectionClosedError(endpoint_url="https://batch.eu-west-1.amazonaws.com"), True),
+        (ReadTimeoutError(endpoint_url="https://batch.eu-west-1.amazonaws.com"), True),
+        (asyncio.TimeoutError(), True),
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (aiohttp.ServerDisconnectedError(), True),
+        (CredentialRetrievalError(provider="assume-role", error_msg="timed out"), True),
+        (SSLError(endpoint_url="https://x", error=ssl.SSLError("certificate verify failed")), False),
+        (ParamValidationError(report="Invalid type for parameter jobs"), False),
+        (NoRegionError(), False),
+        (NoCredentialsError(), False),
+        (KeyError("jobId"), False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_what_passes_by_itself(error: BaseException, transient: bool) -> None:
+    assert is_transient(error) is transient
+
+
+def test_an_error_reads_as_its_aws_code_and_message_or_its_type_and_text() -> None:
+    assert error_text(client_error("AccessDeniedException", 403)) == "AccessDeniedException: m"
+    assert error_text(ClientError({"Error": {}}, "DescribeJobs")).startswith("Error: An error occurred")
+    assert error_text(NoRegionError()) == "NoRegionError: You must specify a region."
+
+
+def test_the_trigger_module_still_exports_what_moved_from_it() -> None:
+    from airflow_ml_batch.jobs import common, errors
+    from airflow_ml_batch.triggers import base
+
+    assert base.is_transient is errors.is_transient
+    assert base.error_text is errors.error_text
+    assert base.TRANSIENT_ERROR_CODES is errors.TRANSIENT_ERROR_CODES
+    assert base.metrics_from_log is common.metrics_from_log
