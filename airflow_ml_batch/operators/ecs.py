@@ -20,11 +20,11 @@ from airflow_ml_batch.jobs.ecs import (
     started_by_for,
     task_id_of,
 )
+from airflow_ml_batch.jobs.errors import is_transient
 from airflow_ml_batch.jobs.fields import RequestField
 from airflow_ml_batch.links.ecs import EcsTaskLink
 from airflow_ml_batch.links.logs import JobLogsLink
 from airflow_ml_batch.operators.base import DeferredJobOperator, ModelGroupOperator
-from airflow_ml_batch.triggers.base import is_transient
 from airflow_ml_batch.triggers.ecs import EcsFleetTrigger, EcsTaskTrigger
 
 #: XCom key of the started task's ARN, pushed before the task defers.

@@ -16,8 +16,9 @@ from airflow_ml_batch.jobs.batch import (
     job_state,
     summarize_job,
 )
+from airflow_ml_batch.jobs.errors import is_transient
 from airflow_ml_batch.jobs.groups import FoundJob, model_job_name, parse_job_name
-from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger, is_transient
+from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
 from airflow_ml_batch.triggers.group import RejectedError, RunGroupTrigger
 
 

@@ -20,8 +20,9 @@ from airflow_ml_batch.jobs.ecs import (
     log_location,
     summarize_task,
 )
+from airflow_ml_batch.jobs.errors import is_transient
 from airflow_ml_batch.jobs.groups import FoundJob
-from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger, is_transient
+from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
 from airflow_ml_batch.triggers.group import RejectedError, RunGroupTrigger, TryAgain
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,10 @@ class EcsFleetTrigger(RunGroupTrigger):
     async def submit(self, client: Any, model: dict[str, Any], attempt: int) -> str:
         index, prefix = int(model["index"]), self.group["prefix"]
         numbers = {"model_index": index, "try_number": self.try_number, "attempt": attempt}
-        tags = [*model["request"].get("tags", []), *({"key": f"airflow:{k}", "value": str(v)} for k, v in numbers.items())]
+        tags = [
+            *model["request"].get("tags", []),
+            *({"key": f"airflow:{k}", "value": str(v)} for k, v in numbers.items()),
+        ]
         token = hashlib.sha256(f"{prefix}\n{index}\n{self.try_number}\n{attempt}".encode()).hexdigest()[:64]
         request = {**model["request"], "startedBy": prefix, "clientToken": token, "tags": tags}
         try:
@@ -246,7 +250,9 @@ class EcsFleetTrigger(RunGroupTrigger):
             if is_transient(error):
                 raise
             message = error.response.get("Error", {}).get("Message", str(error))
-            raise RejectedError(f"ECS rejected RunTask of model {model['label']} ({self._where()}): {message}") from error
+            raise RejectedError(
+                f"ECS rejected RunTask of model {model['label']} ({self._where()}): {message}"
+            ) from error
         if response["tasks"]:
             return str(response["tasks"][0]["taskArn"])
         failures = "; ".join(f"{f.get('reason')} {f.get('detail', '')}".strip() for f in response["failures"])

@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from airflow_ml_batch.hooks.base import AwsServiceHook
+from airflow_ml_batch.jobs.common import metrics_from_log
+from airflow_ml_batch.jobs.errors import error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob, group_failure_message, plan_group, progress_line
 from airflow_ml_batch.triggers.base import (
     _USER_ACTION,
@@ -31,10 +33,7 @@ from airflow_ml_batch.triggers.base import (
     SharedPoller,
     WaitForJobTrigger,
     Watch,
-    error_text,
-    is_transient,
     job_abandoned,
-    metrics_from_log,
     take_turn,
 )
 
