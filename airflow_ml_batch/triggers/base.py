@@ -167,25 +167,9 @@ class SharedPoller(ABC):
         cls, hook: AwsServiceHook, scope: Hashable, resource_id: str, poll_interval: float
     ) -> AsyncIterator[asyncio.Queue[Observation]]:
         """Receive an :class:`Observation` of ``resource_id`` each time its state changes."""
-        pollers = cls._pollers.setdefault(asyncio.get_running_loop(), {})
-        key = (hook._shared_client_key, scope)
-        poller = pollers.get(key)
-        if poller is None:
-            poller = pollers[key] = cls(hook, scope)
-        queue: asyncio.Queue[Observation] = asyncio.Queue()
-        entry = (queue, max(float(poll_interval), 0.1))
-        poller._join(resource_id, entry)
-        if poller._task is None or poller._task.done():
-            poller._task = asyncio.ensure_future(poller._run())
-        try:
-            yield queue
-        finally:
-            poller._leave(resource_id, entry)
-            if not poller._watchers and pollers.get(key) is poller:
-                del pollers[key]
-                if poller._task is not None:
-                    poller._task.cancel()
-                    await asyncio.wait([poller._task])  # its client is closed before the last watcher leaves
+        async with cls.watch_many(hook, scope, poll_interval) as watch:
+            watch.add(resource_id)
+            yield watch.updates
 
     @classmethod
     @asynccontextmanager
@@ -206,7 +190,7 @@ class SharedPoller(ABC):
                 del pollers[key]
                 if poller._task is not None:
                     poller._task.cancel()
-                    await asyncio.wait([poller._task])
+                    await asyncio.wait([poller._task])  # its client is closed before the last watcher leaves
 
     @abstractmethod
     async def request(self, client: Any, ids: list[str]) -> Any:
