@@ -183,3 +183,15 @@ def ecs_kwargs(models: Sequence[Model], command: list[str] | None = None) -> lis
     ``container_name`` (set in ``partial``) says which container they apply to.
     """
     return _expand(models, command, lambda r: {k: int(r[k]) for k in ("cpu", "memory") if k in r})
+
+
+def groups(entries: Sequence[dict[str, Any]], size: int = 100) -> list[list[dict[str, Any]]]:
+    """Split per-model entries into groups of at most ``size``, in order, for ``BatchFleetOperator`` or
+    ``EcsFleetOperator``: ``.partial(...).expand(models=groups(batch_kwargs(models)))``.
+
+    The order is kept: with :func:`batch_kwargs`' longest-first order, the first group holds the longest
+    models and Airflow starts it first.
+    """
+    if size < 1:
+        raise ValueError(f"size must be at least 1, not {size}")
+    return [list(entries[start : start + size]) for start in range(0, len(entries), size)]

@@ -93,7 +93,9 @@ class JobOutcome:
 def pulled(value: Any) -> list[Any]:
     """``ti.xcom_pull(task_ids=<a mapped task>, key=...)`` as a list, on every Airflow version.
 
-    Airflow 2 returns every map index's value; Airflow 3 a list, the bare value when exactly one
+    The results of ``BatchFleetOperator`` and ``EcsFleetOperator`` (a list per group) come out as one
+    flat list of per-model results, like those of the single-job operators. Airflow 2 returns every map
+    index's value; Airflow 3 a list, the bare value when exactly one
     exists, or ``None`` when none does. Airflow 3 also hands a result that the triggerer pushed (a task
     ended from the trigger) to tasks as JSON text, as it stores such XComs encoded twice: those are
     decoded here.
@@ -101,7 +103,13 @@ def pulled(value: Any) -> list[Any]:
     if value is None:
         return []
     items = [value] if isinstance(value, (str, bytes, Mapping)) else list(value)
-    return [_decoded(item) for item in items]
+    flat: list[Any] = []
+    for item in map(_decoded, items):
+        if isinstance(item, list):  # a group's result: one per model
+            flat.extend(map(_decoded, item))
+        else:
+            flat.append(item)
+    return flat
 
 
 def _decoded(item: Any) -> Any:

@@ -48,7 +48,7 @@ def run_dag(tasks: str, imports: str = "") -> Any:
     path.write_text(
         "import datetime\n"
         "from airflow import DAG\n"
-        "from airflow_ml_batch.operators.batch import BatchJobOperator\n"
+        "from airflow_ml_batch.operators.batch import BatchFleetOperator, BatchJobOperator\n"
         "from airflow_ml_batch.operators.ecs import EcsTaskOperator\n"
         f"{imports}"
         f"with DAG({dag_id!r}, schedule=None, start_date=datetime.datetime(2026, 1, 1)) as dag:\n"

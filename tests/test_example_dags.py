@@ -36,3 +36,13 @@ def test_the_month_end_forecast_maps_one_batch_job_per_model_after_data_prep(dag
     assert {"prepare_data", "plan"} <= forecast.upstream_task_ids
     assert dag.task_dict["report"].upstream_task_ids == {"forecast", "plan"}
     assert dag.task_dict["report"].trigger_rule == "all_done"
+
+
+def test_the_grouped_forecast_maps_one_fleet_task_per_group_of_models(dag_bag: object) -> None:
+    dag = dag_bag.dags["monthly_demand_forecast_groups"]  # type: ignore[attr-defined]
+
+    forecast = dag.task_dict["forecast"]
+    assert type(forecast).__name__ == "MappedOperator"
+    assert forecast.operator_name == "BatchFleetOperator"
+    assert {"prepare_data", "split"} <= forecast.upstream_task_ids
+    assert dag.task_dict["report"].trigger_rule == "all_done"

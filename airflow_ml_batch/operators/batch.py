@@ -14,8 +14,8 @@ from airflow_ml_batch.jobs.batch import job_name_for, reattachable_job, submit_j
 from airflow_ml_batch.jobs.common import task_instance_tags
 from airflow_ml_batch.jobs.fields import RequestField
 from airflow_ml_batch.links.logs import JobLogsLink
-from airflow_ml_batch.operators.base import DeferredJobOperator
-from airflow_ml_batch.triggers.batch import BatchJobTrigger
+from airflow_ml_batch.operators.base import DeferredJobOperator, ModelGroupOperator
+from airflow_ml_batch.triggers.batch import BatchFleetTrigger, BatchJobTrigger
 
 #: XCom key of the submitted job's id, pushed before the task defers.
 JOB_ID_XCOM_KEY = "batch_job_id"
@@ -150,3 +150,43 @@ class BatchJobOperator(DeferredJobOperator):
             ) from error
         self.log.info("Submitted AWS Batch job %s (%s) to %s", response["jobId"], job_name, self.job_queue)
         return str(response["jobId"])
+
+
+class BatchFleetOperator(ModelGroupOperator, BatchJobOperator):
+    """Run a group of models' AWS Batch jobs from one task instance, without holding a worker slot.
+
+    The worker builds one SubmitJob request per model (the operator's arguments, then the model's entry)
+    and defers at once to :class:`~airflow_ml_batch.triggers.batch.BatchFleetTrigger`, which submits the
+    jobs within the account's rate, waits for them on the shared poller, retries failed models
+    (``model_retries``) and ends the task with one result per model, in the order of ``models``: what
+    :class:`BatchJobOperator` returns for its job, plus ``model``, ``index``, ``succeeded``, ``tries`` and
+    ``message``. The task fails once every model has ended if more than ``allowed_failures`` failed; the
+    result is pushed then too.
+
+    A task retry, a triggerer restart or a worker lost while deferring never submits a second job for a
+    model: each job's name carries the group, the model, the try and the attempt, and a trigger that starts
+    waits for the jobs already there (those of a cleared try are stopped, as for ``BatchJobOperator``).
+    A retry of the task submits only the models whose job failed.
+
+    Use it for thousands of models: Airflow's cost is one task instance per group, whatever the fleet's size.
+    Split a fleet with :func:`airflow_ml_batch.fleet.groups` and map over it::
+
+        BatchFleetOperator.partial(task_id="forecast", job_queue=..., job_definition=...).expand(
+            models=groups(batch_kwargs(load_models("models.yaml")), size=100)
+        )
+
+    Also takes every parameter of :class:`BatchJobOperator` (as the operator-wide value of each model's
+    request) and of :class:`~airflow_ml_batch.operators.base.ModelGroupOperator`.
+    """
+
+    template_fields = (*BatchJobOperator.template_fields, "models")
+    template_fields_renderers = {**BatchJobOperator.template_fields_renderers, "models": "json"}
+    operator_extra_links: tuple[Any, ...] = ()  # no one job to link to
+    group_trigger = BatchFleetTrigger
+
+    def model_request(self, context: Context, values: dict[str, Any], label: str) -> dict[str, Any]:
+        tags = {**(values.get("tags") or {}), **task_instance_tags(context["ti"], with_try=False)}
+        tags["airflow:model"] = label[:256]
+        request = submit_job_request(self.request_fields, values, job_name="", tags=tags)
+        del request["jobName"]  # the trigger names each attempt
+        return request

@@ -20,12 +20,12 @@ from airflow_ml_batch.jobs.ecs import (
     started_by_for,
     task_id_of,
 )
+from airflow_ml_batch.jobs.errors import is_transient
 from airflow_ml_batch.jobs.fields import RequestField
 from airflow_ml_batch.links.ecs import EcsTaskLink
 from airflow_ml_batch.links.logs import JobLogsLink
-from airflow_ml_batch.operators.base import DeferredJobOperator
-from airflow_ml_batch.triggers.base import is_transient
-from airflow_ml_batch.triggers.ecs import EcsTaskTrigger
+from airflow_ml_batch.operators.base import DeferredJobOperator, ModelGroupOperator
+from airflow_ml_batch.triggers.ecs import EcsFleetTrigger, EcsTaskTrigger
 
 #: XCom key of the started task's ARN, pushed before the task defers.
 TASK_ARN_XCOM_KEY = "ecs_task_arn"
@@ -212,3 +212,40 @@ class EcsTaskOperator(DeferredJobOperator):
             self.log.warning("RunTask attempt %d failed (%s); retrying in %.0fs", attempt, reason, pause)
             time.sleep(pause)  # the same clientToken: a retry never starts a second task
         raise AssertionError("unreachable")
+
+
+class EcsFleetOperator(ModelGroupOperator, EcsTaskOperator):
+    """Run a group of models' ECS tasks from one task instance, without holding a worker slot.
+
+    As :class:`~airflow_ml_batch.operators.batch.BatchFleetOperator`, with RunTask: the worker builds one
+    request per model (the operator's arguments, then the model's entry, e.g. from
+    :func:`airflow_ml_batch.fleet.ecs_kwargs`) and defers to
+    :class:`~airflow_ml_batch.triggers.ecs.EcsFleetTrigger`, which starts the tasks within ``submit_rate``
+    (RunTask and Fargate's launch rate are limited per account; the default keeps under both), waits for
+    them, and ends with one result per model (what :class:`EcsTaskOperator` returns, plus ``model``,
+    ``index``, ``succeeded``, ``tries`` and ``message``). A stopped task whose model has ``model_retries``
+    left (a Spot interruption, a capacity failure, an exit code) is started again.
+
+    Also takes every parameter of :class:`EcsTaskOperator` and of
+    :class:`~airflow_ml_batch.operators.base.ModelGroupOperator`.
+    """
+
+    template_fields = (*EcsTaskOperator.template_fields, "models")
+    template_fields_renderers = {**EcsTaskOperator.template_fields_renderers, "models": "json"}
+    operator_extra_links: tuple[Any, ...] = ()  # no one task to link to
+    group_trigger = EcsFleetTrigger
+
+    def model_request(self, context: Context, values: dict[str, Any], label: str) -> dict[str, Any]:
+        tags = {**(values.get("tags") or {}), **task_instance_tags(context["ti"], with_try=False)}
+        tags["airflow:model"] = label[:256]
+        request = run_task_request(self.request_fields, values, started_by="", client_token="", tags=tags)
+        del request["startedBy"], request["clientToken"]  # the trigger sets them for each attempt
+        return request
+
+    def job_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **settings,
+            "cluster": self.cluster,
+            "fail_on_sidecars": self.fail_on_sidecars,
+            "container_name": self.container_name,
+        }

@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
@@ -115,6 +115,8 @@ class Observation:
     description: dict[str, Any] | None
     error: str | None = None
     bug: BaseException | None = None
+    #: the id observed (set by the poller)
+    resource: str | None = None
 
 
 def due_ids(due: dict[str, float], intervals: dict[str, float], now: float) -> list[str]:
@@ -165,20 +167,25 @@ class SharedPoller(ABC):
         cls, hook: AwsServiceHook, scope: Hashable, resource_id: str, poll_interval: float
     ) -> AsyncIterator[asyncio.Queue[Observation]]:
         """Receive an :class:`Observation` of ``resource_id`` each time its state changes."""
+        async with cls.watch_many(hook, scope, poll_interval) as watch:
+            watch.add(resource_id)
+            yield watch.updates
+
+    @classmethod
+    @asynccontextmanager
+    async def watch_many(cls, hook: AwsServiceHook, scope: Hashable, poll_interval: float) -> AsyncIterator[Watch]:
+        """A :class:`Watch` of any number of ids, all reporting to one queue (a group's jobs)."""
         pollers = cls._pollers.setdefault(asyncio.get_running_loop(), {})
         key = (hook._shared_client_key, scope)
         poller = pollers.get(key)
         if poller is None:
             poller = pollers[key] = cls(hook, scope)
-        queue: asyncio.Queue[Observation] = asyncio.Queue()
-        entry = (queue, max(float(poll_interval), 0.1))
-        poller._join(resource_id, entry)
-        if poller._task is None or poller._task.done():
-            poller._task = asyncio.ensure_future(poller._run())
+        watch = Watch(poller, max(float(poll_interval), 0.1))
         try:
-            yield queue
+            yield watch
         finally:
-            poller._leave(resource_id, entry)
+            for resource in list(watch.ids):
+                watch.remove(resource)
             if not poller._watchers and pollers.get(key) is poller:
                 del pollers[key]
                 if poller._task is not None:
@@ -350,10 +357,40 @@ class SharedPoller(ABC):
         if not force and resource in self._last_state and self._last_state[resource] == state:
             return
         self._last_state[resource] = state
+        observation = replace(observation, resource=resource)
         for queue, _ in self._watchers.get(resource, []):
             queue.put_nowait(observation)
         if observation.error is not None or observation.bug is not None:
             self._due.pop(resource, None)  # its watchers end; nothing to describe until another joins
+
+
+class Watch:
+    """One trigger's watch of many ids on a :class:`SharedPoller` (from :meth:`SharedPoller.watch_many`).
+
+    Every change of state of any of its ids arrives in :attr:`updates`, as an :class:`Observation` whose
+    ``resource`` is the id.
+    """
+
+    def __init__(self, poller: SharedPoller, poll_interval: float) -> None:
+        self.poller = poller
+        self.updates: asyncio.Queue[Observation] = asyncio.Queue()
+        self.ids: set[str] = set()
+        self._entry = (self.updates, poll_interval)
+
+    def add(self, resource: str) -> None:
+        """Start watching ``resource``: its current state arrives soon."""
+        if resource in self.ids:
+            return
+        self.ids.add(resource)
+        self.poller._join(resource, self._entry)
+        if self.poller._task is None or self.poller._task.done():
+            self.poller._task = asyncio.ensure_future(self.poller._run())
+
+    def remove(self, resource: str) -> None:
+        """Stop watching ``resource``."""
+        if resource in self.ids:
+            self.ids.discard(resource)
+            self.poller._leave(resource, self._entry)
 
 
 class WaitForJobTrigger(BaseTrigger):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from airflow_ml_batch.hooks.batch import BatchHook
 from airflow_ml_batch.jobs.batch import (
+    ACTIVE_STATES,
     FINAL_STATES,
     describe_failure,
     failed_child_ids,
@@ -13,7 +16,10 @@ from airflow_ml_batch.jobs.batch import (
     job_state,
     summarize_job,
 )
+from airflow_ml_batch.jobs.errors import is_transient
+from airflow_ml_batch.jobs.groups import FoundJob, model_job_name, parse_job_name
 from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
+from airflow_ml_batch.triggers.group import RejectedError, RunGroupTrigger
 
 
 class BatchJobPoller(SharedPoller):
@@ -101,3 +107,48 @@ class BatchJobTrigger(WaitForJobTrigger):
 
     async def stop(self, client: Any, reason: str) -> None:
         await client.terminate_job(jobId=self.job_id, reason=f"Airflow: {reason}"[:1024])
+
+
+class BatchFleetTrigger(RunGroupTrigger):
+    """Submit and wait for the AWS Batch jobs of a group of models (``BatchFleetOperator``).
+
+    Each model's job is named ``<prefix><index>-<model>-t<try>-a<attempt>``
+    (:func:`~airflow_ml_batch.jobs.groups.model_job_name`); one ListJobs on that prefix per job queue finds
+    every job the task instance already has. Jobs are described by the shared :class:`BatchJobPoller` and
+    summarized as :class:`BatchJobTrigger` does. See :class:`~airflow_ml_batch.triggers.group.RunGroupTrigger`
+    for the parameters.
+    """
+
+    job_trigger = BatchJobTrigger
+    noun = "AWS Batch jobs"
+
+    async def find_jobs(self, client: Any) -> list[FoundJob]:
+        prefix = self.group["prefix"]
+        found = []
+        for queue in sorted({model["request"]["jobQueue"] for model in self.models}):
+            paginator = client.get_paginator("list_jobs")
+            pages = paginator.paginate(jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [f"{prefix}*"]}])
+            async for page in pages:
+                for summary in page["jobSummaryList"]:
+                    parsed = parse_job_name(prefix, summary.get("jobName", ""))
+                    if parsed is None:
+                        continue
+                    index, try_number, attempt = parsed
+                    active = summary.get("status") in ACTIVE_STATES
+                    created = float(summary.get("createdAt") or 0)
+                    found.append(FoundJob(summary["jobId"], index, try_number, attempt, active, created))
+        return found
+
+    async def submit(self, client: Any, model: dict[str, Any], attempt: int) -> str:
+        request = dict(model["request"])
+        name = model_job_name(self.group["prefix"], int(model["index"]), model["label"], self.try_number, attempt)
+        tags = {**request.get("tags", {}), "airflow:try_number": str(self.try_number), "airflow:attempt": str(attempt)}
+        try:
+            response = await client.submit_job(**{**request, "jobName": name, "tags": tags})
+        except ClientError as error:
+            if is_transient(error):
+                raise
+            message = error.response.get("Error", {}).get("Message", str(error))
+            where = f"job_queue={request.get('jobQueue')!r}, job_definition={request.get('jobDefinition')!r}"
+            raise RejectedError(f"AWS Batch rejected job {name!r} ({where}): {message}") from error
+        return str(response["jobId"])

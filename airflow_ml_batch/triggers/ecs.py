@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from airflow_ml_batch.hooks.ecs import EcsHook
 from airflow_ml_batch.jobs.ecs import (
+    CAPACITY_FAILURES,
     classify_stopped_task,
     describe_task_failure,
     essential_containers,
     log_location,
     summarize_task,
 )
-from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger, is_transient
+from airflow_ml_batch.jobs.errors import is_transient
+from airflow_ml_batch.jobs.groups import FoundJob
+from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
+from airflow_ml_batch.triggers.group import RejectedError, RunGroupTrigger, TryAgain
 
 log = logging.getLogger(__name__)
 
@@ -191,3 +198,68 @@ class EcsTaskTrigger(WaitForJobTrigger):
         """The poller this trigger watches through (it holds the task definitions read)."""
         poller = self.poller.of(self.hook, self.scope)
         return poller if isinstance(poller, EcsTaskPoller) else EcsTaskPoller(self.hook, self.scope)
+
+
+class EcsFleetTrigger(RunGroupTrigger):
+    """Run and wait for the ECS tasks of a group of models (``EcsFleetOperator``).
+
+    Every task of the group is started by ``startedBy=<prefix>`` and tagged with its model's index, the
+    try and the attempt; its ``clientToken`` is derived from them, so a RunTask repeated after a lost
+    answer or a triggerer restart starts no second task. ListTasks on ``startedBy`` (running and stopped)
+    finds the tasks the task instance already has. RunTask capacity failures are retried with backoff
+    without counting as an attempt. See :class:`~airflow_ml_batch.triggers.group.RunGroupTrigger` for the
+    parameters.
+    """
+
+    job_trigger = EcsTaskTrigger
+    job_id_argument = "task_arn"
+    noun = "ECS tasks"
+
+    async def find_jobs(self, client: Any) -> list[FoundJob]:
+        cluster, prefix = self.job["cluster"], self.group["prefix"]
+        arns: list[str] = []
+        for desired in ("RUNNING", "STOPPED"):
+            paginator = client.get_paginator("list_tasks")
+            async for page in paginator.paginate(cluster=cluster, startedBy=prefix, desiredStatus=desired):
+                arns.extend(page["taskArns"])
+        found = []
+        for start in range(0, len(arns), 100):
+            answer = await client.describe_tasks(cluster=cluster, tasks=arns[start : start + 100], include=["TAGS"])
+            for task in answer["tasks"]:
+                tags = {tag["key"]: tag["value"] for tag in task.get("tags", [])}
+                numbers = [tags.get(f"airflow:{key}", "") for key in ("model_index", "try_number", "attempt")]
+                if not all(number.isdigit() for number in numbers):
+                    continue
+                index, try_number, attempt = map(int, numbers)
+                active = task.get("desiredStatus") != "STOPPED"
+                found.append(FoundJob(task["taskArn"], index, try_number, attempt, active))
+        return found
+
+    async def submit(self, client: Any, model: dict[str, Any], attempt: int) -> str:
+        index, prefix = int(model["index"]), self.group["prefix"]
+        numbers = {"model_index": index, "try_number": self.try_number, "attempt": attempt}
+        tags = [
+            *model["request"].get("tags", []),
+            *({"key": f"airflow:{k}", "value": str(v)} for k, v in numbers.items()),
+        ]
+        token = hashlib.sha256(f"{prefix}\n{index}\n{self.try_number}\n{attempt}".encode()).hexdigest()[:64]
+        request = {**model["request"], "startedBy": prefix, "clientToken": token, "tags": tags}
+        try:
+            response = await client.run_task(**request)
+        except ClientError as error:
+            if is_transient(error):
+                raise
+            message = error.response.get("Error", {}).get("Message", str(error))
+            raise RejectedError(
+                f"ECS rejected RunTask of model {model['label']} ({self._where()}): {message}"
+            ) from error
+        if response["tasks"]:
+            return str(response["tasks"][0]["taskArn"])
+        failures = "; ".join(f"{f.get('reason')} {f.get('detail', '')}".strip() for f in response["failures"])
+        if any(marker in failures for marker in CAPACITY_FAILURES):
+            raise TryAgain(f"no capacity: {failures}")
+        raise RejectedError(f"ECS could not run the task of model {model['label']} ({self._where()}): {failures}")
+
+    def _where(self) -> str:
+        definition = next(iter(self.models), {}).get("request", {}).get("taskDefinition")
+        return f"cluster={self.job['cluster']!r}, task_definition={definition!r}"

@@ -59,7 +59,7 @@ def write_models(tmp_path: Path, count: int) -> Path:
     return path
 
 
-def run_example(models_file: Path, report_location: str, **overrides: Any) -> Any:
+def run_example(models_file: Path, report_location: str, dag: str = "per_model", **overrides: Any) -> Any:
     """``dag.test()`` the example DAG from a copy in the DAGs folder, with its run parameters set.
 
     ``dag.test()`` resumes a task ended from the triggerer without the XComs the triggerer would push,
@@ -70,7 +70,7 @@ def run_example(models_file: Path, report_location: str, **overrides: Any) -> An
     try:
         conf = {"models_file": str(models_file), "report_location": report_location}
         overrides = {"end_from_trigger": False, **overrides}
-        return run_dag_file(path, "dag", overrides, run_conf=conf)
+        return run_dag_file(path, dag, overrides, run_conf=conf)
     finally:
         path.unlink()
 
@@ -113,10 +113,14 @@ def test_on_moto_every_model_runs_and_the_report_lands_in_s3(
         assert not s3.check_for_key(f"{prefix}/report.png", "reports")
 
 
+@pytest.mark.parametrize("dag", ["per_model", "grouped"])
 def test_a_mix_of_outcomes_is_reported_and_fails_the_run(
-    aws_endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    dag: str, aws_endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """One model's job is rejected at SubmitJob, one fails, the rest succeed and print their metrics."""
+    """One model's job is rejected at SubmitJob, one fails, the rest succeed and print their metrics.
+
+    In groups, the report reads the group's results as it reads each model task's.
+    """
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection_uri(aws_endpoint.url))
     models_file = write_models(tmp_path, 6)
     rejected, failing = "amer-dairy-0001", "amer-frozen-0001"
@@ -136,7 +140,7 @@ def test_a_mix_of_outcomes_is_reported_and_fails_the_run(
 
     aws_endpoint.batch.on_submit = on_submit
 
-    dag_run = run_example(models_file, str(tmp_path / "reports"), retries=0)
+    dag_run = run_example(models_file, str(tmp_path / "reports"), dag, retries=0)
 
     assert dag_run.state == "failed"
     assert task_instance(dag_run, "report").state == "failed"

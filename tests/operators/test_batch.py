@@ -151,3 +151,65 @@ def test_every_template_field_is_kept_as_given_until_rendering() -> None:
     operator = BatchJobOperator(task_id="forecast", **fields)
 
     assert {field: getattr(operator, field) for field in BatchJobOperator.template_fields} == fields
+
+
+def test_a_group_of_models_runs_from_one_task_instance(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.batch.submitted_status = "SUCCEEDED"
+    models = [
+        {"environment": {"MODEL_ID": "a"}, "tags": {"model_id": "a"}},
+        {"environment": {"MODEL_ID": "b"}, "tags": {"model_id": "b"}, "memory": 4096},
+    ]
+
+    dag_run = run_dag(
+        f"""
+        BatchFleetOperator(
+            task_id="forecast", aws_conn_id="aws_fake", poll_interval=0.2, job_queue="models",
+            job_definition="forecast", tags={{"team": "demand"}}, environment={{"STAGE": "prod"}}, models={models!r},
+        )
+        """
+    )
+
+    assert task_instance(dag_run, "forecast").state == "success"
+    results = xcom(dag_run, "forecast")
+    assert [(r["model"], r["status"], r["succeeded"]) for r in results] == [
+        ("a", "SUCCEEDED", True),
+        ("b", "SUCCEEDED", True),
+    ]
+    requests = sorted((body for op, body in aws_endpoint.requests if op == "SubmitJob"), key=lambda b: b["jobName"])
+    assert [r["containerOverrides"]["environment"] for r in requests] == [
+        [{"name": "STAGE", "value": "prod"}, {"name": "MODEL_ID", "value": model}] for model in ("a", "b")
+    ]
+    assert requests[1]["containerOverrides"]["resourceRequirements"] == [{"type": "MEMORY", "value": "4096"}]
+    assert requests[0]["tags"] == expected_tags(
+        dag_run, team="demand", model_id="a", **{"airflow:model": "a", "airflow:attempt": "1"}
+    )
+
+
+def test_a_fleet_maps_over_groups_with_one_job_per_model(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.batch.submitted_status = "SUCCEEDED"
+
+    dag_run = run_dag(
+        """
+        models = [{"tags": {"model_id": f"m{n}"}} for n in range(5)]
+        BatchFleetOperator.partial(
+            task_id="forecast", aws_conn_id="aws_fake", poll_interval=0.2, job_queue="models", job_definition="forecast"
+        ).expand(models=groups(models, size=2))
+        """,
+        imports="from airflow_ml_batch.fleet import groups\n",
+    )
+
+    states = [ti.state for ti in dag_run.get_task_instances() if ti.task_id == "forecast"]
+    assert states == ["success"] * 3
+    names = [body["jobName"] for op, body in aws_endpoint.requests if op == "SubmitJob"]
+    assert len(names) == len(set(names)) == 5
+    assert len({name.split("--")[0] for name in names}) == 3  # one group prefix per map index
+
+
+def test_a_model_entry_with_an_argument_the_operator_does_not_take_fails_clearly(aws_endpoint: Endpoint) -> None:
+    arguments = {"job_queue": "models", "job_definition": "forecast", "aws_conn_id": "aws_fake"}
+    arguments["models"] = [{"tags": {"model_id": "a"}}, {"colour": "blue"}]
+
+    error = execute_error("BatchFleetOperator", arguments)
+
+    assert error.startswith("ValueError: models[1] has arguments the operator does not take: colour")
+    assert aws_endpoint.calls["SubmitJob"] == 0

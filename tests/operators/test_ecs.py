@@ -13,6 +13,7 @@ from helpers import execute_error, expected_tags, run_dag, task_instance, xcom
 from packaging.version import Version
 
 from airflow_ml_batch._compat import AIRFLOW_VERSION
+from airflow_ml_batch.fleet import ecs_kwargs, groups, parse_models
 from airflow_ml_batch.jobs.ecs import started_by_for
 from airflow_ml_batch.operators.ecs import TASK_ARN_XCOM_KEY, EcsTaskOperator
 from airflow_ml_batch.testing.endpoint import Call, Endpoint
@@ -254,3 +255,35 @@ def test_propagate_tags_is_templated_and_can_be_left_out(
     assert task_instance(dag_run, "forecast").state == "success"
     ((_, request),) = [(op, body) for op, body in aws_endpoint.requests if op == "RunTask"]
     assert request.get("propagateTags", "omitted") == sent
+
+
+def test_a_group_of_models_runs_its_ecs_tasks_from_one_task_instance(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.ecs.task_definitions["forecast"] = DEFINITION
+    aws_endpoint.ecs.new_task_fields = {
+        "lastStatus": "STOPPED",
+        "stopCode": "EssentialContainerExited",
+        "containers": [{"name": "model", "exitCode": 0}],
+    }
+    fleet = parse_models({"defaults": {"resources": {"cpu": 256, "memory": 512}}, "models": [{"id": "a"}, {"id": "b"}]})
+    (models,) = groups(ecs_kwargs(fleet))
+
+    dag_run = run_dag(
+        f"""
+        EcsFleetOperator(
+            task_id="forecast", aws_conn_id="aws_fake", poll_interval=0.2, cluster="models",
+            task_definition="forecast", container_name="model", tags={{"team": "demand"}}, models={models!r},
+        )
+        """,
+        imports="from airflow_ml_batch.operators.ecs import EcsFleetOperator\n",
+    )
+
+    assert task_instance(dag_run, "forecast").state == "success"
+    assert [(r["model"], r["outcome"]) for r in xcom(dag_run, "forecast")] == [("a", "success"), ("b", "success")]
+    requests = [body for op, body in aws_endpoint.requests if op == "RunTask"]
+    assert len(requests) == 2
+    tags = {t["key"]: t["value"] for t in requests[0]["tags"]}
+    assert tags["team"] == "demand"
+    assert tags["model_id"] == tags["airflow:model"] == "a"
+    (container,) = requests[0]["overrides"]["containerOverrides"]
+    assert container["cpu"] == 256
+    assert {"name": "MODEL_ID", "value": "a"} in container["environment"]

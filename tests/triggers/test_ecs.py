@@ -14,7 +14,7 @@ from helpers import first_event
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
 from airflow_ml_batch.hooks.ecs import EcsHook
 from airflow_ml_batch.testing.endpoint import Endpoint
-from airflow_ml_batch.triggers.ecs import DEFINITION_ATTEMPTS, EcsTaskPoller, EcsTaskTrigger
+from airflow_ml_batch.triggers.ecs import DEFINITION_ATTEMPTS, EcsFleetTrigger, EcsTaskPoller, EcsTaskTrigger
 
 DEFINITION = {
     "family": "forecast",
@@ -382,3 +382,83 @@ def test_kwargs_stored_before_container_name_existed_still_load() -> None:
     del kwargs["container_name"]
 
     assert EcsTaskTrigger(**kwargs).container_name is None
+
+
+def fleet_trigger(count: int, **kwargs: Any) -> EcsFleetTrigger:
+    models = [
+        {"index": n, "label": f"m{n}", "request": {"cluster": "models", "taskDefinition": "forecast", "tags": []}}
+        for n in range(count)
+    ]
+    job = {"aws_conn_id": "aws_fake", "cluster": "models", "poll_interval": 0.05, "end_from_trigger": False}
+    job["missing_grace"] = 600.0
+    group = {"prefix": "forecast-0123456789--", "try_number": 1, "reattachable": [1, 1], "reattach": True}
+    return EcsFleetTrigger(models=models, group=group, job=job, **kwargs)
+
+
+def run_task_requests(endpoint: Endpoint) -> list[dict[str, Any]]:
+    return [body for operation, body in endpoint.requests if operation == "RunTask"]
+
+
+async def test_a_fleet_starts_one_task_per_model_with_its_identity(ecs: Endpoint) -> None:
+    ecs.ecs.new_task_fields = stopped("EssentialContainerExited", "done", {"exitCode": 0})
+    ecs.ecs.run_task_failures = [{"reason": "RESOURCE:MEMORY"}]  # no capacity once: tried again, not an attempt
+
+    event = await first_event(fleet_trigger(3), timeout=60)
+
+    assert event.payload["status"] == "success"
+    assert [(r["model"], r["outcome"], r["tries"]) for r in event.payload["result"]] == [
+        ("m0", "success", 1),
+        ("m1", "success", 1),
+        ("m2", "success", 1),
+    ]
+    requests = run_task_requests(ecs)
+    assert len(requests) == 4
+    assert {r["startedBy"] for r in requests} == {"forecast-0123456789--"}
+    assert len({r["clientToken"] for r in requests}) == 3  # the capacity retry repeats its token
+    tags = [{t["key"]: t["value"] for t in r["tags"]} for r in requests[1:]]
+    assert sorted(t["airflow:model_index"] for t in tags) == ["0", "1", "2"]
+    assert {(t["airflow:try_number"], t["airflow:attempt"]) for t in tags} == {("1", "1")}
+
+
+async def test_a_restarted_fleet_trigger_starts_no_second_task(ecs: Endpoint) -> None:
+    running = asyncio.ensure_future(first_event(fleet_trigger(4), timeout=60))
+    while len(ecs.ecs.tasks) < 4:  # noqa: ASYNC110 - the tasks live in the endpoint's thread
+        await asyncio.sleep(0.02)
+    running.cancel()  # a triggerer restart
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+    restarted = asyncio.ensure_future(first_event(fleet_trigger(4), timeout=60))
+    await asyncio.sleep(0.5)
+    for arn in list(ecs.ecs.tasks):
+        ecs.ecs.set_task(arn, **stopped("EssentialContainerExited", "done", {"exitCode": 0}))
+    event = await restarted
+
+    assert event.payload["status"] == "success"
+    assert len(run_task_requests(ecs)) == 4
+    assert {r["task_arn"] for r in event.payload["result"]} == set(ecs.ecs.tasks)
+
+
+async def test_a_spot_interruption_gets_the_models_retry(ecs: Endpoint) -> None:
+    interrupted = stopped("SpotInterruption", "Your Spot Task was interrupted.", {"exitCode": 143})
+    finished = stopped("EssentialContainerExited", "done", {"exitCode": 0})
+    answers = iter([interrupted, finished])
+
+    def stop_next() -> None:
+        for arn, task in list(ecs.ecs.tasks.items()):
+            if task["lastStatus"] != "STOPPED":
+                ecs.ecs.set_task(arn, **next(answers))
+
+    async def interrupt() -> None:
+        for _ in range(2):
+            while not any(t["lastStatus"] != "STOPPED" for t in ecs.ecs.tasks.values()):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.2)
+            stop_next()
+
+    event, _ = await asyncio.gather(first_event(fleet_trigger(1, model_retries=1), timeout=60), interrupt())
+
+    assert event.payload["status"] == "success"
+    (result,) = event.payload["result"]
+    assert result["tries"] == 2
+    assert len(run_task_requests(ecs)) == 2

@@ -26,6 +26,12 @@ def _name(arn: str) -> str:
     return arn.rsplit("/", 1)[-1]
 
 
+def _named(name: str, patterns: set[str]) -> bool:
+    """ListJobs' JOB_NAME filter: case-insensitive, and a value ending in ``*`` matches names it begins."""
+    name = name.lower()
+    return any(name.startswith(p[:-1].lower()) if p.endswith("*") else name == p.lower() for p in patterns)
+
+
 def definition_arn(definition: str) -> str:
     """A job definition's ARN with its revision, from the name, ``name:revision`` or ARN SubmitJob was given
     (a name alone: revision 1)."""
@@ -242,7 +248,7 @@ class Batch:
         matching = [
             self.summary(job_id, now)
             for job_id, job in self.jobs.items()
-            if (job["jobName"] in names if names else self.status(job_id, now) == wanted)
+            if (_named(job["jobName"], names) if names else self.status(job_id, now) == wanted)
             and (queue is None or _name(queue) == _name(job["jobQueue"]))
             and (parent is None or job_id.startswith(f"{parent}:"))
         ]

@@ -1,0 +1,134 @@
+"""Model groups: one task instance runs many models' jobs. Names, what to re-attach to, and the verdict (no I/O).
+
+Every job of a group is named (Batch) or tagged (ECS) with the group's key, the model's index and label,
+the task's try and the model's attempt within that try, so that a trigger that starts again (a triggerer
+restart, a task retry) finds the jobs already submitted instead of submitting them twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+_INVALID = re.compile(r"[^A-Za-z0-9_-]+")
+#: the most characters of a model's label in its job name (Batch allows 128 in all)
+_LABEL_CHARACTERS = 55
+
+
+def model_label(entry: Mapping[str, Any], index: int) -> str:
+    """What a model is called in names, logs and results: its ``job_name``, its ``model_id`` tag, or its index."""
+    label = entry.get("job_name") or (entry.get("tags") or {}).get("model_id") or f"model-{index}"
+    return str(label)
+
+
+def group_key(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
+    """Ten hex digits naming one task instance of a group, the same in every try."""
+    key = f"{dag_id}\n{task_id}\n{run_id}\n{map_index}"
+    return hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:10]
+
+
+def group_prefix(base: str, key: str) -> str:
+    """The start of every job name of a group: a readable ``base`` (the task id, say), its key, ``--``."""
+    readable = _INVALID.sub("-", base).strip("-_")[:40] or "group"
+    return f"{readable}-{key}--"
+
+
+def model_job_name(prefix: str, index: int, label: str, try_number: int, attempt: int) -> str:
+    """A model's Batch job name: ``<prefix><index>-<label>-t<try>-a<attempt>``, valid for Batch."""
+    readable = _INVALID.sub("-", label).strip("-_")[:_LABEL_CHARACTERS] or "model"
+    return f"{prefix}{index}-{readable}-t{try_number}-a{attempt}"
+
+
+@dataclass(frozen=True)
+class FoundJob:
+    """A job of the group that AWS already knows, with what its name or tags say of it."""
+
+    job_id: str
+    index: int
+    try_number: int
+    attempt: int
+    active: bool
+    created_at: float = 0.0
+
+
+def parse_job_name(prefix: str, name: str) -> tuple[int, int, int] | None:
+    """``(index, try, attempt)`` of a job named by :func:`model_job_name` with ``prefix``; ``None`` otherwise."""
+    if not name.lower().startswith(prefix.lower()):
+        return None
+    match = re.fullmatch(r"(\d+)-.*-t(\d+)-a(\d+)", name[len(prefix) :])
+    return None if match is None else (int(match[1]), int(match[2]), int(match[3]))
+
+
+@dataclass
+class Plan:
+    """What a group's trigger does first with the jobs it found (see :func:`plan_group`)."""
+
+    #: model index -> the job to wait for (running, or finished: its result decides what follows)
+    attach: dict[int, FoundJob]
+    #: active jobs nobody will wait for (of a cleared try, or a second one for a model)
+    stop: list[FoundJob]
+    #: model index -> jobs already submitted for it in this try (they count against ``model_retries``)
+    attempts: dict[int, int]
+
+
+def plan_group(
+    found: Iterable[FoundJob], model_count: int, try_number: int, reattachable: range, reattach: bool = True
+) -> Plan:
+    """Which found jobs a (re)started group trigger waits for, and which it stops.
+
+    The newest job of each model from this try or a try in ``reattachable`` (tries since the last clear)
+    is waited for, whatever its status: a running one is not submitted again, a succeeded one is done,
+    a failed one counts as an attempt of this try only if this try submitted it. Active jobs of other
+    tries (a cleared try's), older active duplicates, and with ``reattach=False`` every active job of an
+    earlier try, are stopped. Jobs of later tries (a newer trigger of the same task exists) are left alone.
+    """
+    attach: dict[int, FoundJob] = {}
+    stop: list[FoundJob] = []
+    attempts: Counter[int] = Counter()
+    for job in sorted(found, key=lambda j: (j.try_number, j.attempt, j.created_at)):
+        if job.index >= model_count or job.try_number > try_number:
+            continue
+        if job.try_number == try_number:
+            attempts[job.index] += 1
+        keep = job.try_number == try_number or (reattach and job.try_number in reattachable)
+        if not keep:
+            if job.active:
+                stop.append(job)
+            continue
+        earlier = attach.get(job.index)
+        if earlier is not None and earlier.active:
+            stop.append(earlier)
+        attach[job.index] = job
+    return Plan(attach, stop, dict(attempts))
+
+
+def progress_line(states: Mapping[int, str], total: int) -> str:
+    """``"100 models: 40 RUNNING, 50 SUCCEEDED, 10 waiting to be submitted"``, states in a stable order."""
+    counts = Counter(states.values())
+    waiting = total - sum(counts.values())
+    parts = [f"{count} {state}" for state, count in sorted(counts.items())]
+    if waiting:
+        parts.append(f"{waiting} waiting to be submitted")
+    return f"{total} models: " + ", ".join(parts)
+
+
+#: failures a group's failure message shows in full (all of them are in the result)
+FAILURES_SHOWN = 5
+
+
+def group_failure_message(noun: str, results: Sequence[Mapping[str, Any]], allowed_failures: int) -> str | None:
+    """Why a finished group fails (``None``: it succeeds): how many failed, and the first failures' messages."""
+    failed = [r for r in results if not r.get("succeeded")]
+    if len(failed) <= allowed_failures:
+        return None
+    lines = [f"{len(failed)} of {len(results)} {noun} failed (allowed_failures={allowed_failures})."]
+    for result in failed[:FAILURES_SHOWN]:
+        lines.append(f"--- model {result['model']} (tries {result.get('tries', 1)}):")
+        lines.append(str(result.get("message") or result.get("status")))
+    if len(failed) > FAILURES_SHOWN:
+        lines.append(f"... and {len(failed) - FAILURES_SHOWN} more: every model's outcome is in the result")
+    return "\n".join(lines)

@@ -1,0 +1,221 @@
+"""RunGroupTrigger (through BatchFleetTrigger) as the triggerer runs it, against the scripted Batch endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections import Counter
+from typing import Any
+
+import pytest
+from airflow.models.trigger import Trigger
+from airflow.triggers.base import TaskSuccessEvent
+from helpers import first_event
+
+from airflow_ml_batch.jobs.groups import parse_job_name
+from airflow_ml_batch.testing.endpoint import Endpoint
+from airflow_ml_batch.triggers.batch import BatchFleetTrigger
+
+PREFIX = "forecast-0123456789--"
+
+
+def group_trigger(count: int, try_number: int = 1, reattachable: tuple[int, int] = (1, 1), **kwargs: Any) -> Any:
+    models = [
+        {
+            "index": index,
+            "label": f"m{index}",
+            "request": {"jobQueue": "models", "jobDefinition": "forecast", "tags": {"airflow:model": f"m{index}"}},
+        }
+        for index in range(count)
+    ]
+    job = {"aws_conn_id": "aws_fake", "poll_interval": 0.05, "missing_grace": 600.0, "end_from_trigger": False}
+    group = {"prefix": PREFIX, "try_number": try_number, "reattachable": list(reattachable), "reattach": True}
+    return BatchFleetTrigger(models=models, group=group, job=job, **kwargs)
+
+
+def submitted(endpoint: Endpoint) -> list[dict[str, Any]]:
+    return [body for operation, body in endpoint.requests if operation == "SubmitJob"]
+
+
+def fail_models(endpoint: Endpoint, failing: dict[int, int]) -> None:
+    """Jobs succeed at once, except the first ``failing[index]`` submitted for model ``index``, which fail."""
+    seen: Counter[int] = Counter()
+
+    def on_submit(body: dict[str, Any]) -> dict[str, Any]:
+        parsed = parse_job_name(PREFIX, body["jobName"])
+        assert parsed is not None
+        seen[parsed[0]] += 1
+        if seen[parsed[0]] <= failing.get(parsed[0], 0):
+            return {"status": "FAILED", "statusReason": "Essential container exited", "container": {"exitCode": 1}}
+        return {"status": "SUCCEEDED", "container": {"exitCode": 0}}
+
+    endpoint.batch.on_submit = on_submit
+
+
+def test_serialize_round_trips_through_airflows_trigger_model() -> None:
+    trigger = group_trigger(3, model_retries=2, max_running=10, allowed_failures=1)
+
+    stored = Trigger.from_object(trigger)
+    module, _, name = stored.classpath.rpartition(".")
+    rebuilt = getattr(importlib.import_module(module), name)(**stored.kwargs)
+
+    assert stored.classpath == "airflow_ml_batch.triggers.batch.BatchFleetTrigger"
+    assert rebuilt.serialize() == trigger.serialize()
+
+
+async def test_every_model_is_submitted_once_and_reported_in_order(aws_endpoint: Endpoint) -> None:
+    fail_models(aws_endpoint, {})
+
+    event = await first_event(group_trigger(5))
+
+    assert event.payload["status"] == "success"
+    results = event.payload["result"]
+    assert [r["model"] for r in results] == ["m0", "m1", "m2", "m3", "m4"]
+    assert all(r["succeeded"] and r["status"] == "SUCCEEDED" and r["tries"] == 1 for r in results)
+    bodies = submitted(aws_endpoint)
+    assert sorted(b["jobName"] for b in bodies) == sorted(f"{PREFIX}{i}-m{i}-t1-a1" for i in range(5))
+    assert all(b["tags"]["airflow:try_number"] == "1" and b["tags"]["airflow:attempt"] == "1" for b in bodies)
+    assert {r["job_id"] for r in results} == set(aws_endpoint.batch.jobs)
+
+
+async def test_a_failed_model_gets_model_retries_inside_the_group(aws_endpoint: Endpoint) -> None:
+    fail_models(aws_endpoint, {2: 1})
+
+    event = await first_event(group_trigger(4, model_retries=1))
+
+    assert event.payload["status"] == "success"
+    assert [r["tries"] for r in event.payload["result"]] == [1, 1, 2, 1]
+    assert len(submitted(aws_endpoint)) == 5
+    assert f"{PREFIX}2-m2-t1-a2" in {b["jobName"] for b in submitted(aws_endpoint)}
+
+
+async def test_the_group_fails_after_every_model_ended_beyond_allowed_failures(aws_endpoint: Endpoint) -> None:
+    fail_models(aws_endpoint, {1: 9, 3: 9})
+
+    tolerated = await first_event(group_trigger(5, allowed_failures=2))
+    failed = await first_event(group_trigger(5, try_number=2, allowed_failures=1))
+
+    assert tolerated.payload["status"] == "success"
+    assert [r["succeeded"] for r in tolerated.payload["result"]] == [True, False, True, False, True]
+    assert failed.payload["status"] == "failed"
+    assert failed.payload["message"].startswith("2 of 5 AWS Batch jobs failed (allowed_failures=1).")
+    assert "model m1" in failed.payload["message"]
+    assert "exit code 1" in failed.payload["message"]
+    assert len(failed.payload["result"]) == 5
+
+
+async def test_a_retried_group_resubmits_exactly_the_failed_models(aws_endpoint: Endpoint) -> None:
+    failing = {index: 1 for index in (3, 7, 11, 12, 19)}
+    fail_models(aws_endpoint, failing)
+    first = await first_event(group_trigger(20))
+    before = len(submitted(aws_endpoint))
+
+    retry = await first_event(group_trigger(20, try_number=2, reattachable=(1, 2)))
+
+    assert first.payload["status"] == "failed"
+    assert first.payload["message"].startswith("5 of 20 AWS Batch jobs failed")
+    assert retry.payload["status"] == "success"
+    again = submitted(aws_endpoint)[before:]
+    assert sorted(parse_job_name(PREFIX, b["jobName"]) for b in again) == [(i, 2, 1) for i in sorted(failing)]
+    assert [r["job_id"] for r in retry.payload["result"] if r["index"] not in failing] == [
+        r["job_id"] for r in first.payload["result"] if r["index"] not in failing
+    ]
+
+
+async def test_a_restarted_trigger_waits_for_the_jobs_already_submitted(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.batch.submitted_status = "RUNNING"
+    running = asyncio.ensure_future(first_event(group_trigger(6), timeout=60))
+    while len(aws_endpoint.batch.jobs) < 6:  # noqa: ASYNC110 - the jobs live in the endpoint's thread
+        await asyncio.sleep(0.02)
+    running.cancel()  # a triggerer restart: no task instance to read, so nothing is stopped
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+    restarted = asyncio.ensure_future(first_event(group_trigger(6), timeout=60))
+    await asyncio.sleep(0.5)
+    for job_id in list(aws_endpoint.batch.jobs):
+        aws_endpoint.batch.set_job(job_id, status="SUCCEEDED", container={"exitCode": 0})
+    event = await restarted
+
+    assert event.payload["status"] == "success"
+    assert len(submitted(aws_endpoint)) == 6
+    assert aws_endpoint.batch.terminated == []
+    assert {r["job_id"] for r in event.payload["result"]} == set(aws_endpoint.batch.jobs)
+
+
+async def test_jobs_of_a_cleared_try_are_stopped_and_every_model_runs_again(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.batch.submitted_status = "RUNNING"
+    cleared = asyncio.ensure_future(first_event(group_trigger(3), timeout=60))
+    while len(aws_endpoint.batch.jobs) < 3:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    cleared.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cleared
+    old = set(aws_endpoint.batch.jobs)
+    fail_models(aws_endpoint, {})
+
+    # the next try after a clear: no earlier try may be re-attached to
+    event = await first_event(group_trigger(3, try_number=2, reattachable=(2, 2)))
+
+    assert event.payload["status"] == "success"
+    assert set(aws_endpoint.batch.terminated) == old
+    assert {r["job_id"] for r in event.payload["result"]}.isdisjoint(old)
+
+
+async def test_max_running_caps_the_groups_jobs_at_once(aws_endpoint: Endpoint) -> None:
+    active_at_submit: list[int] = []
+
+    def on_submit(body: dict[str, Any]) -> dict[str, Any]:
+        active_at_submit.append(sum(job["status"] == "RUNNING" for job in aws_endpoint.batch.jobs.values()))
+        return {"status": "RUNNING"}
+
+    aws_endpoint.batch.on_submit = on_submit
+
+    async def finish_one_by_one() -> None:
+        """Once two run, give the group time to submit a third (it must not), then end one."""
+        jobs = aws_endpoint.batch.jobs
+        while len(jobs) < 7 or any(job["status"] == "RUNNING" for job in jobs.values()):
+            await asyncio.sleep(0.3)
+            running = [job_id for job_id, job in jobs.items() if job["status"] == "RUNNING"]
+            if len(running) == 2 or (running and len(jobs) == 7):
+                aws_endpoint.batch.set_job(running[0], status="SUCCEEDED", container={"exitCode": 0})
+
+    event, _ = await asyncio.gather(first_event(group_trigger(7, max_running=2), timeout=60), finish_one_by_one())
+
+    assert event.payload["status"] == "success"
+    assert len(active_at_submit) == 7
+    assert max(active_at_submit) <= 1  # at most one other job running when a job is submitted
+    assert max(active_at_submit) == 1
+
+
+async def test_throttling_slows_submission_and_never_fails_it(aws_endpoint: Endpoint) -> None:
+    fail_models(aws_endpoint, {})
+    aws_endpoint.fail_next("SubmitJob", times=3)
+
+    event = await first_event(group_trigger(4), timeout=60)
+
+    assert event.payload["status"] == "success"
+    assert aws_endpoint.throttled["SubmitJob"] + len(submitted(aws_endpoint)) >= 4
+    assert len(aws_endpoint.batch.jobs) == 4
+
+
+async def test_a_wrong_queue_fails_fast_with_the_aws_message_and_the_value(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.batch.on_submit = lambda body: {"reject": "Job queue models does not exist"}
+
+    event = await first_event(group_trigger(50), timeout=30)
+
+    assert event.payload["status"] == "failed"
+    assert "Job queue models does not exist" in event.payload["message"]
+    assert "job_queue='models'" in event.payload["message"]
+    assert aws_endpoint.calls["SubmitJob"] == 5  # the first five, then no more
+
+
+async def test_the_group_ends_from_the_trigger_with_every_result(aws_endpoint: Endpoint) -> None:
+    fail_models(aws_endpoint, {})
+    trigger = group_trigger(2)
+    trigger.job["end_from_trigger"] = True
+
+    event = await first_event(trigger)
+
+    assert isinstance(event, TaskSuccessEvent)
+    assert [r["model"] for r in event.xcoms["return_value"]] == ["m0", "m1"]
