@@ -93,6 +93,23 @@ def test_a_round_takes_the_due_ids_and_those_almost_due() -> None:
 )
 def test_which_task_states_leave_a_cancelled_triggers_job_to_nobody(state: str | None, abandoned: bool) -> None:
     assert job_abandoned(state) is abandoned
+    assert job_abandoned(state, try_number=2, own_try=2) is abandoned, "the same try: the state decides"
+
+
+@pytest.mark.parametrize(
+    ("state", "try_number", "own_try", "abandoned"),
+    [
+        ("deferred", 3, 2, True),  # the next try deferred again before the cancelled trigger read the state
+        ("running", 3, 2, True),
+        ("deferred", None, 2, False),  # Airflow 3's triggerer reads no try number: the state decides
+        ("deferred", 3, None, False),
+        ("<unknown>", 3, 2, False),  # a doubt never terminates
+    ],
+)
+def test_a_task_on_another_try_than_the_jobs_abandons_it_whatever_its_state(
+    state: str, try_number: int | None, own_try: int | None, abandoned: bool
+) -> None:
+    assert job_abandoned(state, try_number, own_try) is abandoned
 
 
 async def test_each_job_is_described_at_its_own_triggers_interval(aws_endpoint: Endpoint) -> None:
