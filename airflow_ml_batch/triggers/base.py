@@ -25,7 +25,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Coroutine, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -76,8 +76,10 @@ _MIN_CALL_GAP, _MAX_CALL_GAP = 0.02, 2.0
 _MAX_BACKOFF = 300.0
 #: A round also describes ids due within this fraction of their interval, so that ids keep sharing calls.
 _EARLY = 0.05
-#: Seconds a new watcher waits for its first describe, so that triggers starting together share calls.
-_JOIN_DELAY = 0.2
+#: A new watcher's first describe comes within this many seconds (or its ``poll_interval``, if shorter):
+#: with the poller's next round if that comes by then, else in a round of its own that the watchers
+#: joining after it, within the same window, share.
+_JOIN_WINDOW = 1.0
 
 #: The sentinel Airflow 3.3+ passes to ``Task.cancel()`` when a user acts on a deferred task.
 _USER_ACTION = "__airflow_user_action__"
@@ -226,6 +228,8 @@ class SharedPoller(ABC):
         self._failures = 0
         self._failing_since: float | None = None
         self._joined = asyncio.Event()
+        #: when the next round starts, as far as a joining id can tell (see :meth:`_first_describe_at`)
+        self._next_round_at = float("inf")
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -282,8 +286,23 @@ class SharedPoller(ABC):
         self._watchers.setdefault(resource, []).append(entry)
         self._intervals[resource] = min(interval for _, interval in self._watchers[resource])
         self._last_state.pop(resource, None)  # the next describe tells the new watcher the current state
-        self._due[resource] = min(self._due.get(resource, float("inf")), time.monotonic() + _JOIN_DELAY)
+        self._due[resource] = min(self._due.get(resource, float("inf")), self._first_describe_at(resource))
         self._joined.set()
+
+    def _first_describe_at(self, resource: str) -> float:
+        """When a joining id is first described: within :data:`_JOIN_WINDOW` (or its interval, if shorter).
+
+        With the poller's next round if that round comes by then, else one window from now (also while a
+        round is in progress); ids that join during that window ride that round, so triggers starting
+        together (or arriving a few dozen per second, as Airflow's triggerer hands them over) share
+        their first describe calls.
+        """
+        now = time.monotonic()
+        window = min(_JOIN_WINDOW, self._intervals[resource])
+        if self._next_round_at <= now + window:
+            return max(self._next_round_at, now)
+        self._next_round_at = now + window
+        return self._next_round_at
 
     def _leave(self, resource: str, entry: tuple[asyncio.Queue[Observation], float]) -> None:
         watchers = self._watchers.get(resource, [])
@@ -300,12 +319,21 @@ class SharedPoller(ABC):
         return min(self._intervals.values(), default=1.0)
 
     async def _until_due(self) -> None:
-        """Sleep until the earliest id is due, or a new watcher joins."""
-        self._joined.clear()
-        wait = min(self._due.values(), default=float("inf")) - time.monotonic()
-        if wait > 0:
-            with suppress(asyncio.TimeoutError):
+        """Sleep until the earliest id is due; a joining watcher may make that sooner.
+
+        A join only wakes the poller to look again: the round itself waits until an id is due, so that
+        the ids joining meanwhile ride it (:meth:`_first_describe_at`).
+        """
+        while True:
+            self._joined.clear()
+            self._next_round_at = min(self._due.values(), default=float("inf"))
+            wait = self._next_round_at - time.monotonic()
+            if wait <= 0:
+                return
+            try:
                 await asyncio.wait_for(self._joined.wait(), None if wait == float("inf") else wait)
+            except asyncio.TimeoutError:
+                return
 
     # -- polling ----------------------------------------------------------------------------------------
 
@@ -336,6 +364,7 @@ class SharedPoller(ABC):
     async def _poll_round(self, client: Any) -> bool:
         """Describe the due ids, :attr:`batch_size` per call; ``False`` when a call failed."""
         started = time.monotonic()
+        self._next_round_at = float("inf")  # ids joining during this round open a window of their own
         ids = due_ids(self._due, self._intervals, started)
         if not ids:
             return True
