@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
@@ -46,6 +48,77 @@ def listeners_registered() -> list[str]:
     return sorted(getattr(plugin, "__name__", type(plugin).__name__) for plugin in plugins)
 
 
+@dataclass(frozen=True)
+class TaskInstanceNow:
+    """What Airflow says of a task instance now: its state, and its try number where this Airflow tells.
+
+    ``state`` ``None``: cleared, its next try not scheduled yet. ``try_number`` ``None``: this Airflow's
+    triggerer cannot read it (Airflow 3: the Task SDK's ``GetTaskStates``, the only task-instance read of
+    the triggerer's supervisor that is keyed by run, returns states only).
+    """
+
+    state: str | None
+    try_number: int | None = None
+
+
+def task_instances_now(
+    dag_id: str, run_id: str, task_id: str, map_indexes: Collection[int]
+) -> dict[int, TaskInstanceNow]:
+    """The state (and try number, on Airflow 2) of task instances of one task in one run, in one read.
+
+    Blocking: call it in a thread. ``map_indexes`` are ``-1`` for an unmapped task; a task instance that
+    Airflow does not have (its run was deleted, say) is left out of the answer.
+    """
+    wanted = sorted(set(map_indexes))
+    if AIRFLOW_V_3_0_PLUS:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        states = RuntimeTaskInstance.get_task_states(
+            dag_id=dag_id,
+            task_ids=[task_id],
+            run_ids=[run_id],
+            map_index=wanted[0] if len(wanted) == 1 else None,  # None: every map index of the task
+        )
+        of_run = states.get(run_id, {})
+        found: dict[int, TaskInstanceNow] = {}
+        for map_index in wanted:
+            # A mapped task instance's state is keyed "<task_id>_<map_index>".
+            key = f"{task_id}_{map_index}" if map_index >= 0 else task_id
+            if key in of_run:
+                found[map_index] = TaskInstanceNow(_state_text(of_run[key]))
+        return found
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(TaskInstance.map_index, TaskInstance.state, TaskInstance.try_number)
+            .filter(
+                TaskInstance.dag_id == dag_id,
+                TaskInstance.task_id == task_id,
+                TaskInstance.run_id == run_id,
+                TaskInstance.map_index.in_(wanted),
+            )
+            .all()
+        )
+    return {int(map_index): TaskInstanceNow(_state_text(state), int(tries)) for map_index, state, tries in rows}
+
+
+def task_instance_now(task_instance: Any) -> TaskInstanceNow:
+    """:func:`task_instances_now` of one task instance (blocking: call it in a thread).
+
+    :raises LookupError: Airflow has no such task instance (its run was deleted, say).
+    """
+    map_index = -1 if task_instance.map_index is None else int(task_instance.map_index)
+    found = task_instances_now(task_instance.dag_id, task_instance.run_id, task_instance.task_id, [map_index])
+    if map_index not in found:
+        raise LookupError(
+            f"no task instance {task_instance.task_id} (map index {map_index}) in run {task_instance.run_id} "
+            f"of {task_instance.dag_id}"
+        )
+    return found[map_index]
+
+
 def task_instance_state(task_instance: Any) -> str | None:
     """The current state of a trigger's task instance, read from Airflow (blocking: call in a thread).
 
@@ -53,40 +126,10 @@ def task_instance_state(task_instance: Any) -> str | None:
 
     :raises LookupError: Airflow has no such task instance (its run was deleted, say).
     """
-    mapped = task_instance.map_index is not None and task_instance.map_index >= 0
-    if AIRFLOW_V_3_0_PLUS:
-        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+    return task_instance_now(task_instance).state
 
-        states = RuntimeTaskInstance.get_task_states(
-            dag_id=task_instance.dag_id,
-            task_ids=[task_instance.task_id],
-            run_ids=[task_instance.run_id],
-            map_index=task_instance.map_index,
-        )
-        # A mapped task instance's state is keyed "<task_id>_<map_index>".
-        key = f"{task_instance.task_id}_{task_instance.map_index}" if mapped else task_instance.task_id
-        of_run = states.get(task_instance.run_id, {})
-        if key not in of_run:
-            raise LookupError(f"no task instance {key} in run {task_instance.run_id} of {task_instance.dag_id}")
-        state = of_run[key]
-    else:
-        from airflow.models.taskinstance import TaskInstance
-        from airflow.utils.session import create_session
 
-        with create_session() as session:
-            row = (
-                session.query(TaskInstance.state)
-                .filter_by(
-                    dag_id=task_instance.dag_id,
-                    task_id=task_instance.task_id,
-                    run_id=task_instance.run_id,
-                    map_index=task_instance.map_index,
-                )
-                .first()
-            )
-        if row is None:
-            raise LookupError(f"no task instance {task_instance.task_id} in run {task_instance.run_id}")
-        state = row[0]
+def _state_text(state: Any) -> str | None:
     return None if state is None else str(getattr(state, "value", state))
 
 
@@ -110,7 +153,10 @@ __all__ = [
     "BaseOperator",
     "BaseOperatorLink",
     "Context",
+    "TaskInstanceNow",
     "listeners_registered",
+    "task_instance_now",
     "task_instance_state",
+    "task_instances_now",
     "tries_since_last_clear",
 ]

@@ -22,9 +22,9 @@ import random
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Coroutine, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -52,8 +52,10 @@ _MIN_CALL_GAP, _MAX_CALL_GAP = 0.02, 2.0
 _MAX_BACKOFF = 300.0
 #: A round also describes ids due within this fraction of their interval, so that ids keep sharing calls.
 _EARLY = 0.05
-#: Seconds a new watcher waits for its first describe, so that triggers starting together share calls.
-_JOIN_DELAY = 0.2
+#: A new watcher's first describe comes within this many seconds (or its ``poll_interval``, if shorter):
+#: with the poller's next round if that comes by then, else in a round of its own that the watchers
+#: joining after it, within the same window, share.
+_JOIN_WINDOW = 1.0
 
 #: The sentinel Airflow 3.3+ passes to ``Task.cancel()`` when a user acts on a deferred task.
 _USER_ACTION = "__airflow_user_action__"
@@ -61,6 +63,8 @@ _UNKNOWN_STATE = "<unknown>"
 #: Task-state reads of cancelled triggers run in these threads: thousands at once finish within the
 #: triggerer's ``on_kill_timeout`` instead of queueing on one thread.
 _STATE_READS = 32
+#: Seconds a task-state read waits for the reads of other triggers of the same task, to share one call.
+_READ_GATHER = 0.05
 _state_readers: ThreadPoolExecutor | None = None
 
 
@@ -154,6 +158,8 @@ class SharedPoller(ABC):
         self._failures = 0
         self._failing_since: float | None = None
         self._joined = asyncio.Event()
+        #: when the next round starts, as far as a joining id can tell (see :meth:`_first_describe_at`)
+        self._next_round_at = float("inf")
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -215,8 +221,23 @@ class SharedPoller(ABC):
         self._watchers.setdefault(resource, []).append(entry)
         self._intervals[resource] = min(interval for _, interval in self._watchers[resource])
         self._last_state.pop(resource, None)  # the next describe tells the new watcher the current state
-        self._due[resource] = min(self._due.get(resource, float("inf")), time.monotonic() + _JOIN_DELAY)
+        self._due[resource] = min(self._due.get(resource, float("inf")), self._first_describe_at(resource))
         self._joined.set()
+
+    def _first_describe_at(self, resource: str) -> float:
+        """When a joining id is first described: within :data:`_JOIN_WINDOW` (or its interval, if shorter).
+
+        With the poller's next round if that round comes by then, else one window from now (also while a
+        round is in progress); ids that join during that window ride that round, so triggers starting
+        together (or arriving a few dozen per second, as Airflow's triggerer hands them over) share
+        their first describe calls.
+        """
+        now = time.monotonic()
+        window = min(_JOIN_WINDOW, self._intervals[resource])
+        if self._next_round_at <= now + window:
+            return max(self._next_round_at, now)
+        self._next_round_at = now + window
+        return self._next_round_at
 
     def _leave(self, resource: str, entry: tuple[asyncio.Queue[Observation], float]) -> None:
         watchers = self._watchers.get(resource, [])
@@ -233,12 +254,21 @@ class SharedPoller(ABC):
         return min(self._intervals.values(), default=1.0)
 
     async def _until_due(self) -> None:
-        """Sleep until the earliest id is due, or a new watcher joins."""
-        self._joined.clear()
-        wait = min(self._due.values(), default=float("inf")) - time.monotonic()
-        if wait > 0:
-            with suppress(asyncio.TimeoutError):
+        """Sleep until the earliest id is due; a joining watcher may make that sooner.
+
+        A join only wakes the poller to look again: the round itself waits until an id is due, so that
+        the ids joining meanwhile ride it (:meth:`_first_describe_at`).
+        """
+        while True:
+            self._joined.clear()
+            self._next_round_at = min(self._due.values(), default=float("inf"))
+            wait = self._next_round_at - time.monotonic()
+            if wait <= 0:
+                return
+            try:
                 await asyncio.wait_for(self._joined.wait(), None if wait == float("inf") else wait)
+            except asyncio.TimeoutError:
+                return
 
     # -- polling ----------------------------------------------------------------------------------------
 
@@ -269,6 +299,7 @@ class SharedPoller(ABC):
     async def _poll_round(self, client: Any) -> bool:
         """Describe the due ids, :attr:`batch_size` per call; ``False`` when a call failed."""
         started = time.monotonic()
+        self._next_round_at = float("inf")  # ids joining during this round open a window of their own
         ids = due_ids(self._due, self._intervals, started)
         if not ids:
             return True
@@ -525,7 +556,9 @@ class WaitForJobTrigger(BaseTrigger):
             if not (cancelled.args and cancelled.args[0] == _USER_ACTION):
                 # Airflow < 3.3 (no on_kill), or Airflow's own deferral timeout: stop the job if the task no
                 # longer waits for it. A triggerer restart or a trigger handed over leaves it DEFERRED.
-                await self._stop_if_abandoned("the task is no longer deferred (cleared, marked or timed out)")
+                await _unless_cancelled_again(
+                    self._stop_if_abandoned("the task is no longer deferred (cleared, marked or timed out)")
+                )
             raise
         yield event
 
@@ -535,15 +568,22 @@ class WaitForJobTrigger(BaseTrigger):
         Airflow 3.3 also calls it when a triggerer whose heartbeat lapsed drops a trigger that was handed
         to another triggerer (apache/airflow#73454). The task is still DEFERRED then, and the other
         triggerer watches its job: it is left running, as it is when the task's state cannot be read.
+
+        The triggerer cancels the trigger's task again at each of its loops until the trigger ends, and that
+        cancels ``on_kill`` too (Airflow 3.3.2 swallows it, silently): the read and the terminate run in a
+        task of their own, which finishes whatever happens to this coroutine.
         """
-        await self._stop_if_abandoned("the Airflow task was cleared or marked by a user")
+        await _unless_cancelled_again(self._stop_if_abandoned("the Airflow task was cleared or marked by a user"))
 
     async def _stop_if_abandoned(self, reason: str) -> None:
-        state = await self._task_state()
-        if not job_abandoned(state):
-            why = "cannot be read" if state == _UNKNOWN_STATE else f"is {state}"
+        now = await self._task_now()
+        own_try = getattr(getattr(self, "task_instance", None), "try_number", None)
+        if not job_abandoned(now.state, now.try_number, own_try):
+            why = "cannot be read" if now.state == _UNKNOWN_STATE else f"is {now.state}"
             self.log.info("%s %s: the task's state %s; job left running", self.noun, self.job_id, why)
             return
+        if now.try_number is not None and own_try is not None and now.try_number != own_try:
+            reason = f"{reason}; the task is on try {now.try_number}, this job is of try {own_try}"
         await self._stop_quietly(reason)
 
     async def _wait(self, updates: asyncio.Queue[Observation]) -> TriggerEvent:
@@ -632,33 +672,136 @@ class WaitForJobTrigger(BaseTrigger):
         except Exception:
             self.log.exception("Could not stop %s %s", self.noun, self.job_id)
 
-    async def _task_state(self) -> str | None:
-        """The state of this trigger's task instance (``None``: cleared), or ``_UNKNOWN_STATE``.
+    async def _task_now(self) -> _compat.TaskInstanceNow:
+        """The state (and, where Airflow tells, try number) of this trigger's task instance now.
 
-        Read in a thread of a pool shared by every trigger (not the one thread ``sync_to_async`` uses by
-        default), so that the reads of thousands of triggers cancelled together run side by side. Through
-        ``sync_to_async``, so that Airflow 3's triggerer can answer from its event loop.
+        ``_UNKNOWN_STATE`` when it cannot be read. The reads of triggers cancelled together are batched:
+        one Airflow call per (DAG, run, task) at a time (:class:`_TaskStateReads`).
         """
         task_instance = getattr(self, "task_instance", None)
         if task_instance is None:
-            return _UNKNOWN_STATE
+            return _compat.TaskInstanceNow(_UNKNOWN_STATE)
+        try:
+            return await _TaskStateReads.of_loop().read(task_instance)
+        except Exception:
+            self.log.warning("Could not read the task's state", exc_info=True)
+            return _compat.TaskInstanceNow(_UNKNOWN_STATE)
+
+    async def _task_state(self) -> str | None:
+        """The state of this trigger's task instance (``None``: cleared), or ``_UNKNOWN_STATE``."""
+        return (await self._task_now()).state
+
+
+#: What cancelled triggers still do (read the task's state, stop the job): kept alive until done.
+_finishing: set[asyncio.Future[None]] = set()
+
+
+async def _unless_cancelled_again(work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work`` in a task of its own, which runs to its end even if the awaiting coroutine is cancelled.
+
+    A cancelled trigger's clean-up (read the task's state, terminate the job) is itself cancelled when
+    the triggerer cancels the trigger again before it ends, which Airflow's triggerer does at each of its
+    loops; the job would then be left running.
+    """
+    task = asyncio.ensure_future(work)
+    _finishing.add(task)
+    task.add_done_callback(_finishing.discard)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            log.info("Cancelled again while stopping its job; the stop goes on")
+        raise
+
+
+class _TaskStateReads:
+    """The task-state reads of one event loop's cancelled triggers, batched per (DAG, run, task).
+
+    A read waits :data:`_READ_GATHER` for others of the same task, then one call reads them all; reads
+    asked for meanwhile go into the next call. Calls run in a pool of :data:`_STATE_READS` threads
+    (not the one thread ``sync_to_async`` uses by default), through ``sync_to_async`` so that Airflow 3's
+    triggerer can answer from its event loop. Clearing 5000 deferred tasks of one mapped task costs a
+    few reads, not 5000, and finishes well within the triggerer's ``on_kill_timeout``.
+    """
+
+    _of_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TaskStateReads]]
+    _of_loop = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._waiting: dict[tuple[str, str, str], dict[int, list[asyncio.Future[_compat.TaskInstanceNow]]]] = {}
+        self._draining: set[tuple[str, str, str]] = set()
+        self._drains: set[asyncio.Future[None]] = set()
+
+    @classmethod
+    def of_loop(cls) -> _TaskStateReads:
+        loop = asyncio.get_running_loop()
+        reads = cls._of_loop.get(loop)
+        if reads is None:
+            reads = cls._of_loop[loop] = cls()
+        return reads
+
+    async def read(self, task_instance: Any) -> _compat.TaskInstanceNow:
+        key = (str(task_instance.dag_id), str(task_instance.run_id), str(task_instance.task_id))
+        map_index = -1 if task_instance.map_index is None else int(task_instance.map_index)
+        answer: asyncio.Future[_compat.TaskInstanceNow] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, {}).setdefault(map_index, []).append(answer)
+        if key not in self._draining:
+            self._draining.add(key)
+            drain = asyncio.ensure_future(self._drain(key))
+            self._drains.add(drain)
+            drain.add_done_callback(self._drains.discard)
+        return await answer
+
+    async def _drain(self, key: tuple[str, str, str]) -> None:
         global _state_readers
         if _state_readers is None:
             _state_readers = ThreadPoolExecutor(_STATE_READS, thread_name_prefix="task-state")
-        read = sync_to_async(_compat.task_instance_state, thread_sensitive=False, executor=_state_readers)
+        read = sync_to_async(_compat.task_instances_now, thread_sensitive=False, executor=_state_readers)
         try:
-            return await read(task_instance)
-        except Exception:
-            self.log.warning("Could not read the task's state", exc_info=True)
-            return _UNKNOWN_STATE
+            await asyncio.sleep(_READ_GATHER)
+            while waiting := self._waiting.pop(key, None):
+                found: dict[int, _compat.TaskInstanceNow] = {}
+                try:
+                    self.calls += 1
+                    found = await read(*key, list(waiting))
+                    dag_id, run_id, task_id = key
+                    otherwise: BaseException = LookupError(f"no task instance {task_id} in run {run_id} of {dag_id}")
+                except Exception as error:
+                    otherwise = error
+                self._answer(waiting, found, otherwise)
+        finally:
+            self._draining.discard(key)
+
+    @staticmethod
+    def _answer(
+        waiting: dict[int, list[asyncio.Future[_compat.TaskInstanceNow]]],
+        found: dict[int, _compat.TaskInstanceNow],
+        otherwise: BaseException,
+    ) -> None:
+        for map_index, futures in waiting.items():
+            for future in futures:
+                if future.done():  # its trigger gave up waiting (on_kill_timeout)
+                    continue
+                if map_index in found:
+                    future.set_result(found[map_index])
+                else:
+                    future.set_exception(otherwise)
 
 
-def job_abandoned(state: str | None) -> bool:
-    """Whether nobody will wait for a cancelled trigger's job, from its task's state now.
+def job_abandoned(state: str | None, try_number: int | None = None, own_try: int | None = None) -> bool:
+    """Whether nobody will wait for a cancelled trigger's job, from its task's state (and try) now.
 
+    ``try_number`` is the task instance's try now and ``own_try`` the one of the trigger's own task
+    instance (the try that started the job), when known. A task on another try than the job's: the try
+    that started the job is over, whatever the state says (the next try may have deferred already). Else
     ``deferred``: the trigger moved or the triggerer restarts, the job is waited for. Unknown: left
     running, as a doubt never terminates a job. Anything else (no state: cleared; the next try on its
     way; a success or failure a user marked; a timeout): the try that started the job is over, and the
     next one never re-attaches to a job of a cleared try.
     """
-    return state not in ("deferred", _UNKNOWN_STATE)
+    if state == _UNKNOWN_STATE:
+        return False
+    if try_number is not None and own_try is not None and try_number != own_try:
+        return True
+    return state != "deferred"

@@ -33,6 +33,7 @@ from airflow_ml_batch.triggers.base import (
     SharedPoller,
     WaitForJobTrigger,
     Watch,
+    _unless_cancelled_again,
     job_abandoned,
     take_turn,
 )
@@ -193,13 +194,15 @@ class RunGroupTrigger(BaseTrigger):
                 event = await self._run_group(watch)
         except asyncio.CancelledError as cancelled:
             if not (cancelled.args and cancelled.args[0] == _USER_ACTION):
-                await self._stop_if_abandoned("the task is no longer deferred (cleared, marked or timed out)")
+                await _unless_cancelled_again(
+                    self._stop_if_abandoned("the task is no longer deferred (cleared, marked or timed out)")
+                )
             raise
         yield event
 
     async def on_kill(self) -> None:
         """Airflow 3.3+: a user cleared or marked the deferred task; stop every job of the group."""
-        await self._stop_if_abandoned("the Airflow task was cleared or marked by a user")
+        await _unless_cancelled_again(self._stop_if_abandoned("the Airflow task was cleared or marked by a user"))
 
     async def _run_group(self, watch: Watch) -> TriggerEvent:
         by_index = {int(model["index"]): model for model in self.models}
@@ -428,9 +431,10 @@ class RunGroupTrigger(BaseTrigger):
         running = [job for index, job in jobs.items() if index not in results]
         if not running:
             return
-        state = await self.job_trigger_for(running[0])._task_state()
-        if not job_abandoned(state):
-            self.log.info("The task's state is %s: %d jobs left running", state, len(running))
+        now = await self.job_trigger_for(running[0])._task_now()
+        own_try = getattr(getattr(self, "task_instance", None), "try_number", None)
+        if not job_abandoned(now.state, now.try_number, own_try):
+            self.log.info("The task's state is %s: %d jobs left running", now.state, len(running))
             return
         await asyncio.gather(*(self._stop_job(job_id, reason) for job_id in running))
 

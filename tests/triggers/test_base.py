@@ -47,6 +47,23 @@ def test_a_round_takes_the_due_ids_and_those_almost_due() -> None:
 )
 def test_which_task_states_leave_a_cancelled_triggers_job_to_nobody(state: str | None, abandoned: bool) -> None:
     assert job_abandoned(state) is abandoned
+    assert job_abandoned(state, try_number=2, own_try=2) is abandoned, "the same try: the state decides"
+
+
+@pytest.mark.parametrize(
+    ("state", "try_number", "own_try", "abandoned"),
+    [
+        ("deferred", 3, 2, True),  # the next try deferred again before the cancelled trigger read the state
+        ("running", 3, 2, True),
+        ("deferred", None, 2, False),  # Airflow 3's triggerer reads no try number: the state decides
+        ("deferred", 3, None, False),
+        ("<unknown>", 3, 2, False),  # a doubt never terminates
+    ],
+)
+def test_a_task_on_another_try_than_the_jobs_abandons_it_whatever_its_state(
+    state: str, try_number: int | None, own_try: int | None, abandoned: bool
+) -> None:
+    assert job_abandoned(state, try_number, own_try) is abandoned
 
 
 async def test_each_job_is_described_at_its_own_triggers_interval(aws_endpoint: Endpoint) -> None:
@@ -75,11 +92,37 @@ async def test_a_watcher_joining_mid_round_is_described_soon_not_at_the_others_p
         await asyncio.sleep(0.005)
     done = aws_endpoint.batch.add_job("SUCCEEDED", container={"exitCode": 0})
 
+    joined = time.monotonic()
     event = await first_event(trigger_for(done, 30.0), timeout=5)
     await stopped(waiting)
 
     assert event.payload["status"] == "success"
     assert described(aws_endpoint)[done] == 1
+    # right after the round in progress, or in a round of its own within _JOIN_WINDOW: not in 30 s
+    assert time.monotonic() - joined < base._JOIN_WINDOW + 2.0
+
+
+async def test_watchers_arriving_a_few_per_second_share_their_first_describes(aws_endpoint: Endpoint) -> None:
+    # Airflow's triggerer hands a poller its triggers a few dozen per second: each still learns its job's
+    # state within the join window, and those arriving within one window share one call.
+    jobs = [aws_endpoint.batch.add_job("SUCCEEDED", container={"exitCode": 0}) for _ in range(250)]
+    waited: list[float] = []
+
+    async def wait(job: str) -> Any:
+        joined = time.monotonic()
+        event = await first_event(trigger_for(job, 30.0), timeout=30)
+        waited.append(time.monotonic() - joined)
+        return event
+
+    waiting = []
+    for start in range(0, len(jobs), 10):  # 50 per second for 5 s
+        waiting += [asyncio.ensure_future(wait(job)) for job in jobs[start : start + 10]]
+        await asyncio.sleep(0.2)
+    events = await asyncio.gather(*waiting)
+
+    assert {event.payload["status"] for event in events} == {"success"}
+    assert max(waited) < base._JOIN_WINDOW + 2.0, "each within the window (and a loaded machine's slack)"
+    assert aws_endpoint.calls["DescribeJobs"] <= 8, "about one call per window, not one per arrival"
 
 
 async def test_a_persistent_error_fails_every_waiting_task_at_once_with_the_aws_message(

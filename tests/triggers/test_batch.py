@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from airflow.models.trigger import Trigger
 from airflow.triggers.base import TaskSuccessEvent
-from helpers import first_event, run_dag, task_instance
+from helpers import first_event, run_dag, task_instance, xcom
 
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS, TRIGGER_HAS_ON_KILL
 from airflow_ml_batch.testing.endpoint import Endpoint
@@ -311,6 +311,84 @@ def test_a_user_action_stops_the_job_unless_the_task_still_waits_or_its_state_is
     reason = "cleared or marked by a user" if TRIGGER_HAS_ON_KILL else "no longer deferred"
     assert reason in aws_endpoint.batch.jobs[jobs["cleared"]]["statusReason"]
     assert aws_endpoint.calls["TerminateJob"] == 3
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_triggers_cancelled_together_read_states_in_one_call_and_stop_jobs_even_if_cancelled_again(
+    aws_endpoint: Endpoint,
+) -> None:
+    # Eight triggers of one mapped task, as a clear or mark of many deferred tasks leaves them: their state
+    # reads share one Airflow call, and a second cancel mid-read (Airflow's triggerer cancels a trigger at
+    # each loop until it ends) does not stop the clean-up. A task instance on a later try than the
+    # trigger's own (the next try, already deferred again) abandons the job on Airflow 2, whose triggerer
+    # reads try numbers; Airflow 3's triggerer reads states only, and the next try's worker terminates the
+    # cleared try's job instead.
+    states = ["success", "failed", None, "deferred", "deferred", "scheduled", "deferred", "deferred"]
+    tries = [1, 1, 1, 1, 2, 2, 1, 1]
+    jobs = [aws_endpoint.batch.add_job("RUNNING") for _ in states]
+    dag_run = run_dag(
+        f"""
+        @task
+        def model(n: int) -> None:
+            pass
+
+        @task
+        def end_triggers(run_id=None, dag=None) -> int:
+            def set_states(states, tries):
+                with create_session() as session:
+                    for map_index, (state, try_number) in enumerate(zip(states, tries)):
+                        session.query(TaskInstance).filter_by(
+                            dag_id=dag.dag_id, run_id=run_id, task_id="model", map_index=map_index
+                        ).update({{"state": state, "try_number": try_number}}, synchronize_session=False)
+
+            set_states({states!r}, {tries!r})
+
+            async def all_of_them() -> int:
+                triggers, waiting = [], []
+                for map_index, job_id in enumerate({jobs!r}):
+                    trigger = BatchJobTrigger(job_id=job_id, aws_conn_id="aws_fake", poll_interval=0.05)
+                    trigger.task_instance = SimpleNamespace(
+                        dag_id=dag.dag_id, task_id="model", run_id=run_id, map_index=map_index, try_number=1
+                    )
+                    triggers.append(trigger)
+                    waiting.append(asyncio.ensure_future(trigger.run().__anext__()))
+                await asyncio.sleep(0.5)
+                message = "__airflow_user_action__" if _compat.TRIGGER_HAS_ON_KILL else None
+                for future in waiting:
+                    future.cancel(message)
+                if _compat.TRIGGER_HAS_ON_KILL:
+                    await asyncio.gather(*waiting, return_exceptions=True)
+                    waiting = [asyncio.ensure_future(trigger.on_kill()) for trigger in triggers]
+                await asyncio.sleep(0.01)
+                for future in waiting:  # the triggerer cancels the trigger again at its next loop, mid-read
+                    future.cancel(message)
+                await asyncio.gather(*waiting, return_exceptions=True)
+                while base._finishing:
+                    await asyncio.sleep(0.05)
+                return _TaskStateReads.of_loop().calls
+
+            try:
+                return asyncio.run(all_of_them())
+            finally:  # dag.test() runs until every task instance is done
+                set_states(["success"] * {len(states)}, [1] * {len(states)})
+
+        model.expand(n=list(range({len(states)}))) >> end_triggers()
+        """,
+        imports="import asyncio\nfrom types import SimpleNamespace\nfrom airflow.decorators import task\n"
+        "from airflow.models.taskinstance import TaskInstance\nfrom airflow.utils.session import create_session\n"
+        "from airflow_ml_batch import _compat\n"
+        "from airflow_ml_batch.triggers import base\n"
+        "from airflow_ml_batch.triggers.base import _TaskStateReads\n"
+        "from airflow_ml_batch.triggers.batch import BatchJobTrigger\n",
+    )
+
+    assert task_instance(dag_run, "end_triggers").state == "success"
+    assert xcom(dag_run, "end_triggers") == 1, "one read for the eight triggers"
+    status = [aws_endpoint.batch.jobs[job]["status"] for job in jobs]
+    later_try_deferred = "RUNNING" if AIRFLOW_V_3_0_PLUS else "FAILED"
+    assert status == ["FAILED", "FAILED", "FAILED", "RUNNING", later_try_deferred, "FAILED", "RUNNING", "RUNNING"]
+    if not AIRFLOW_V_3_0_PLUS:
+        assert "the task is on try 2, this job is of try 1" in aws_endpoint.batch.jobs[jobs[4]]["statusReason"]
 
 
 async def test_on_kill_without_a_task_instance_leaves_the_job_running(aws_endpoint: Endpoint) -> None:
