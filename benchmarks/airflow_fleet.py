@@ -288,7 +288,7 @@ class Fleet:
     @property
     def grouped(self) -> bool:
         """Whether the run maps ``BatchFleetOperator`` over groups of models (one task instance, many jobs)."""
-        return self.args.dag == "fleet_benchmark_groups"
+        return bool(self.args.dag == "fleet_benchmark_groups")
 
     def group_prefix(self, map_index: int) -> str:
         """The start of every job name of group ``map_index`` (``BatchFleetOperator``'s naming)."""
