@@ -4,7 +4,8 @@ Starts the endpoint (``python -m airflow_ml_batch.testing.endpoint``, its own pr
 database (Postgres from the system binaries in a temporary directory on a free 127.0.0.1 port, or
 ``--db sqlite``), and Airflow's api-server, scheduler (LocalExecutor), dag-processor and triggerer(s)
 with ``benchmarks/dags``. Triggers ``fleet_benchmark`` (N mapped ``BatchJobOperator`` tasks) through
-the REST API, samples while it runs, stops everything it started (also on errors and Ctrl-C) and
+the REST API (``--dag fleet_benchmark_groups``: the same models in groups of ``BatchFleetOperator``),
+samples while it runs, stops everything it started (also on errors and Ctrl-C) and
 prints what it measured::
 
     python benchmarks/airflow_fleet.py --jobs 5000
@@ -64,8 +65,10 @@ def log(message: str) -> None:
 def parser(description: str | None = None) -> argparse.ArgumentParser:
     """The options of a fleet run; ``chaos.py`` adds its own."""
     p = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--jobs", type=int, default=100, help="mapped tasks, one Batch job each")
-    p.add_argument("--dag", default="fleet_benchmark", help="fleet_benchmark (ours) or fleet_benchmark_official")
+    p.add_argument("--jobs", type=int, default=100, help="models, one Batch job each (a task each, or in groups)")
+    p.add_argument("--dag", default="fleet_benchmark", help="fleet_benchmark (ours), _official or _groups")
+    p.add_argument("--group-size", type=int, default=100, help="models per group (fleet_benchmark_groups)")
+    p.add_argument("--submit-rate", type=float, default=0.0, help="groups' SubmitJob/s (default: 90%% of --rate)")
     p.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")
     p.add_argument("--duration", type=float, default=60.0, help="mean job duration at the endpoint, s")
     p.add_argument("--spread", type=float, default=0.25, help="durations vary by +- this fraction")
@@ -185,6 +188,8 @@ class Fleet:
             "FLEET_BENCH_POLL_INTERVAL": str(self.args.poll_interval),
             "FLEET_BENCH_RETRIES": str(self.args.retries),
             "FLEET_BENCH_CONN_ID": CONN_ID,
+            "FLEET_BENCH_GROUP_SIZE": str(self.args.group_size),
+            "FLEET_BENCH_SUBMIT_RATE": str(self.args.submit_rate or 0.9 * self.args.rate),
         }
         return env
 
@@ -280,6 +285,17 @@ class Fleet:
             return f"model-{map_index:05d}"
         return job_name_for(self.args.dag, TASK_ID, self.run_id, map_index)
 
+    @property
+    def grouped(self) -> bool:
+        """Whether the run maps ``BatchFleetOperator`` over groups of models (one task instance, many jobs)."""
+        return bool(self.args.dag == "fleet_benchmark_groups")
+
+    def group_prefix(self, map_index: int) -> str:
+        """The start of every job name of group ``map_index`` (``BatchFleetOperator``'s naming)."""
+        from airflow_ml_batch.jobs.groups import group_key, group_prefix
+
+        return group_prefix(TASK_ID, group_key(self.args.dag, TASK_ID, self.run_id, map_index))
+
     def _sample_loop(self) -> None:
         while not self._stop_sampling.wait(self.args.sample_every):
             with contextlib.suppress(Exception):  # a sample lost to a busy database or endpoint is skipped
@@ -291,7 +307,11 @@ class Fleet:
         now = time.time()
         jobs = self.bench("jobs")
         running_jobs = {j["name"] for j in jobs.values() if j["started"] <= now < j["ends"]}
-        held = [i for i in running_tis if self.job_name(i) in running_jobs]
+        if self.grouped:  # a group's task instance holds a slot while any job of the group runs
+            running_groups = {name.partition("--")[0] + "--" for name in running_jobs}
+            held = [i for i in running_tis if self.group_prefix(i) in running_groups]
+        else:
+            held = [i for i in running_tis if self.job_name(i) in running_jobs]
         triggerers = [p.pid for name, p in self.processes.running.items() if name.startswith("triggerer")]
         return {
             "t": now,
@@ -313,7 +333,9 @@ class Fleet:
         cpu = dict(self.cpu)
         for name, seconds in self.processes.cpu_seconds().items():
             cpu[name] = cpu.get(name, 0.0) + seconds
+        per_model = collections.Counter(_model_of(j["name"]) for j in jobs.values())
         return {
+            "dag": self.args.dag,
             "jobs": self.args.jobs,
             "wall": (self.ended_at or time.time()) - self.triggered_at,
             "ideal": ideal,
@@ -327,11 +349,24 @@ class Fleet:
             "throttled": stats["throttled"],
             "submits": stats["submits"],
             "duplicate_submits": sum(1 for n in stats["submits"].values() if n > 1),
+            "job_count": len(jobs),
+            "models_with_a_job": len(per_model),
+            "models_with_more_than_one_job": sum(1 for n in per_model.values() if n > 1),
             "terminated": stats["terminated"],
             "tasks": dict(self.task_states()),
             "cpu": cpu,
+            "airflow_cpu": sum(cpu.values()),  # the Airflow components' processes (not the endpoint, nor Postgres)
             "state": self.run_state(),
         }
+
+
+def _model_of(job_name: str) -> str:
+    """The model a job is for: a group's job names carry ``<prefix>--<index>-<label>-t<try>-a<attempt>``."""
+    from airflow_ml_batch.jobs.groups import parse_job_name
+
+    prefix = job_name.partition("--")[0] + "--"
+    parsed = parse_job_name(prefix, job_name) if "--" in job_name else None
+    return job_name if parsed is None else f"{prefix}{parsed[0]}"
 
 
 def _peak_overlap(jobs: Any) -> int:
@@ -360,7 +395,8 @@ def _exit_on_sigterm(*_: object) -> None:
 
 def report(r: dict[str, Any]) -> None:
     """Print a fleet run's figures."""
-    print(f"\n== fleet: {r['jobs']} mapped tasks ==")
+    grouped = r.get("dag") == "fleet_benchmark_groups"
+    print(f"\n== fleet: {r['jobs']} {'models in groups' if grouped else 'mapped tasks'} ({r.get('dag')}) ==")
     print(
         f"DAG run:                      {r['state']} in {r['wall']:.0f}s; ideal {r['ideal']:.0f}s "
         f"(longest job {r['longest_job']:.0f}s) -> {r['wall'] / r['ideal']:.2f}x ideal"
@@ -372,10 +408,16 @@ def report(r: dict[str, Any]) -> None:
         f"(task instances running at most: {r['max_running_tis']})"
     )
     print(f"jobs submitted twice:         {r['duplicate_submits']} (SubmitJob per job name > 1)")
+    print(
+        f"jobs at the endpoint:         {r['job_count']} for {r['jobs']} models; models with a job "
+        f"{r['models_with_a_job']}, with more than one {r['models_with_more_than_one_job']}"
+    )
     print("API calls answered:           " + ", ".join(f"{op} {n}" for op, n in r["calls"].items()))
     print("throttled (429):              " + (", ".join(f"{op} {n}" for op, n in r["throttled"].items()) or "0"))
     print(f"triggerer peak RSS:           {r['peak_triggerer_rss_mb']:.0f} MiB (process tree, sampled)")
     print("CPU seconds:                  " + ", ".join(f"{n} {s:.1f}" for n, s in sorted(r["cpu"].items())))
+    per_model = r["airflow_cpu"] / max(r["jobs"], 1)
+    print(f"Airflow CPU:                  {r['airflow_cpu']:.1f} CPU-s, {per_model:.3f} per model")
 
 
 class StopEarly(Exception):
@@ -403,6 +445,7 @@ def main() -> int:
     report(results)
     (Path.cwd() / f"fleet-{args.jobs}-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(json.dumps(results, indent=1))
     ok = results["state"] == "success" and results["max_slots_held"] == 0 and not results["duplicate_submits"]
+    ok = ok and not results["models_with_more_than_one_job"]
     print("result:                       " + ("OK" if ok else "FAILED"))
     return 0 if ok else 1
 

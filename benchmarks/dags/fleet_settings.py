@@ -1,4 +1,4 @@
-"""What both fleet benchmark DAG files share (no DAG here: a task of one never parses the other's file)."""
+"""What the fleet benchmark DAG files share (no DAG here: a task of one never parses another's file)."""
 
 from __future__ import annotations
 
@@ -16,5 +16,8 @@ COMMON = {
     "retries": int(os.environ.get("FLEET_BENCH_RETRIES", "1")),
     "retry_delay": timedelta(seconds=float(os.environ.get("FLEET_BENCH_RETRY_DELAY", "5"))),
 }
+#: models per group and SubmitJob/s of the group mode (fleet_benchmark_groups.py)
+GROUP_SIZE = int(os.environ.get("FLEET_BENCH_GROUP_SIZE", "100"))
+SUBMIT_RATE = float(os.environ.get("FLEET_BENCH_SUBMIT_RATE", "45"))
 MODELS = [f"model-{number:05d}" for number in range(JOBS)]
 START = datetime(2025, 1, 1)

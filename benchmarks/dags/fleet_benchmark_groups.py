@@ -1,0 +1,20 @@
+"""The fleet benchmark in group mode: the same N models as ``fleet_benchmark.py``, in groups of ``BatchFleetOperator``.
+
+``fleet_benchmark_groups`` maps this package's ``BatchFleetOperator`` over ``groups()`` of the same N models
+(``FLEET_BENCH_GROUP_SIZE`` each, default 100): one task instance per group, the jobs submitted from the
+triggerer within ``FLEET_BENCH_SUBMIT_RATE`` per second (``benchmarks/airflow_fleet.py`` sets it below
+the endpoint's rate). Same settings as ``fleet_benchmark.py`` (``fleet_settings.py``), in its own file.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG
+from fleet_settings import COMMON, GROUP_SIZE, MODELS, POLL_INTERVAL, START, SUBMIT_RATE
+
+from airflow_ml_batch.fleet import groups
+from airflow_ml_batch.operators.batch import BatchFleetOperator
+
+with DAG(dag_id="fleet_benchmark_groups", schedule=None, start_date=START, catchup=False):
+    BatchFleetOperator.partial(
+        poll_interval=POLL_INTERVAL, vcpus=1, memory=2048, submit_rate=SUBMIT_RATE, **COMMON
+    ).expand(models=groups([{"job_name": model, "environment": {"MODEL": model}} for model in MODELS], GROUP_SIZE))
