@@ -19,6 +19,7 @@ import time
 import weakref
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Hashable
+from functools import cached_property
 from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
@@ -169,8 +170,9 @@ class RunGroupTrigger(BaseTrigger):
     #: the single-job trigger's argument naming the job
     job_id_argument: ClassVar[str] = "job_id"
 
-    @property
+    @cached_property
     def hook(self) -> AwsServiceHook:
+        """One hook for the trigger's life: each submission and listing reuses it (no connection read each)."""
         return self.job_trigger_for("").hook
 
     @property
