@@ -138,6 +138,24 @@ def test_fault_switches_and_scripted_failures() -> None:
         assert endpoint.calls["connection reset"] == 1
 
 
+def test_jobs_named_as_the_fail_switch_says_fail_and_only_those(running_jobs: Endpoint) -> None:
+    batch = client("batch", running_jobs.url)
+    running_jobs.faults.update({"fail_job_names": r"-model-2-t1-a1$"})
+    names = ["g--1-model-1-t1-a1", "g--2-model-2-t1-a1", "g--2-model-2-t2-a1"]
+    ids = [batch.submit_job(jobName=name, jobQueue="models", jobDefinition="forecast")["jobId"] for name in names]
+    running_jobs.faults.update({"fail_job_names": ""})
+    later = batch.submit_job(jobName=names[1], jobQueue="models", jobDefinition="forecast")["jobId"]
+
+    def ended() -> list[dict[str, Any]] | None:
+        jobs = batch.describe_jobs(jobs=[*ids, later])["jobs"]
+        return jobs if all(j["status"] in ("SUCCEEDED", "FAILED") for j in jobs) else None
+
+    statuses = {job["jobId"]: job["status"] for job in wait_until(ended)}
+    assert [statuses[i] for i in ids] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
+    assert statuses[later] == "SUCCEEDED", "switched off: a job of the same name runs as any other"
+    assert running_jobs.runs("jobs")[ids[1]]["fails"]
+
+
 def test_assumed_role_credentials_expire_and_expired_ones_are_refused() -> None:
     with Endpoint() as endpoint:
         endpoint.faults.update({"credential_ttl": 60})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -70,10 +71,13 @@ class Faults:
     hold_map_indexes: set[str] = field(default_factory=set)  # SubmitJob of these tasks answers late
     hold_seconds: float = 0.0
     credential_ttl: float = 0.0  # > 0: AssumeRole credentials expire after this long, and are checked
+    fail_job_names: re.Pattern[str] | None = None  # a Batch job whose name this searches to is scripted to fail
 
     def update(self, body: dict[str, Any]) -> None:
         """Switch faults on: ``throttle_seconds``, ``unreachable_seconds``, ``server_error_seconds`` (from
-        now), ``hold_submit`` (``{"map_indexes", "seconds"}``), ``credential_ttl``."""
+        now), ``hold_submit`` (``{"map_indexes", "seconds"}``), ``credential_ttl``, ``fail_job_names`` (a
+        regular expression: each job SubmitJob starts from then on whose name it is found in fails at its
+        end, as a ``--fail-fraction`` failure does; ``""`` or ``None`` switches it off)."""
         now = time.time()
         if "throttle_seconds" in body:
             self.throttle_until = now + float(body["throttle_seconds"])
@@ -86,6 +90,12 @@ class Faults:
             self.hold_seconds = float(body["hold_submit"]["seconds"])
         if "credential_ttl" in body:
             self.credential_ttl = float(body["credential_ttl"])
+        if "fail_job_names" in body:
+            self.fail_job_names = re.compile(body["fail_job_names"]) if body["fail_job_names"] else None
+
+    def fails_job(self, name: str) -> bool:
+        """Whether a job named ``name`` is scripted to fail (``fail_job_names``)."""
+        return self.fail_job_names is not None and self.fail_job_names.search(name) is not None
 
 
 # -- how a job or task runs -------------------------------------------------------------------------------

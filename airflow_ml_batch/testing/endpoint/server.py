@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from .batch import Batch
-from .core import EXPIRED_TOKEN, AwsError, Call, Faults, Runner, TokenBucket
+from .core import EXPIRED_TOKEN, AwsError, Call, Faults, Runner, Timeline, TokenBucket
 from .ecs import Ecs
 from .logs import Logs
 from .sts import Sts
@@ -174,9 +174,14 @@ class Endpoint:
             if throttled and time.time() < self.faults.server_errors_until:
                 return 500, AwsError(500, "ServerException", "Internal Server Error")
             try:
-                return 200, self.operations[call.operation](call)
+                answer = self.operations[call.operation](call)
             except AwsError as error:
                 return error.status, error
+            if call.operation == "SubmitJob" and self.faults.fails_job(answer["jobName"]):
+                run = self.batch.runs.get(answer["jobId"])
+                if isinstance(run, Timeline):  # a wall-clock run; a process's exit code is its own
+                    run.fails = True
+            return 200, answer
 
     async def handle(self, request: web.Request) -> web.Response:
         """Any AWS request: find the service and operation, answer it in the service's protocol."""

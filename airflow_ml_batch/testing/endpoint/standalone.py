@@ -102,7 +102,7 @@ class EndpointClient:
 
     def faults(self, **switches: Any) -> None:
         """Switch faults on (:meth:`~airflow_ml_batch.testing.endpoint.core.Faults.update`):
-        ``throttle_seconds=60``, ``credential_ttl=4``, ..."""
+        ``throttle_seconds=60``, ``credential_ttl=4``, ``fail_job_names=r"-t1-a1$"``, ..."""
         self.control("faults", switches)
 
     def fail_next(
