@@ -234,7 +234,7 @@ class Fleet:
         dag = self.args.dag
         self.triggered_at = time.time()
         self.run_id = trigger_dag(self.api, dag)["dag_run_id"]
-        log(f"triggered {dag}: run {self.run_id}, {self.args.jobs} tasks")
+        log(f"triggered {dag}: run {self.run_id}, {self.task_count} tasks, {self.args.jobs} models")
         self._sampler = threading.Thread(target=self._sample_loop, name="sampler", daemon=True)
         self._sampler.start()
 
@@ -290,6 +290,13 @@ class Fleet:
         """Whether the run maps ``BatchFleetOperator`` over groups of models (one task instance, many jobs)."""
         return bool(self.args.dag == "fleet_benchmark_groups")
 
+    @property
+    def task_count(self) -> int:
+        """Task instances of the run: one per model, or one per group of ``--group-size`` models."""
+        if self.grouped:
+            return -(-self.args.jobs // self.args.group_size)
+        return int(self.args.jobs)
+
     def group_prefix(self, map_index: int) -> str:
         """The start of every job name of group ``map_index`` (``BatchFleetOperator``'s naming)."""
         from airflow_ml_batch.jobs.groups import group_key, group_prefix
@@ -333,7 +340,7 @@ class Fleet:
         cpu = dict(self.cpu)
         for name, seconds in self.processes.cpu_seconds().items():
             cpu[name] = cpu.get(name, 0.0) + seconds
-        per_model = collections.Counter(_model_of(j["name"]) for j in jobs.values())
+        per_model = collections.Counter(model_of(j["name"]) for j in jobs.values())
         return {
             "dag": self.args.dag,
             "jobs": self.args.jobs,
@@ -360,7 +367,7 @@ class Fleet:
         }
 
 
-def _model_of(job_name: str) -> str:
+def model_of(job_name: str) -> str:
     """The model a job is for: a group's job names carry ``<prefix>--<index>-<label>-t<try>-a<attempt>``."""
     from airflow_ml_batch.jobs.groups import parse_job_name
 

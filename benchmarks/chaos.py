@@ -1,14 +1,20 @@
 """Fault scenarios on a fleet run through a real Airflow: each prints its verdict, PASS or FAIL, with numbers.
 
 Each scenario starts the endpoint, the database and Airflow (:class:`airflow_fleet.Fleet`), triggers
-``fleet_benchmark``, injects its fault at the endpoint or into Airflow's processes, waits for the run,
-and checks what the endpoint and the metadata database saw::
+``fleet_benchmark`` (``--dag fleet_benchmark_groups``: the same models in groups of ``--group-size``),
+injects its fault at the endpoint or into Airflow's processes, waits for the run, and checks what the
+endpoint and the metadata database saw::
 
     python benchmarks/chaos.py --scenario triggerer-kill --jobs 200
+    python benchmarks/chaos.py --scenario triggerer-kill --dag fleet_benchmark_groups --jobs 40 --group-size 20
+    python benchmarks/chaos.py --scenario group-retry --jobs 100
     python benchmarks/chaos.py --scenario all --jobs 100 --db sqlite
 
 Scenarios: triggerer-kill, throttle-storm, clear-deferred, expiring-credentials, endpoint-down,
-worker-kill, ha-triggerers, triggerer-stall. Exit status 0 only if every scenario run passed.
+worker-kill, ha-triggerers, triggerer-stall, group-retry. Group mode (``--dag fleet_benchmark_groups``)
+runs triggerer-kill and group-retry (always in group mode); the others act on mapped tasks one by one.
+In group mode the checks count jobs per model (a group names each model's job by try and attempt): no
+model may get a second job unless the scenario expects one. Exit status 0 only if every scenario run passed.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -27,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_fleet import TASK_ID, Fleet, log, parser
+from airflow_fleet import TASK_ID, Fleet, log, model_of, parser
 
+from airflow_ml_batch.jobs.groups import FAILURES_SHOWN
 from airflow_ml_batch.testing.local_airflow import http_json
 
 
@@ -79,25 +87,40 @@ def finish(
     """Wait for the run, then check the run's outcome, single submissions, and that no job is left running.
 
     ``marked_failed`` tasks were marked failed by the scenario: the run fails, every other task succeeds.
+    ``duplicates_allowed``: job names (mapped tasks), or models (groups: :func:`airflow_fleet.model_of`),
+    that may have a second job.
     """
     fleet.wait()
     results = fleet.results()
     jobs = fleet.bench("jobs")
     submits = results["submits"]
-    names = {fleet.job_name(i) for i in range(fleet.args.jobs)}
+    tasks = fleet.task_count
     if marked_failed:
         verdict.checks["the DAG run failed (tasks marked failed), no other task failed"] = results["state"] == "failed"
-        expected = {"success": fleet.args.jobs - marked_failed, "failed": marked_failed}
+        expected = {"success": tasks - marked_failed, "failed": marked_failed}
         verdict.checks["every other task succeeded"] = results["tasks"] == expected
     else:
         verdict.checks["the DAG run succeeded"] = results["state"] == "success"
-        verdict.checks["every task succeeded"] = results["tasks"] == {"success": fleet.args.jobs}
-    verdict.checks["every task's job was submitted"] = names <= set(submits)
+        verdict.checks["every task succeeded"] = results["tasks"] == {"success": tasks}
     twice = sorted(n for n, k in submits.items() if k > 1 and n not in duplicates_allowed)
-    verdict.checks["no job submitted twice"] = not twice
+    if fleet.grouped:  # a group names each model's job by try and attempt: a second job has another name
+        per_model: collections.Counter[str] = collections.Counter()
+        for name, count in submits.items():
+            per_model[model_of(name)] += count
+        verdict.checks["every model's job was submitted"] = results["models_with_a_job"] == fleet.args.jobs
+        verdict.checks["no job name submitted twice"] = not twice
+        more = sorted(m for m, n in per_model.items() if n > 1 and m not in duplicates_allowed)
+        verdict.checks["no model had a second job"] = not more
+        verdict.numbers["models with more than one job"] = results["models_with_more_than_one_job"]
+    else:
+        names = {fleet.job_name(i) for i in range(fleet.args.jobs)}
+        verdict.checks["every task's job was submitted"] = names <= set(submits)
+        verdict.checks["no job submitted twice"] = not twice
     left = [i for i, j in jobs.items() if j["ends"] > time.time()]
     verdict.checks["no job left running at the endpoint"] = not left
-    verdict.checks["no task had two jobs running at once"] = not overlapping_jobs(jobs)
+    verdict.checks[f"no {'model' if fleet.grouped else 'task'} had two jobs running at once"] = not overlapping_jobs(
+        jobs
+    )
     verdict.numbers |= {
         "tasks": results["tasks"],
         "jobs submitted (SubmitJob answered)": sum(submits.values()),
@@ -112,10 +135,11 @@ def finish(
 
 
 def overlapping_jobs(jobs: dict[str, dict[str, Any]]) -> list[str]:
-    """Job names with two jobs alive at the same time (a terminated job ends when it was terminated)."""
+    """Models (a mapped task's job name, a group's model) with two jobs alive at the same time (a terminated
+    job ends when it was terminated)."""
     by_name: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for job in jobs.values():
-        by_name[job["name"]].append(job)
+        by_name[model_of(job["name"])].append(job)
     return [
         name
         for name, same in by_name.items()
@@ -146,22 +170,43 @@ def triggers_per_triggerer(fleet: Fleet) -> dict[str, int]:
 
 
 def triggerer_kill(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
-    """SIGKILL the triggerer's process group mid-fleet, restart it: all complete, none submitted twice."""
+    """SIGKILL the triggerer's process group mid-fleet, restart it: all complete, none submitted twice.
+
+    Mapped tasks: killed once half of them have deferred. Groups (``--dag fleet_benchmark_groups``): killed
+    once half of the models have a job, while the groups' triggers still submit the others (a low
+    ``--submit-rate`` makes that last); the restarted triggers find the jobs submitted, submit only the
+    rest, and every group succeeds on its first try.
+    """
     fleet.trigger()
-    wait_deferred(fleet, args.jobs // 2)
+    if fleet.grouped:
+        log(f"waiting for {args.jobs // 2} models' SubmitJob")
+        fleet.wait(lambda: _submitted(fleet) >= args.jobs // 2, 900, f"{args.jobs // 2} models submitted")
+    else:
+        wait_deferred(fleet, args.jobs // 2)
     deferred = fleet.task_states()["deferred"]
     fleet.kill("triggerer-0", signal.SIGKILL)
-    log(f"killed the triggerer (SIGKILL to its process group) holding {deferred} deferred tasks")
+    submitted = _submitted(fleet)
+    log(f"killed the triggerer (SIGKILL to its process group) holding {deferred} deferred tasks, {submitted} jobs")
     time.sleep(args.down_seconds)
     fleet.start_triggerer(0)
     restarted = time.time()
     finish(fleet, verdict)
+    by_try = tries(fleet)
+    if fleet.grouped:
+        verdict.checks["killed mid-submission (some models had no job yet)"] = 0 < submitted < args.jobs
+        verdict.checks["every group succeeded on its first try"] = by_try == {1: fleet.task_count}
     verdict.numbers |= {
         "deferred tasks when killed": deferred,
+        "jobs submitted when killed": submitted,
         "seconds down": args.down_seconds,
-        "tasks by try number": tries(fleet),
+        "tasks by try number": by_try,
         "run ended after restart (s)": round(fleet.ended_at - restarted),
     }
+
+
+def _submitted(fleet: Fleet) -> int:
+    """SubmitJob calls the endpoint answered."""
+    return int(sum(fleet.bench("stats")["submits"].values()))
 
 
 def throttle_storm(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
@@ -393,6 +438,78 @@ def triggerer_stall(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) ->
     }
 
 
+def group_retry(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
+    """``--fail-models`` of the models (10 %) fail on their first job, with no model retry within a try
+    (the DAG's ``model_retries=0``) and one task retry: each group with a failed model fails its first try
+    (its message counts and names them), Airflow retries it, and the second try submits exactly the
+    failed models again (try 2, attempt 1), re-attaching to the others' finished jobs."""
+    size = args.group_size
+    count = max(1, round(args.jobs * args.fail_models))
+    failing = sorted({round(k * args.jobs / count) for k in range(count)})
+    labels = {i: f"model-{i:05d}" for i in failing}  # fleet_settings.MODELS
+    fleet.bench("faults", {"fail_job_names": rf"--\d+-({'|'.join(labels.values())})-t1-a1$"})
+    log(f"the first job of {len(failing)} models fails: {', '.join(list(labels.values())[:5])}, ...")
+    fleet.trigger()
+
+    def model(i: int) -> str:  # what airflow_fleet.model_of says of model ``i``'s jobs
+        return f"{fleet.group_prefix(i // size)}{i % size}"
+
+    finish(fleet, verdict, duplicates_allowed=frozenset(model(i) for i in failing))
+    stats, jobs = fleet.bench("stats"), fleet.bench("jobs")
+    per_model: collections.Counter[str] = collections.Counter()
+    for name, n in stats["submits"].items():
+        per_model[model_of(name)] += n
+    expected = {model(i): 2 if i in labels else 1 for i in range(args.jobs)}
+    second = {model_of(name) for name in stats["submits"] if not name.endswith("-t1-a1")}
+    failed_jobs = sorted(job["name"] for job in jobs.values() if job["fails"])
+    groups = collections.Counter(i // size for i in failing)
+    by_try = tries(fleet)
+    messages = {g: _first_try_failure(fleet, g) for g in groups}
+    first = next(iter(messages.values()), None)
+    verdict.checks[f"the {len(failing)} chosen models' first jobs failed, no other job"] = sorted(
+        model_of(name) for name in failed_jobs
+    ) == sorted(model(i) for i in failing) and all(name.endswith("-t1-a1") for name in failed_jobs)
+    verdict.checks["SubmitJob per model: 2 for the failed models, 1 for the others"] = per_model == expected
+    verdict.checks["every second job is of try 2, attempt 1"] = second == {model(i) for i in failing} and all(
+        name.endswith(("-t1-a1", "-t2-a1")) for name in stats["submits"]
+    )
+    verdict.checks["each group with a failed model ended on try 2, the others on try 1"] = by_try == {
+        t: n for t, n in ((1, fleet.task_count - len(groups)), (2, len(groups))) if n
+    }
+    verdict.checks["each such group's first try failed, its message counting and naming the failed models"] = all(
+        _lists_failures(messages[g], k, min(size, args.jobs - g * size), {labels[i] for i in failing if i // size == g})
+        for g, k in groups.items()
+    )
+    verdict.numbers |= {
+        "models failing their first job": len(failing),
+        "groups (failed on try 1)": (fleet.task_count, len(groups)),
+        "SubmitJob per model (count of models)": dict(collections.Counter(per_model.values())),
+        "jobs that failed at the endpoint": len(failed_jobs),
+        "tasks by try number": by_try,
+        "first try's message (first group), its first line": (first or "(not found)").partition(")")[0] + ")",
+    }
+
+
+def _first_try_failure(fleet: Fleet, map_index: int) -> str | None:
+    """Group ``map_index``'s first-try log from its group failure message on, if that is there."""
+    for path in fleet.workdir.rglob("attempt=1.log"):
+        if path.parent.name == f"map_index={map_index}" and f"dag_id={fleet.args.dag}" in path.parts:
+            text = path.read_text(errors="replace")
+            match = re.search(r"\d+ of \d+ AWS Batch jobs failed \(allowed_failures=\d+\)", text)
+            if match:
+                return text[match.start() :]
+    return None
+
+
+def _lists_failures(message: str | None, failed: int, models: int, labels: set[str]) -> bool:
+    """Whether a group failure message says ``failed`` of ``models`` failed and names only ``labels``,
+    as many of them as it shows in full."""
+    if message is None or not message.startswith(f"{failed} of {models} AWS Batch jobs failed"):
+        return False
+    named = set(re.findall(r"--- model (model-\d+) \(tries", message))
+    return named <= labels and len(named) == min(failed, FAILURES_SHOWN)
+
+
 def _overlap(a: list[float], b: list[float]) -> bool:
     return a[0] < b[1] and b[0] < a[1]
 
@@ -424,10 +541,11 @@ def _kill_socket_owner(port: int) -> int:
 class Scenario:
     run: Callable[[Fleet, argparse.Namespace, Verdict], None]
     settings: dict[str, Any] = field(default_factory=dict)  # options the scenario needs, over the command line's
+    groups: bool = False  # it runs in group mode too (``--dag fleet_benchmark_groups``)
 
 
 SCENARIOS = {
-    "triggerer-kill": Scenario(triggerer_kill),
+    "triggerer-kill": Scenario(triggerer_kill, groups=True),
     "throttle-storm": Scenario(throttle_storm),
     "clear-deferred": Scenario(clear_deferred),
     "expiring-credentials": Scenario(expiring_credentials, {"role": True}),
@@ -435,6 +553,7 @@ SCENARIOS = {
     "worker-kill": Scenario(worker_kill),
     "ha-triggerers": Scenario(ha_triggerers, {"triggerers": 2}),
     "triggerer-stall": Scenario(triggerer_stall, {"triggerers": 2}),
+    "group-retry": Scenario(group_retry, {"dag": "fleet_benchmark_groups", "retries": 1}, groups=True),
 }
 
 
@@ -445,6 +564,8 @@ def run_scenario(name: str, args: argparse.Namespace) -> Verdict:
     verdict = Verdict(name)
     log(f"scenario {name}: {args.jobs} jobs of ~{args.duration:.0f}s, {args.db}")
     try:
+        if args.dag == "fleet_benchmark_groups" and not scenario.groups:
+            raise ValueError(f"{name} acts on mapped tasks one by one: it does not run with --dag {args.dag}")
         with Fleet(args) as fleet:
             scenario.run(fleet, args, verdict)
     except Exception as error:
@@ -464,6 +585,7 @@ def chaos_parser() -> argparse.ArgumentParser:
     p.add_argument("--kill-workers", type=int, default=3, help="worker-kill, clear-deferred: task processes to kill")
     p.add_argument("--kill-signal", choices=("TERM", "KILL"), default="TERM", help="ha-triggerers: the signal")
     p.add_argument("--stall-seconds", type=float, default=45.0, help="triggerer-stall: how long it is frozen")
+    p.add_argument("--fail-models", type=float, default=0.1, help="group-retry: models whose first job fails")
     return p
 
 
