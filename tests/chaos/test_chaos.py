@@ -22,17 +22,20 @@ pytestmark = pytest.mark.chaos
 #: each scenario's options on top. About 3 to 4 minutes each on a busy 2-core machine. worker-kill, the
 #: other scenarios and larger fleets run by hand: ``python benchmarks/chaos.py --help``.
 COMMON = ["--db", "sqlite", "--jobs", "20", "--poll-interval", "5", "--health-threshold", "10"]
+#: Group mode: 2 groups of 10 models, submitted at 1 per second, so a kill finds half of them submitted.
+GROUPS = ["--dag", "fleet_benchmark_groups", "--jobs", "20", "--group-size", "10", "--submit-rate", "1"]
 SCENARIOS = {
-    "triggerer-kill": ["--duration", "40", "--down-seconds", "5"],
-    "triggerer-stall": ["--duration", "90", "--stall-seconds", "25"],
+    "triggerer-kill": ["--scenario", "triggerer-kill", "--duration", "40", "--down-seconds", "5"],
+    "triggerer-stall": ["--scenario", "triggerer-stall", "--duration", "90", "--stall-seconds", "25"],
+    "triggerer-kill-groups": ["--scenario", "triggerer-kill", *GROUPS, "--duration", "30", "--down-seconds", "5"],
 }
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_scenario_passes(scenario: str, tmp_path: Path) -> None:
-    command = [sys.executable, str(CHAOS), "--scenario", scenario, *COMMON, *SCENARIOS[scenario]]
+    command = [sys.executable, str(CHAOS), *COMMON, *SCENARIOS[scenario]]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
-    (report,) = tmp_path.glob(f"chaos-{scenario}-*.json")
+    (report,) = tmp_path.glob("chaos-*.json")
     (verdict,) = json.loads(report.read_text())
     assert verdict["passed"], done.stdout[-5000:]
     assert done.returncode == 0
