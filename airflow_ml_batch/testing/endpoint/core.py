@@ -71,7 +71,7 @@ class Faults:
     hold_map_indexes: set[str] = field(default_factory=set)  # SubmitJob of these tasks answers late
     hold_seconds: float = 0.0
     credential_ttl: float = 0.0  # > 0: AssumeRole credentials expire after this long, and are checked
-    fail_job_names: re.Pattern[str] | None = None  # a Batch job whose name this searches to is scripted to fail
+    fail_job_names: str = ""  # a regular expression: a Batch job whose name it is found in is scripted to fail
 
     def update(self, body: dict[str, Any]) -> None:
         """Switch faults on: ``throttle_seconds``, ``unreachable_seconds``, ``server_error_seconds`` (from
@@ -91,11 +91,13 @@ class Faults:
         if "credential_ttl" in body:
             self.credential_ttl = float(body["credential_ttl"])
         if "fail_job_names" in body:
-            self.fail_job_names = re.compile(body["fail_job_names"]) if body["fail_job_names"] else None
+            pattern = str(body["fail_job_names"] or "")
+            re.compile(pattern)  # a bad expression fails the switch, not each SubmitJob
+            self.fail_job_names = pattern
 
     def fails_job(self, name: str) -> bool:
         """Whether a job named ``name`` is scripted to fail (``fail_job_names``)."""
-        return self.fail_job_names is not None and self.fail_job_names.search(name) is not None
+        return bool(self.fail_job_names) and re.search(self.fail_job_names, name) is not None
 
 
 # -- how a job or task runs -------------------------------------------------------------------------------
