@@ -22,11 +22,11 @@ import random
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Coroutine, Hashable
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from asgiref.sync import sync_to_async
@@ -66,6 +66,7 @@ _STATE_READS = 32
 #: Seconds a task-state read waits for the reads of other triggers of the same task, to share one call.
 _READ_GATHER = 0.05
 _state_readers: ThreadPoolExecutor | None = None
+T = TypeVar("T")
 
 
 #: Triggers that start their wait in one event-loop iteration: thousands starting together take turns.
@@ -106,6 +107,23 @@ def _give_turns(queue: collections.deque[asyncio.Future[None]]) -> None:
             given += 1
     if queue:
         asyncio.get_running_loop().call_soon(_give_turns, queue)
+
+
+async def within(awaitable: Awaitable[T], timeout: float | None) -> T | None:
+    """``await awaitable`` for at most ``timeout`` seconds (``None``: no limit); ``None`` if it did not end by then.
+
+    ``asyncio.wait_for`` on Python 3.11 and older returns the result instead when a cancellation arrives
+    together with it (python/cpython#86296): a trigger that the triggerer cancelled just as an observation
+    came in would run on, and its clean-up (stop the job of a cleared task) would never run. Here the
+    cancellation always goes through.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        await asyncio.wait((task,), timeout=timeout)
+    finally:
+        if not task.done():
+            task.cancel()
+    return task.result() if task.done() and not task.cancelled() else None
 
 
 @dataclass(frozen=True)
@@ -265,9 +283,7 @@ class SharedPoller(ABC):
             wait = self._next_round_at - time.monotonic()
             if wait <= 0:
                 return
-            try:
-                await asyncio.wait_for(self._joined.wait(), None if wait == float("inf") else wait)
-            except asyncio.TimeoutError:
+            if not await within(self._joined.wait(), None if wait == float("inf") else wait):
                 return
 
     # -- polling ----------------------------------------------------------------------------------------
@@ -592,10 +608,7 @@ class WaitForJobTrigger(BaseTrigger):
         while True:
             wake_at = [t for t in (self.deadline, missing_since and missing_since + self.missing_grace) if t]
             timeout = max(0.0, min(wake_at) - time.time()) if wake_at else None
-            try:
-                observation = await asyncio.wait_for(updates.get(), timeout)
-            except asyncio.TimeoutError:
-                observation = None
+            observation = await within(updates.get(), timeout)
             now = time.time()
             if self.deadline is not None and now >= self.deadline:
                 await self._stop_quietly("the task's execution_timeout was reached")

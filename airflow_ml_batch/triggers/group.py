@@ -30,13 +30,13 @@ from airflow_ml_batch.jobs.errors import error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob, group_failure_message, plan_group, progress_line
 from airflow_ml_batch.triggers.base import (
     _USER_ACTION,
-    Observation,
     SharedPoller,
     WaitForJobTrigger,
     Watch,
     _unless_cancelled_again,
     job_abandoned,
     take_turn,
+    within,
 )
 
 #: the longest pause before a submission or listing is tried again (throttling also halves the pace)
@@ -234,10 +234,7 @@ class RunGroupTrigger(BaseTrigger):
                 wake.append(deadline - time.time())
             if missing_since:
                 wake.append(min(missing_since.values()) + self.job["missing_grace"] - time.time())
-            try:
-                observation: Observation | None = await asyncio.wait_for(watch.updates.get(), max(0.0, min(wake)))
-            except asyncio.TimeoutError:
-                observation = None
+            observation = await within(watch.updates.get(), max(0.0, min(wake)))
             if deadline is not None and time.time() >= deadline:
                 return await self._timed_out()
             if time.monotonic() >= next_progress:
