@@ -73,6 +73,8 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=60.0, help="mean job duration at the endpoint, s")
     p.add_argument("--spread", type=float, default=0.25, help="durations vary by +- this fraction")
     p.add_argument("--fail-fraction", type=float, default=0.0, help="jobs that fail at the endpoint")
+    p.add_argument("--long-fraction", type=float, default=0.0, help="fraction of jobs in a long tail (0: none)")
+    p.add_argument("--long-factor", type=float, default=10.0, help="a long-tail job lasts this many x --duration")
     p.add_argument("--rate", type=float, default=50.0, help="Batch API requests/s before 429 (SubmitJob included)")
     p.add_argument("--poll-interval", type=float, default=10.0, help="triggerer poll interval, s")
     p.add_argument("--parallelism", type=int, default=8, help="LocalExecutor worker processes")
@@ -149,6 +151,7 @@ class Fleet:
         args = self.args
         options = ["--batch-rate", str(args.rate), "--duration", str(args.duration), "--spread", str(args.spread)]
         options += ["--fail-fraction", str(args.fail_fraction), "--seed", str(args.seed), "--max-seconds", "14400"]
+        options += ["--long-fraction", str(args.long_fraction), "--long-factor", str(args.long_factor)]
         self.control = self.stack.enter_context(running(*options))
         self.endpoint = self.control.url
         if args.db == "postgres":
@@ -240,7 +243,8 @@ class Fleet:
 
     def wait(self, until: Any = None, timeout: float | None = None, what: str = "the DAG run to end") -> str:
         """Wait (bounded) until ``until()`` is true, or the DAG run ended; return the run's state."""
-        timeout = timeout or self.args.timeout or max(900.0, 600 + 1.0 * self.args.jobs + 2 * self.args.duration)
+        longest = self.args.duration * (self.args.long_factor if self.args.long_fraction else 1.0)
+        timeout = timeout or self.args.timeout or max(900.0, 600 + 1.0 * self.args.jobs + 2 * longest)
         deadline, last = time.monotonic() + timeout, 0.0
         while True:
             state = self.run_state()

@@ -159,6 +159,7 @@ def run_impl(impl: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
     endpoint_options = [
         *("--duration", str(args.duration), "--spread", str(args.spread), "--fail-fraction", str(args.fail_fraction)),
         *(f"--{args.service}-rate", str(args.rate), f"--{args.service}-burst", str(args.burst)),
+        *("--long-fraction", str(args.long_fraction), "--long-factor", str(args.long_factor)),
         *("--seed", str(args.seed), "--max-seconds", str(args.cap + 600)),
     ]
     with running(*endpoint_options) as endpoint:
@@ -255,7 +256,9 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
     service = SERVICES[args.service]
     print(
         f"\n{args.service} {service.noun}s={args.jobs} duration={args.duration:g}s +-{args.spread:.0%} "
-        f"fail={args.fail_fraction:.0%} poll={args.poll_interval}s API rate={args.rate:g}/s "
+        f"fail={args.fail_fraction:.0%} "
+        + (f"long tail={args.long_fraction:.0%} x{args.long_factor:g} " if args.long_fraction else "")
+        + f"poll={args.poll_interval}s API rate={args.rate:g}/s "
         f"burst={args.burst or args.rate:g} cap={args.cap:g}s seed={args.seed} cores={os.cpu_count()}"
         + (f" + {args.fast_jobs} polled every {args.fast_interval:g}s" if args.fast_jobs else "")
     )
@@ -282,6 +285,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="mean job duration, seconds")
     parser.add_argument("--spread", type=float, default=0.25, help="job durations vary by +- this fraction")
     parser.add_argument("--fail-fraction", type=float, default=0.05)
+    parser.add_argument("--long-fraction", type=float, default=0.0, help="fraction of jobs in a long tail (0: none)")
+    parser.add_argument("--long-factor", type=float, default=10.0, help="a long-tail job lasts this many x --duration")
     parser.add_argument(
         "--rate", type=float, help="endpoint's API requests/s before throttling (default: Batch 50, ECS 20)"
     )

@@ -19,7 +19,12 @@
    process it started, and prints the report summary and what the tasks and the endpoint saw. Exits
    non-zero unless exactly the models meant to fail failed.
 
-Nothing reaches AWS, and nothing listens beyond 127.0.0.1. Usage: python scripts/demo.py [--models N]
+``--mode group`` runs ``monthly_demand_forecast_groups`` instead: one ``BatchFleetOperator`` task per group
+of 100 models, whose trigger submits, watches and retries the group's jobs (a failed model runs once more
+within the try, then again in each of the task's retries); the report and the checks are the same.
+
+Nothing reaches AWS, and nothing listens beyond 127.0.0.1.
+Usage: python scripts/demo.py [--models N] [--mode model|group]
 """
 
 from __future__ import annotations
@@ -38,11 +43,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airflow_ml_batch.report import read_csv, summarize
+from airflow_ml_batch.fleet import batch_kwargs, groups, load_models
+from airflow_ml_batch.report import model_ids, read_csv, summarize
 from airflow_ml_batch.testing import aws_connection_json, local_airflow
 from airflow_ml_batch.testing.endpoint import ACCOUNT, REGION, ContainerRunner, Endpoint, Image
 from airflow_ml_batch.testing.local_airflow import MetadataDB, Processes
@@ -69,7 +76,10 @@ IMAGES = {
 }
 #: Of every 100 models (by a hash of the id), how many get bad history and how many a Spot reclaim.
 BAD_HISTORY_PER_100, RECLAIMED_PER_100 = 3, 2
-DAG_ID = "monthly_demand_forecast"
+#: The example file's two DAGs: one ``forecast`` task per model, or one per group of models.
+DAG_IDS = {"model": "monthly_demand_forecast", "group": "monthly_demand_forecast_groups"}
+#: What the group DAG sets: models per group and ``model_retries`` (extra jobs a failed model gets in a try).
+GROUP_SIZE, MODEL_RETRIES = 100, 1
 CONN_ID = "aws_default"  # the example DAG's connection
 #: What the scheduler's forkserver imports before it starts the LocalExecutor workers that fork the task runs:
 #: the modules a worker forked straight from the scheduler would inherit, what a task run imports to parse
@@ -130,6 +140,16 @@ def write_fleet(count: int, minute_seconds: float | None, slots: int) -> Fleet:
     return Fleet(holds, bad, frozenset(reclaimed), scale)
 
 
+def forecast_tasks(mode: str, bad: Iterable[str]) -> tuple[int, int]:
+    """How many ``forecast`` tasks the run maps, and how many of them hold a model meant to fail: one task per
+    model, or one per group as the group DAG splits the models file (longest expected job first)."""
+    entries, failing = batch_kwargs(load_models(MODELS_FILE)), set(bad)
+    if mode == "model":
+        return len(entries), len(failing)
+    split = [set(model_ids(group)) for group in groups(entries, size=GROUP_SIZE)]
+    return len(split), sum(1 for group in split if group & failing)
+
+
 def demo_env(args: argparse.Namespace, endpoint_url: str, api_port: int, db_url: str) -> dict[str, str]:
     """The components' environment: the shared one, plus what this demo sets."""
     env = local_airflow.airflow_env(
@@ -166,13 +186,14 @@ def run_demo(
     log("airflow db migrate")
     local_airflow.start_airflow(processes, migrate_timeout=300)
     log(f"started Airflow (logs in {processes.log_dir}); waiting until healthy")
-    local_airflow.wait_ready(processes, api, DAG_ID, timeout=240)
-    log(f"Airflow UI: {api}/dags/{DAG_ID} (no login: [core] simple_auth_manager_all_admins makes everyone admin)")
+    dag_id = DAG_IDS[args.mode]
+    local_airflow.wait_ready(processes, api, dag_id, timeout=240)
+    log(f"Airflow UI: {api}/dags/{dag_id} (no login: [core] simple_auth_manager_all_admins makes everyone admin)")
     conf = {"models_file": str(MODELS_FILE), "report_location": str(REPORTS_DIR)}
     logical_date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # the month the data prep job closes
-    run = local_airflow.trigger_dag(api, DAG_ID, logical_date, conf)
+    run = local_airflow.trigger_dag(api, dag_id, logical_date, conf)
     run_id, triggered = run["dag_run_id"], time.monotonic()
-    log(f"unpaused and triggered {DAG_ID}: run {run_id}, {args.models} models")
+    log(f"unpaused and triggered {dag_id}: run {run_id}, {args.models} models")
 
     state, last_report = run["state"], 0.0
     result.update(run_id=run_id, state=state, run_seconds=0.0)
@@ -183,11 +204,11 @@ def run_demo(
             raise RuntimeError(f"{', '.join(processes.exited())} exited during the run")
         time.sleep(3)
         processes.sample_memory()
-        state = db.run_state(DAG_ID, run_id)
+        state = db.run_state(dag_id, run_id)
         result.update(state=state, run_seconds=time.monotonic() - triggered)
         if time.monotonic() - last_report >= 15 or state in {"success", "failed"}:
             last_report = time.monotonic()
-            result["task_states"] = db.task_states(DAG_ID, run_id)
+            result["task_states"] = db.task_states(dag_id, run_id)
             tasks = ", ".join(f"{n} {s}" for s, n in sorted(result["task_states"].items()))
             log(
                 f"{time.monotonic() - triggered:5.0f}s  run {state}; tasks: {tasks}; "
@@ -196,10 +217,10 @@ def run_demo(
     log(f"run {run_id} ended {state} after {result['run_seconds']:.1f}s")
 
 
-def final_checks(processes: Processes, run_id: str) -> tuple[collections.Counter[str], str | None]:
+def final_checks(processes: Processes, dag_id: str, run_id: str) -> tuple[collections.Counter[str], str | None]:
     """Task states from ``airflow tasks states-for-dag-run`` and this package in ``airflow providers list``."""
     with concurrent.futures.ThreadPoolExecutor(2) as pool:  # two CLI start-ups at once
-        states = pool.submit(processes.run, "tasks", "states-for-dag-run", DAG_ID, run_id, "-o", "json", timeout=180)
+        states = pool.submit(processes.run, "tasks", "states-for-dag-run", dag_id, run_id, "-o", "json", timeout=180)
         providers = pool.submit(processes.run, "providers", "list", "-o", "json", timeout=180)
         tasks = collections.Counter(f"{row['task_id']}:{row['state']}" for row in json.loads(states.result()))
         ours = next((p for p in json.loads(providers.result()) if p.get("package_name") == "airflow-ml-batch"), None)
@@ -218,7 +239,13 @@ def main() -> int:
         type=float,
         help="seconds a model's expected minute lasts (default: what fits the jobs into about 150 s of slots)",
     )
-    # --mode group (one task per group of models) goes here once the package has the group mode.
+    parser.add_argument(
+        "--mode",
+        choices=tuple(DAG_IDS),
+        default="model",
+        help=f"model: {DAG_IDS['model']}, one task per model (default); "
+        f"group: {DAG_IDS['group']}, one task per group of {GROUP_SIZE} models",
+    )
     parser.add_argument(
         "--db",
         choices=("sqlite", "postgres"),
@@ -292,7 +319,7 @@ def main() -> int:
         provider = None
         if error is None:  # while the metadata database still runs
             try:
-                tasks, provider = final_checks(processes, result["run_id"])
+                tasks, provider = final_checks(processes, DAG_IDS[args.mode], result["run_id"])
             except Exception as caught:
                 error = caught
     cpu["endpoint and demo"] = time.process_time()
@@ -304,6 +331,7 @@ def main() -> int:
     succeeded = sum(n for key, n in tasks.items() if key.endswith(":success"))
     failed = sum(n for key, n in tasks.items() if key.endswith((":failed", ":upstream_failed")))
     forecast = sum(n for key, n in tasks.items() if key.startswith("forecast:"))
+    forecast_expected, forecast_failing = forecast_tasks(args.mode, fleet.bad)
     other = {key: n for key, n in sorted(tasks.items()) if not key.endswith(":success")}
     submitted = calls["SubmitJob"]
     operations = {op: calls.get(op, 0) for op in KEY_OPERATIONS} | dict(sorted(calls.items()))
@@ -312,12 +340,17 @@ def main() -> int:
     if error is not None:
         print(f"error:               {error}")
     if result:
-        print(f"DAG run:             {DAG_ID} {result['run_id']} {result['state']} in {result['run_seconds']:.1f}s")
-    if tasks:
         print(
-            f"tasks succeeded:     {succeeded} of {sum(tasks.values())} "
-            f"(prepare_data, plan, {forecast} forecast, report)"
+            f"DAG run:             {DAG_IDS[args.mode]} {result['run_id']} {result['state']} "
+            f"in {result['run_seconds']:.1f}s"
         )
+    if tasks:
+        mapped = (
+            f"split, {forecast} forecast of up to {GROUP_SIZE} models"
+            if args.mode == "group"
+            else f"{forecast} forecast"
+        )
+        print(f"tasks succeeded:     {succeeded} of {sum(tasks.values())} (prepare_data, plan, {mapped}, report)")
         print(
             f"tasks failed:        {failed}"
             + (f" ({', '.join(f'{n} {key}' for key, n in other.items())})" if other else "")
@@ -367,14 +400,15 @@ def main() -> int:
         print(f"airflow providers list: {provider or 'airflow-ml-batch NOT FOUND'}")
     print(f"Airflow home, with every component's and task's log: {AIRFLOW_HOME}")
     tries = 3  # the DAG's retries, each try a new job: the failed one does not run any more
+    jobs_per_bad = tries * (1 + MODEL_RETRIES if args.mode == "group" else 1)  # a group retries within a try too
     meant_to_fail = {m for m, row in by_model.items() if not row.succeeded}
     ok = (
         error is None
         and result.get("state") == ("failed" if fleet.bad else "success")
-        and forecast == args.models
-        and tasks["forecast:failed"] == len(fleet.bad)
-        and submitted == args.models + 1 + (tries - 1) * len(fleet.bad)  # and the data-prep job
-        and jobs["FAILED"] == tries * len(fleet.bad)
+        and forecast == forecast_expected
+        and tasks["forecast:failed"] == forecast_failing
+        and submitted == args.models + 1 + (jobs_per_bad - 1) * len(fleet.bad)  # and the data-prep job
+        and jobs["FAILED"] == jobs_per_bad * len(fleet.bad)
         and len(outcomes) == args.models
         and meant_to_fail == set(fleet.bad)
         and all(by_model[m].attempts == 2 for m in fleet.reclaimed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 from collections.abc import Iterator
@@ -79,6 +80,46 @@ def test_a_failed_job_says_why_and_its_log_stream_has_what_it_printed() -> None:
             400,
             "ResourceNotFoundException",
         )
+
+
+def timelines(runner: WallClockRunner, count: int) -> list[tuple[float, bool]]:
+    """Each of ``count`` runs' duration and whether it fails, as the runner scripts them."""
+    runs = [runner.start("job", f"m{i}", {}) for i in range(count)]
+    return [(run.ends - run.created, run.fails) for run in runs]
+
+
+def test_a_long_tail_makes_a_seeded_fraction_of_runs_last_a_multiple_of_the_duration() -> None:
+    settings = {"duration": 10.0, "spread": 0.25, "fail_fraction": 0.1, "seed": 7}
+    base = timelines(WallClockRunner(**settings), 4000)
+    tailed = timelines(WallClockRunner(**settings, long_fraction=0.05, long_factor=9.0), 4000)
+
+    long = [i for i, (seconds, _) in enumerate(tailed) if seconds > 12.5]  # longer than any run without the tail
+    assert 0.04 < len(long) / 4000 < 0.06
+    assert all(67.5 - 1e-6 <= tailed[i][0] <= 112.5 + 1e-6 for i in long)  # 9 x (10 s +- 25 %)
+    # The tail stretches some runs and changes nothing else: the same durations otherwise, the same failures.
+    assert [fails for _, fails in tailed] == [fails for _, fails in base]
+    assert all(
+        seconds == pytest.approx(base[i][0] * (9.0 if i in long else 1.0)) for i, (seconds, _) in enumerate(tailed)
+    )
+    # Repeatable: the same seed picks the same runs; another seed others.
+    assert timelines(WallClockRunner(**settings, long_fraction=0.05, long_factor=9.0), 4000) == tailed
+    other = timelines(WallClockRunner(**settings | {"seed": 8}, long_fraction=0.05, long_factor=9.0), 4000)
+    assert {i for i, (seconds, _) in enumerate(other) if seconds > 12.5} != set(long)
+
+
+def test_without_a_long_tail_the_runner_draws_as_before() -> None:
+    """Off by default: a seed's durations and failures are what they were before the tail existed."""
+    draws = random.Random(3)
+    before = []
+    for _ in range(200):
+        seconds = 20.0 * draws.uniform(0.75, 1.25)
+        before.append((seconds, draws.random() < 0.2))
+    for long_factor in (10.0, 9.0):  # the default, and a factor without a fraction
+        runs = timelines(WallClockRunner(fail_fraction=0.2, seed=3, long_factor=long_factor), 200)
+        assert [fails for _, fails in runs] == [fails for _, fails in before]
+        assert [seconds for seconds, _ in runs] == pytest.approx([seconds for seconds, _ in before])
+    with pytest.raises(ValueError, match="long_fraction"):
+        WallClockRunner(long_fraction=1.5)
 
 
 def test_terminate_job_fails_a_running_job_with_the_reason(running_jobs: Endpoint) -> None:
@@ -195,6 +236,14 @@ def test_as_its_own_process_it_prints_its_port_and_runs_jobs_it_is_asked_to_star
     assert all(job["created"] < job["started"] < job["ends"] and not job["fails"] for job in jobs.values())
     assert stats["calls"]["DescribeJobs"] == stats["callers"][""]["DescribeJobs"] >= 1
     assert stats["max_ids_per_call"]["DescribeJobs"] == 3
+
+
+def test_as_its_own_process_it_takes_a_long_tail() -> None:
+    options = ("--duration", "1", "--spread", "0", "--long-fraction", "1", "--long-factor", "3", "--batch-rate", "0")
+    with running(*options) as endpoint:
+        endpoint.start_jobs(4)
+        jobs = endpoint.jobs()
+    assert [job["ends"] - job["created"] for job in jobs.values()] == pytest.approx([3.0] * 4)
 
 
 def test_with_a_process_runner_a_job_is_a_local_process_whose_output_is_its_log() -> None:

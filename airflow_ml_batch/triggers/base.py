@@ -22,11 +22,11 @@ import random
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Coroutine, Hashable
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar, TypeVar
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from asgiref.sync import sync_to_async
@@ -66,6 +66,7 @@ _STATE_READS = 32
 #: Seconds a task-state read waits for the reads of other triggers of the same task, to share one call.
 _READ_GATHER = 0.05
 _state_readers: ThreadPoolExecutor | None = None
+T = TypeVar("T")
 
 
 #: Triggers that start their wait in one event-loop iteration: thousands starting together take turns.
@@ -106,6 +107,23 @@ def _give_turns(queue: collections.deque[asyncio.Future[None]]) -> None:
             given += 1
     if queue:
         asyncio.get_running_loop().call_soon(_give_turns, queue)
+
+
+async def within(awaitable: Awaitable[T], timeout: float | None) -> T | None:
+    """``await awaitable`` for at most ``timeout`` seconds (``None``: no limit); ``None`` if it did not end by then.
+
+    ``asyncio.wait_for`` on Python 3.11 and older returns the result instead when a cancellation arrives
+    together with it (python/cpython#86296): a trigger that the triggerer cancelled just as an observation
+    came in would run on, and its clean-up (stop the job of a cleared task) would never run. Here the
+    cancellation always goes through.
+    """
+    task = asyncio.ensure_future(awaitable)
+    try:
+        await asyncio.wait((task,), timeout=timeout)
+    finally:
+        if not task.done():
+            task.cancel()
+    return task.result() if task.done() and not task.cancelled() else None
 
 
 @dataclass(frozen=True)
@@ -265,9 +283,7 @@ class SharedPoller(ABC):
             wait = self._next_round_at - time.monotonic()
             if wait <= 0:
                 return
-            try:
-                await asyncio.wait_for(self._joined.wait(), None if wait == float("inf") else wait)
-            except asyncio.TimeoutError:
+            if not await within(self._joined.wait(), None if wait == float("inf") else wait):
                 return
 
     # -- polling ----------------------------------------------------------------------------------------
@@ -424,24 +440,46 @@ class Watch:
             self.poller._leave(resource, self._entry)
 
 
+@dataclass(frozen=True, kw_only=True)
+class JobSettings:
+    """The settings of a single-job trigger, declared once: its keywords, its attributes and what it serializes.
+
+    A group's trigger gives the same settings to each of its jobs.
+    """
+
+    #: Airflow ``aws`` connection
+    aws_conn_id: str | None = "aws_default"
+    #: AWS region; defaults to the connection's
+    region_name: str | None = None
+    #: TLS verification of AWS calls: ``False``, or the path of a CA bundle
+    verify: bool | str | None = None
+    #: botocore client settings (a ``Config`` as a dict); triggers with equal connection, region, ``verify``
+    #: and ``botocore_config`` share one client and one poller
+    botocore_config: dict[str, Any] | None = None
+    #: seconds between two describes of this job (each trigger at its own pace)
+    poll_interval: float = 30.0
+    #: epoch seconds after which the job is stopped and the task fails; ``None``: no limit
+    deadline: float | None = None
+    #: end a successful task from the triggerer, with no worker run after the job
+    end_from_trigger: bool = False
+    #: with ``end_from_trigger``, push the result as the task's ``return_value``
+    xcom_result: bool = True
+    #: seconds a job may be absent from describe results before it counts as gone
+    missing_grace: float = 600.0
+    #: ``region_name`` and ``aws_domain`` of the CloudWatch log link that ``end_from_trigger`` saves with
+    #: the result (:class:`~airflow_ml_batch.links.logs.JobLogsLink`)
+    log_link: dict[str, Any] | None = None
+    #: CloudWatch log lines a failure message shows (one GetLogEvents call)
+    log_tail_lines: int = 50
+    #: read the last ``log_tail_lines`` lines of a successful job's log (one call) and put the last
+    #: ``{"metrics": {...}}`` JSON line the job printed into its result
+    collect_metrics: bool = False
+
+
 class WaitForJobTrigger(BaseTrigger):
     """Wait for one remote job through a :class:`SharedPoller` and end the deferred task with one event.
 
-    :param aws_conn_id: Airflow ``aws`` connection.
-    :param region_name: AWS region; defaults to the connection's.
-    :param verify: TLS verification of AWS calls: ``False``, or the path of a CA bundle.
-    :param botocore_config: botocore client settings (a ``Config`` as a dict); triggers with equal
-        connection, region, ``verify`` and ``botocore_config`` share one client and one poller.
-    :param poll_interval: seconds between two describes of this job (each trigger at its own pace).
-    :param deadline: epoch seconds after which the job is stopped and the task fails; ``None``: no limit.
-    :param end_from_trigger: end a successful task from the triggerer, with no worker run after the job.
-    :param xcom_result: with ``end_from_trigger``, push the result as the task's ``return_value``.
-    :param missing_grace: seconds a job may be absent from describe results before it counts as gone.
-    :param log_link: ``region_name`` and ``aws_domain`` of the CloudWatch log link that
-        ``end_from_trigger`` saves with the result (:class:`~airflow_ml_batch.links.logs.JobLogsLink`).
-    :param log_tail_lines: CloudWatch log lines a failure message shows (one GetLogEvents call).
-    :param collect_metrics: read the last ``log_tail_lines`` lines of a successful job's log (one call)
-        and put the last ``{"metrics": {...}}`` JSON line the job printed into its result.
+    Takes the keywords of :class:`JobSettings` (kept in ``settings``), and each service's own.
     """
 
     poller: ClassVar[type[SharedPoller]]
@@ -451,35 +489,9 @@ class WaitForJobTrigger(BaseTrigger):
     #: the id the poller watches, set by each service's trigger
     job_id: str
 
-    def __init__(
-        self,
-        *,
-        aws_conn_id: str | None = "aws_default",
-        region_name: str | None = None,
-        verify: bool | str | None = None,
-        botocore_config: dict[str, Any] | None = None,
-        poll_interval: float = 30.0,
-        deadline: float | None = None,
-        end_from_trigger: bool = False,
-        xcom_result: bool = True,
-        missing_grace: float = 600.0,
-        log_link: dict[str, Any] | None = None,
-        log_tail_lines: int = 50,
-        collect_metrics: bool = False,
-    ) -> None:
+    def __init__(self, **settings: Any) -> None:
         super().__init__()
-        self.aws_conn_id = aws_conn_id
-        self.region_name = region_name
-        self.verify = verify
-        self.botocore_config = botocore_config
-        self.poll_interval = poll_interval
-        self.deadline = deadline
-        self.end_from_trigger = end_from_trigger
-        self.xcom_result = xcom_result
-        self.missing_grace = missing_grace
-        self.log_link = log_link
-        self.log_tail_lines = log_tail_lines
-        self.collect_metrics = collect_metrics
+        self.settings = JobSettings(**settings)
 
     # -- what each service defines ---------------------------------------------------------------------
 
@@ -519,18 +531,7 @@ class WaitForJobTrigger(BaseTrigger):
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
                 **self.service_kwargs(),
-                "aws_conn_id": self.aws_conn_id,
-                "region_name": self.region_name,
-                "verify": self.verify,
-                "botocore_config": self.botocore_config,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "end_from_trigger": self.end_from_trigger,
-                "xcom_result": self.xcom_result,
-                "missing_grace": self.missing_grace,
-                "log_link": self.log_link,
-                "log_tail_lines": self.log_tail_lines,
-                "collect_metrics": self.collect_metrics,
+                **{f.name: getattr(self.settings, f.name) for f in fields(JobSettings)},
             },
         )
 
@@ -541,16 +542,16 @@ class WaitForJobTrigger(BaseTrigger):
     def _connection(self) -> dict[str, Any]:
         """The arguments of this trigger's hooks: connection, region, TLS verification, client config."""
         return {
-            "aws_conn_id": self.aws_conn_id,
-            "region_name": self.region_name,
-            "verify": self.verify,
-            "config": self.botocore_config,
+            "aws_conn_id": self.settings.aws_conn_id,
+            "region_name": self.settings.region_name,
+            "verify": self.settings.verify,
+            "config": self.settings.botocore_config,
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         await take_turn()
         try:
-            async with self.poller.watch(self.hook, self.scope, self.job_id, self.poll_interval) as updates:
+            async with self.poller.watch(self.hook, self.scope, self.job_id, self.settings.poll_interval) as updates:
                 event = await self._wait(updates)
         except asyncio.CancelledError as cancelled:
             if not (cancelled.args and cancelled.args[0] == _USER_ACTION):
@@ -590,21 +591,19 @@ class WaitForJobTrigger(BaseTrigger):
         last_state: str | None = None
         missing_since: float | None = None
         while True:
-            wake_at = [t for t in (self.deadline, missing_since and missing_since + self.missing_grace) if t]
+            grace_ends = missing_since and missing_since + self.settings.missing_grace
+            wake_at = [t for t in (self.settings.deadline, grace_ends) if t]
             timeout = max(0.0, min(wake_at) - time.time()) if wake_at else None
-            try:
-                observation = await asyncio.wait_for(updates.get(), timeout)
-            except asyncio.TimeoutError:
-                observation = None
+            observation = await within(updates.get(), timeout)
             now = time.time()
-            if self.deadline is not None and now >= self.deadline:
+            if self.settings.deadline is not None and now >= self.settings.deadline:
                 await self._stop_quietly("the task's execution_timeout was reached")
                 return self._event("timeout", f"{self.noun} {self.job_id} stopped: execution_timeout reached")
             if observation is None:
-                if missing_since is not None and now >= missing_since + self.missing_grace:
+                if missing_since is not None and now >= missing_since + self.settings.missing_grace:
                     return self._event(
                         "missing",
-                        f"{self.noun} {self.job_id} was not found for {self.missing_grace:.0f}s "
+                        f"{self.noun} {self.job_id} was not found for {self.settings.missing_grace:.0f}s "
                         f"(last state: {last_state or 'never seen'}); it no longer exists",
                     )
                 continue
@@ -627,9 +626,9 @@ class WaitForJobTrigger(BaseTrigger):
             if not self.succeeded(result):
                 message = self.failure_message(result, await self._log_tail(result))
                 return self._event("failed", message, result=result)
-            if self.collect_metrics:
+            if self.settings.collect_metrics:
                 result["metrics"] = metrics_from_log(await self._log_tail(result))
-            if self.end_from_trigger:
+            if self.settings.end_from_trigger:
                 self.log.info("%s %s succeeded: the task ends here, on the triggerer", self.noun, self.job_id)
                 return TaskSuccessEvent(xcoms=self._success_xcoms(result))
             return TriggerEvent({"status": "success", "job_id": self.job_id, "result": result})
@@ -637,20 +636,20 @@ class WaitForJobTrigger(BaseTrigger):
     async def _log_tail(self, result: dict[str, Any]) -> list[str]:
         if not result.get("log_group") or not result.get("log_stream"):
             return []
-        region = result.get("log_region") or self.region_name  # a log may live in another region than the job
+        region = result.get("log_region") or self.settings.region_name  # a log may live in another region than the job
         logs = CloudWatchLogsHook(**{**self._connection(), "region_name": region})
-        return await logs.tail(result["log_group"], result["log_stream"], self.log_tail_lines)
+        return await logs.tail(result["log_group"], result["log_stream"], self.settings.log_tail_lines)
 
     def _success_xcoms(self, result: dict[str, Any]) -> dict[str, Any] | None:
         """What a task ended from the trigger pushes: its result and the log link a worker would save."""
-        if not self.xcom_result:
+        if not self.settings.xcom_result:
             return None
         xcoms: dict[str, Any] = {"return_value": result}
-        if self.log_link and result.get("log_stream"):
+        if self.settings.log_link and result.get("log_stream"):
             link = JobLogsLink()
             xcoms[link.key] = {
-                **self.log_link,
-                "awslogs_region": result.get("log_region") or self.log_link["region_name"],
+                **self.settings.log_link,
+                "awslogs_region": result.get("log_region") or self.settings.log_link["region_name"],
                 "awslogs_group": result["log_group"],
                 "awslogs_stream_name": result["log_stream"],
             }

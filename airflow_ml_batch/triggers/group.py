@@ -30,13 +30,14 @@ from airflow_ml_batch.jobs.errors import error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob, group_failure_message, plan_group, progress_line
 from airflow_ml_batch.triggers.base import (
     _USER_ACTION,
-    Observation,
+    JobSettings,
     SharedPoller,
     WaitForJobTrigger,
     Watch,
     _unless_cancelled_again,
     job_abandoned,
     take_turn,
+    within,
 )
 
 #: the longest pause before a submission or listing is tried again (throttling also halves the pace)
@@ -171,13 +172,23 @@ class RunGroupTrigger(BaseTrigger):
     job_id_argument: ClassVar[str] = "job_id"
 
     @cached_property
+    def _any_job(self) -> WaitForJobTrigger:
+        """A single-job trigger with no job: the group's settings, hook and scope."""
+        return self.job_trigger_for("")
+
+    @property
+    def settings(self) -> JobSettings:
+        """The settings every job of the group is watched with (``job``, read once)."""
+        return self._any_job.settings
+
+    @cached_property
     def hook(self) -> AwsServiceHook:
         """One hook for the trigger's life: each submission and listing reuses it (no connection read each)."""
-        return self.job_trigger_for("").hook
+        return self._any_job.hook
 
     @property
     def scope(self) -> Hashable:
-        return self.job_trigger_for("").scope
+        return self._any_job.scope
 
     @property
     def try_number(self) -> int:
@@ -186,13 +197,14 @@ class RunGroupTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         await take_turn()
         self._jobs: dict[int, str] = {}  # model index -> the job waited for
+        self._models_by_job: dict[str, int] = {}  # the reverse
         self._states: dict[int, str] = {}  # model index -> state of its job
         self._results: dict[int, dict[str, Any]] = {}
         self._attempts: dict[int, int] = {}
         self._pending: list[int] = []
         poller: type[SharedPoller] = self.job_trigger.poller
         try:
-            async with poller.watch_many(self.hook, self.scope, self.job["poll_interval"]) as watch:
+            async with poller.watch_many(self.hook, self.scope, self.settings.poll_interval) as watch:
                 event = await self._run_group(watch)
         except asyncio.CancelledError as cancelled:
             if not (cancelled.args and cancelled.args[0] == _USER_ACTION):
@@ -216,7 +228,7 @@ class RunGroupTrigger(BaseTrigger):
             await self._stop_job(job.job_id, "rerun by a later try of the group")
         self._attempts = {index: plan.attempts.get(index, 0) for index in by_index}
         for index, job in plan.attach.items():
-            self._jobs[index] = job.job_id
+            self._wait_for(index, job.job_id)
             self._states[index] = "found"
             watch.add(job.job_id)
         if plan.attach:
@@ -224,7 +236,7 @@ class RunGroupTrigger(BaseTrigger):
         self._pending = [index for index in by_index if index not in self._jobs]
         missing_since: dict[str, float] = {}
         next_progress = time.monotonic() + self.progress_interval
-        deadline = self.job.get("deadline")
+        deadline = self.settings.deadline
         while len(self._results) < len(self.models):
             all_rejected = await self._submit_pending(by_index, watch)
             if all_rejected is not None:
@@ -233,11 +245,8 @@ class RunGroupTrigger(BaseTrigger):
             if deadline is not None:
                 wake.append(deadline - time.time())
             if missing_since:
-                wake.append(min(missing_since.values()) + self.job["missing_grace"] - time.time())
-            try:
-                observation: Observation | None = await asyncio.wait_for(watch.updates.get(), max(0.0, min(wake)))
-            except asyncio.TimeoutError:
-                observation = None
+                wake.append(min(missing_since.values()) + self.settings.missing_grace - time.time())
+            observation = await within(watch.updates.get(), max(0.0, min(wake)))
             if deadline is not None and time.time() >= deadline:
                 return await self._timed_out()
             if time.monotonic() >= next_progress:
@@ -276,12 +285,12 @@ class RunGroupTrigger(BaseTrigger):
     async def _end_missing(self, missing_since: dict[str, float], watch: Watch) -> None:
         """Fail the models whose job AWS has not returned for ``missing_grace`` seconds (they may retry)."""
         for job_id, since in list(missing_since.items()):
-            if time.time() < since + self.job["missing_grace"]:
+            if time.time() < since + self.settings.missing_grace:
                 continue
             del missing_since[job_id]
             gone = self._index_of(job_id)
             if gone is not None:
-                message = f"job {job_id} was not found for {self.job['missing_grace']:.0f}s; it no longer exists"
+                message = f"job {job_id} was not found for {self.settings.missing_grace:.0f}s; it no longer exists"
                 await self._ended(gone, watch, {"job_id": job_id, "status": "MISSING"}, False, message)
 
     def _room(self) -> bool:
@@ -289,7 +298,11 @@ class RunGroupTrigger(BaseTrigger):
         return self.max_running is None or running < self.max_running
 
     def _index_of(self, job_id: str) -> int | None:
-        return next((index for index, known in self._jobs.items() if known == job_id), None)
+        return self._models_by_job.get(job_id)
+
+    def _wait_for(self, index: int, job_id: str) -> None:
+        self._jobs[index] = job_id
+        self._models_by_job[job_id] = index
 
     async def _submit(self, model: dict[str, Any], watch: Watch) -> str | None:
         """Submit ``model``'s next attempt; throttling and network errors only slow it down. The AWS message
@@ -321,7 +334,7 @@ class RunGroupTrigger(BaseTrigger):
                 self.log.warning("Submitting model %s: %s; trying again", model["label"], error_text(error))
                 await asyncio.sleep(random.uniform(0, min(_MAX_BACKOFF, 0.5 * 2**failures)))
         self._attempts[index] = attempt
-        self._jobs[index] = job_id
+        self._wait_for(index, job_id)
         self._states[index] = "SUBMITTED"
         self._results.pop(index, None)
         watch.add(job_id)
@@ -334,7 +347,7 @@ class RunGroupTrigger(BaseTrigger):
             return
         result = await single.summarize(description)
         if single.succeeded(result):
-            if self.job.get("collect_metrics"):
+            if self.settings.collect_metrics:
                 result["metrics"] = metrics_from_log(await single._log_tail(result))
             await self._ended(index, watch, result, True, None)
             return
@@ -355,7 +368,7 @@ class RunGroupTrigger(BaseTrigger):
                 self.model_retries + 1,
                 message,
             )
-            del self._jobs[index]
+            del self._models_by_job[self._jobs.pop(index)]
             self._states.pop(index, None)
             self._pending.insert(0, index)
             return
@@ -386,10 +399,10 @@ class RunGroupTrigger(BaseTrigger):
             return self._event("failed", message, result=results)
         failed = sum(1 for r in results if not r["succeeded"])
         summary = f"{len(results) - failed} of {len(results)} models succeeded"
-        if self.job.get("end_from_trigger"):
+        if self.settings.end_from_trigger:
             self.log.info("%s: the task ends here, on the triggerer", summary)
             xcoms: dict[str, Any] = {"return_value": results}
-            return TaskSuccessEvent(xcoms=xcoms if self.job.get("xcom_result", True) else None)
+            return TaskSuccessEvent(xcoms=xcoms if self.settings.xcom_result else None)
         return self._event("success", summary, result=results)
 
     def _all_rejected(self, reason: str) -> TriggerEvent:

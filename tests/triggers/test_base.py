@@ -12,7 +12,7 @@ from helpers import first_event
 
 from airflow_ml_batch.testing.endpoint import Endpoint
 from airflow_ml_batch.triggers import base
-from airflow_ml_batch.triggers.base import due_ids, job_abandoned
+from airflow_ml_batch.triggers.base import due_ids, job_abandoned, within
 from airflow_ml_batch.triggers.batch import BatchJobPoller, BatchJobTrigger
 
 
@@ -64,6 +64,27 @@ def test_a_task_on_another_try_than_the_jobs_abandons_it_whatever_its_state(
     state: str, try_number: int | None, own_try: int | None, abandoned: bool
 ) -> None:
     assert job_abandoned(state, try_number, own_try) is abandoned
+
+
+async def test_a_trigger_cancelled_as_an_update_arrives_is_cancelled() -> None:
+    # Python 3.11's asyncio.wait_for returns the update here instead (cpython#86296): the trigger that the
+    # triggerer cancelled would go on running, and a test awaiting it would hang.
+    updates: asyncio.Queue[str] = asyncio.Queue()
+    waiting = asyncio.ensure_future(within(updates.get(), 60))
+    await asyncio.sleep(0.01)
+    updates.put_nowait("an update")
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
+async def test_waiting_within_a_time_gives_the_result_or_none_and_keeps_later_updates() -> None:
+    updates: asyncio.Queue[str] = asyncio.Queue()
+    assert await within(updates.get(), 0.05) is None
+    updates.put_nowait("first")
+    assert await within(updates.get(), 0.05) == "first"
+    updates.put_nowait("second")
+    assert await within(updates.get(), 0) == "second"  # ready: a zero timeout still takes it
 
 
 async def test_each_job_is_described_at_its_own_triggers_interval(aws_endpoint: Endpoint) -> None:

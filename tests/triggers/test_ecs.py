@@ -8,11 +8,8 @@ import time
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from airflow.triggers.base import TaskSuccessEvent
 from helpers import first_event
-from packaging.specifiers import SpecifierSet
-from packaging.version import Version
 
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
 from airflow_ml_batch.hooks.ecs import EcsHook
@@ -423,11 +420,6 @@ async def test_a_fleet_starts_one_task_per_model_with_its_identity(ecs: Endpoint
     assert {(t["airflow:try_number"], t["airflow:attempt"]) for t in tags} == {("1", "1")}
 
 
-@pytest.mark.skipif(
-    Version(pytest_asyncio.__version__) in SpecifierSet("~=0.25.0"),
-    reason="with pytest-asyncio 0.25 (MWAA 3.0.6's pin) this test hangs after the previous one, though it passes "
-    "alone; not yet understood",
-)
 async def test_a_restarted_fleet_trigger_starts_no_second_task(ecs: Endpoint) -> None:
     running = asyncio.ensure_future(first_event(fleet_trigger(4), timeout=60))
     while len(ecs.ecs.tasks) < 4:  # noqa: ASYNC110 - the tasks live in the endpoint's thread

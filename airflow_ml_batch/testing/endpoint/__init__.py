@@ -10,9 +10,9 @@ for STS) and parse every answer, errors included. In-process, a test scripts exa
         aws.batch.set_job(job_id, status="SUCCEEDED")
 
 With a :class:`~airflow_ml_batch.testing.endpoint.core.Runner`
-(:class:`~airflow_ml_batch.testing.endpoint.core.WallClockRunner`: durations and failure fractions) jobs and tasks
-run by themselves; :meth:`~airflow_ml_batch.testing.endpoint.server.Endpoint.limit` adds rate limits, ``faults``
-fault switches. As its own process (``python -m airflow_ml_batch.testing.endpoint --help``, or
+(:class:`~airflow_ml_batch.testing.endpoint.core.WallClockRunner`: durations, failure fractions, a long tail) jobs
+and tasks run by themselves; :meth:`~airflow_ml_batch.testing.endpoint.server.Endpoint.limit` adds rate limits,
+``faults`` fault switches. As its own process (``python -m airflow_ml_batch.testing.endpoint --help``, or
 :func:`~airflow_ml_batch.testing.endpoint.standalone.running`) it prints its port;
 :class:`~airflow_ml_batch.testing.endpoint.standalone.EndpointClient` drives it from elsewhere. With a
 :class:`~airflow_ml_batch.testing.endpoint.container_runner.ContainerRunner` each job is a local process: its

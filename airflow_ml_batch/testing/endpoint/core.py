@@ -179,6 +179,11 @@ class Timeline:
 class WallClockRunner:
     """Runs last ``duration`` seconds +- ``spread`` (a fraction), and ``fail_fraction`` of them fail.
 
+    A long tail: ``long_fraction`` of the runs last ``long_factor`` times as long (e.g. ``0.05`` and ``9.0``:
+    one run in twenty takes nine times the duration). It is off by default; which runs are long is drawn
+    from a second random stream of the same ``seed``, so a run with the tail has the same durations and
+    failures as one without it, save the long runs' length.
+
     The container starts a quarter into the run; an ECS container exits at 90 % (then DEPROVISIONING).
     """
 
@@ -186,20 +191,31 @@ class WallClockRunner:
     spread: float = 0.25
     fail_fraction: float = 0.0
     seed: int = 0
+    long_fraction: float = 0.0
+    long_factor: float = 10.0
+    long_random: random.Random = field(init=False)  # which runs are long
     random: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.long_fraction <= 1.0:
+            raise ValueError(f"long_fraction must be between 0 and 1, not {self.long_fraction}")
+        if self.long_factor <= 0:
+            raise ValueError(f"long_factor must be positive, not {self.long_factor}")
         self.random = random.Random(self.seed)
+        self.long_random = random.Random(f"long tail {self.seed}")
 
     def start(self, kind: str, name: str, request: dict[str, Any]) -> Timeline:
         now = time.time()
         duration = self.duration * self.random.uniform(1 - self.spread, 1 + self.spread)
+        fails = self.random.random() < self.fail_fraction
+        if self.long_fraction and self.long_random.random() < self.long_fraction:
+            duration *= self.long_factor
         task = kind == "task"
         return Timeline(
             created=now,
             started=now + 0.25 * duration,
             exits=now + (0.9 if task else 1.0) * duration,
             ends=now + duration,
-            fails=self.random.random() < self.fail_fraction,
+            fails=fails,
             drain=2.0 if task else 0.0,
         )
