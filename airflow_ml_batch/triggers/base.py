@@ -115,8 +115,10 @@ async def within(awaitable: Awaitable[T], timeout: float | None) -> T | None:
     ``asyncio.wait_for`` on Python 3.11 and older returns the result instead when a cancellation arrives
     together with it (python/cpython#86296): a trigger that the triggerer cancelled just as an observation
     came in would run on, and its clean-up (stop the job of a cleared task) would never run. Here the
-    cancellation always goes through.
+    cancellation always goes through. With no ``timeout`` it is a plain ``await``: no task of its own.
     """
+    if timeout is None:
+        return await awaitable
     task = asyncio.ensure_future(awaitable)
     try:
         await asyncio.wait((task,), timeout=timeout)

@@ -85,6 +85,8 @@ async def test_waiting_within_a_time_gives_the_result_or_none_and_keeps_later_up
     assert await within(updates.get(), 0.05) == "first"
     updates.put_nowait("second")
     assert await within(updates.get(), 0) == "second"  # ready: a zero timeout still takes it
+    updates.put_nowait("third")
+    assert await within(updates.get(), None) == "third"  # no timeout: a plain await
 
 
 async def test_each_job_is_described_at_its_own_triggers_interval(aws_endpoint: Endpoint) -> None:
