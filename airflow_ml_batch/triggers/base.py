@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import gc
 import logging
 import random
@@ -26,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Coroutine, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, replace
+from types import SimpleNamespace
 from typing import Any, ClassVar, TypeVar
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
@@ -107,6 +109,15 @@ def _give_turns(queue: collections.deque[asyncio.Future[None]]) -> None:
             given += 1
     if queue:
         asyncio.get_running_loop().call_soon(_give_turns, queue)
+
+
+@functools.cache
+def class_logger(cls: type[BaseTrigger]) -> Any:
+    """The logger ``LoggingMixin`` names for ``cls``'s instances (``logging`` on Airflow 2, structlog on 3)."""
+    names = SimpleNamespace(
+        _log=None, _log_config_logger_name=cls._log_config_logger_name, _logger_name=cls._logger_name
+    )
+    return cls._get_log(names, cls)
 
 
 async def within(awaitable: Awaitable[T], timeout: float | None) -> T | None:
@@ -495,6 +506,15 @@ class WaitForJobTrigger(BaseTrigger):
         super().__init__()
         self.settings = JobSettings(**settings)
 
+    @property
+    def log(self) -> Any:
+        """The logger of this trigger's class: the one Airflow's ``LoggingMixin`` would give each trigger.
+
+        One per class rather than one per trigger (Airflow 3 builds a logger of about 20 objects for each
+        instance), so thousands of waiting triggers add nothing for the garbage collector to walk.
+        """
+        return class_logger(type(self))
+
     # -- what each service defines ---------------------------------------------------------------------
 
     @property
@@ -596,6 +616,7 @@ class WaitForJobTrigger(BaseTrigger):
             grace_ends = missing_since and missing_since + self.settings.missing_grace
             wake_at = [t for t in (self.settings.deadline, grace_ends) if t]
             timeout = max(0.0, min(wake_at) - time.time()) if wake_at else None
+            observation = None  # the last description is not kept alive while waiting (thousands of them)
             observation = await within(updates.get(), timeout)
             now = time.time()
             if self.settings.deadline is not None and now >= self.settings.deadline:
