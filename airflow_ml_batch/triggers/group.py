@@ -19,6 +19,7 @@ import time
 import weakref
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Hashable
+from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -84,6 +85,25 @@ class SubmitPacer:
         self.rate = max(0.5, self.rate / 2)
 
 
+@dataclass(frozen=True, kw_only=True)
+class GroupSettings:
+    """The settings of a group's trigger, declared once: its keywords, its attributes and what it serializes.
+
+    The group operators take the same parameters and pass them on by these names.
+    """
+
+    #: extra jobs a model may get within this try after its job failed
+    model_retries: int = 0
+    #: the most jobs of the group submitted and not finished at once; ``None``: no cap
+    max_running: int | None = None
+    #: models that may fail without failing the task
+    allowed_failures: int = 0
+    #: the most submissions per second of every group on this connection and region
+    submit_rate: float = 20.0
+    #: seconds between two lines of counts per state in the task log
+    progress_interval: float = 300.0
+
+
 class RunGroupTrigger(BaseTrigger):
     """Submit, watch and retry the jobs of a group of models; end with one result per model.
 
@@ -95,11 +115,8 @@ class RunGroupTrigger(BaseTrigger):
     :param job: the settings of the single-job trigger (connection, ``poll_interval``, ``deadline``,
         ``end_from_trigger``, ``xcom_result``, ``missing_grace``, ``log_tail_lines``, ``collect_metrics``,
         and the service's own), used to watch, summarize and stop each job.
-    :param model_retries: extra jobs a model may get within this try after its job failed.
-    :param max_running: the most jobs of the group submitted and not finished at once (``None``: no cap).
-    :param allowed_failures: models that may fail without failing the task.
-    :param submit_rate: the most submissions per second of every group on this connection and region.
-    :param progress_interval: seconds between two lines of counts per state in the task log.
+
+    Also takes the keywords of :class:`GroupSettings` (kept in ``group_settings``).
     """
 
     job_trigger: ClassVar[type[WaitForJobTrigger]]
@@ -107,26 +124,13 @@ class RunGroupTrigger(BaseTrigger):
     noun: ClassVar[str]
 
     def __init__(
-        self,
-        *,
-        models: list[dict[str, Any]],
-        group: dict[str, Any],
-        job: dict[str, Any],
-        model_retries: int = 0,
-        max_running: int | None = None,
-        allowed_failures: int = 0,
-        submit_rate: float = 20.0,
-        progress_interval: float = 300.0,
+        self, *, models: list[dict[str, Any]], group: dict[str, Any], job: dict[str, Any], **group_settings: Any
     ) -> None:
         super().__init__()
         self.models = models
         self.group = group
         self.job = job
-        self.model_retries = model_retries
-        self.max_running = max_running
-        self.allowed_failures = allowed_failures
-        self.submit_rate = submit_rate
-        self.progress_interval = progress_interval
+        self.group_settings = GroupSettings(**group_settings)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -135,11 +139,7 @@ class RunGroupTrigger(BaseTrigger):
                 "models": self.models,
                 "group": self.group,
                 "job": self.job,
-                "model_retries": self.model_retries,
-                "max_running": self.max_running,
-                "allowed_failures": self.allowed_failures,
-                "submit_rate": self.submit_rate,
-                "progress_interval": self.progress_interval,
+                **{f.name: getattr(self.group_settings, f.name) for f in fields(GroupSettings)},
             },
         )
 
@@ -235,7 +235,7 @@ class RunGroupTrigger(BaseTrigger):
             self.log.info("Waiting for %d jobs this task instance already has", len(plan.attach))
         self._pending = [index for index in by_index if index not in self._jobs]
         missing_since: dict[str, float] = {}
-        next_progress = time.monotonic() + self.progress_interval
+        next_progress = time.monotonic() + self.group_settings.progress_interval
         deadline = self.settings.deadline
         while len(self._results) < len(self.models):
             all_rejected = await self._submit_pending(by_index, watch)
@@ -251,7 +251,7 @@ class RunGroupTrigger(BaseTrigger):
                 return await self._timed_out()
             if time.monotonic() >= next_progress:
                 self.log.info("%s", progress_line(self._states, len(self.models)))
-                next_progress = time.monotonic() + self.progress_interval
+                next_progress = time.monotonic() + self.group_settings.progress_interval
             await self._end_missing(missing_since, watch)
             if observation is None or observation.resource is None:
                 continue
@@ -295,7 +295,8 @@ class RunGroupTrigger(BaseTrigger):
 
     def _room(self) -> bool:
         running = sum(1 for index in self._jobs if index not in self._results)
-        return self.max_running is None or running < self.max_running
+        cap = self.group_settings.max_running
+        return cap is None or running < cap
 
     def _index_of(self, job_id: str) -> int | None:
         return self._models_by_job.get(job_id)
@@ -309,7 +310,7 @@ class RunGroupTrigger(BaseTrigger):
         of a rejection, which fails the model."""
         index = int(model["index"])
         attempt = self._attempts.get(index, 0) + 1
-        pacer = SubmitPacer.of((self.hook._shared_client_key, type(self).__name__), self.submit_rate)
+        pacer = SubmitPacer.of((self.hook._shared_client_key, type(self).__name__), self.group_settings.submit_rate)
         failures = 0
         while True:
             await pacer.wait()
@@ -359,13 +360,14 @@ class RunGroupTrigger(BaseTrigger):
     ) -> None:
         model = next(m for m in self.models if int(m["index"]) == index)
         watch.remove(self._jobs[index])
-        if not succeeded and self._attempts.get(index, 0) <= self.model_retries and self.retriable(result):
+        retries = self.group_settings.model_retries
+        if not succeeded and self._attempts.get(index, 0) <= retries and self.retriable(result):
             self.log.warning(
                 "Model %s: job %s failed (try %d of %d); submitting it again:\n%s",
                 model["label"],
                 result.get("job_id"),
                 self._attempts.get(index, 0),
-                self.model_retries + 1,
+                retries + 1,
                 message,
             )
             del self._models_by_job[self._jobs.pop(index)]
@@ -394,7 +396,7 @@ class RunGroupTrigger(BaseTrigger):
     def _finished(self) -> TriggerEvent:
         results = self._ordered_results()
         self.log.info("%s", progress_line(self._states, len(self.models)))
-        message = group_failure_message(self.noun, results, self.allowed_failures)
+        message = group_failure_message(self.noun, results, self.group_settings.allowed_failures)
         if message is not None:
             return self._event("failed", message, result=results)
         failed = sum(1 for r in results if not r["succeeded"])
