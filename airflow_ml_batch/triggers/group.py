@@ -23,19 +23,18 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any, ClassVar
 
-from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
+from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
 
 from airflow_ml_batch.hooks.base import AwsServiceHook
 from airflow_ml_batch.jobs.common import metrics_from_log
 from airflow_ml_batch.jobs.errors import error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob, group_failure_message, plan_group, progress_line
 from airflow_ml_batch.triggers.base import (
-    _USER_ACTION,
     JobSettings,
     SharedPoller,
+    StopsAbandonedJobs,
     WaitForJobTrigger,
     Watch,
-    _unless_cancelled_again,
     job_abandoned,
     take_turn,
     within,
@@ -104,7 +103,7 @@ class GroupSettings:
     progress_interval: float = 300.0
 
 
-class RunGroupTrigger(BaseTrigger):
+class RunGroupTrigger(StopsAbandonedJobs):
     """Submit, watch and retry the jobs of a group of models; end with one result per model.
 
     :param models: per model, ``index``, ``label`` and the ``request`` starting its job (without the
@@ -203,20 +202,12 @@ class RunGroupTrigger(BaseTrigger):
         self._attempts: dict[int, int] = {}
         self._pending: list[int] = []
         poller: type[SharedPoller] = self.job_trigger.poller
-        try:
-            async with poller.watch_many(self.hook, self.scope, self.settings.poll_interval) as watch:
-                event = await self._run_group(watch)
-        except asyncio.CancelledError as cancelled:
-            if not (cancelled.args and cancelled.args[0] == _USER_ACTION):
-                await _unless_cancelled_again(
-                    self._stop_if_abandoned("the task is no longer deferred (cleared, marked or timed out)")
-                )
-            raise
+        async with (
+            self._stop_on_cancel(),
+            poller.watch_many(self.hook, self.scope, self.settings.poll_interval) as watch,
+        ):
+            event = await self._run_group(watch)
         yield event
-
-    async def on_kill(self) -> None:
-        """Airflow 3.3+: a user cleared or marked the deferred task; stop every job of the group."""
-        await _unless_cancelled_again(self._stop_if_abandoned("the Airflow task was cleared or marked by a user"))
 
     async def _run_group(self, watch: Watch) -> TriggerEvent:
         by_index = {int(model["index"]): model for model in self.models}
