@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import fields
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, ClassVar
@@ -21,6 +22,7 @@ from airflow_ml_batch.jobs.fields import RequestField, request_fields
 from airflow_ml_batch.jobs.groups import group_key, group_prefix, model_label
 from airflow_ml_batch.links.logs import JobLogsLink
 from airflow_ml_batch.triggers.base import WaitForJobTrigger
+from airflow_ml_batch.triggers.group import GroupSettings, RunGroupTrigger
 
 #: ``next_method`` of a task that Airflow resumes only to fail it (its deferral timed out, say).
 _FAIL_METHOD = "__fail__"
@@ -266,7 +268,7 @@ class ModelGroupOperator(DeferredJobOperator):
     :param progress_interval: seconds between two lines of counts per state in the task log.
     """
 
-    group_trigger: ClassVar[type[Any]]
+    group_trigger: ClassVar[type[RunGroupTrigger]]
     #: request fields whose mappings a model's entry merges over the operator's
     merged_fields: ClassVar[tuple[str, ...]] = ("environment", "parameters", "tags")
 
@@ -285,11 +287,9 @@ class ModelGroupOperator(DeferredJobOperator):
         if not kwargs.get("wait_for_completion", True):
             raise ValueError("a group always waits for its models: wait_for_completion=False is not supported")
         self.models = models
-        self.model_retries = model_retries
-        self.max_running = max_running
-        self.allowed_failures = allowed_failures
-        self.submit_rate = submit_rate
-        self.progress_interval = progress_interval
+        arguments = locals()
+        for setting in fields(GroupSettings):  # kept as given, and given to the trigger by the same names
+            setattr(self, setting.name, arguments[setting.name])
 
     def model_request(self, context: Context, values: dict[str, Any], label: str) -> dict[str, Any]:
         """The request starting one model's job, from the operator's values merged with the model's entry."""
@@ -340,11 +340,7 @@ class ModelGroupOperator(DeferredJobOperator):
             models=models,
             group=self.group_identity(context),
             job=self.job_settings(settings),
-            model_retries=self.model_retries,
-            max_running=self.max_running,
-            allowed_failures=self.allowed_failures,
-            submit_rate=self.submit_rate,
-            progress_interval=self.progress_interval,
+            **{setting.name: getattr(self, setting.name) for setting in fields(GroupSettings)},
         )
         self.log.info("Deferring: the triggerer submits the %d models' jobs (%s)", len(models), trigger.group["prefix"])
         self.defer(

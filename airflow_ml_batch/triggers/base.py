@@ -489,7 +489,44 @@ class JobSettings:
     collect_metrics: bool = False
 
 
-class WaitForJobTrigger(BaseTrigger):
+class StopsAbandonedJobs(BaseTrigger):
+    """A trigger that stops its jobs when it is cancelled and the task no longer waits for them.
+
+    A triggerer restart or a trigger handed to another triggerer leaves the task DEFERRED: its jobs run on.
+    """
+
+    @abstractmethod
+    async def _stop_if_abandoned(self, reason: str) -> None:
+        """Stop the jobs unless the task still waits for them (or its state cannot be read)."""
+
+    @asynccontextmanager
+    async def _stop_on_cancel(self) -> AsyncIterator[None]:
+        """Around the wait: cancelled not by a user's action (Airflow < 3.3, which has no ``on_kill``, or
+        Airflow's own deferral timeout), stop the jobs if the task no longer waits for them."""
+        try:
+            yield
+        except asyncio.CancelledError as cancelled:
+            if not (cancelled.args and cancelled.args[0] == _USER_ACTION):
+                await _unless_cancelled_again(
+                    self._stop_if_abandoned("the task is no longer deferred (cleared, marked or timed out)")
+                )
+            raise
+
+    async def on_kill(self) -> None:
+        """Airflow 3.3+: a user cleared or marked the deferred task; stop its jobs.
+
+        Airflow 3.3 also calls it when a triggerer whose heartbeat lapsed drops a trigger that was handed
+        to another triggerer (apache/airflow#73454). The task is still DEFERRED then, and the other
+        triggerer watches its jobs: they are left running, as they are when the task's state cannot be read.
+
+        The triggerer cancels the trigger's task again at each of its loops until the trigger ends, and that
+        cancels ``on_kill`` too (Airflow 3.3.2 swallows it, silently): the read and the stop run in a
+        task of their own, which finishes whatever happens to this coroutine.
+        """
+        await _unless_cancelled_again(self._stop_if_abandoned("the Airflow task was cleared or marked by a user"))
+
+
+class WaitForJobTrigger(StopsAbandonedJobs):
     """Wait for one remote job through a :class:`SharedPoller` and end the deferred task with one event.
 
     Takes the keywords of :class:`JobSettings` (kept in ``settings``), and each service's own.
@@ -572,31 +609,12 @@ class WaitForJobTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         await take_turn()
-        try:
-            async with self.poller.watch(self.hook, self.scope, self.job_id, self.settings.poll_interval) as updates:
-                event = await self._wait(updates)
-        except asyncio.CancelledError as cancelled:
-            if not (cancelled.args and cancelled.args[0] == _USER_ACTION):
-                # Airflow < 3.3 (no on_kill), or Airflow's own deferral timeout: stop the job if the task no
-                # longer waits for it. A triggerer restart or a trigger handed over leaves it DEFERRED.
-                await _unless_cancelled_again(
-                    self._stop_if_abandoned("the task is no longer deferred (cleared, marked or timed out)")
-                )
-            raise
+        async with (
+            self._stop_on_cancel(),
+            self.poller.watch(self.hook, self.scope, self.job_id, self.settings.poll_interval) as updates,
+        ):
+            event = await self._wait(updates)
         yield event
-
-    async def on_kill(self) -> None:
-        """Airflow 3.3+: a user cleared or marked the deferred task; terminate its job.
-
-        Airflow 3.3 also calls it when a triggerer whose heartbeat lapsed drops a trigger that was handed
-        to another triggerer (apache/airflow#73454). The task is still DEFERRED then, and the other
-        triggerer watches its job: it is left running, as it is when the task's state cannot be read.
-
-        The triggerer cancels the trigger's task again at each of its loops until the trigger ends, and that
-        cancels ``on_kill`` too (Airflow 3.3.2 swallows it, silently): the read and the terminate run in a
-        task of their own, which finishes whatever happens to this coroutine.
-        """
-        await _unless_cancelled_again(self._stop_if_abandoned("the Airflow task was cleared or marked by a user"))
 
     async def _stop_if_abandoned(self, reason: str) -> None:
         now = await self._task_now()

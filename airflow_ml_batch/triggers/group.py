@@ -19,22 +19,22 @@ import time
 import weakref
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Hashable
+from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any, ClassVar
 
-from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
+from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
 
 from airflow_ml_batch.hooks.base import AwsServiceHook
 from airflow_ml_batch.jobs.common import metrics_from_log
 from airflow_ml_batch.jobs.errors import error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob, group_failure_message, plan_group, progress_line
 from airflow_ml_batch.triggers.base import (
-    _USER_ACTION,
     JobSettings,
     SharedPoller,
+    StopsAbandonedJobs,
     WaitForJobTrigger,
     Watch,
-    _unless_cancelled_again,
     job_abandoned,
     take_turn,
     within,
@@ -84,7 +84,26 @@ class SubmitPacer:
         self.rate = max(0.5, self.rate / 2)
 
 
-class RunGroupTrigger(BaseTrigger):
+@dataclass(frozen=True, kw_only=True)
+class GroupSettings:
+    """The settings of a group's trigger, declared once: its keywords, its attributes and what it serializes.
+
+    The group operators take the same parameters and pass them on by these names.
+    """
+
+    #: extra jobs a model may get within this try after its job failed
+    model_retries: int = 0
+    #: the most jobs of the group submitted and not finished at once; ``None``: no cap
+    max_running: int | None = None
+    #: models that may fail without failing the task
+    allowed_failures: int = 0
+    #: the most submissions per second of every group on this connection and region
+    submit_rate: float = 20.0
+    #: seconds between two lines of counts per state in the task log
+    progress_interval: float = 300.0
+
+
+class RunGroupTrigger(StopsAbandonedJobs):
     """Submit, watch and retry the jobs of a group of models; end with one result per model.
 
     :param models: per model, ``index``, ``label`` and the ``request`` starting its job (without the
@@ -95,11 +114,8 @@ class RunGroupTrigger(BaseTrigger):
     :param job: the settings of the single-job trigger (connection, ``poll_interval``, ``deadline``,
         ``end_from_trigger``, ``xcom_result``, ``missing_grace``, ``log_tail_lines``, ``collect_metrics``,
         and the service's own), used to watch, summarize and stop each job.
-    :param model_retries: extra jobs a model may get within this try after its job failed.
-    :param max_running: the most jobs of the group submitted and not finished at once (``None``: no cap).
-    :param allowed_failures: models that may fail without failing the task.
-    :param submit_rate: the most submissions per second of every group on this connection and region.
-    :param progress_interval: seconds between two lines of counts per state in the task log.
+
+    Also takes the keywords of :class:`GroupSettings` (kept in ``group_settings``).
     """
 
     job_trigger: ClassVar[type[WaitForJobTrigger]]
@@ -107,26 +123,13 @@ class RunGroupTrigger(BaseTrigger):
     noun: ClassVar[str]
 
     def __init__(
-        self,
-        *,
-        models: list[dict[str, Any]],
-        group: dict[str, Any],
-        job: dict[str, Any],
-        model_retries: int = 0,
-        max_running: int | None = None,
-        allowed_failures: int = 0,
-        submit_rate: float = 20.0,
-        progress_interval: float = 300.0,
+        self, *, models: list[dict[str, Any]], group: dict[str, Any], job: dict[str, Any], **group_settings: Any
     ) -> None:
         super().__init__()
         self.models = models
         self.group = group
         self.job = job
-        self.model_retries = model_retries
-        self.max_running = max_running
-        self.allowed_failures = allowed_failures
-        self.submit_rate = submit_rate
-        self.progress_interval = progress_interval
+        self.group_settings = GroupSettings(**group_settings)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -135,11 +138,7 @@ class RunGroupTrigger(BaseTrigger):
                 "models": self.models,
                 "group": self.group,
                 "job": self.job,
-                "model_retries": self.model_retries,
-                "max_running": self.max_running,
-                "allowed_failures": self.allowed_failures,
-                "submit_rate": self.submit_rate,
-                "progress_interval": self.progress_interval,
+                **{f.name: getattr(self.group_settings, f.name) for f in fields(GroupSettings)},
             },
         )
 
@@ -203,20 +202,12 @@ class RunGroupTrigger(BaseTrigger):
         self._attempts: dict[int, int] = {}
         self._pending: list[int] = []
         poller: type[SharedPoller] = self.job_trigger.poller
-        try:
-            async with poller.watch_many(self.hook, self.scope, self.settings.poll_interval) as watch:
-                event = await self._run_group(watch)
-        except asyncio.CancelledError as cancelled:
-            if not (cancelled.args and cancelled.args[0] == _USER_ACTION):
-                await _unless_cancelled_again(
-                    self._stop_if_abandoned("the task is no longer deferred (cleared, marked or timed out)")
-                )
-            raise
+        async with (
+            self._stop_on_cancel(),
+            poller.watch_many(self.hook, self.scope, self.settings.poll_interval) as watch,
+        ):
+            event = await self._run_group(watch)
         yield event
-
-    async def on_kill(self) -> None:
-        """Airflow 3.3+: a user cleared or marked the deferred task; stop every job of the group."""
-        await _unless_cancelled_again(self._stop_if_abandoned("the Airflow task was cleared or marked by a user"))
 
     async def _run_group(self, watch: Watch) -> TriggerEvent:
         by_index = {int(model["index"]): model for model in self.models}
@@ -235,7 +226,7 @@ class RunGroupTrigger(BaseTrigger):
             self.log.info("Waiting for %d jobs this task instance already has", len(plan.attach))
         self._pending = [index for index in by_index if index not in self._jobs]
         missing_since: dict[str, float] = {}
-        next_progress = time.monotonic() + self.progress_interval
+        next_progress = time.monotonic() + self.group_settings.progress_interval
         deadline = self.settings.deadline
         while len(self._results) < len(self.models):
             all_rejected = await self._submit_pending(by_index, watch)
@@ -251,7 +242,7 @@ class RunGroupTrigger(BaseTrigger):
                 return await self._timed_out()
             if time.monotonic() >= next_progress:
                 self.log.info("%s", progress_line(self._states, len(self.models)))
-                next_progress = time.monotonic() + self.progress_interval
+                next_progress = time.monotonic() + self.group_settings.progress_interval
             await self._end_missing(missing_since, watch)
             if observation is None or observation.resource is None:
                 continue
@@ -295,7 +286,8 @@ class RunGroupTrigger(BaseTrigger):
 
     def _room(self) -> bool:
         running = sum(1 for index in self._jobs if index not in self._results)
-        return self.max_running is None or running < self.max_running
+        cap = self.group_settings.max_running
+        return cap is None or running < cap
 
     def _index_of(self, job_id: str) -> int | None:
         return self._models_by_job.get(job_id)
@@ -309,7 +301,7 @@ class RunGroupTrigger(BaseTrigger):
         of a rejection, which fails the model."""
         index = int(model["index"])
         attempt = self._attempts.get(index, 0) + 1
-        pacer = SubmitPacer.of((self.hook._shared_client_key, type(self).__name__), self.submit_rate)
+        pacer = SubmitPacer.of((self.hook._shared_client_key, type(self).__name__), self.group_settings.submit_rate)
         failures = 0
         while True:
             await pacer.wait()
@@ -359,13 +351,14 @@ class RunGroupTrigger(BaseTrigger):
     ) -> None:
         model = next(m for m in self.models if int(m["index"]) == index)
         watch.remove(self._jobs[index])
-        if not succeeded and self._attempts.get(index, 0) <= self.model_retries and self.retriable(result):
+        retries = self.group_settings.model_retries
+        if not succeeded and self._attempts.get(index, 0) <= retries and self.retriable(result):
             self.log.warning(
                 "Model %s: job %s failed (try %d of %d); submitting it again:\n%s",
                 model["label"],
                 result.get("job_id"),
                 self._attempts.get(index, 0),
-                self.model_retries + 1,
+                retries + 1,
                 message,
             )
             del self._models_by_job[self._jobs.pop(index)]
@@ -394,7 +387,7 @@ class RunGroupTrigger(BaseTrigger):
     def _finished(self) -> TriggerEvent:
         results = self._ordered_results()
         self.log.info("%s", progress_line(self._states, len(self.models)))
-        message = group_failure_message(self.noun, results, self.allowed_failures)
+        message = group_failure_message(self.noun, results, self.group_settings.allowed_failures)
         if message is not None:
             return self._event("failed", message, result=results)
         failed = sum(1 for r in results if not r["succeeded"])

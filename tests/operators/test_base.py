@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import fields
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from helpers import run_dag, task_instance, xcom
 
+from airflow_ml_batch.operators.base import ModelGroupOperator
 from airflow_ml_batch.operators.batch import JOB_ID_XCOM_KEY
 from airflow_ml_batch.operators.ecs import TASK_ARN_XCOM_KEY
 from airflow_ml_batch.testing.endpoint import Endpoint
+from airflow_ml_batch.triggers.group import GroupSettings
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -127,3 +131,21 @@ def test_without_wait_for_completion_the_task_returns_the_id_at_once(
     assert started in (*aws_endpoint.batch.jobs, *aws_endpoint.ecs.tasks)
     assert xcom(dag_run, "start") == started
     assert aws_endpoint.calls["DescribeJobs"] + aws_endpoint.calls["DescribeTasks"] == 0
+
+
+def test_the_group_operators_take_every_group_setting_with_the_triggers_default() -> None:
+    parameters = inspect.signature(ModelGroupOperator.__init__).parameters
+
+    assert {f.name: parameters[f.name].default for f in fields(GroupSettings)} == {
+        f.name: f.default for f in fields(GroupSettings)
+    }
+
+
+def test_a_group_operator_gives_its_group_settings_to_the_trigger(aws_endpoint: Endpoint) -> None:
+    settings = {"model_retries": 2, "max_running": 3, "allowed_failures": 1, "submit_rate": 5.0}
+    settings["progress_interval"] = 9.0
+
+    deferred = deferral("BatchFleetOperator", {"aws_conn_id": "aws_fake", **BATCH, "models": [{}], **settings})
+
+    assert deferred["classpath"] == "airflow_ml_batch.triggers.batch.BatchFleetTrigger"
+    assert {name: deferred["kwargs"][name] for name in settings} == settings

@@ -15,6 +15,7 @@ from helpers import first_event
 from airflow_ml_batch.jobs.groups import parse_job_name
 from airflow_ml_batch.testing.endpoint import Endpoint
 from airflow_ml_batch.triggers.batch import BatchFleetTrigger
+from airflow_ml_batch.triggers.group import GroupSettings
 
 PREFIX = "forecast-0123456789--"
 
@@ -61,6 +62,19 @@ def test_serialize_round_trips_through_airflows_trigger_model() -> None:
 
     assert stored.classpath == "airflow_ml_batch.triggers.batch.BatchFleetTrigger"
     assert rebuilt.serialize() == trigger.serialize()
+
+
+def test_a_trigger_serialized_by_an_earlier_release_loads() -> None:
+    # what Airflow stored for a group trigger before GroupSettings: the same keys, every setting at the top
+    _, kwargs = group_trigger(2).serialize()
+    settings = {"model_retries": 2, "max_running": 10, "allowed_failures": 1, "submit_rate": 5.0}
+    stored = {"models": kwargs["models"], "group": kwargs["group"], "job": kwargs["job"], **settings}
+    stored["progress_interval"] = 60.0
+
+    trigger = BatchFleetTrigger(**stored)
+
+    assert trigger.group_settings == GroupSettings(**settings, progress_interval=60.0)
+    assert trigger.serialize()[1] == stored
 
 
 async def test_every_model_is_submitted_once_and_reported_in_order(aws_endpoint: Endpoint) -> None:
