@@ -153,6 +153,12 @@ class Observation:
     #: the id observed (set by the poller)
     resource: str | None = None
 
+    def given_up(self) -> str | None:
+        """Why the poller gave up on this id (``error``), if it did; raises ``bug``, with its traceback, if set."""
+        if self.bug is not None:
+            raise self.bug
+        return self.error
+
 
 def due_ids(due: dict[str, float], intervals: dict[str, float], now: float) -> list[str]:
     """The ids to describe at ``now``: those due, and those due within ``_EARLY`` (5 %) of their interval."""
@@ -648,10 +654,8 @@ class WaitForJobTrigger(StopsAbandonedJobs):
                         f"(last state: {last_state or 'never seen'}); it no longer exists",
                     )
                 continue
-            if observation.bug is not None:
-                raise observation.bug  # our parsing failed on this answer: fail with its traceback
-            if observation.error is not None:
-                return self._event("error", f"Could not describe {self.noun} {self.job_id}: {observation.error}")
+            if (error := observation.given_up()) is not None:
+                return self._event("error", f"Could not describe {self.noun} {self.job_id}: {error}")
             if observation.description is None:
                 missing_since = missing_since or now
                 self.log.info("%s %s is not (or no longer) returned by AWS; waiting", self.noun, self.job_id)

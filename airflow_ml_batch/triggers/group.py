@@ -249,10 +249,8 @@ class RunGroupTrigger(StopsAbandonedJobs):
             model = self._index_of(observation.resource)
             if model is None:
                 continue
-            if observation.bug is not None:
-                raise observation.bug  # our parsing failed on this answer: fail with its traceback
-            if observation.error is not None:
-                return self._event("error", f"Could not describe the group's {self.noun}: {observation.error}")
+            if (error := observation.given_up()) is not None:
+                return self._event("error", f"Could not describe the group's {self.noun}: {error}")
             if observation.description is None:
                 missing_since.setdefault(observation.resource, time.time())
                 continue
