@@ -495,7 +495,7 @@ def _first_try_failure(fleet: Fleet, map_index: int) -> str | None:
     for path in fleet.workdir.rglob("attempt=1.log"):
         if path.parent.name == f"map_index={map_index}" and f"dag_id={fleet.args.dag}" in path.parts:
             text = path.read_text(errors="replace")
-            match = re.search(r"\d+ of \d+ AWS Batch jobs failed \(allowed_failures=\d+\)", text)
+            match = re.search(r"\d+ of \d+ models failed \(AWS Batch jobs; allowed_failures=\d+\)", text)
             if match:
                 return text[match.start() :]
     return None
@@ -504,7 +504,7 @@ def _first_try_failure(fleet: Fleet, map_index: int) -> str | None:
 def _lists_failures(message: str | None, failed: int, models: int, labels: set[str]) -> bool:
     """Whether a group failure message says ``failed`` of ``models`` failed and names only ``labels``,
     as many of them as it shows in full."""
-    if message is None or not message.startswith(f"{failed} of {models} AWS Batch jobs failed"):
+    if message is None or not message.startswith(f"{failed} of {models} models failed"):
         return False
     named = set(re.findall(r"--- model (model-\d+) \(tries", message))
     return named <= labels and len(named) == min(failed, FAILURES_SHOWN)

@@ -42,7 +42,7 @@ run_leg() {
   else
     export EXPECTED_AIRFLOW_VERSION="$leg"
   fi
-  AIRFLOW_HOME="$(mktemp -d)" "$PY" -m pytest -p no:cacheprovider -q "${markers[@]}"
+  AIRFLOW_HOME="$(mktemp -d)" "$PY" -m pytest -p no:cacheprovider -q --durations=15 "${markers[@]}"
   SUMMARY+=("leg $leg: Airflow $airflow_version passed in $((SECONDS - start))s")
 }
 

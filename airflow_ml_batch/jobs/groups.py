@@ -121,11 +121,11 @@ FAILURES_SHOWN = 5
 
 
 def group_failure_message(noun: str, results: Sequence[Mapping[str, Any]], allowed_failures: int) -> str | None:
-    """Why a finished group fails (``None``: it succeeds): how many failed, and the first failures' messages."""
+    """Why a finished group fails (``None``: it succeeds): how many models failed, and the first failures' messages."""
     failed = [r for r in results if not r.get("succeeded")]
     if len(failed) <= allowed_failures:
         return None
-    lines = [f"{len(failed)} of {len(results)} {noun} failed (allowed_failures={allowed_failures})."]
+    lines = [f"{len(failed)} of {len(results)} models failed ({noun}; allowed_failures={allowed_failures})."]
     for result in failed[:FAILURES_SHOWN]:
         lines.append(f"--- model {result['model']} (tries {result.get('tries', 1)}):")
         lines.append(str(result.get("message") or result.get("status")))

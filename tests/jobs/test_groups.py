@@ -102,7 +102,7 @@ def test_the_failure_message_counts_and_shows_the_first_failures() -> None:
     message = group_failure_message("AWS Batch jobs", results, allowed_failures=3)
 
     assert message is not None
-    assert message.splitlines()[0] == "10 of 20 AWS Batch jobs failed (allowed_failures=3)."
+    assert message.splitlines()[0] == "10 of 20 models failed (AWS Batch jobs; allowed_failures=3)."
     assert "--- model m1 (tries 2):\nwhy 1" in message
     assert "why 9" in message
     assert "why 11" not in message

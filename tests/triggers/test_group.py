@@ -112,7 +112,7 @@ async def test_the_group_fails_after_every_model_ended_beyond_allowed_failures(a
     assert tolerated.payload["status"] == "success"
     assert [r["succeeded"] for r in tolerated.payload["result"]] == [True, False, True, False, True]
     assert failed.payload["status"] == "failed"
-    assert failed.payload["message"].startswith("2 of 5 AWS Batch jobs failed (allowed_failures=1).")
+    assert failed.payload["message"].startswith("2 of 5 models failed (AWS Batch jobs; allowed_failures=1).")
     assert "model m1" in failed.payload["message"]
     assert "exit code 1" in failed.payload["message"]
     assert len(failed.payload["result"]) == 5
@@ -127,7 +127,7 @@ async def test_a_retried_group_resubmits_exactly_the_failed_models(aws_endpoint:
     retry = await first_event(group_trigger(20, try_number=2, reattachable=(1, 2)))
 
     assert first.payload["status"] == "failed"
-    assert first.payload["message"].startswith("5 of 20 AWS Batch jobs failed")
+    assert first.payload["message"].startswith("5 of 20 models failed")
     assert retry.payload["status"] == "success"
     again = submitted(aws_endpoint)[before:]
     assert sorted(parse_job_name(PREFIX, b["jobName"]) for b in again) == [(i, 2, 1) for i in sorted(failing)]
