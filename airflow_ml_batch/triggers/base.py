@@ -25,7 +25,6 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Coroutine, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields, replace
 from types import SimpleNamespace
 from typing import Any, ClassVar, TypeVar
@@ -187,7 +186,7 @@ class SharedPoller(ABC):
         self.scope = scope
         self.calls = 0
         self.rounds = 0
-        self._watchers: dict[str, list[tuple[asyncio.Queue[Observation], float]]] = {}
+        self._watchers: dict[str, list[Watch]] = {}
         self._intervals: dict[str, float] = {}
         self._due: dict[str, float] = {}
         self._last_state: dict[str, str | None] = {}
@@ -205,35 +204,16 @@ class SharedPoller(ABC):
         return cls._pollers.get(asyncio.get_running_loop(), {}).get((hook._shared_client_key, scope))
 
     @classmethod
-    @asynccontextmanager
-    async def watch(
-        cls, hook: AwsServiceHook, scope: Hashable, resource_id: str, poll_interval: float
-    ) -> AsyncIterator[asyncio.Queue[Observation]]:
-        """Receive an :class:`Observation` of ``resource_id`` each time its state changes."""
-        async with cls.watch_many(hook, scope, poll_interval) as watch:
-            watch.add(resource_id)
-            yield watch.updates
+    def watch(cls, hook: AwsServiceHook, scope: Hashable, resource_id: str, poll_interval: float) -> Watch:
+        """A :class:`Watch` of ``resource_id`` (``async with``): an :class:`Observation` each time its state changes."""
+        watch = Watch(cls, hook, scope, poll_interval)
+        watch.add(resource_id)
+        return watch
 
     @classmethod
-    @asynccontextmanager
-    async def watch_many(cls, hook: AwsServiceHook, scope: Hashable, poll_interval: float) -> AsyncIterator[Watch]:
-        """A :class:`Watch` of any number of ids, all reporting to one queue (a group's jobs)."""
-        pollers = cls._pollers.setdefault(asyncio.get_running_loop(), {})
-        key = (hook._shared_client_key, scope)
-        poller = pollers.get(key)
-        if poller is None:
-            poller = pollers[key] = cls(hook, scope)
-        watch = Watch(poller, max(float(poll_interval), 0.1))
-        try:
-            yield watch
-        finally:
-            for resource in list(watch.ids):
-                watch.remove(resource)
-            if not poller._watchers and pollers.get(key) is poller:
-                del pollers[key]
-                if poller._task is not None:
-                    poller._task.cancel()
-                    await asyncio.wait([poller._task])  # its client is closed before the last watcher leaves
+    def watch_many(cls, hook: AwsServiceHook, scope: Hashable, poll_interval: float) -> Watch:
+        """A :class:`Watch` (``async with``) of any number of ids, all reporting to one inbox (a group's jobs)."""
+        return Watch(cls, hook, scope, poll_interval)
 
     @abstractmethod
     async def request(self, client: Any, ids: list[str]) -> Any:
@@ -254,9 +234,9 @@ class SharedPoller(ABC):
 
     # -- the watchers' clocks ---------------------------------------------------------------------------
 
-    def _join(self, resource: str, entry: tuple[asyncio.Queue[Observation], float]) -> None:
-        self._watchers.setdefault(resource, []).append(entry)
-        self._intervals[resource] = min(interval for _, interval in self._watchers[resource])
+    def _join(self, resource: str, watch: Watch) -> None:
+        self._watchers.setdefault(resource, []).append(watch)
+        self._intervals[resource] = min(watcher.interval for watcher in self._watchers[resource])
         self._last_state.pop(resource, None)  # the next describe tells the new watcher the current state
         self._due[resource] = min(self._due.get(resource, float("inf")), self._first_describe_at(resource))
         self._joined.set()
@@ -276,12 +256,12 @@ class SharedPoller(ABC):
         self._next_round_at = now + window
         return self._next_round_at
 
-    def _leave(self, resource: str, entry: tuple[asyncio.Queue[Observation], float]) -> None:
+    def _leave(self, resource: str, watch: Watch) -> None:
         watchers = self._watchers.get(resource, [])
-        if entry in watchers:
-            watchers.remove(entry)
+        if watch in watchers:
+            watchers.remove(watch)
         if watchers:
-            self._intervals[resource] = min(interval for _, interval in watchers)
+            self._intervals[resource] = min(watcher.interval for watcher in watchers)
             return
         for table in (self._watchers, self._intervals, self._due, self._last_state):
             table.pop(resource, None)
@@ -327,8 +307,8 @@ class SharedPoller(ABC):
         except Exception as bug:  # a bug of the poller itself: its watchers fail with it, never wait forever
             log.exception("%s: the poller failed", self._where())
             for resource in list(self._watchers):
-                for queue, _ in self._watchers[resource]:
-                    queue.put_nowait(Observation(None, bug=bug))
+                for watch in self._watchers[resource]:
+                    watch.put(Observation(None, bug=bug))
             self._due.clear()
 
     async def _poll_round(self, client: Any) -> bool:
@@ -424,39 +404,96 @@ class SharedPoller(ABC):
             return
         self._last_state[resource] = state
         observation = replace(observation, resource=resource)
-        for queue, _ in self._watchers.get(resource, []):
-            queue.put_nowait(observation)
+        for watch in self._watchers.get(resource, []):
+            watch.put(observation)
         if observation.error is not None or observation.bug is not None:
             self._due.pop(resource, None)  # its watchers end; nothing to describe until another joins
 
 
 class Watch:
-    """One trigger's watch of many ids on a :class:`SharedPoller` (from :meth:`SharedPoller.watch_many`).
+    """One trigger's watch of ids on the shared poller (:meth:`SharedPoller.watch`, :meth:`SharedPoller.watch_many`).
 
-    Every change of state of any of its ids arrives in :attr:`updates`, as an :class:`Observation` whose
-    ``resource`` is the id.
+    ``async with`` it joins the poller of its (event loop, connection, region, scope), creating it if
+    needed, and leaves it on exit: the last watch to leave stops the poller. Every change of state of any
+    of its ids arrives, in order, as an :class:`Observation` whose ``resource`` is the id: ``await``
+    :meth:`next` (one reader). A waiting trigger's watch is a few objects (no queue, no generators), as
+    thousands of them are what the garbage collector walks.
     """
 
-    def __init__(self, poller: SharedPoller, poll_interval: float) -> None:
-        self.poller = poller
-        self.updates: asyncio.Queue[Observation] = asyncio.Queue()
+    def __init__(
+        self, poller_class: type[SharedPoller], hook: AwsServiceHook, scope: Hashable, poll_interval: float
+    ) -> None:
+        self.interval = max(float(poll_interval), 0.1)
         self.ids: set[str] = set()
-        self._entry = (self.updates, poll_interval)
+        self._joining: tuple[type[SharedPoller], AwsServiceHook, Hashable] | None = (poller_class, hook, scope)
+        self._inbox: collections.deque[Observation] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> Watch:
+        assert self._joining is not None, "a Watch is entered once"
+        (poller_class, hook, scope), self._joining = self._joining, None
+        pollers = poller_class._pollers.setdefault(asyncio.get_running_loop(), {})
+        key = (hook._shared_client_key, scope)
+        poller = pollers.get(key)
+        if poller is None:
+            poller = pollers[key] = poller_class(hook, scope)
+        self.poller = poller
+        for resource in self.ids:
+            poller._join(resource, self)
+        self._start_poller()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for resource in list(self.ids):
+            self.remove(resource)
+        poller = self.poller
+        pollers = poller._pollers.get(asyncio.get_running_loop(), {})
+        key = (poller.hook._shared_client_key, poller.scope)
+        if not poller._watchers and pollers.get(key) is poller:
+            del pollers[key]
+            if poller._task is not None:
+                poller._task.cancel()
+                await asyncio.wait([poller._task])  # its client is closed before the last watcher leaves
 
     def add(self, resource: str) -> None:
         """Start watching ``resource``: its current state arrives soon."""
         if resource in self.ids:
             return
         self.ids.add(resource)
-        self.poller._join(resource, self._entry)
-        if self.poller._task is None or self.poller._task.done():
+        if self._joining is None:  # entered: else joins on entering
+            self.poller._join(resource, self)
+            self._start_poller()
+
+    def _start_poller(self) -> None:
+        if self.ids and (self.poller._task is None or self.poller._task.done()):
             self.poller._task = asyncio.ensure_future(self.poller._run())
 
     def remove(self, resource: str) -> None:
         """Stop watching ``resource``."""
         if resource in self.ids:
             self.ids.discard(resource)
-            self.poller._leave(resource, self._entry)
+            self.poller._leave(resource, self)
+
+    def put(self, observation: Observation) -> None:
+        """Deliver ``observation`` (the poller does)."""
+        if self._inbox is None:
+            self._inbox = collections.deque()
+        self._inbox.append(observation)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next(self) -> Observation:
+        """The oldest observation not yet taken, once there is one; a cancelled wait takes none."""
+        while not self._inbox:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        observation = self._inbox.popleft()
+        if not self._inbox:
+            self._inbox = None
+        return observation
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -505,18 +542,13 @@ class StopsAbandonedJobs(BaseTrigger):
     async def _stop_if_abandoned(self, reason: str) -> None:
         """Stop the jobs unless the task still waits for them (or its state cannot be read)."""
 
-    @asynccontextmanager
-    async def _stop_on_cancel(self) -> AsyncIterator[None]:
-        """Around the wait: cancelled not by a user's action (Airflow < 3.3, which has no ``on_kill``, or
+    async def _cancelled(self, cancelled: asyncio.CancelledError) -> None:
+        """The wait was cancelled: unless by a user's action (Airflow < 3.3, which has no ``on_kill``, or
         Airflow's own deferral timeout), stop the jobs if the task no longer waits for them."""
-        try:
-            yield
-        except asyncio.CancelledError as cancelled:
-            if not (cancelled.args and cancelled.args[0] == _USER_ACTION):
-                await _unless_cancelled_again(
-                    self._stop_if_abandoned("the task is no longer deferred (cleared, marked or timed out)")
-                )
-            raise
+        if not (cancelled.args and cancelled.args[0] == _USER_ACTION):
+            await _unless_cancelled_again(
+                self._stop_if_abandoned("the task is no longer deferred (cleared, marked or timed out)")
+            )
 
     async def on_kill(self) -> None:
         """Airflow 3.3+: a user cleared or marked the deferred task; stop its jobs.
@@ -615,11 +647,12 @@ class WaitForJobTrigger(StopsAbandonedJobs):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         await take_turn()
-        async with (
-            self._stop_on_cancel(),
-            self.poller.watch(self.hook, self.scope, self.job_id, self.settings.poll_interval) as updates,
-        ):
-            event = await self._wait(updates)
+        try:
+            async with self.poller.watch(self.hook, self.scope, self.job_id, self.settings.poll_interval) as watch:
+                event = await self._wait(watch)
+        except asyncio.CancelledError as cancelled:
+            await self._cancelled(cancelled)
+            raise
         yield event
 
     async def _stop_if_abandoned(self, reason: str) -> None:
@@ -633,7 +666,7 @@ class WaitForJobTrigger(StopsAbandonedJobs):
             reason = f"{reason}; the task is on try {now.try_number}, this job is of try {own_try}"
         await self._stop_quietly(reason)
 
-    async def _wait(self, updates: asyncio.Queue[Observation]) -> TriggerEvent:
+    async def _wait(self, watch: Watch) -> TriggerEvent:
         last_state: str | None = None
         missing_since: float | None = None
         while True:
@@ -641,7 +674,7 @@ class WaitForJobTrigger(StopsAbandonedJobs):
             wake_at = [t for t in (self.settings.deadline, grace_ends) if t]
             timeout = max(0.0, min(wake_at) - time.time()) if wake_at else None
             observation = None  # the last description is not kept alive while waiting (thousands of them)
-            observation = await within(updates.get(), timeout)
+            observation = await within(watch.next(), timeout)
             now = time.time()
             if self.settings.deadline is not None and now >= self.settings.deadline:
                 await self._stop_quietly("the task's execution_timeout was reached")

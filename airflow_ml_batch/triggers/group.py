@@ -202,11 +202,12 @@ class RunGroupTrigger(StopsAbandonedJobs):
         self._attempts: dict[int, int] = {}
         self._pending: list[int] = []
         poller: type[SharedPoller] = self.job_trigger.poller
-        async with (
-            self._stop_on_cancel(),
-            poller.watch_many(self.hook, self.scope, self.settings.poll_interval) as watch,
-        ):
-            event = await self._run_group(watch)
+        try:
+            async with poller.watch_many(self.hook, self.scope, self.settings.poll_interval) as watch:
+                event = await self._run_group(watch)
+        except asyncio.CancelledError as cancelled:
+            await self._cancelled(cancelled)
+            raise
         yield event
 
     async def _run_group(self, watch: Watch) -> TriggerEvent:
@@ -237,7 +238,7 @@ class RunGroupTrigger(StopsAbandonedJobs):
                 wake.append(deadline - time.time())
             if missing_since:
                 wake.append(min(missing_since.values()) + self.settings.missing_grace - time.time())
-            observation = await within(watch.updates.get(), max(0.0, min(wake)))
+            observation = await within(watch.next(), max(0.0, min(wake)))
             if deadline is not None and time.time() >= deadline:
                 return await self._timed_out()
             if time.monotonic() >= next_progress:

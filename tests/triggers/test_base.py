@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from helpers import first_event
 
+from airflow_ml_batch.hooks.batch import BatchHook
 from airflow_ml_batch.testing.endpoint import Endpoint
 from airflow_ml_batch.triggers import base
-from airflow_ml_batch.triggers.base import due_ids, job_abandoned, within
+from airflow_ml_batch.triggers.base import Observation, Watch, due_ids, job_abandoned, within
 from airflow_ml_batch.triggers.batch import BatchJobPoller, BatchJobTrigger
 
 
@@ -87,6 +88,30 @@ async def test_waiting_within_a_time_gives_the_result_or_none_and_keeps_later_up
     assert await within(updates.get(), 0) == "second"  # ready: a zero timeout still takes it
     updates.put_nowait("third")
     assert await within(updates.get(), None) == "third"  # no timeout: a plain await
+
+
+async def test_a_watch_hands_over_observations_in_order_and_a_cancelled_wait_takes_none() -> None:
+    watch = Watch(BatchJobPoller, BatchHook(aws_conn_id="aws_fake"), None, 30.0)
+    first, second, third = (Observation({"status": status}) for status in ("RUNNABLE", "RUNNING", "SUCCEEDED"))
+    waiting = asyncio.ensure_future(watch.next())
+    await asyncio.sleep(0)
+    waiting.cancel()  # cancelled while nothing came
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+    waiting = asyncio.ensure_future(watch.next())
+    await asyncio.sleep(0)
+    watch.put(first)
+    waiting.cancel()  # cancelled as an observation arrives: the observation waits for the next reader
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    watch.put(second)
+    watch.put(third)
+
+    assert [await watch.next() for _ in range(3)] == [first, second, third]
+    assert await within(watch.next(), 0.01) is None
+    watch.put(first)
+    assert await within(watch.next(), 0.01) is first
 
 
 async def test_each_job_is_described_at_its_own_triggers_interval(aws_endpoint: Endpoint) -> None:
