@@ -33,7 +33,7 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from asgiref.sync import sync_to_async
 
 from airflow_ml_batch import _compat
-from airflow_ml_batch.hooks.base import AwsServiceHook
+from airflow_ml_batch.hooks.base import _LOADER, AwsServiceHook, _warm_loader
 from airflow_ml_batch.hooks.logs import CloudWatchLogsHook
 from airflow_ml_batch.jobs.common import metrics_from_log as metrics_from_log
 from airflow_ml_batch.jobs.errors import TRANSIENT_ERROR_CODES as TRANSIENT_ERROR_CODES
@@ -77,17 +77,15 @@ _turns = weakref.WeakKeyDictionary()
 _frozen = False
 
 
-async def take_turn() -> None:
+async def take_turn(service: str | None = None) -> None:
     """Wait until this trigger may start: :data:`STARTS_PER_ITERATION` per loop iteration, first come first.
 
-    The first call of the process also moves every object alive then (modules, Airflow's own) out of the
-    garbage collector's reach (``gc.freeze()``): a full collection while thousands of triggers start
-    would otherwise walk them all, stalling the event loop for hundreds of milliseconds.
+    Before the first turn of the process, botocore's data for ``service`` (the trigger's client) is loaded
+    in a thread, then every object alive (modules, Airflow's own, that data) is moved out of the garbage
+    collector's reach (``gc.freeze()``): a full collection while thousands of triggers start would
+    otherwise walk them all, stalling the event loop for tens of milliseconds each time. Triggers
+    arriving meanwhile wait for it.
     """
-    global _frozen
-    if not _frozen:
-        _frozen = True
-        gc.freeze()
     loop = asyncio.get_running_loop()
     queue = _turns.get(loop)
     if queue is None:
@@ -95,8 +93,25 @@ async def take_turn() -> None:
     turn: asyncio.Future[None] = loop.create_future()
     queue.append(turn)
     if len(queue) == 1:
-        loop.call_soon(_give_turns, queue)
+        try:
+            if not _frozen:
+                await _load_then_freeze(service)
+        finally:
+            loop.call_soon(_give_turns, queue)
     await turn
+
+
+async def _load_then_freeze(service: str | None) -> None:
+    """Load what a client of ``service`` keeps for the life of the process, then ``gc.freeze()``, once."""
+    global _frozen
+    if service is not None:
+        try:
+            await asyncio.to_thread(_warm_loader, _LOADER, service)
+        except Exception:  # the client's creation tells what is wrong
+            log.debug("Could not load botocore's data for %s", service, exc_info=True)
+    if not _frozen:
+        _frozen = True
+        gc.freeze()
 
 
 def _give_turns(queue: collections.deque[asyncio.Future[None]]) -> None:
@@ -119,16 +134,19 @@ def class_logger(cls: type[BaseTrigger]) -> Any:
     return cls._get_log(names, cls)
 
 
-async def within(awaitable: Awaitable[T], timeout: float | None) -> T | None:
+def within(awaitable: Awaitable[T], timeout: float | None) -> Awaitable[T | None]:
     """``await awaitable`` for at most ``timeout`` seconds (``None``: no limit); ``None`` if it did not end by then.
 
     ``asyncio.wait_for`` on Python 3.11 and older returns the result instead when a cancellation arrives
     together with it (python/cpython#86296): a trigger that the triggerer cancelled just as an observation
     came in would run on, and its clean-up (stop the job of a cleared task) would never run. Here the
-    cancellation always goes through. With no ``timeout`` it is a plain ``await``: no task of its own.
+    cancellation always goes through. With no ``timeout`` it is ``awaitable`` itself: no task nor coroutine
+    of its own.
     """
-    if timeout is None:
-        return await awaitable
+    return awaitable if timeout is None else _within(awaitable, timeout)
+
+
+async def _within(awaitable: Awaitable[T], timeout: float) -> T | None:
     task = asyncio.ensure_future(awaitable)
     try:
         await asyncio.wait((task,), timeout=timeout)
@@ -646,7 +664,7 @@ class WaitForJobTrigger(StopsAbandonedJobs):
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        await take_turn()
+        await take_turn(self.hook_class.service)
         try:
             async with self.poller.watch(self.hook, self.scope, self.job_id, self.settings.poll_interval) as watch:
                 event = await self._wait(watch)

@@ -194,7 +194,7 @@ class RunGroupTrigger(StopsAbandonedJobs):
         return int(self.group["try_number"])
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        await take_turn()
+        await take_turn(self.job_trigger.hook_class.service)
         self._jobs: dict[int, str] = {}  # model index -> the job waited for
         self._models_by_job: dict[str, int] = {}  # the reverse
         self._states: dict[int, str] = {}  # model index -> state of its job
