@@ -689,8 +689,8 @@ class WaitForJobTrigger(StopsAbandonedJobs):
         missing_since: float | None = None
         while True:
             grace_ends = missing_since and missing_since + self.settings.missing_grace
-            wake_at = [t for t in (self.settings.deadline, grace_ends) if t]
-            timeout = max(0.0, min(wake_at) - time.time()) if wake_at else None
+            wake_at = min((t for t in (self.settings.deadline, grace_ends) if t), default=None)
+            timeout = None if wake_at is None else max(0.0, wake_at - time.time())
             observation = None  # the last description is not kept alive while waiting (thousands of them)
             observation = await within(watch.next(), timeout)
             now = time.time()
