@@ -53,6 +53,8 @@ class FoundJob:
     attempt: int
     active: bool
     created_at: float = 0.0
+    #: it ended and failed (known from the listing alone: AWS Batch's status; ECS tells only by a describe)
+    failed: bool = False
 
 
 def parse_job_name(prefix: str, name: str) -> tuple[int, int, int] | None:
@@ -81,8 +83,9 @@ def plan_group(
     """Which found jobs a (re)started group trigger waits for, and which it stops.
 
     The newest job of each model from this try or a try in ``reattachable`` (tries since the last clear)
-    is waited for, whatever its status: a running one is not submitted again, a succeeded one is done,
-    a failed one counts as an attempt of this try only if this try submitted it. Active jobs of other
+    is waited for: a running one is not submitted again, a succeeded one is done, a failed one of this
+    try counts as one of its attempts. A job known to have failed in an earlier try is not waited for:
+    its model is submitted again without describing it or reading its log once more. Active jobs of other
     tries (a cleared try's), older active duplicates, and with ``reattach=False`` every active job of an
     earlier try, are stopped. Jobs of later tries (a newer trigger of the same task exists) are left alone.
     """
@@ -94,7 +97,7 @@ def plan_group(
             continue
         if job.try_number == try_number:
             attempts[job.index] += 1
-        keep = job.try_number == try_number or (reattach and job.try_number in reattachable)
+        keep = job.try_number == try_number or (reattach and job.try_number in reattachable and not job.failed)
         if not keep:
             if job.active:
                 stop.append(job)

@@ -134,9 +134,13 @@ class BatchFleetTrigger(RunGroupTrigger):
                     if parsed is None:
                         continue
                     index, try_number, attempt = parsed
-                    active = summary.get("status") in ACTIVE_STATES
+                    status = summary.get("status")
                     created = float(summary.get("createdAt") or 0)
-                    found.append(FoundJob(summary["jobId"], index, try_number, attempt, active, created))
+                    failed = status == "FAILED"
+                    job = FoundJob(
+                        summary["jobId"], index, try_number, attempt, status in ACTIVE_STATES, created, failed
+                    )
+                    found.append(job)
         return found
 
     async def submit(self, client: Any, model: dict[str, Any], attempt: int) -> str:

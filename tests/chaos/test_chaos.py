@@ -24,10 +24,14 @@ pytestmark = pytest.mark.chaos
 COMMON = ["--db", "sqlite", "--jobs", "20", "--poll-interval", "5", "--health-threshold", "10"]
 #: Group mode: 2 groups of 10 models, submitted at 1 per second, so a kill finds half of them submitted.
 GROUPS = ["--dag", "fleet_benchmark_groups", "--jobs", "20", "--group-size", "10", "--submit-rate", "1"]
+#: One group of 100 models, submitted at 20 per second.
+GROUP_OF_100 = ["--jobs", "100", "--group-size", "100", "--submit-rate", "20"]
 SCENARIOS = {
     "triggerer-kill": ["--scenario", "triggerer-kill", "--duration", "40", "--down-seconds", "5"],
     "triggerer-stall": ["--scenario", "triggerer-stall", "--duration", "90", "--stall-seconds", "25"],
     "triggerer-kill-groups": ["--scenario", "triggerer-kill", *GROUPS, "--duration", "30", "--down-seconds", "5"],
+    # One group of 100 models whose first try fails on 10 of them: the retry submits exactly those 10 again.
+    "group-retry": ["--scenario", "group-retry", *GROUPS, *GROUP_OF_100, "--duration", "20"],
 }
 
 

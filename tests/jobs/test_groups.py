@@ -63,6 +63,26 @@ def test_a_retry_reattaches_to_earlier_tries_jobs_without_counting_them() -> Non
     assert plan.stop == []
 
 
+def test_a_retry_resubmits_an_earlier_tries_failed_job_without_waiting_for_it() -> None:
+    failed = FoundJob("job-0-1-1", 0, 1, 1, active=False, failed=True)
+    found = [failed, job(1, 1, active=False), job(2, 1)]
+
+    plan = plan_group(found, 3, try_number=2, reattachable=range(1, 2))
+
+    assert plan.attach == {1: found[1], 2: found[2]}
+    assert plan.attempts == {}
+    assert plan.stop == []
+
+
+def test_a_restarted_trigger_still_waits_for_its_own_tries_failed_job() -> None:
+    failed = FoundJob("job-0-2-1", 0, 2, 1, active=False, failed=True)
+
+    plan = plan_group([failed], 1, try_number=2, reattachable=range(1, 2))
+
+    assert plan.attach == {0: failed}
+    assert plan.attempts == {0: 1}
+
+
 def test_a_cleared_tries_jobs_are_stopped_and_never_waited_for() -> None:
     found = [job(0, 1), job(1, 1, active=False), job(2, 2)]
 

@@ -122,7 +122,7 @@ async def test_a_retried_group_resubmits_exactly_the_failed_models(aws_endpoint:
     failing = {index: 1 for index in (3, 7, 11, 12, 19)}
     fail_models(aws_endpoint, failing)
     first = await first_event(group_trigger(20))
-    before = len(submitted(aws_endpoint))
+    before, requests_before = len(submitted(aws_endpoint)), len(aws_endpoint.requests)
 
     retry = await first_event(group_trigger(20, try_number=2, reattachable=(1, 2)))
 
@@ -134,6 +134,13 @@ async def test_a_retried_group_resubmits_exactly_the_failed_models(aws_endpoint:
     assert [r["job_id"] for r in retry.payload["result"] if r["index"] not in failing] == [
         r["job_id"] for r in first.payload["result"] if r["index"] not in failing
     ]
+    # try 1's failed jobs are known from the listing: neither described nor their logs read again
+    failed_jobs = {r["job_id"] for r in first.payload["result"] if r["index"] in failing}
+    retry_requests = aws_endpoint.requests[requests_before:]
+    described = {job_id for operation, body in retry_requests if operation == "DescribeJobs" for job_id in body["jobs"]}
+    assert described
+    assert not described & failed_jobs
+    assert [operation for operation, _ in retry_requests if operation == "GetLogEvents"] == []
 
 
 async def test_a_restarted_trigger_waits_for_the_jobs_already_submitted(aws_endpoint: Endpoint) -> None:
