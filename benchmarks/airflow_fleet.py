@@ -2,13 +2,15 @@
 
 Starts the endpoint (``python -m airflow_ml_batch.testing.endpoint``, its own process), a metadata
 database (Postgres from the system binaries in a temporary directory on a free 127.0.0.1 port, or
-``--db sqlite``), and Airflow's api-server, scheduler (LocalExecutor), dag-processor and triggerer(s)
-with ``benchmarks/dags``. Triggers ``fleet_benchmark`` (N mapped ``BatchJobOperator`` tasks) through
+``--db sqlite``), and Airflow's api-server, scheduler (LocalExecutor; ``--executor celery``: CeleryExecutor
+with a Redis broker and ``--celery-workers`` Celery workers, as Amazon MWAA runs it), dag-processor and
+triggerer(s) with ``benchmarks/dags``. Triggers ``fleet_benchmark`` (N mapped ``BatchJobOperator`` tasks) through
 the REST API (``--dag fleet_benchmark_groups``: the same models in groups of ``BatchFleetOperator``),
 samples while it runs, stops everything it started (also on errors and Ctrl-C) and
 prints what it measured::
 
     python benchmarks/airflow_fleet.py --jobs 5000
+    python benchmarks/airflow_fleet.py --jobs 5000 --executor celery --celery-workers 2
 
 :class:`Fleet` is the harness ``chaos.py`` drives its fault scenarios with.
 """
@@ -31,11 +33,14 @@ from typing import Any
 
 from airflow_ml_batch.testing.endpoint import ACCOUNT, REGION, EndpointClient, running
 from airflow_ml_batch.testing.local_airflow import (
+    EXECUTORS,
     MetadataDB,
     Processes,
     airflow_env,
+    check_executor,
     free_port,
     postgres,
+    redis,
     start_airflow,
     trigger_dag,
     wait_ready,
@@ -45,7 +50,8 @@ HERE = Path(__file__).resolve().parent
 
 CONN_ID = "aws_bench"
 TASK_ID = "model"
-#: What the scheduler's forkserver imports before it starts the LocalExecutor workers that fork the task runs.
+#: What the scheduler's forkserver imports before it starts the LocalExecutor workers that fork the task runs
+#: (the CeleryExecutor's workers do not use it).
 FORKSERVER_PRELOAD = ",".join(
     (
         "airflow.executors.local_executor",
@@ -77,7 +83,16 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--long-factor", type=float, default=10.0, help="a long-tail job lasts this many x --duration")
     p.add_argument("--rate", type=float, default=50.0, help="Batch API requests/s before 429 (SubmitJob included)")
     p.add_argument("--poll-interval", type=float, default=10.0, help="triggerer poll interval, s")
-    p.add_argument("--parallelism", type=int, default=8, help="LocalExecutor worker processes")
+    p.add_argument(
+        "--executor", choices=EXECUTORS, default="local", help="local: LocalExecutor; celery: CeleryExecutor"
+    )
+    p.add_argument("--celery-workers", type=int, default=2, help="Celery worker processes (--executor celery)")
+    p.add_argument(
+        "--parallelism",
+        type=int,
+        default=8,
+        help="LocalExecutor worker processes; with --executor celery, each Celery worker's concurrency",
+    )
     p.add_argument("--triggerers", type=int, default=1, help="triggerer processes (Airflow HA)")
     p.add_argument("--retries", type=int, default=1, help="task retries")
     p.add_argument("--health-threshold", type=float, default=30.0, help="[triggerer] triggerer_health_check_threshold")
@@ -87,6 +102,15 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=0.0, help="seconds the DAG run may take (default from N)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, database)")
     return p
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Raise if the options cannot run, or what they need is not installed (before anything starts)."""
+    check_executor(args.executor)
+    if args.executor == "celery" and args.db != "postgres":
+        raise RuntimeError("--executor celery needs --db postgres (the Celery result backend)")
+    if args.executor == "celery" and args.celery_workers < 1:
+        raise RuntimeError("--executor celery needs --celery-workers 1 or more")
 
 
 # The harness.
@@ -112,6 +136,8 @@ class Fleet:
         self._stop_sampling = threading.Event()
         self._sampler: threading.Thread | None = None
         self.cpu: dict[str, float] = collections.defaultdict(float)  # of processes that were killed mid-run
+        self.cpu_at_trigger: dict[str, float] = {}  # each component's CPU seconds just before the trigger
+        self.cpu_at_end: dict[str, float] = {}  # ... and when the DAG run ended
 
     # -- start and stop ---------------------------------------------------------------------------------
 
@@ -149,6 +175,7 @@ class Fleet:
 
     def _start(self) -> None:
         args = self.args
+        check_options(args)
         options = ["--batch-rate", str(args.rate), "--duration", str(args.duration), "--spread", str(args.spread)]
         options += ["--fail-fraction", str(args.fail_fraction), "--seed", str(args.seed), "--max-seconds", "14400"]
         options += ["--long-fraction", str(args.long_fraction), "--long-factor", str(args.long_factor)]
@@ -158,17 +185,31 @@ class Fleet:
             db_url = self.stack.enter_context(postgres(self.workdir))
         else:
             db_url = f"sqlite:///{self.workdir / 'airflow.db'}"
-        env = self.airflow_env(db_url)
+        broker_url = self.stack.enter_context(redis(self.workdir)) if args.executor == "celery" else ""
+        env = self.airflow_env(db_url, broker_url)
         (self.workdir / "logs").mkdir()
         self.processes = Processes(env, self.workdir / "logs")
         self.db = MetadataDB(db_url)
-        log(f"endpoint {self.endpoint}, database {args.db}, Airflow home {self.workdir}; airflow db migrate")
-        start_airflow(self.processes, ("api-server", "scheduler", "dag-processor"))
+        log(
+            f"endpoint {self.endpoint}, database {args.db}, {self.executor_label}"
+            + (f" (broker {broker_url})" if broker_url else "")
+            + f", Airflow home {self.workdir}; airflow db migrate"
+        )
+        workers = args.celery_workers if args.executor == "celery" else 0
+        start_airflow(self.processes, ("api-server", "scheduler", "dag-processor"), celery_workers=workers)
         for number in range(args.triggerers):
             self.start_triggerer(number)
         wait_ready(self.processes, self.api, args.dag)
 
-    def airflow_env(self, db_url: str) -> dict[str, str]:
+    @property
+    def executor_label(self) -> str:
+        """The executor, as the log and the report name it."""
+        if self.args.executor == "celery":
+            return f"CeleryExecutor ({self.args.celery_workers} workers x {self.args.parallelism})"
+        return f"LocalExecutor ({self.args.parallelism} workers)"
+
+    def airflow_env(self, db_url: str, broker_url: str = "") -> dict[str, str]:
+        celery = self.args.executor == "celery"
         env = airflow_env(
             self.workdir,
             HERE / "dags",
@@ -178,6 +219,9 @@ class Fleet:
             tasks=self.args.jobs,
             preload=FORKSERVER_PRELOAD,
             connections={CONN_ID: self.connection(self.endpoint)},
+            executor=self.args.executor,
+            broker_url=broker_url,
+            celery_workers=self.args.celery_workers if celery else 0,
         )
         env |= {
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -220,6 +264,13 @@ class Fleet:
     def caller(number: int) -> str:
         return f"triggerer-{number}"
 
+    def cpu_totals(self) -> dict[str, float]:
+        """CPU seconds of each Airflow component so far: its processes now, and those killed before."""
+        totals = dict(self.cpu)
+        for name, seconds in self.processes.cpu_seconds().items():
+            totals[name] = totals.get(name, 0.0) + seconds
+        return totals
+
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         """Signal a component's whole process group, wait for it, and keep the CPU it used."""
         self.cpu[name] += self.processes.cpu_seconds().get(name, 0.0)
@@ -235,6 +286,7 @@ class Fleet:
     def trigger(self) -> None:
         """Unpause and trigger the DAG; start sampling."""
         dag = self.args.dag
+        self.cpu_at_trigger = self.cpu_totals()
         self.triggered_at = time.time()
         self.run_id = trigger_dag(self.api, dag)["dag_run_id"]
         log(f"triggered {dag}: run {self.run_id}, {self.task_count} tasks, {self.args.jobs} models")
@@ -249,7 +301,8 @@ class Fleet:
         while True:
             state = self.run_state()
             if until is None and state in ("success", "failed"):
-                self.ended_at = self.ended_at or time.time()
+                if not self.ended_at:
+                    self.ended_at, self.cpu_at_end = time.time(), self.cpu_totals()
                 return state
             if until is not None and until():
                 return state
@@ -341,12 +394,13 @@ class Fleet:
         longest = max((j["ends"] - j["created"] for j in jobs.values()), default=0.0)
         ideal = max(longest, self.args.jobs / self.args.rate)
         calls = collections.Counter(stats["calls"])
-        cpu = dict(self.cpu)
-        for name, seconds in self.processes.cpu_seconds().items():
-            cpu[name] = cpu.get(name, 0.0) + seconds
+        cpu = self.cpu_totals()
+        at_end = self.cpu_at_end or cpu  # a run that did not end: until now
+        during = {name: seconds - self.cpu_at_trigger.get(name, 0.0) for name, seconds in at_end.items()}
         per_model = collections.Counter(model_of(j["name"]) for j in jobs.values())
         return {
             "dag": self.args.dag,
+            "executor": self.executor_label,
             "jobs": self.args.jobs,
             "wall": (self.ended_at or time.time()) - self.triggered_at,
             "ideal": ideal,
@@ -365,8 +419,12 @@ class Fleet:
             "models_with_more_than_one_job": sum(1 for n in per_model.values() if n > 1),
             "terminated": stats["terminated"],
             "tasks": dict(self.task_states()),
+            # The Airflow components' processes (not the endpoint, nor Postgres, nor Redis), from their start ...
             "cpu": cpu,
-            "airflow_cpu": sum(cpu.values()),  # the Airflow components' processes (not the endpoint, nor Postgres)
+            "airflow_cpu": sum(cpu.values()),
+            # ... and from just before the DAG run was triggered to its end.
+            "cpu_during_run": during,
+            "airflow_cpu_during_run": sum(during.values()),
             "state": self.run_state(),
         }
 
@@ -407,7 +465,8 @@ def _exit_on_sigterm(*_: object) -> None:
 def report(r: dict[str, Any]) -> None:
     """Print a fleet run's figures."""
     grouped = r.get("dag") == "fleet_benchmark_groups"
-    print(f"\n== fleet: {r['jobs']} {'models in groups' if grouped else 'mapped tasks'} ({r.get('dag')}) ==")
+    executor = f", {r['executor']}" if r.get("executor") else ""
+    print(f"\n== fleet: {r['jobs']} {'models in groups' if grouped else 'mapped tasks'} ({r.get('dag')}{executor}) ==")
     print(
         f"DAG run:                      {r['state']} in {r['wall']:.0f}s; ideal {r['ideal']:.0f}s "
         f"(longest job {r['longest_job']:.0f}s) -> {r['wall'] / r['ideal']:.2f}x ideal"
@@ -426,9 +485,19 @@ def report(r: dict[str, Any]) -> None:
     print("API calls answered:           " + ", ".join(f"{op} {n}" for op, n in r["calls"].items()))
     print("throttled (429):              " + (", ".join(f"{op} {n}" for op, n in r["throttled"].items()) or "0"))
     print(f"triggerer peak RSS:           {r['peak_triggerer_rss_mb']:.0f} MiB (process tree, sampled)")
-    print("CPU seconds:                  " + ", ".join(f"{n} {s:.1f}" for n, s in sorted(r["cpu"].items())))
-    per_model = r["airflow_cpu"] / max(r["jobs"], 1)
-    print(f"Airflow CPU:                  {r['airflow_cpu']:.1f} CPU-s, {per_model:.3f} per model")
+    models = max(r["jobs"], 1)
+    print("CPU seconds, whole lifetime:  " + ", ".join(f"{n} {s:.1f}" for n, s in sorted(r["cpu"].items())))
+    print(
+        f"Airflow CPU, whole lifetime:  {r['airflow_cpu']:.1f} CPU-s, {r['airflow_cpu'] / models:.3f} per model "
+        "(from each component's start)"
+    )
+    if "cpu_during_run" in r:
+        during = r["cpu_during_run"]
+        print("CPU seconds during the run:   " + ", ".join(f"{n} {s:.1f}" for n, s in sorted(during.items())))
+        print(
+            f"Airflow CPU during the run:   {r['airflow_cpu_during_run']:.1f} CPU-s, "
+            f"{r['airflow_cpu_during_run'] / models:.3f} per model (from the trigger to the run's end)"
+        )
 
 
 class StopEarly(Exception):
@@ -440,7 +509,12 @@ def _stop_early(*_: object) -> None:
 
 
 def main() -> int:
-    args = parser().parse_args()
+    options = parser()
+    args = options.parse_args()
+    try:
+        check_options(args)
+    except RuntimeError as error:
+        options.error(str(error))
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with Fleet(args) as fleet:
         fleet.trigger()

@@ -1,17 +1,20 @@
 """A real Airflow on this machine against a local endpoint: its processes, database, REST API and settings.
 
-What ``scripts/demo.py`` and the fleet benchmarks share: :func:`airflow_env` (LocalExecutor, the
-api-server on 127.0.0.1, an ``aws`` connection to the endpoint), :class:`Processes` (every component in
-its own session, stopped with all its children), :func:`start_airflow` and :func:`wait_ready`, a
-throw-away :func:`postgres`, and :class:`MetadataDB` to watch a run without loading the api-server.
+What ``scripts/demo.py`` and the fleet benchmarks share: :func:`airflow_env` (LocalExecutor by default,
+or CeleryExecutor with a Redis broker; the api-server on 127.0.0.1, an ``aws`` connection to the endpoint),
+:class:`Processes` (every component in its own session, stopped with all its children), :func:`start_airflow`
+and :func:`wait_ready`, a throw-away :func:`postgres` and :func:`redis`, and :class:`MetadataDB` to watch a
+run without loading the api-server.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import importlib.util
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -26,6 +29,10 @@ from typing import Any
 
 #: Airflow's components, as ``airflow <component>`` starts them.
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: The executors :func:`airflow_env` configures: ``local`` (LocalExecutor) or ``celery`` (CeleryExecutor).
+EXECUTORS = ("local", "celery")
+#: The name of Celery worker ``K`` among the components (``celery-worker-0``, ...).
+CELERY_WORKER = "celery-worker-{}"
 
 
 def airflow_env(
@@ -38,23 +45,27 @@ def airflow_env(
     tasks: int,
     preload: Sequence[str],
     connections: Mapping[str, str],
+    executor: str = "local",
+    broker_url: str = "",
+    celery_workers: int = 0,
 ) -> dict[str, str]:
     """The environment of Airflow's components: this process's, without ``AWS_*`` and ``AIRFLOW*``, plus
-    a LocalExecutor of ``parallelism`` workers forked from a forkserver that imported ``preload``, room for
-    ``tasks`` mapped tasks and deferred triggers, the api-server on 127.0.0.1:``api_port`` (every REST call
-    an admin's) and ``connections`` (``conn_id`` -> JSON)."""
+    the executor's settings (:func:`executor_env`), room for ``tasks`` mapped tasks and deferred triggers,
+    the api-server on 127.0.0.1:``api_port`` (every REST call an admin's) and ``connections``
+    (``conn_id`` -> JSON)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "AIRFLOW"))}
     api = f"http://127.0.0.1:{api_port}"
     env |= {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
-        "AIRFLOW__CORE__PARALLELISM": str(parallelism),
-        # Each task run forks from a LocalExecutor worker. Starting the workers from a forkserver that has
-        # imported what a task needs (Airflow 3.3+) spares every run the import of the operator's module.
-        "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
-        "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": ",".join(preload),
+        **executor_env(
+            executor,
+            db_url,
+            parallelism=parallelism,
+            preload=preload,
+            broker_url=broker_url,
+            celery_workers=celery_workers,
+        ),
         "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, tasks)),
         "AIRFLOW__TRIGGERER__CAPACITY": str(max(1000, tasks + 1)),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
@@ -72,6 +83,68 @@ def airflow_env(
     }
     env |= {f"AIRFLOW_CONN_{conn_id.upper()}": uri for conn_id, uri in connections.items()}
     return env
+
+
+def executor_env(
+    executor: str,
+    db_url: str,
+    *,
+    parallelism: int,
+    preload: Sequence[str],
+    broker_url: str = "",
+    celery_workers: int = 0,
+) -> dict[str, str]:
+    """The settings of each executor, and of the metadata database they go with.
+
+    ``local``: a LocalExecutor of ``parallelism`` workers forked from a forkserver that imported ``preload``.
+    ``celery``: a CeleryExecutor whose broker is ``broker_url`` (Redis, :func:`redis`) and result backend the
+    metadata database; ``celery_workers`` workers (:func:`start_celery_workers`) of ``parallelism`` task runs
+    each, so ``[core] parallelism`` is their total. The Celery workers do not use ``preload``.
+    """
+    if executor == "local":
+        return {
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
+            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+            # Each task run forks from a LocalExecutor worker. Starting the workers from a forkserver that has
+            # imported what a task needs (Airflow 3.3+) spares every run the import of the operator's module.
+            "AIRFLOW__SCHEDULER__MP_START_METHOD": "forkserver",
+            "AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD": ",".join(preload),
+        }
+    if executor == "celery":
+        if not broker_url or celery_workers < 1:
+            raise ValueError("the CeleryExecutor needs a broker_url and at least one Celery worker")
+        if not db_url.startswith("postgresql"):
+            raise ValueError(
+                f"the CeleryExecutor's result backend is the metadata database, which must be Postgres: {db_url}"
+            )
+        return {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
+            "AIRFLOW__CORE__PARALLELISM": str(parallelism * celery_workers),
+            "AIRFLOW__CELERY__BROKER_URL": broker_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{db_url}",
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(parallelism),
+        }
+    raise ValueError(f"unknown executor {executor!r}: one of {', '.join(EXECUTORS)}")
+
+
+def check_executor(executor: str) -> None:
+    """Raise, saying what to install, if what ``executor`` needs is missing (before anything is started)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}: one of {', '.join(EXECUTORS)}")
+    if executor != "celery":
+        return
+    missing = []
+    if shutil.which("redis-server") is None:
+        missing.append("the Redis server (`redis-server` on PATH; Debian/Ubuntu: apt-get install redis-server)")
+    for module, package in (("airflow.providers.celery", "apache-airflow-providers-celery"), ("redis", "redis")):
+        with contextlib.suppress(ImportError, ValueError):
+            if importlib.util.find_spec(module) is not None:
+                continue
+        missing.append(f"the Python package {package} (pip install {package})")
+    if missing:
+        raise RuntimeError("the CeleryExecutor needs " + " and ".join(missing))
 
 
 class Processes:
@@ -254,6 +327,40 @@ def postgres(workdir: Path) -> Iterator[str]:
             pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop", timeout=60)
 
 
+@contextlib.contextmanager
+def redis(workdir: Path, timeout: float = 30) -> Iterator[str]:
+    """A throw-away Redis (``redis-server`` in ``workdir``, on a free 127.0.0.1 port, nothing saved to disk);
+    yield its URL, then stop it."""
+    data, port = workdir / "redis", free_port()
+    data.mkdir(parents=True)
+    command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data)]
+    command += ["--save", "", "--appendonly", "no", "--logfile", str(data / "redis.log"), "--daemonize", "no"]
+    server = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _redis_pong(port):
+            if server.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {server.returncode}; see {data / 'redis.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not answer on port {port} within {timeout:.0f}s")
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+
+
+def _redis_pong(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(64).startswith(b"+PONG")
+    return False
+
+
 class MetadataDB:
     """Read-only queries on Airflow's metadata database, to watch a run without loading the api-server.
 
@@ -286,17 +393,38 @@ class MetadataDB:
         self._engine.dispose()
 
 
-def start_airflow(processes: Processes, components: Sequence[str] = COMPONENTS, migrate_timeout: float = 600) -> None:
-    """``airflow db migrate``, then start ``components`` (their logs in ``processes.log_dir``)."""
+def start_airflow(
+    processes: Processes,
+    components: Sequence[str] = COMPONENTS,
+    migrate_timeout: float = 600,
+    *,
+    celery_workers: int = 0,
+) -> None:
+    """``airflow db migrate``, then start ``components`` and ``celery_workers`` Celery workers (the
+    CeleryExecutor's: :func:`start_celery_workers`), their logs in ``processes.log_dir``."""
     processes.run("db", "migrate", timeout=migrate_timeout)
     for component in components:
         processes.start(
             component, component, *(("--skip-serve-logs",) if component in {"scheduler", "triggerer"} else ())
         )
+    start_celery_workers(processes, celery_workers)
+
+
+def start_celery_workers(processes: Processes, count: int) -> None:
+    """Start ``count`` ``airflow celery worker`` processes, named ``celery-worker-0``, ... among the components.
+
+    Each runs ``[celery] worker_concurrency`` task runs at once, has a hostname of its own and serves no
+    logs (the api-server reads the task logs from the shared ``AIRFLOW_HOME``)."""
+    if count and processes.env.get("AIRFLOW__CORE__EXECUTOR") != "CeleryExecutor":
+        raise ValueError("Celery workers need airflow_env(executor='celery')")
+    for number in range(count):
+        name = CELERY_WORKER.format(number)
+        processes.start(name, "celery", "worker", "--celery-hostname", f"{name}@%h", "--skip-serve-logs")
 
 
 def wait_ready(processes: Processes, api: str, dag_id: str, timeout: float = 300) -> None:
-    """Wait until the scheduler, triggerer and dag-processor are healthy and ``dag_id`` is parsed."""
+    """Wait until the scheduler, triggerer and dag-processor are healthy, every Celery worker is ready to
+    take tasks, and ``dag_id`` is parsed."""
 
     def healthy() -> bool:
         health = http_json("GET", f"{api}/api/v2/monitor/health", timeout=5)
@@ -310,8 +438,18 @@ def wait_ready(processes: Processes, api: str, dag_id: str, timeout: float = 300
             )
         return bool(http_json("GET", f"{api}/api/v2/dags/{dag_id}", timeout=10)["dag_id"])
 
+    def workers_ready() -> bool:
+        workers = [name for name in processes.running if name.startswith(CELERY_WORKER.format(""))]
+        return all(_celery_worker_ready(processes.log_dir / f"{name}.log") for name in workers)
+
     wait_for("the Airflow components to be healthy", healthy, timeout, processes)
+    wait_for("the Celery workers to be ready", workers_ready, timeout, processes)
     wait_for(f"the dag-processor to parse {dag_id}", parsed, timeout, processes)
+
+
+def _celery_worker_ready(log: Path) -> bool:
+    """Whether a Celery worker has logged ``<hostname> ready.``: connected to the broker, consuming its queue."""
+    return re.search(r"@\S+ ready\.", log.read_text(errors="replace")) is not None
 
 
 def trigger_dag(api: str, dag_id: str, logical_date: str | None = None, conf: dict[str, Any] | None = None) -> Any:
