@@ -136,11 +136,10 @@ class BatchFleetTrigger(RunGroupTrigger):
                     index, try_number, attempt = parsed
                     status = summary.get("status")
                     created = float(summary.get("createdAt") or 0)
-                    failed = status == "FAILED"
-                    job = FoundJob(
-                        summary["jobId"], index, try_number, attempt, status in ACTIVE_STATES, created, failed
+                    active = status in ACTIVE_STATES
+                    found.append(
+                        FoundJob(summary["jobId"], index, try_number, attempt, active, created, status == "FAILED")
                     )
-                    found.append(job)
         return found
 
     async def submit(self, client: Any, model: dict[str, Any], attempt: int) -> str:
