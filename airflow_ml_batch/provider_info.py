@@ -52,11 +52,11 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": BATCH, "python-modules": ["airflow_ml_batch.triggers.batch"]},
             {"integration-name": ECS, "python-modules": ["airflow_ml_batch.triggers.ecs"]},
         ],
-        # The Batch operator saves the Amazon provider's job link, so the UI renders it as it does for the
-        # official operator; ECS has none there, so ours, and the log link is the provider's, looked up
-        # only once a job has a log stream.
+        # The Batch job link is the Amazon provider's (same name and URL), the ECS task link ours (the
+        # provider has none), the log link the provider's, looked up only once a job has a log stream;
+        # on Airflow 3 each is rendered from what the worker run knows, without an XCom (links.base).
         "extra-links": [
-            "airflow.providers.amazon.aws.links.batch.BatchJobDetailsLink",
+            "airflow_ml_batch.links.batch.BatchJobLink",
             "airflow_ml_batch.links.ecs.EcsTaskLink",
             "airflow_ml_batch.links.logs.JobLogsLink",
         ],

@@ -143,3 +143,21 @@ def expected_tags(dag_run: Any, task_id: str = "forecast", **extra: str) -> dict
         "airflow:map_index": "-1",
         "airflow:try_number": "1",
     }
+
+
+def rendered_links(dag_run: Any, operator: Any) -> dict[str, str | None]:
+    """The URLs the UI shows for ``operator``'s task in ``dag_run``, by link name: from the DAG as the
+    webserver (Airflow 2) or the API server (Airflow 3) loads it, serialized."""
+    from airflow.serialization import serialized_objects
+
+    try:
+        from airflow.sdk import DAG
+    except ImportError:  # Airflow 2
+        from airflow import DAG
+
+    with DAG(dag_run.dag_id, schedule=None) as dag:
+        dag.add_task(operator)
+    serializer = getattr(serialized_objects, "DagSerialization", None) or serialized_objects.SerializedDAG
+    task = serializer.from_dict(serializer.to_dict(dag)).get_task(operator.task_id)
+    ti = task_instance(dag_run, operator.task_id)
+    return {name: task.get_extra_links(ti, name) for name in task.extra_links}

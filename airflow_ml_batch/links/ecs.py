@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from airflow.providers.amazon.aws.links.base_aws import BASE_AWS_CONSOLE_LINK, BaseAwsLink
 
+from airflow_ml_batch.links.base import KeptLink
 
-class EcsTaskLink(BaseAwsLink):
+
+class EcsTaskLink(KeptLink, BaseAwsLink):
     """The ECS task in the AWS console, saved when the task starts."""
 
     name = "ECS Task"

@@ -6,8 +6,10 @@ from typing import Any
 
 from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
 
+from airflow_ml_batch.links.base import KeptLink
 
-class JobLogsLink(CloudWatchEventsLink):
+
+class JobLogsLink(KeptLink, CloudWatchEventsLink):
     """The job's CloudWatch log stream in the AWS console, saved once the job has one.
 
     Airflow 3 renders every link of a task when a worker run ends, the run that defers included. A job

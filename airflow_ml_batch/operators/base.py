@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from airflow.exceptions import AirflowException
 
 from airflow_ml_batch._compat import (
+    AIRFLOW_V_3_0_PLUS,
     AirflowTaskTimeout,
     BaseOperator,
     Context,
@@ -156,6 +157,10 @@ class DeferredJobOperator(BaseOperator):
         """Stop the job (terminate it, StopTask), from a worker."""
         raise NotImplementedError
 
+    def save_job_link(self, context: Context, job_id: str) -> None:
+        """Save the job's console link (:class:`~airflow_ml_batch.links.base.KeptLink`)."""
+        raise NotImplementedError
+
     # -- shared -----------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
@@ -215,12 +220,14 @@ class DeferredJobOperator(BaseOperator):
             # A TaskSuccessEvent replayed by ``dag.test()``: its XComs were pushed already.
             self.log_link_pending = JobLogsLink.key not in (getattr(event, "xcoms", None) or {})
             return None
+        if AIRFLOW_V_3_0_PLUS and event.get("job_id"):  # this run renders every link again (links.base)
+            self.save_job_link(context, str(event["job_id"]))
         result = event.get("result") or {}
         self.log_link_pending = not result.get("log_stream")
         if not self.log_link_pending:
-            JobLogsLink.persist(
-                context=context,
-                operator=self,
+            JobLogsLink.save(
+                context,
+                self,
                 **self.link_location(),
                 awslogs_region=result.get("log_region") or self.hook.conn_region_name,
                 awslogs_group=result["log_group"],
@@ -243,6 +250,8 @@ class DeferredJobOperator(BaseOperator):
                 self.log.info("Stopping %s: %s", job_id, reason)
                 try:
                     self.stop_job(str(job_id), reason)
+                    if AIRFLOW_V_3_0_PLUS:  # this run renders every link again (links.base)
+                        self.save_job_link(context, str(job_id))
                 except Exception:
                     self.log.exception("Could not stop %s", job_id)
         return super().resume_execution(next_method, next_kwargs, context)

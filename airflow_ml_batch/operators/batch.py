@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from airflow.exceptions import AirflowException
-from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
 from botocore.exceptions import ClientError
 
 from airflow_ml_batch._compat import Context, tries_since_last_clear
@@ -13,6 +12,7 @@ from airflow_ml_batch.hooks.batch import BatchHook
 from airflow_ml_batch.jobs.batch import job_name_for, reattachable_job, submit_job_request, valid_job_name
 from airflow_ml_batch.jobs.common import task_instance_tags
 from airflow_ml_batch.jobs.fields import RequestField
+from airflow_ml_batch.links.batch import BatchJobLink
 from airflow_ml_batch.links.logs import JobLogsLink
 from airflow_ml_batch.operators.base import DeferredJobOperator, ModelGroupOperator
 from airflow_ml_batch.triggers.batch import BatchFleetTrigger, BatchJobTrigger
@@ -59,7 +59,7 @@ class BatchJobOperator(DeferredJobOperator):
     retries, connection).
     """
 
-    operator_extra_links = (BatchJobDetailsLink(), JobLogsLink())
+    operator_extra_links = (BatchJobLink(), JobLogsLink())
     # request fields that the operator's own logic reads (all of them are kept: keep_request_fields)
     job_queue: str
     job_definition: str
@@ -111,8 +111,11 @@ class BatchJobOperator(DeferredJobOperator):
             job_id = self._job_of_earlier_try(job_name, task_instance_tags(ti, with_try=False), reattachable)
         if job_id is None:
             job_id = self._submit(job_name, task_instance_tags(ti))
-        BatchJobDetailsLink.persist(context=context, operator=self, job_id=job_id, **self.link_location())
+        self.save_job_link(context, job_id)
         return job_id
+
+    def save_job_link(self, context: Context, job_id: str) -> None:
+        BatchJobLink.save(context, self, job_id=job_id, **self.link_location())
 
     def trigger_for(self, job_id: str, settings: dict[str, Any]) -> BatchJobTrigger:
         return BatchJobTrigger(job_id=job_id, **settings)

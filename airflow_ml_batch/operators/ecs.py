@@ -135,14 +135,12 @@ class EcsTaskOperator(DeferredJobOperator):
             task_arn = self._task_of_earlier_try(started_by, task_instance_tags(ti, with_try=False), reattachable)
         if task_arn is None:
             task_arn = self._run_task(started_by, client_token_for(started_by, ti.try_number), task_instance_tags(ti))
-        EcsTaskLink.persist(
-            context=context,
-            operator=self,
-            **self.link_location(),
-            cluster_name=self.cluster.rsplit("/", 1)[-1],
-            task_id=task_id_of(task_arn),
-        )
+        self.save_job_link(context, task_arn)
         return task_arn
+
+    def save_job_link(self, context: Context, job_id: str) -> None:
+        cluster_name = self.cluster.rsplit("/", 1)[-1]
+        EcsTaskLink.save(context, self, **self.link_location(), cluster_name=cluster_name, task_id=task_id_of(job_id))
 
     def trigger_for(self, job_id: str, settings: dict[str, Any]) -> EcsTaskTrigger:
         return EcsTaskTrigger(

@@ -49,11 +49,14 @@ def airflow_env(
     broker_url: str = "",
     celery_workers: int = 0,
 ) -> dict[str, str]:
-    """The environment of Airflow's components: this process's, without ``AWS_*`` and ``AIRFLOW*``, plus
-    the executor's settings (:func:`executor_env`), room for ``tasks`` mapped tasks and deferred triggers,
-    the api-server on 127.0.0.1:``api_port`` (every REST call an admin's) and ``connections``
-    (``conn_id`` -> JSON)."""
+    """The environment of Airflow's components: this process's, without ``AWS_*``, ``AIRFLOW*`` and
+    ``PYTHONDONTWRITEBYTECODE``, plus the executor's settings (:func:`executor_env`), room for ``tasks``
+    mapped tasks and deferred triggers, the api-server on 127.0.0.1:``api_port`` (every REST call an
+    admin's) and ``connections`` (``conn_id`` -> JSON)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "AIRFLOW"))}
+    # Each task run imports its DAG file's modules anew: without cached bytecode (as pip leaves it), every
+    # run would compile them from source, a cost no deployment pays.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     api = f"http://127.0.0.1:{api_port}"
     env |= {
         "AIRFLOW_HOME": str(home),

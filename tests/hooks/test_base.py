@@ -79,6 +79,23 @@ def test_default_retries_apply_unless_overridden() -> None:
     assert BatchHook(aws_conn_id=None, region_name=REGION, config={"retries": adaptive}).config.retries == (adaptive)
 
 
+class ForecastOperator:
+    """Stands for an operator whose ``execute`` builds a client, as ours and a custom task's do."""
+
+    def __init__(self, conn_id: str) -> None:
+        self.conn_id = conn_id
+
+    def execute(self) -> Any:
+        return BatchHook(aws_conn_id=self.conn_id).conn
+
+
+def test_the_user_agent_names_the_operator_whose_execute_built_the_client(aws_conn_id: str) -> None:
+    client = ForecastOperator(aws_conn_id).execute()
+
+    assert "Caller/ForecastOperator " in client.meta.config.user_agent_extra
+    assert "Caller/Unknown " in BatchHook(aws_conn_id=aws_conn_id).conn.meta.config.user_agent_extra
+
+
 def test_region_argument_wins_over_the_connection(aws_conn_id: str) -> None:
     hook = EcsHook(aws_conn_id=aws_conn_id, region_name="us-west-2")
 
