@@ -135,3 +135,22 @@ def group_failure_message(noun: str, results: Sequence[Mapping[str, Any]], allow
     if len(failed) > FAILURES_SHOWN:
         lines.append(f"... and {len(failed) - FAILURES_SHOWN} more: every model's outcome is in the result")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupSettings:
+    """The settings of a group's trigger, declared once: its keywords, its attributes and what it serializes.
+
+    The group operators take the same parameters and pass them on by these names.
+    """
+
+    #: extra jobs a model may get within this try after its job failed
+    model_retries: int = 0
+    #: the most jobs of the group submitted and not finished at once; ``None``: no cap
+    max_running: int | None = None
+    #: models that may fail without failing the task
+    allowed_failures: int = 0
+    #: the most submissions per second of every group on this connection and region
+    submit_rate: float = 20.0
+    #: seconds between two lines of counts per state in the task log
+    progress_interval: float = 300.0

@@ -1,4 +1,9 @@
-"""What the operators share: start a job, defer with the task's deadline, and the resume step."""
+"""What the operators share: start a job, defer with the task's deadline, and the resume step.
+
+The operator modules import no AWS SDK and no trigger at import: parsing a DAG file that uses them (the
+dag-processor's parses and callbacks, each task run's parse) imports only what building the DAG needs; a
+task run imports its hook and trigger when it calls AWS and defers.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import time
 from dataclasses import fields
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.exceptions import AirflowException
 
@@ -18,12 +23,14 @@ from airflow_ml_batch._compat import (
     listeners_registered,
     tries_since_last_clear,
 )
-from airflow_ml_batch.hooks.base import AwsServiceHook
 from airflow_ml_batch.jobs.fields import RequestField, request_fields
-from airflow_ml_batch.jobs.groups import group_key, group_prefix, model_label
+from airflow_ml_batch.jobs.groups import GroupSettings, group_key, group_prefix, model_label
 from airflow_ml_batch.links.logs import JobLogsLink
-from airflow_ml_batch.triggers.base import WaitForJobTrigger
-from airflow_ml_batch.triggers.group import GroupSettings, RunGroupTrigger
+
+if TYPE_CHECKING:
+    from airflow_ml_batch.hooks.base import AwsServiceHook
+    from airflow_ml_batch.triggers.base import WaitForJobTrigger
+    from airflow_ml_batch.triggers.group import RunGroupTrigger
 
 #: ``next_method`` of a task that Airflow resumes only to fail it (its deferral timed out, say).
 _FAIL_METHOD = "__fail__"
@@ -79,7 +86,6 @@ class DeferredJobOperator(BaseOperator):
     """
 
     ui_color = "#ff9900"
-    hook_class: ClassVar[type[AwsServiceHook]]
     #: The parameters that are fields of the request starting the job, from each subclass's ``__init__``
     #: (:mod:`airflow_ml_batch.jobs.fields`); they make its ``template_fields``, with the connection's.
     request_fields: ClassVar[dict[str, RequestField]] = {}
@@ -139,11 +145,16 @@ class DeferredJobOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> Any:
-        return self.hook_class(
+        """The service's hook (:meth:`hook_for`), on the operator's connection and client settings."""
+        return self.hook_for(
             aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify, config=self.botocore_config
         )
 
     # -- what each service defines ---------------------------------------------------------------------
+
+    def hook_for(self, **arguments: Any) -> AwsServiceHook:
+        """The service's hook, built from ``arguments`` (imported here, when a task run first calls AWS)."""
+        raise NotImplementedError
 
     def start_job(self, context: Context) -> str:
         """Submit the job (or re-attach to an earlier try's), save its console link; return its id."""
@@ -277,7 +288,6 @@ class ModelGroupOperator(DeferredJobOperator):
     :param progress_interval: seconds between two lines of counts per state in the task log.
     """
 
-    group_trigger: ClassVar[type[RunGroupTrigger]]
     #: request fields whose mappings a model's entry merges over the operator's
     merged_fields: ClassVar[tuple[str, ...]] = ("environment", "parameters", "tags")
 
@@ -302,6 +312,10 @@ class ModelGroupOperator(DeferredJobOperator):
 
     def model_request(self, context: Context, values: dict[str, Any], label: str) -> dict[str, Any]:
         """The request starting one model's job, from the operator's values merged with the model's entry."""
+        raise NotImplementedError
+
+    def group_trigger(self, **arguments: Any) -> RunGroupTrigger:
+        """The service's group trigger, built from ``arguments``."""
         raise NotImplementedError
 
     def group_identity(self, context: Context) -> dict[str, Any]:

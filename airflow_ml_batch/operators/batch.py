@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from airflow.exceptions import AirflowException
-from botocore.exceptions import ClientError
 
 from airflow_ml_batch._compat import Context, tries_since_last_clear
-from airflow_ml_batch.hooks.batch import BatchHook
 from airflow_ml_batch.jobs.batch import job_name_for, reattachable_job, submit_job_request, valid_job_name
 from airflow_ml_batch.jobs.common import task_instance_tags
 from airflow_ml_batch.jobs.fields import RequestField
 from airflow_ml_batch.links.batch import BatchJobLink
 from airflow_ml_batch.links.logs import JobLogsLink
 from airflow_ml_batch.operators.base import DeferredJobOperator, ModelGroupOperator
-from airflow_ml_batch.triggers.batch import BatchFleetTrigger, BatchJobTrigger
+
+if TYPE_CHECKING:  # imported by a task run, not by parsing its DAG file (operators.base)
+    from airflow_ml_batch.hooks.batch import BatchHook
+    from airflow_ml_batch.triggers.batch import BatchFleetTrigger, BatchJobTrigger
 
 #: XCom key of the submitted job's id, pushed before the task defers.
 JOB_ID_XCOM_KEY = "batch_job_id"
@@ -92,8 +93,6 @@ class BatchJobOperator(DeferredJobOperator):
         super().__init__(**kwargs)
         self.keep_request_fields(locals())
 
-    hook_class = BatchHook
-
     job_id_xcom_key = JOB_ID_XCOM_KEY
 
     def start_job(self, context: Context) -> str:
@@ -117,7 +116,14 @@ class BatchJobOperator(DeferredJobOperator):
     def save_job_link(self, context: Context, job_id: str) -> None:
         BatchJobLink.save(context, self, job_id=job_id, **self.link_location())
 
+    def hook_for(self, **arguments: Any) -> BatchHook:
+        from airflow_ml_batch.hooks.batch import BatchHook
+
+        return BatchHook(**arguments)
+
     def trigger_for(self, job_id: str, settings: dict[str, Any]) -> BatchJobTrigger:
+        from airflow_ml_batch.triggers.batch import BatchJobTrigger
+
         return BatchJobTrigger(job_id=job_id, **settings)
 
     def stop_job(self, job_id: str, reason: str) -> None:
@@ -140,6 +146,8 @@ class BatchJobOperator(DeferredJobOperator):
         return None
 
     def _submit(self, job_name: str, task_tags: dict[str, str]) -> str:
+        from botocore.exceptions import ClientError
+
         request = submit_job_request(
             self.request_fields, self.request_values(), job_name=job_name, tags={**(self.tags or {}), **task_tags}
         )
@@ -185,7 +193,11 @@ class BatchFleetOperator(ModelGroupOperator, BatchJobOperator):
     template_fields = (*BatchJobOperator.template_fields, "models")
     template_fields_renderers = {**BatchJobOperator.template_fields_renderers, "models": "json"}
     operator_extra_links: tuple[Any, ...] = ()  # no one job to link to
-    group_trigger = BatchFleetTrigger
+
+    def group_trigger(self, **arguments: Any) -> BatchFleetTrigger:
+        from airflow_ml_batch.triggers.batch import BatchFleetTrigger
+
+        return BatchFleetTrigger(**arguments)
 
     def model_request(self, context: Context, values: dict[str, Any], label: str) -> dict[str, Any]:
         tags = {**(values.get("tags") or {}), **task_instance_tags(context["ti"], with_try=False)}

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from airflow.exceptions import AirflowException
-from botocore.exceptions import ClientError
 
 from airflow_ml_batch._compat import Context, tries_since_last_clear
-from airflow_ml_batch.hooks.ecs import EcsHook
 from airflow_ml_batch.jobs.common import task_instance_tags
 from airflow_ml_batch.jobs.ecs import (
     CAPACITY_FAILURES,
@@ -20,12 +18,14 @@ from airflow_ml_batch.jobs.ecs import (
     started_by_for,
     task_id_of,
 )
-from airflow_ml_batch.jobs.errors import is_transient
 from airflow_ml_batch.jobs.fields import RequestField
 from airflow_ml_batch.links.ecs import EcsTaskLink
 from airflow_ml_batch.links.logs import JobLogsLink
 from airflow_ml_batch.operators.base import DeferredJobOperator, ModelGroupOperator
-from airflow_ml_batch.triggers.ecs import EcsFleetTrigger, EcsTaskTrigger
+
+if TYPE_CHECKING:  # imported by a task run, not by parsing its DAG file (operators.base)
+    from airflow_ml_batch.hooks.ecs import EcsHook
+    from airflow_ml_batch.triggers.ecs import EcsFleetTrigger, EcsTaskTrigger
 
 #: XCom key of the started task's ARN, pushed before the task defers.
 TASK_ARN_XCOM_KEY = "ecs_task_arn"
@@ -85,7 +85,6 @@ class EcsTaskOperator(DeferredJobOperator):
     task_definition: str
     container_name: str | None
     tags: dict[str, str] | None
-    hook_class = EcsHook
 
     def __init__(
         self,
@@ -142,7 +141,14 @@ class EcsTaskOperator(DeferredJobOperator):
         cluster_name = self.cluster.rsplit("/", 1)[-1]
         EcsTaskLink.save(context, self, **self.link_location(), cluster_name=cluster_name, task_id=task_id_of(job_id))
 
+    def hook_for(self, **arguments: Any) -> EcsHook:
+        from airflow_ml_batch.hooks.ecs import EcsHook
+
+        return EcsHook(**arguments)
+
     def trigger_for(self, job_id: str, settings: dict[str, Any]) -> EcsTaskTrigger:
+        from airflow_ml_batch.triggers.ecs import EcsTaskTrigger
+
         return EcsTaskTrigger(
             cluster=self.cluster,
             task_arn=job_id,
@@ -179,6 +185,10 @@ class EcsTaskOperator(DeferredJobOperator):
         return None
 
     def _run_task(self, started_by: str, client_token: str, task_tags: dict[str, str]) -> str:
+        from botocore.exceptions import ClientError
+
+        from airflow_ml_batch.jobs.errors import is_transient
+
         request = run_task_request(
             self.request_fields,
             self.request_values(),
@@ -231,7 +241,11 @@ class EcsFleetOperator(ModelGroupOperator, EcsTaskOperator):
     template_fields = (*EcsTaskOperator.template_fields, "models")
     template_fields_renderers = {**EcsTaskOperator.template_fields_renderers, "models": "json"}
     operator_extra_links: tuple[Any, ...] = ()  # no one task to link to
-    group_trigger = EcsFleetTrigger
+
+    def group_trigger(self, **arguments: Any) -> EcsFleetTrigger:
+        from airflow_ml_batch.triggers.ecs import EcsFleetTrigger
+
+        return EcsFleetTrigger(**arguments)
 
     def model_request(self, context: Context, values: dict[str, Any], label: str) -> dict[str, Any]:
         tags = {**(values.get("tags") or {}), **task_instance_tags(context["ti"], with_try=False)}

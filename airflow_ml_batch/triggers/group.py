@@ -19,7 +19,7 @@ import time
 import weakref
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Hashable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -28,7 +28,7 @@ from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
 from airflow_ml_batch.hooks.base import AwsServiceHook
 from airflow_ml_batch.jobs.common import metrics_from_log
 from airflow_ml_batch.jobs.errors import error_text, is_transient
-from airflow_ml_batch.jobs.groups import FoundJob, group_failure_message, plan_group, progress_line
+from airflow_ml_batch.jobs.groups import FoundJob, GroupSettings, group_failure_message, plan_group, progress_line
 from airflow_ml_batch.triggers.base import (
     JobSettings,
     SharedPoller,
@@ -82,25 +82,6 @@ class SubmitPacer:
     def throttled(self) -> None:
         """AWS said "too many": go at half the pace."""
         self.rate = max(0.5, self.rate / 2)
-
-
-@dataclass(frozen=True, kw_only=True)
-class GroupSettings:
-    """The settings of a group's trigger, declared once: its keywords, its attributes and what it serializes.
-
-    The group operators take the same parameters and pass them on by these names.
-    """
-
-    #: extra jobs a model may get within this try after its job failed
-    model_retries: int = 0
-    #: the most jobs of the group submitted and not finished at once; ``None``: no cap
-    max_running: int | None = None
-    #: models that may fail without failing the task
-    allowed_failures: int = 0
-    #: the most submissions per second of every group on this connection and region
-    submit_rate: float = 20.0
-    #: seconds between two lines of counts per state in the task log
-    progress_interval: float = 300.0
 
 
 class RunGroupTrigger(StopsAbandonedJobs):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import json
+import subprocess
+import sys
 from dataclasses import fields
 from datetime import timedelta
 from typing import Any
@@ -10,11 +13,11 @@ from typing import Any
 import pytest
 from helpers import run_dag, task_instance, xcom
 
+from airflow_ml_batch.jobs.groups import GroupSettings
 from airflow_ml_batch.operators.base import ModelGroupOperator
 from airflow_ml_batch.operators.batch import JOB_ID_XCOM_KEY
 from airflow_ml_batch.operators.ecs import TASK_ARN_XCOM_KEY
 from airflow_ml_batch.testing.endpoint import Endpoint
-from airflow_ml_batch.triggers.group import GroupSettings
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -149,3 +152,16 @@ def test_a_group_operator_gives_its_group_settings_to_the_trigger(aws_endpoint: 
 
     assert deferred["classpath"] == "airflow_ml_batch.triggers.batch.BatchFleetTrigger"
     assert {name: deferred["kwargs"][name] for name in settings} == settings
+
+
+def test_importing_the_operators_imports_no_aws_sdk_hook_or_trigger() -> None:
+    # What a DAG file's parse pays for our operators: the dag-processor's parses and callbacks, and each task run.
+    code = (
+        "import sys, airflow_ml_batch.operators.batch, airflow_ml_batch.operators.ecs, json; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    modules = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout)
+
+    heavy = ("boto3", "aiobotocore", "aiohttp", "airflow_ml_batch.hooks", "airflow_ml_batch.triggers")
+    assert [name for name in modules if name.startswith(heavy)] == []
+    assert "airflow_ml_batch.operators.batch" in modules
