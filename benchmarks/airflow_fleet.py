@@ -5,7 +5,9 @@ database (Postgres from the system binaries in a temporary directory on a free 1
 ``--db sqlite``), and Airflow's api-server, scheduler (LocalExecutor; ``--executor celery``: CeleryExecutor
 with a Redis broker and ``--celery-workers`` Celery workers, as Amazon MWAA runs it), dag-processor and
 triggerer(s) with ``benchmarks/dags``. Triggers ``fleet_benchmark`` (N mapped ``BatchJobOperator`` tasks) through
-the REST API (``--dag fleet_benchmark_groups``: the same models in groups of ``BatchFleetOperator``),
+the REST API (``--dag fleet_benchmark_groups``: the same models in groups of ``BatchFleetOperator``;
+``fleet_benchmark_official``: the Amazon provider's ``BatchOperator``; ``fleet_benchmark_floor``: tasks
+that only defer, what Airflow costs per task instance),
 samples while it runs, stops everything it started (also on errors and Ctrl-C) and
 prints what it measured::
 
@@ -72,7 +74,7 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
     """The options of a fleet run; ``chaos.py`` adds its own."""
     p = argparse.ArgumentParser(description=description or __doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--jobs", type=int, default=100, help="models, one Batch job each (a task each, or in groups)")
-    p.add_argument("--dag", default="fleet_benchmark", help="fleet_benchmark (ours), _official or _groups")
+    p.add_argument("--dag", default="fleet_benchmark", help="fleet_benchmark (ours), _official, _groups or _floor")
     p.add_argument("--group-size", type=int, default=100, help="models per group (fleet_benchmark_groups)")
     p.add_argument("--submit-rate", type=float, default=0.0, help="groups' SubmitJob/s (default: 90%% of --rate)")
     p.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")
@@ -233,6 +235,7 @@ class Fleet:
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "FLEET_BENCH_JOBS": str(self.args.jobs),
             "FLEET_BENCH_POLL_INTERVAL": str(self.args.poll_interval),
+            "FLEET_BENCH_DURATION": str(self.args.duration),
             "FLEET_BENCH_RETRIES": str(self.args.retries),
             "FLEET_BENCH_CONN_ID": CONN_ID,
             "FLEET_BENCH_GROUP_SIZE": str(self.args.group_size),
@@ -391,7 +394,8 @@ class Fleet:
         """What the report prints, from the endpoint, the database and the samples."""
         jobs = self.bench("jobs")
         stats = self.bench("stats")
-        longest = max((j["ends"] - j["created"] for j in jobs.values()), default=0.0)
+        # fleet_benchmark_floor has no job: each task waits --duration
+        longest = max((j["ends"] - j["created"] for j in jobs.values()), default=self.args.duration)
         ideal = max(longest, self.args.jobs / self.args.rate)
         calls = collections.Counter(stats["calls"])
         cpu = self.cpu_totals()

@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 
 JOBS = int(os.environ.get("FLEET_BENCH_JOBS", "10"))
 POLL_INTERVAL = float(os.environ.get("FLEET_BENCH_POLL_INTERVAL", "10"))
+#: seconds each task of fleet_benchmark_floor.py waits (the endpoint's mean job duration for the others)
+DURATION = float(os.environ.get("FLEET_BENCH_DURATION", "20"))
 CONN_ID = os.environ.get("FLEET_BENCH_CONN_ID", "aws_bench")
 COMMON = {
     "task_id": "model",
