@@ -96,7 +96,7 @@ class RunGroupTrigger(StopsAbandonedJobs):
         ``end_from_trigger``, ``xcom_result``, ``missing_grace``, ``log_tail_lines``, ``collect_metrics``,
         and the service's own), used to watch, summarize and stop each job.
 
-    Also takes the keywords of :class:`GroupSettings` (kept in ``group_settings``).
+    Also takes the keywords of :class:`~airflow_ml_batch.jobs.groups.GroupSettings` (kept in ``group_settings``).
     """
 
     job_trigger: ClassVar[type[WaitForJobTrigger]]
