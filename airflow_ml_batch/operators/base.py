@@ -228,8 +228,14 @@ class DeferredJobOperator(BaseOperator):
     def execute_complete(self, context: Context, event: Any = None) -> Any:
         """Resume after the trigger: return the job's result or raise why it failed. No AWS calls."""
         if not isinstance(event, dict):
-            # A TaskSuccessEvent replayed by ``dag.test()``: its XComs were pushed already.
+            # A TaskSuccessEvent replayed by ``dag.test()``: its XComs were pushed already; this run renders
+            # the links again, the job's from the id pushed before the deferral.
             self.log_link_pending = JobLogsLink.key not in (getattr(event, "xcoms", None) or {})
+            ti = context["ti"]
+            if AIRFLOW_V_3_0_PLUS:
+                job_id = ti.xcom_pull(task_ids=ti.task_id, key=self.job_id_xcom_key, map_indexes=ti.map_index)
+                if job_id:
+                    self.save_job_link(context, str(job_id))
             return None
         if AIRFLOW_V_3_0_PLUS and event.get("job_id"):  # this run renders every link again (links.base)
             self.save_job_link(context, str(event["job_id"]))
