@@ -61,7 +61,8 @@ def measure(implementation: str, endpoint_url: str, run: int) -> list[float]:
     with tempfile.TemporaryDirectory() as home:
         env["AIRFLOW_HOME"] = home
         command = [sys.executable, "-c", MEASURE, *IMPLEMENTATIONS[implementation], f"{implementation}-{run}"]
-        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+        # in an empty directory: ``-c`` puts the current one first on sys.path, over PYTHONPATH
+        out = subprocess.run(command, env=env, cwd=home, capture_output=True, text=True, check=True).stdout
     return [float(seconds) for seconds in json.loads(out.strip().splitlines()[-1])]
 
 
