@@ -402,7 +402,7 @@ class Fleet:
         cpu = self.cpu_totals()
         at_end = self.cpu_at_end or cpu  # a run that did not end: until now
         during = {name: seconds - self.cpu_at_trigger.get(name, 0.0) for name, seconds in at_end.items()}
-        per_model = collections.Counter(model_of(j["name"]) for j in jobs.values())
+        by_model = jobs_by_model(jobs.values())
         return {
             "dag": self.args.dag,
             "executor": self.executor_label,
@@ -420,9 +420,9 @@ class Fleet:
             "submits": stats["submits"],
             "duplicate_submits": sum(1 for n in stats["submits"].values() if n > 1),
             "job_count": len(jobs),
-            "models_with_a_job": len(per_model),
-            "models_with_more_than_one_job": sum(1 for n in per_model.values() if n > 1),
-            "second_jobs_while_one_lived": second_jobs_while_one_lived(jobs.values()),
+            "models_with_a_job": len(by_model),
+            "models_with_more_than_one_job": sum(1 for same in by_model.values() if len(same) > 1),
+            "second_jobs_while_one_lived": second_jobs_while_one_lived(by_model),
             "terminated": stats["terminated"],
             "tasks": dict(self.task_states()),
             # The Airflow components' processes (not the endpoint, nor Postgres, nor Redis), from their start ...
@@ -435,18 +435,22 @@ class Fleet:
         }
 
 
-def second_jobs_while_one_lived(jobs: Iterable[dict[str, Any]]) -> int:
-    """Jobs started for a model while an earlier job of that model was still queued or running, or had
-    succeeded: the duplicates a retry must never make. A job after an earlier one failed is a retry."""
+def jobs_by_model(jobs: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The endpoint's jobs (name and timeline) by the model they are for (:func:`model_of`)."""
     by_model: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for job in jobs:
         by_model[model_of(job["name"])].append(job)
+    return by_model
+
+
+def second_jobs_while_one_lived(by_model: dict[str, list[dict[str, Any]]]) -> int:
+    """Jobs started for a model while an earlier job of that model was still queued or running, or had
+    succeeded: the duplicates a retry must never make. A job after an earlier one failed is a retry."""
     duplicates = 0
-    for timeline in by_model.values():
-        timeline.sort(key=lambda job: job["created"])
+    for same in by_model.values():
+        timeline = sorted(same, key=lambda job: job["created"])
         for k, job in enumerate(timeline[1:], start=1):
-            earlier = timeline[:k]
-            duplicates += any(not e["fails"] or e["ends"] > job["created"] for e in earlier)
+            duplicates += any(not e["fails"] or e["ends"] > job["created"] for e in timeline[:k])
     return duplicates
 
 

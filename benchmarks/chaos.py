@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_fleet import TASK_ID, Fleet, log, model_of, parser
+from airflow_fleet import TASK_ID, Fleet, jobs_by_model, log, model_of, parser
 
 from airflow_ml_batch.jobs.groups import FAILURES_SHOWN
 from airflow_ml_batch.testing.local_airflow import http_json
@@ -137,12 +137,9 @@ def finish(
 def overlapping_jobs(jobs: dict[str, dict[str, Any]]) -> list[str]:
     """Models (a mapped task's job name, a group's model) with two jobs alive at the same time (a terminated
     job ends when it was terminated)."""
-    by_name: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    for job in jobs.values():
-        by_name[model_of(job["name"])].append(job)
     return [
         name
-        for name, same in by_name.items()
+        for name, same in jobs_by_model(jobs.values()).items()
         if any(a["created"] < b["ends"] and b["created"] < a["ends"] for a, b in itertools.combinations(same, 2))
     ]
 
