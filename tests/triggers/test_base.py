@@ -12,9 +12,10 @@ from helpers import first_event
 
 from airflow_ml_batch.hooks.batch import BatchHook
 from airflow_ml_batch.testing.endpoint import Endpoint
-from airflow_ml_batch.triggers import base
-from airflow_ml_batch.triggers.base import Observation, Watch, due_ids, job_abandoned, within
+from airflow_ml_batch.triggers import base, poller
+from airflow_ml_batch.triggers.base import job_abandoned
 from airflow_ml_batch.triggers.batch import BatchJobPoller, BatchJobTrigger
+from airflow_ml_batch.triggers.poller import Observation, Watch, due_ids, within
 
 
 def trigger_for(job_id: str, poll_interval: float = 0.05, **kwargs: Any) -> BatchJobTrigger:
@@ -147,7 +148,7 @@ async def test_a_watcher_joining_mid_round_is_described_soon_not_at_the_others_p
     assert event.payload["status"] == "success"
     assert described(aws_endpoint)[done] == 1
     # right after the round in progress, or in a round of its own within _JOIN_WINDOW: not in 30 s
-    assert time.monotonic() - joined < base._JOIN_WINDOW + 2.0
+    assert time.monotonic() - joined < poller._JOIN_WINDOW + 2.0
 
 
 async def test_watchers_arriving_a_few_per_second_share_their_first_describes(aws_endpoint: Endpoint) -> None:
@@ -169,14 +170,14 @@ async def test_watchers_arriving_a_few_per_second_share_their_first_describes(aw
     events = await asyncio.gather(*waiting)
 
     assert {event.payload["status"] for event in events} == {"success"}
-    assert max(waited) < base._JOIN_WINDOW + 2.0, "each within the window (and a loaded machine's slack)"
+    assert max(waited) < poller._JOIN_WINDOW + 2.0, "each within the window (and a loaded machine's slack)"
     assert aws_endpoint.calls["DescribeJobs"] <= 8, "about one call per window, not one per arrival"
 
 
 async def test_a_persistent_error_fails_every_waiting_task_at_once_with_the_aws_message(
     aws_endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(base, "PERSISTENT_ERROR_GRACE", 0.5)
+    monkeypatch.setattr(poller, "PERSISTENT_ERROR_GRACE", 0.5)
     jobs = [aws_endpoint.batch.add_job("RUNNING") for _ in range(250)]
     aws_endpoint.fail_next("DescribeJobs", times=10_000, status=400, code="AccessDeniedException")
     ended: dict[str, float] = {}
@@ -201,7 +202,7 @@ async def test_a_persistent_error_fails_every_waiting_task_at_once_with_the_aws_
 async def test_transient_errors_never_start_the_error_clock(
     aws_endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(base, "PERSISTENT_ERROR_GRACE", 0.0)  # any error that counts fails at once
+    monkeypatch.setattr(poller, "PERSISTENT_ERROR_GRACE", 0.0)  # any error that counts fails at once
     job = aws_endpoint.batch.add_job("SUCCEEDED", container={"exitCode": 0})
     aws_endpoint.fail_next("DescribeJobs", times=1, status=429, code="TooManyRequestsException")
     aws_endpoint.fail_next("DescribeJobs", times=1, status=503, code="ServiceUnavailableException")
@@ -229,7 +230,7 @@ async def test_an_answer_that_cannot_be_read_fails_only_its_trigger_with_the_tra
 async def test_a_client_that_cannot_be_created_ends_with_its_reason(
     aws_endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(base, "PERSISTENT_ERROR_GRACE", 0.5)
+    monkeypatch.setattr(poller, "PERSISTENT_ERROR_GRACE", 0.5)
 
     events = await asyncio.gather(
         *(first_event(trigger_for(f"job-{n}", aws_conn_id="no_such_connection"), timeout=60) for n in range(3))
