@@ -185,7 +185,7 @@ class StopsAbandonedJobs(BaseTrigger):
 
 
 class WaitForJobTrigger(StopsAbandonedJobs):
-    """Wait for one remote job through a :class:`SharedPoller` and end the deferred task with one event.
+    """Wait for one remote job through a :class:`~airflow_ml_batch.triggers.poller.SharedPoller` and end the deferred task with one event.
 
     Takes the keywords of :class:`JobSettings` (kept in ``settings``), and each service's own.
     """
