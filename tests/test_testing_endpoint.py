@@ -231,8 +231,11 @@ def test_as_its_own_process_it_prints_its_port_and_runs_jobs_it_is_asked_to_star
         batch = client("batch", endpoint.url)
         wait_until(lambda: all(j["status"] == "SUCCEEDED" for j in batch.describe_jobs(jobs=ids)["jobs"]))
         jobs = endpoint.jobs()
+        endpoint.lose_answers(["SubmitJob"], next=1)
+        assert error_of(batch.submit_job, jobName="lost", jobQueue="models", jobDefinition="forecast")[0] == 500
         stats = endpoint.stats()
     assert sorted(job["name"] for job in jobs.values()) == ["bench-0", "bench-1", "bench-2"]
+    assert (stats["submits"], stats["lost_answers"]) == ({"lost": 1}, {"SubmitJob": 1})
     assert all(job["created"] < job["started"] < job["ends"] and not job["fails"] for job in jobs.values())
     assert stats["calls"]["DescribeJobs"] == stats["callers"][""]["DescribeJobs"] >= 1
     assert stats["max_ids_per_call"]["DescribeJobs"] == 3
@@ -289,3 +292,178 @@ def test_with_a_process_runner_an_ecs_task_is_a_local_process_too() -> None:
     assert described["containers"][0]["exitCode"] == 2
     assert described["stopCode"] == "EssentialContainerExited"
     assert [run.log_lines() for run in runs] == [["task forecast:1"]]
+
+
+# -- lost answers, lagging listings, RunTask's clientToken -------------------------------------------------
+
+
+def listed_jobs(batch: Any, name: str) -> list[str]:
+    """The ids ListJobs lists for jobs named ``name`` (any status)."""
+    pages = batch.list_jobs(jobQueue="models", filters=[{"name": "JOB_NAME", "values": [name]}])
+    return [job["jobId"] for job in pages["jobSummaryList"]]
+
+
+@pytest.mark.parametrize("mode", ["500", "drop"])
+def test_a_lost_submit_job_answer_leaves_the_job_behind(mode: str) -> None:
+    with Endpoint() as endpoint:
+        batch = client("batch", endpoint.url)
+        endpoint.lose_answers(next=1, mode=mode)
+        if mode == "500":
+            assert error_of(batch.submit_job, jobName="m1", jobQueue="models", jobDefinition="forecast") == (
+                500,
+                "ServerException",
+            )
+        else:
+            with pytest.raises((ConnectionClosedError, EndpointConnectionError)):
+                batch.submit_job(jobName="m1", jobQueue="models", jobDefinition="forecast")
+        (job_id,) = listed_jobs(batch, "m1")  # the work was done: the job exists
+        assert batch.describe_jobs(jobs=[job_id])["jobs"][0]["jobName"] == "m1"
+        again = batch.submit_job(jobName="m2", jobQueue="models", jobDefinition="forecast")  # only the next one
+        assert batch.describe_jobs(jobs=[again["jobId"]])["jobs"]
+        stats = endpoint.stats()
+    assert endpoint.batch.submits == {"m1": 1, "m2": 1}
+    assert stats["lost_answers"] == {"SubmitJob": 1}
+    assert stats["lost_answers_by_mode"] == {mode: {"SubmitJob": 1}}
+    assert stats["calls"]["SubmitJob"] == 2
+
+
+def test_a_call_that_was_not_done_never_loses_its_answer() -> None:
+    with Endpoint() as endpoint:
+        batch, ecs = client("batch", endpoint.url), client("ecs", endpoint.url)
+        endpoint.lose_answers(next=1)
+        endpoint.faults.update({"throttle_seconds": 60})
+        assert error_of(batch.submit_job, jobName="m1", jobQueue="models", jobDefinition="forecast")[0] == 429
+        endpoint.faults.update({"throttle_seconds": 0})
+        endpoint.fail_next("SubmitJob", status=503, code="ServiceUnavailableException")
+        assert error_of(batch.submit_job, jobName="m1", jobQueue="models", jobDefinition="forecast")[0] == 503
+        endpoint.batch.on_submit = lambda request: {"reject": "no such queue"}
+        assert error_of(batch.submit_job, jobName="m1", jobQueue="models", jobDefinition="forecast")[0] == 400
+        endpoint.ecs.run_task_failures = [{"reason": "RESOURCE:MEMORY"}]
+        assert ecs.run_task(cluster="models", taskDefinition="forecast")["failures"] == [{"reason": "RESOURCE:MEMORY"}]
+        assert endpoint.lost_answers == {}
+        lose = endpoint.faults.lose_answers
+        assert lose is not None
+        assert lose.next == 1, "still to come"
+        endpoint.batch.on_submit = None
+        assert error_of(batch.submit_job, jobName="m1", jobQueue="models", jobDefinition="forecast")[0] == 500
+    assert endpoint.batch.submits == {"m1": 1}
+    assert endpoint.lost_answers == {("SubmitJob", "500"): 1}
+
+
+def test_a_seeded_fraction_of_answers_is_lost_and_the_same_ones_for_the_same_seed() -> None:
+    def lost_calls(seed: int) -> list[int]:
+        with Endpoint() as endpoint:
+            batch = client("batch", endpoint.url)
+            endpoint.faults.update({"lose_answers": {"operations": ["SubmitJob"], "fraction": 0.3, "seed": seed}})
+            lost = []
+            for i in range(40):
+                try:
+                    batch.submit_job(jobName=f"m{i}", jobQueue="models", jobDefinition="forecast")
+                except ClientError:
+                    lost.append(i)
+                batch.describe_jobs(jobs=[])  # not among the operations: never lost
+            assert len(endpoint.batch.jobs) == 40
+            assert endpoint.stats()["lost_answers"] == {"SubmitJob": len(lost)}
+            endpoint.faults.update({"lose_answers": None})
+            batch.submit_job(jobName="after", jobQueue="models", jobDefinition="forecast")
+        return lost
+
+    draws = random.Random(5)
+    expected = [i for i in range(40) if draws.random() < 0.3]
+    assert 5 <= len(expected) <= 20
+    assert lost_calls(5) == expected
+    assert lost_calls(5) == expected
+    assert lost_calls(6) != expected
+
+
+def test_a_lost_run_task_answer_is_recovered_with_the_same_client_token() -> None:
+    with Endpoint() as endpoint:
+        ecs = client("ecs", endpoint.url)
+        endpoint.lose_answers("RunTask", next=2, mode="drop")
+        request = {"cluster": "models", "taskDefinition": "forecast", "startedBy": "m1", "clientToken": "try-1"}
+        for _ in range(2):  # the first starts the task, the second answers it: both answers are lost
+            with pytest.raises((ConnectionClosedError, EndpointConnectionError)):
+                ecs.run_task(**request)
+        (task,) = ecs.run_task(**request)["tasks"]
+        assert list(endpoint.ecs.tasks) == [task["taskArn"]]
+    assert endpoint.stats()["lost_answers_by_mode"] == {"drop": {"RunTask": 2}}
+
+
+def test_a_lagging_list_jobs_lists_a_job_only_after_the_lag() -> None:
+    with Endpoint() as endpoint:
+        batch = client("batch", endpoint.url)
+        endpoint.faults.update({"list_lag_seconds": 0.5})
+        submitted = time.monotonic()
+        job_id = batch.submit_job(jobName="m1", jobQueue="models", jobDefinition="forecast")["jobId"]
+        scripted = endpoint.batch.add_job(jobName="m1")
+        assert listed_jobs(batch, "m1") == []
+        assert [j["jobId"] for j in batch.describe_jobs(jobs=[job_id, scripted])["jobs"]] == [job_id, scripted]
+        assert wait_until(lambda: listed_jobs(batch, "m1"), timeout=2.0) == [job_id, scripted]
+        assert time.monotonic() - submitted >= 0.5
+        endpoint.faults.update({"list_lag_seconds": 0})
+        fresh = batch.submit_job(jobName="m2", jobQueue="models", jobDefinition="forecast")["jobId"]
+        assert listed_jobs(batch, "m2") == [fresh]
+
+
+def test_a_lagging_list_tasks_lists_a_task_only_after_the_lag() -> None:
+    with Endpoint(WallClockRunner(duration=30.0, spread=0.0)) as endpoint:
+        ecs = client("ecs", endpoint.url)
+        endpoint.faults.update({"list_lag_seconds": 0.5})
+        started = time.monotonic()
+        (task,) = ecs.run_task(cluster="models", taskDefinition="forecast", startedBy="m1")["tasks"]
+        scripted = endpoint.ecs.run_task("m1")
+
+        def listed() -> list[str]:
+            arns: list[str] = ecs.list_tasks(cluster="models", startedBy="m1", desiredStatus="RUNNING")["taskArns"]
+            return arns
+
+        assert listed() == []
+        assert len(ecs.describe_tasks(cluster="models", tasks=[task["taskArn"], scripted])["tasks"]) == 2
+        assert wait_until(listed, timeout=2.0) == [task["taskArn"], scripted]
+        assert time.monotonic() - started >= 0.5
+
+
+def test_a_client_token_again_answers_the_first_outcome_and_other_parameters_conflict() -> None:
+    with Endpoint() as endpoint:
+        ecs = client("ecs", endpoint.url)
+        request = {"cluster": "models", "taskDefinition": "forecast", "startedBy": "m1", "clientToken": "a"}
+        (task,) = ecs.run_task(**request)["tasks"]
+        assert ecs.run_task(**request)["tasks"][0]["taskArn"] == task["taskArn"]
+        assert len(endpoint.ecs.tasks) == 1
+
+        with pytest.raises(ClientError) as raised:
+            ecs.run_task(**request | {"startedBy": "m2"})
+        error = raised.value.response
+        assert (error["ResponseMetadata"]["HTTPStatusCode"], error["Error"]["Code"]) == (400, "ConflictException")
+        assert error["resourceIds"] == [task["taskArn"]]
+
+        # A token is per cluster; ECS forgets it after 24 hours.
+        other = ecs.run_task(**request | {"cluster": "other"})["tasks"][0]
+        assert other["taskArn"] != task["taskArn"]
+        endpoint.ecs.client_tokens[("models", "a")].used -= 24 * 3600
+        assert ecs.run_task(**request)["tasks"][0]["taskArn"] not in (task["taskArn"], other["taskArn"])
+        assert len(endpoint.ecs.tasks) == 3
+
+        # Again for a task that stopped: only its ARN and statuses.
+        endpoint.ecs.new_task_fields = {"lastStatus": "STOPPED", "desiredStatus": "STOPPED"}
+        stopped = ecs.run_task(**request | {"clientToken": "s"})["tasks"][0]
+        assert "containers" in stopped
+        again = ecs.run_task(**request | {"clientToken": "s"})["tasks"][0]
+        assert again == {"taskArn": stopped["taskArn"], "lastStatus": "STOPPED", "desiredStatus": "STOPPED"}
+
+
+def test_a_client_token_whose_run_task_found_no_capacity_finds_none_again() -> None:
+    with Endpoint() as endpoint:
+        ecs = client("ecs", endpoint.url)
+        no_capacity = {"arn": "", "reason": "Capacity is unavailable at this time."}
+        endpoint.ecs.run_task_failures = [no_capacity]
+        request = {"cluster": "models", "taskDefinition": "forecast", "startedBy": "m1", "clientToken": "a"}
+        for _ in range(2):  # the same failures again, though there is capacity now
+            assert ecs.run_task(**request) | {"ResponseMetadata": None} == {
+                "tasks": [],
+                "failures": [no_capacity],
+                "ResponseMetadata": None,
+            }
+        assert endpoint.ecs.tasks == {}
+        (task,) = ecs.run_task(**request | {"clientToken": "b"})["tasks"]  # a new placement attempt
+        assert list(endpoint.ecs.tasks) == [task["taskArn"]]

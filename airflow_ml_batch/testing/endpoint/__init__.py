@@ -22,7 +22,19 @@ would, with the job's environment, for its expected duration, its attempts as th
 """
 
 from .container_runner import ContainerRun, ContainerRunner, Image
-from .core import ACCOUNT, REGION, AwsError, Call, Faults, Run, Runner, Timeline, TokenBucket, WallClockRunner
+from .core import (
+    ACCOUNT,
+    REGION,
+    AwsError,
+    Call,
+    Faults,
+    LostAnswers,
+    Run,
+    Runner,
+    Timeline,
+    TokenBucket,
+    WallClockRunner,
+)
 from .server import Endpoint
 from .standalone import EndpointClient, running
 
@@ -37,6 +49,7 @@ __all__ = [
     "EndpointClient",
     "Faults",
     "Image",
+    "LostAnswers",
     "Run",
     "Runner",
     "Timeline",

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .core import ACCOUNT, REGION, AwsError, Call, Run, Runner, ms
+from .core import ACCOUNT, REGION, AwsError, Call, Faults, Run, Runner, ms
 
 QUEUE = f"arn:aws:batch:{REGION}:{ACCOUNT}:job-queue/models"
 DEFINITION = f"arn:aws:batch:{REGION}:{ACCOUNT}:job-definition/forecast:1"
@@ -42,13 +42,19 @@ def definition_arn(definition: str) -> str:
 
 
 class Batch:
-    """The Batch service's state: jobs, their runs, and who described or terminated them."""
+    """The Batch service's state: jobs, their runs, and who described or terminated them.
 
-    def __init__(self, lock: threading.RLock, runner: Runner | None = None) -> None:
+    ``faults``: the endpoint's fault switches (``list_lag_seconds``).
+    """
+
+    def __init__(self, lock: threading.RLock, runner: Runner | None = None, faults: Faults | None = None) -> None:
         self.lock = lock
         #: how SubmitJob's jobs run; ``None``: they keep the status a test gives them
         self.runner = runner
+        self.faults = faults or Faults()
         self.jobs: dict[str, dict[str, Any]] = {}
+        #: when each job was created (epoch seconds): ListJobs lists it ``list_lag_seconds`` later
+        self.created: dict[str, float] = {}
         self.runs: dict[str, Run] = {}
         #: job ids DescribeJobs does not return (eventual consistency, or a job that is gone)
         self.hidden: set[str] = set()
@@ -68,6 +74,7 @@ class Batch:
         """Create a job as if SubmitJob had (``fields`` are ``JobDetail`` fields); returns its id."""
         job_id = str(fields.pop("jobId", uuid.uuid4()))
         with self.lock:
+            self.created[job_id] = time.time()
             self.jobs[job_id] = {
                 "jobId": job_id,
                 "jobName": fields.pop("jobName", "job"),
@@ -245,10 +252,13 @@ class Batch:
         wanted = body.get("jobStatus", "RUNNING")
         queue = body.get("jobQueue")
         parent = body.get("arrayJobId")
+        lag = self.faults.list_lag_seconds  # ListJobs is eventually consistent
+        listed_before = now - lag if lag else float("inf")
         matching = [
             self.summary(job_id, now)
             for job_id, job in self.jobs.items()
-            if (_named(job["jobName"], names) if names else self.status(job_id, now) == wanted)
+            if self.created.get(job_id, 0.0) <= listed_before
+            and (_named(job["jobName"], names) if names else self.status(job_id, now) == wanted)
             and (queue is None or _name(queue) == _name(job["jobQueue"]))
             and (parent is None or job_id.startswith(f"{parent}:"))
         ]

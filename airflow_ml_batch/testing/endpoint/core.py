@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -15,11 +16,13 @@ EXPIRED_TOKEN = "The security token included in the request is expired"
 
 
 class AwsError(Exception):
-    """An error answer: HTTP ``status``, AWS error ``code`` and ``message``, rendered in the service's protocol."""
+    """An error answer: HTTP ``status``, AWS error ``code`` and ``message``, rendered in the service's protocol;
+    ``fields``: the error's modelled members besides the message (e.g. ECS ``resourceIds``)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, fields: dict[str, Any] | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.status, self.code, self.message = status, code, message
+        self.fields = dict(fields or {})
 
 
 @dataclass
@@ -61,6 +64,49 @@ class TokenBucket:
         return True
 
 
+#: The operations whose answers :class:`LostAnswers` loses unless told others: the ones that create a job or task.
+CREATING_OPERATIONS = ("SubmitJob", "RunTask")
+#: How an answer is lost: a 500 ``ServerException`` after the work was done, or the connection dropped unanswered.
+LOSS_MODES = ("500", "drop")
+
+
+@dataclass
+class LostAnswers:
+    """Calls of ``operations`` that are done (the job or task exists) and whose answer is then lost.
+
+    The ``next`` such calls lose theirs; after them, each loses it with probability ``fraction``, drawn from a
+    ``random.Random(seed)`` (the same calls lose their answers in every run with the same seed). ``mode``
+    ``"500"`` answers HTTP 500 ``ServerException``; ``"drop"`` aborts the connection without an answer.
+    """
+
+    operations: Collection[str] = CREATING_OPERATIONS
+    fraction: float = 0.0
+    next: int = 0
+    mode: str = "500"
+    seed: int = 0
+    random: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.operations = frozenset([self.operations] if isinstance(self.operations, str) else self.operations)
+        self.fraction, self.next, self.mode = float(self.fraction), int(self.next), str(self.mode)
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"fraction must be between 0 and 1, not {self.fraction}")
+        if self.next < 0:
+            raise ValueError(f"next must not be negative, not {self.next}")
+        if self.mode not in LOSS_MODES:
+            raise ValueError(f"mode must be one of {LOSS_MODES}, not {self.mode!r}")
+        self.random = random.Random(self.seed)
+
+    def loses(self, operation: str) -> bool:
+        """Whether the answer to a done call of ``operation`` is lost (counts down ``next``, then draws)."""
+        if operation not in self.operations:
+            return False
+        if self.next:
+            self.next -= 1
+            return True
+        return self.random.random() < self.fraction
+
+
 @dataclass
 class Faults:
     """Fault switches; times are epoch seconds."""
@@ -72,12 +118,19 @@ class Faults:
     hold_seconds: float = 0.0
     credential_ttl: float = 0.0  # > 0: AssumeRole credentials expire after this long, and are checked
     fail_job_names: str = ""  # a regular expression: a Batch job whose name it is found in is scripted to fail
+    lose_answers: LostAnswers | None = None  # calls that are done, then answered 500 or dropped unanswered
+    list_lag_seconds: float = 0.0  # ListJobs and ListTasks list a job (task) this long after its creation
 
     def update(self, body: dict[str, Any]) -> None:
         """Switch faults on: ``throttle_seconds``, ``unreachable_seconds``, ``server_error_seconds`` (from
         now), ``hold_submit`` (``{"map_indexes", "seconds"}``), ``credential_ttl``, ``fail_job_names`` (a
         regular expression: each job SubmitJob starts from then on whose name it is found in fails at its
-        end, as a ``--fail-fraction`` failure does; ``""`` or ``None`` switches it off)."""
+        end, as a ``--fail-fraction`` failure does; ``""`` or ``None`` switches it off).
+
+        ``lose_answers``: ``{"operations": ["SubmitJob", "RunTask"], "fraction": 0.05, "next": 0, "mode":
+        "500", "seed": 0}`` (each key optional, see :class:`LostAnswers`; ``None`` switches it off).
+        ``list_lag_seconds``: ListJobs and ListTasks leave out jobs and tasks younger than this, as AWS's
+        eventually consistent listings do (Describe calls see them at once; ``0`` switches it off)."""
         now = time.time()
         if "throttle_seconds" in body:
             self.throttle_until = now + float(body["throttle_seconds"])
@@ -94,6 +147,11 @@ class Faults:
             pattern = str(body["fail_job_names"] or "")
             re.compile(pattern)  # a bad expression fails the switch, not each SubmitJob
             self.fail_job_names = pattern
+        if "lose_answers" in body:
+            settings = body["lose_answers"]
+            self.lose_answers = None if settings is None else LostAnswers(**settings)
+        if "list_lag_seconds" in body:
+            self.list_lag_seconds = float(body["list_lag_seconds"] or 0.0)
 
     def fails_job(self, name: str) -> bool:
         """Whether a job named ``name`` is scripted to fail (``fail_job_names``)."""

@@ -11,9 +11,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from .core import ACCOUNT, REGION, AwsError, Call, Run, Runner
+from .core import ACCOUNT, REGION, AwsError, Call, Faults, Run, Runner
 
 CLUSTER = "models"
 CLUSTER_ARN = f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{CLUSTER}"
@@ -22,6 +23,9 @@ CONTAINER = "model"
 LOG_GROUP = "/ecs/forecast"
 #: Where each state before RUNNING begins, as a fraction of the time to the container's start.
 PHASES = (("PROVISIONING", 0.0), ("PENDING", 0.4))
+#: How long ECS remembers a RunTask ``clientToken``: a day, or an hour after its last task stopped if sooner.
+TOKEN_TTL = 24 * 3600.0
+TOKEN_TTL_AFTER_STOP = 3600.0
 
 
 def task_definition() -> dict[str, Any]:
@@ -51,14 +55,37 @@ def task_definition() -> dict[str, Any]:
     }
 
 
-class Ecs:
-    """The ECS service's state: tasks, their runs, task definitions and scripted RunTask failures."""
+def _cluster_name(cluster: str | None) -> str:
+    """The cluster a request names (its short name or ARN; none: ``default``)."""
+    return (cluster or "default").rsplit("/", 1)[-1]
 
-    def __init__(self, lock: threading.RLock, runner: Runner | None = None) -> None:
+
+@dataclass
+class TokenUse:
+    """The first RunTask with a ``clientToken``: its request (the token aside) and outcome."""
+
+    request: dict[str, Any]
+    task_arns: list[str]
+    failures: list[dict[str, Any]]
+    used: float  # epoch seconds
+
+
+class Ecs:
+    """The ECS service's state: tasks, their runs, task definitions and scripted RunTask failures.
+
+    ``faults``: the endpoint's fault switches (``list_lag_seconds``).
+    """
+
+    def __init__(self, lock: threading.RLock, runner: Runner | None = None, faults: Faults | None = None) -> None:
         self.lock = lock
         #: how RunTask's tasks run; ``None``: they keep the state a test gives them
         self.runner = runner
+        self.faults = faults or Faults()
         self.tasks: dict[str, dict[str, Any]] = {}  # by ARN
+        #: when each task was created (epoch seconds): ListTasks lists it ``list_lag_seconds`` later
+        self.created: dict[str, float] = {}
+        #: RunTask ``clientToken`` uses, by ``(cluster name, token)``
+        self.client_tokens: dict[tuple[str, str], TokenUse] = {}
         self.runs: dict[str, Run] = {}
         self.hidden: set[str] = set()
         #: by family; a runner serves :func:`task_definition` as ``forecast``
@@ -76,6 +103,7 @@ class Ecs:
         task_id = fields.pop("taskId", uuid.uuid4().hex)
         arn = f"arn:aws:ecs:{REGION}:{ACCOUNT}:task/{CLUSTER}/{task_id}"
         with self.lock:
+            self.created[arn] = time.time()
             self.tasks[arn] = {
                 "taskArn": arn,
                 "clusterArn": CLUSTER_ARN,
@@ -187,30 +215,68 @@ class Ecs:
         }
 
     def run_task_call(self, call: Call) -> dict[str, Any]:
-        body = call.body
+        """RunTask, idempotent per ``clientToken`` and cluster as ECS documents it
+        (https://docs.aws.amazon.com/AmazonECS/latest/APIReference/ECS_Idempotency.html, "Idempotency for
+        RunTask" and "RunTask retry rules and responses"): the token again with the same parameters answers
+        the first call's outcome again, its tasks (as they are now) and its ``failures`` (a capacity failure
+        is not tried again: a new placement attempt needs a new token); with other parameters it is a
+        ``ConflictException`` whose ``resourceIds`` are the token's tasks. A token is remembered for 24
+        hours, or until an hour after its last task stopped if that is sooner."""
+        body, now = call.body, time.time()
         count = int(body.get("count") or 1)
         if not 1 <= count <= 10:
             raise AwsError(400, "InvalidParameterException", "count must be between 1 and 10")
+        token = body.get("clientToken")
+        key = (_cluster_name(body.get("cluster")), str(token))
+        request = {name: value for name, value in body.items() if name != "clientToken"}
+        earlier = self.client_tokens.get(key) if token else None
+        if earlier is not None and now < self._token_expires(earlier):
+            if earlier.request != request:
+                raise AwsError(
+                    400,
+                    "ConflictException",
+                    "The clientToken is already in use with a different RunTask request.",
+                    {"resourceIds": earlier.task_arns},
+                )
+            tasks = [self.describe(arn, now) for arn in earlier.task_arns]
+            # "Tasks that have been stopped for under an hour only include the task ARN, last status, and desired
+            # status" (older ones have let the token expire).
+            tasks = [
+                {key: task[key] for key in ("taskArn", "lastStatus", "desiredStatus")}
+                if task["lastStatus"] == "STOPPED"
+                else task
+                for task in tasks
+            ]
+            return {"tasks": tasks, "failures": earlier.failures}
+        answer = self._start_tasks(body, count)
+        if token:
+            arns = [task["taskArn"] for task in answer["tasks"]]
+            self.client_tokens[key] = TokenUse(request, arns, answer["failures"], now)
+        return answer
+
+    def _start_tasks(self, body: dict[str, Any], count: int) -> dict[str, Any]:
+        """Start ``count`` tasks for a RunTask request, or answer its next scripted failure."""
         if self.run_task_failures:
             return {"tasks": [], "failures": [self.run_task_failures.pop(0)]}
-        for task in self.tasks.values():  # the same clientToken: the same task, as ECS does
-            if body.get("clientToken") and task.get("clientToken") == body["clientToken"]:
-                return {"tasks": [self.describe(task["taskArn"], time.time())], "failures": []}
         if self.runner is not None:
             definition = body.get("taskDefinition", DEFINITION)
             arns = [self.run_task(body.get("startedBy", ""), definition) for _ in range(count)]
             for arn in arns:
-                self.tasks[arn].update(clientToken=body.get("clientToken"), tags=body.get("tags", []))
+                self.tasks[arn].update(tags=body.get("tags", []))
             return {"tasks": [self.describe(arn, self.runs[arn].created) for arn in arns], "failures": []}
         arn = self.add_task(
             "PROVISIONING",
             startedBy=body.get("startedBy"),
-            clientToken=body.get("clientToken"),
             tags=body.get("tags", []),
             taskDefinitionArn=f"arn:aws:ecs:{REGION}:{ACCOUNT}:task-definition/{body['taskDefinition']}",
             **self.new_task_fields,
         )
         return {"tasks": [self.tasks[arn]], "failures": []}
+
+    def _token_expires(self, use: TokenUse) -> float:
+        """When ECS forgets a token: a day after its use, or an hour after its last task stopped if sooner."""
+        stopped = [self.runs[arn].ends if arn in self.runs else float("inf") for arn in use.task_arns]
+        return min(use.used + TOKEN_TTL, max(stopped, default=float("inf")) + TOKEN_TTL_AFTER_STOP)
 
     def describe_tasks(self, call: Call) -> dict[str, Any]:
         ids = call.body.get("tasks") or []
@@ -228,10 +294,14 @@ class Ecs:
     def list_tasks(self, call: Call) -> dict[str, Any]:
         body, now = call.body, time.time()
         desired = body.get("desiredStatus", "RUNNING")
+        lag = self.faults.list_lag_seconds  # ListTasks is eventually consistent
+        listed_before = now - lag if lag else float("inf")
         arns = [
             arn
             for arn, task in self.tasks.items()
-            if task.get("startedBy") == body.get("startedBy") and self.describe(arn, now)["desiredStatus"] == desired
+            if self.created.get(arn, 0.0) <= listed_before
+            and task.get("startedBy") == body.get("startedBy")
+            and self.describe(arn, now)["desiredStatus"] == desired
         ]
         return {"taskArns": arns}
 

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -22,7 +22,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from .batch import Batch
-from .core import EXPIRED_TOKEN, AwsError, Call, Faults, Runner, Timeline, TokenBucket
+from .core import CREATING_OPERATIONS, EXPIRED_TOKEN, AwsError, Call, Faults, Runner, Timeline, TokenBucket
 from .ecs import Ecs
 from .logs import Logs
 from .sts import Sts
@@ -39,6 +39,10 @@ DESCRIBES = {"DescribeJobs": "jobs", "DescribeTasks": "tasks"}
 _CREDENTIAL = re.compile(r"Credential=([^/]*)/[^/]+/([^/]+)/")
 
 Operation = Callable[[Call], Any]
+
+
+class AnswerDropped(Exception):
+    """Raised by :meth:`Endpoint.answer` for a call that was done and whose answer is lost with its connection."""
 
 
 @dataclass
@@ -60,8 +64,8 @@ class Endpoint:
     def __init__(self, runner: Runner | None = None, keep_requests: bool = True) -> None:
         self.lock = threading.RLock()
         self.faults = Faults()
-        self.batch = Batch(self.lock, runner)
-        self.ecs = Ecs(self.lock, runner)
+        self.batch = Batch(self.lock, runner, self.faults)
+        self.ecs = Ecs(self.lock, runner, self.faults)
         self.sts = Sts(self.faults)
         self.logs = Logs([self.batch.log_stream, self.ecs.log_stream])
         #: per operation: the function answering it (wrap one to script a sequence of answers)
@@ -79,6 +83,8 @@ class Endpoint:
         self.throttled: Counter[str] = Counter()
         #: calls answered per ``(caller, operation)``
         self.callers: Counter[tuple[str, str]] = Counter()
+        #: calls done whose answer was lost (``faults.lose_answers``), per ``(operation, mode)``
+        self.lost_answers: Counter[tuple[str, str]] = Counter()
         self.keep_requests = keep_requests
         #: ``(operation, request body)`` of every answered call, if ``keep_requests``
         self.requests: list[tuple[str, dict[str, Any]]] = []
@@ -105,12 +111,33 @@ class Endpoint:
         with self.lock:
             self.failures.setdefault(operation, []).extend([(status, code)] * times)
 
+    def lose_answers(
+        self,
+        operations: Collection[str] = CREATING_OPERATIONS,
+        fraction: float = 0.0,
+        next: int = 0,
+        mode: str = "500",
+        seed: int = 0,
+    ) -> None:
+        """Do the calls of ``operations``, then lose the answers of the ``next`` ones and of a seeded ``fraction``
+        of the others: ``mode`` ``"500"`` answers a 500 ``ServerException``, ``"drop"`` drops the connection
+        (see :class:`~airflow_ml_batch.testing.endpoint.core.LostAnswers`; ``faults.lose_answers = None``
+        switches it off)."""
+        settings = {"operations": operations, "fraction": fraction, "next": next, "mode": mode, "seed": seed}
+        with self.lock:
+            self.faults.update({"lose_answers": settings})
+
     def stats(self) -> dict[str, Any]:
         """The counters, as ``GET /_endpoint/stats`` returns them."""
         with self.lock:
             callers: dict[str, dict[str, int]] = {}
             for (caller, operation), n in self.callers.items():
                 callers.setdefault(caller, {})[operation] = n
+            lost: Counter[str] = Counter()
+            lost_by_mode: dict[str, dict[str, int]] = {}
+            for (operation, mode), n in self.lost_answers.items():
+                lost[operation] += n
+                lost_by_mode.setdefault(mode, {})[operation] = n
             return {
                 "calls": dict(self.calls),
                 "throttled": dict(self.throttled),
@@ -123,6 +150,8 @@ class Endpoint:
                 "terminated_by": self.batch.terminated_by,
                 "held": self.held,
                 "rejected_credentials": self.sts.rejected_credentials,
+                "lost_answers": dict(lost),
+                "lost_answers_by_mode": lost_by_mode,
             }
 
     def runs(self, kind: str) -> dict[str, dict[str, Any]]:
@@ -146,7 +175,8 @@ class Endpoint:
 
     def answer(self, call: Call) -> tuple[int, Any]:
         """Answer one call: ``(HTTP status, answer)``, where an error answer is an
-        :class:`~airflow_ml_batch.testing.endpoint.core.AwsError`."""
+        :class:`~airflow_ml_batch.testing.endpoint.core.AwsError`; :class:`AnswerDropped` when the call was done
+        and its answer is to be dropped with the connection (``faults.lose_answers``)."""
         with self.lock:
             describe = self.describes.get(call.operation)
             if describe is not None:
@@ -181,6 +211,15 @@ class Endpoint:
                 run = self.batch.runs.get(answer["jobId"])
                 if isinstance(run, Timeline):  # a wall-clock run; a process's exit code is its own
                     run.fails = True
+            lose = self.faults.lose_answers
+            # Only a call that did its work loses its answer: not one refused above, nor a RunTask that started
+            # no task (its failures are its answer).
+            started_nothing = isinstance(answer, dict) and answer.get("tasks") == []
+            if lose is not None and not started_nothing and lose.loses(call.operation):
+                self.lost_answers[(call.operation, lose.mode)] += 1
+                if lose.mode == "drop":
+                    raise AnswerDropped(call.operation)
+                return 500, AwsError(500, "ServerException", "Internal Server Error")
             return 200, answer
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -205,7 +244,12 @@ class Endpoint:
         if operation not in self.operations:
             return _render(service, 400, AwsError(400, "UnknownOperationException", f"{operation} is not served"))
         call = Call(service, operation, body, caller=caller, region=region, access_key=key)
-        status, answer = self.answer(call)
+        try:
+            status, answer = self.answer(call)
+        except AnswerDropped:  # done; the client gets its connection reset, as from ``unreachable``
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError from None
         held = (
             operation == "SubmitJob"
             and (body.get("tags") or {}).get("airflow:map_index") in self.faults.hold_map_indexes
@@ -322,7 +366,7 @@ def _render(service: str, status: int, answer: Any) -> web.Response:
         return web.Response(status=status, text=answer, content_type="text/xml")
     content_type = "application/json" if service == "batch" else JSON_11
     if isinstance(answer, AwsError):
-        body = {"__type": answer.code, "message": answer.message}
+        body = {"__type": answer.code, "message": answer.message, **answer.fields}
         return web.Response(
             status=status, text=json.dumps(body), content_type=content_type, headers={"x-amzn-ErrorType": answer.code}
         )

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .core import WallClockRunner
+from .core import CREATING_OPERATIONS, WallClockRunner
 from .server import Endpoint
 
 
@@ -107,7 +107,7 @@ class EndpointClient:
 
     def faults(self, **switches: Any) -> None:
         """Switch faults on (:meth:`~airflow_ml_batch.testing.endpoint.core.Faults.update`):
-        ``throttle_seconds=60``, ``credential_ttl=4``, ``fail_job_names=r"-t1-a1$"``, ..."""
+        ``throttle_seconds=60``, ``credential_ttl=4``, ``fail_job_names=r"-t1-a1$"``, ``list_lag_seconds=5``, ..."""
         self.control("faults", switches)
 
     def fail_next(
@@ -115,3 +115,17 @@ class EndpointClient:
     ) -> None:
         """Answer the next ``times`` calls of ``operation`` with an error."""
         self.control("fail-next", {"operation": operation, "times": times, "status": status, "code": code})
+
+    def lose_answers(
+        self,
+        operations: Sequence[str] = CREATING_OPERATIONS,
+        fraction: float = 0.0,
+        next: int = 0,
+        mode: str = "500",
+        seed: int = 0,
+    ) -> None:
+        """Lose the answers of calls that were done
+        (:meth:`~airflow_ml_batch.testing.endpoint.server.Endpoint.lose_answers`)."""
+        names = [operations] if isinstance(operations, str) else list(operations)
+        settings = {"operations": names, "fraction": fraction, "next": next, "mode": mode, "seed": seed}
+        self.faults(lose_answers=settings)
