@@ -5,7 +5,10 @@ registers the id it waits for with its own ``poll_interval`` through a :class:`W
 loop, connection, region, scope) describes the ids that are due, up to 100 per call, and wakes a trigger
 only when its resource changes state (an :class:`Observation`). Transient errors (throttling, 5xx, network,
 expired credentials) slow the poller down and never fail a trigger; any other error that lasts
-:data:`PERSISTENT_ERROR_GRACE` fails every trigger of the poller at once, with the AWS message.
+:data:`PERSISTENT_ERROR_GRACE` fails every trigger of the poller at once, with the AWS message. An error
+that one id causes (an ECS task of another cluster, a malformed id) fails that id's trigger only: the
+call is split until the id is found. While the poller keeps failing, each watcher gets a warning for its
+task's log (:data:`WARNING_AFTER`, :data:`WARNING_EVERY`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Hashable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, TypeVar
 
 from airflow_ml_batch.hooks.base import AwsServiceHook
@@ -38,6 +41,14 @@ _EARLY = 0.05
 #: with the poller's next round if that comes by then, else in a round of its own that the watchers
 #: joining after it, within the same window, share.
 _JOIN_WINDOW = 1.0
+#: A failure streak (no describe answered) this many seconds long sends each watcher a warning (an
+#: :class:`Observation` with ``warning``) for its task's log; short throttling blips send none.
+WARNING_AFTER = 60.0
+#: While the streak lasts, a watcher gets at most one warning per this many seconds.
+WARNING_EVERY = 600.0
+#: Calls a round may see fail, with none answered, before it takes the error for the poller's own (access
+#: denied) rather than one id's; each failed round in a row allows two more, up to a whole bisection.
+_UNANSWERED_FAILURES = 3
 
 
 def within(awaitable: Awaitable[T], timeout: float | None) -> Awaitable[T | None]:
@@ -66,8 +77,10 @@ async def _within(awaitable: Awaitable[T], timeout: float) -> T | None:
 class Observation:
     """What the poller saw of one watched resource: its description, or ``None`` when not returned.
 
-    ``error``: the poller gave up (an error outlasted the grace). ``bug``: handling the answer raised
-    (a bug, or an answer of a shape nobody expected); the trigger fails with it.
+    ``error``: the poller gave up (an error outlasted the grace, or AWS rejects this id alone).
+    ``bug``: handling the answer raised (a bug, or an answer of a shape nobody expected); the trigger
+    fails with it. ``warning``: no news of the resource, only that the poller keeps failing; the watcher
+    logs it and waits on (``description`` is ``None`` then, and means nothing).
     """
 
     description: dict[str, Any] | None
@@ -75,6 +88,8 @@ class Observation:
     bug: BaseException | None = None
     #: the id observed (set by the poller)
     resource: str | None = None
+    #: the poller has been failing for a while and still tries: a message for the task's log
+    warning: str | None = None
 
     def given_up(self) -> str | None:
         """Why the poller gave up on this id (``error``), if it did; raises ``bug``, with its traceback, if set."""
@@ -84,8 +99,13 @@ class Observation:
 
 
 def due_ids(due: dict[str, float], intervals: dict[str, float], now: float) -> list[str]:
-    """The ids to describe at ``now``: those due, and those due within ``_EARLY`` (5 %) of their interval."""
-    return [resource for resource, at in due.items() if at - _EARLY * intervals[resource] <= now]
+    """The ids to describe at ``now``: those due, and those due within ``_EARLY`` (5 %) of their interval.
+
+    Oldest due first, so that rounds cut short (steady throttling) still reach every id in turn.
+    """
+    return sorted(
+        (resource for resource, at in due.items() if at - _EARLY * intervals[resource] <= now), key=due.__getitem__
+    )
 
 
 class SharedPoller(ABC):
@@ -117,6 +137,10 @@ class SharedPoller(ABC):
         self._call_gap = _MIN_CALL_GAP
         self._failures = 0
         self._failing_since: float | None = None
+        #: when the current failure streak (any error, no describe answered since) began
+        self._streak_since: float | None = None
+        #: the entered watches: the poller is registered, and its task runs, while there is one
+        self._holders: set[Watch] = set()
         self._joined = asyncio.Event()
         #: when the next round starts, as far as a joining id can tell (see :meth:`_first_describe_at`)
         self._next_round_at = float("inf")
@@ -212,31 +236,41 @@ class SharedPoller(ABC):
     # -- polling ----------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while self._watchers:
+        """Poll until cancelled (the last watch leaves); a new client after a failure to create one."""
+        while True:
             try:
                 async with self.hook.async_client() as client:
-                    await self._poll_while_watched(client)
+                    await self._poll(client)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the client could not be created: on the same clock as a describe
                 self._failed(error, "create the client")
                 await asyncio.sleep(self._backoff())
 
-    async def _poll_while_watched(self, client: Any) -> None:
-        try:
-            while self._watchers:
+    async def _poll(self, client: Any) -> None:
+        """Describe each id when due, with ``client``, until cancelled (while no id is watched, sleep)."""
+        while True:
+            try:
                 await self._until_due()
                 if not await self._poll_round(client):
                     await asyncio.sleep(self._backoff())
-        except Exception as bug:  # a bug of the poller itself: its watchers fail with it, never wait forever
-            log.exception("%s: the poller failed", self._where())
-            for resource in list(self._watchers):
-                for watch in self._watchers[resource]:
-                    watch.put(Observation(None, bug=bug))
-            self._due.clear()
+            except Exception as bug:  # a bug of the poller itself: its watchers fail with it, never wait forever
+                log.exception("%s: the poller failed", self._where())
+                for resource in list(self._watchers):
+                    for watch in self._watchers[resource]:
+                        watch.put(Observation(None, bug=bug))
+                self._due.clear()
 
     async def _poll_round(self, client: Any) -> bool:
-        """Describe the due ids, :attr:`batch_size` per call; ``False`` when a call failed."""
+        """Describe the due ids, :attr:`batch_size` per call; ``False`` when the round failed (back off).
+
+        A call of several ids that fails with an error that will not pass by itself is split in halves,
+        described later in the same round, down to single ids: an id whose own call fails is rejected
+        (its watchers fail) if some call of the round was answered, which tells that the error is the
+        id's and not the poller's. A round with no call answered fails as a whole (:meth:`_failed`), and
+        stops splitting after a few failed calls (:meth:`_unanswered_failures`). Each id that causes an
+        error costs about ``2 * log2(batch_size)`` more calls.
+        """
         started = time.monotonic()
         self._next_round_at = float("inf")  # ids joining during this round open a window of their own
         ids = due_ids(self._due, self._intervals, started)
@@ -244,40 +278,82 @@ class SharedPoller(ABC):
             return True
         self.rounds += 1
         jitter = random.uniform(0.95, 1.05)  # one factor per round: ids described together stay together
-        for start in range(0, len(ids), self.batch_size):
-            if start:
-                await asyncio.sleep(self._call_gap)
-            chunk = [resource for resource in ids[start : start + self.batch_size] if resource in self._watchers]
+        chunks = (ids[start : start + self.batch_size] for start in range(0, len(ids), self.batch_size))
+        calls = _RoundCalls(collections.deque(chunks), first=self.calls)
+        while calls.waiting:
+            chunk = [resource for resource in calls.waiting.popleft() if resource in self._watchers]
             if not chunk:
                 continue
+            if self.calls > calls.first:
+                await asyncio.sleep(self._call_gap)
             try:
                 self.calls += 1
                 answer = await self.request(client, chunk)
             except Exception as error:
-                self._failed(error, f"describe {len(chunk)} ids")
-                return False
+                if self._split(calls, chunk, error):
+                    continue
+                break
+            calls.answered = True
             self._answered()
-            for resource in chunk:
-                if resource in self._due:
-                    self._due[resource] = started + self._intervals[resource] * jitter
-            try:
-                found = self.found(answer)
-            except Exception as bug:
-                log.exception("%s: could not read the %s answer", self._where(), self.operation)
-                for resource in chunk:
-                    self._deliver(resource, Observation(None, bug=bug), force=True)
-                continue
-            for resource in chunk:
-                self._deliver(resource, Observation(found.get(resource)))
+            self._read(chunk, answer, started, jitter)
+        if calls.answered:
+            for resource, cause in calls.rejected:
+                self._reject(resource, cause)
+        if calls.error is not None and (is_transient(calls.error) or not calls.answered):
+            self._failed(calls.error, f"describe {len(ids)} ids")
+            return False
         return True
+
+    def _split(self, calls: _RoundCalls, chunk: list[str], error: Exception) -> bool:
+        """After a failed call of ``chunk``: describe its halves later in the round, or note its one id as
+        rejected; ``False`` when the round stops there (a transient error, or too many failures unanswered)."""
+        calls.error = error
+        if is_transient(error):
+            return False
+        calls.failures += 1
+        if not calls.answered and calls.failures >= self._unanswered_failures():
+            return False
+        if len(chunk) == 1:
+            calls.rejected.append((chunk[0], error))
+        else:
+            calls.waiting.extend((chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]))
+        return True
+
+    def _unanswered_failures(self) -> int:
+        """How many calls of a round may fail, none answered, before the error counts as the poller's."""
+        whole_bisection = 2 * (self.batch_size - 1).bit_length() + 1
+        return min(_UNANSWERED_FAILURES + 2 * self._failures, whole_bisection)
+
+    def _read(self, chunk: list[str], answer: Any, started: float, jitter: float) -> None:
+        """Set the next describe of the ids of an answered call, and deliver what the answer says of each."""
+        for resource in chunk:
+            if resource in self._due:
+                self._due[resource] = started + self._intervals[resource] * jitter
+        try:
+            found = self.found(answer)
+        except Exception as bug:
+            log.exception("%s: could not read the %s answer", self._where(), self.operation)
+            for resource in chunk:
+                self._deliver(resource, Observation(None, bug=bug), force=True)
+            return
+        for resource in chunk:
+            self._deliver(resource, Observation(found.get(resource)))
+
+    def _reject(self, resource: str, error: Exception) -> None:
+        """Fail the watchers of ``resource``: a call of it alone failed while other calls were answered."""
+        message = f"{self._where()} fails for {resource} alone: {error_text(error)}"
+        log.warning("%s; its waiting tasks fail", message)
+        self._deliver(resource, Observation(None, error=message), force=True)
 
     def _answered(self) -> None:
         self._failures = 0
         self._failing_since = None
+        self._streak_since = None
         self._call_gap = max(self._call_gap * 0.8, _MIN_CALL_GAP)
 
     def _failed(self, error: Exception, what: str) -> None:
-        """Count a failed call; once non-transient errors outlast the grace, fail every watcher with it."""
+        """Count a failed attempt; warn the watchers of a long streak; once non-transient errors outlast
+        the grace, fail every watcher with it."""
         self._failures += 1
         self._call_gap = min(self._call_gap * 2, _MAX_CALL_GAP)
         transient = is_transient(error)
@@ -289,17 +365,34 @@ class SharedPoller(ABC):
             self._failures,
             "" if transient else ", will not pass by itself",
         )
-        if transient:
-            return
         now = time.monotonic()
-        self._failing_since = self._failing_since or now
-        if now - self._failing_since < PERSISTENT_ERROR_GRACE:
-            return
-        message = (
-            f"{self._where()}: could not {what} for {now - self._failing_since:.0f}s; last error: {error_text(error)}"
-        )
-        for resource in list(self._watchers):
-            self._deliver(resource, Observation(None, error=message), force=True)
+        if self._streak_since is None:
+            self._streak_since = now
+        outlook = "the waiting tasks go on waiting"
+        if not transient:
+            if self._failing_since is None:
+                self._failing_since = now
+            failing = now - self._failing_since
+            if failing >= PERSISTENT_ERROR_GRACE:
+                message = f"{self._where()}: could not {what} for {failing:.0f}s; last error: {error_text(error)}"
+                for resource in list(self._watchers):
+                    self._deliver(resource, Observation(None, error=message), force=True)
+                return
+            left = PERSISTENT_ERROR_GRACE - failing
+            outlook = f"it will not pass by itself: the waiting tasks fail if it lasts {left:.0f}s more"
+        streak = now - self._streak_since
+        if streak >= WARNING_AFTER:
+            message = f"{self._where()}: could not {what} for {streak:.0f}s ({error_text(error)}); {outlook}"
+            self._warn(message, now, self._streak_since)
+
+    def _warn(self, message: str, now: float, streak_since: float) -> None:
+        """Send ``message`` to each watch with ids, unless it had one of this streak within :data:`WARNING_EVERY`.
+
+        One per watch (a group's too), about one of its ids, whatever their number.
+        """
+        for watch in self._holders:
+            if watch.ids and watch.may_warn(now, streak_since):
+                watch.put(Observation(None, warning=message, resource=min(watch.ids)))
 
     def _where(self) -> str:
         """The service, connection, region and scope of this poller, for messages."""
@@ -316,6 +409,8 @@ class SharedPoller(ABC):
         return max(1.0, random.uniform(0, ceiling))
 
     def _deliver(self, resource: str, observation: Observation, force: bool = False) -> None:
+        if resource not in self._watchers:  # it left during the call: nobody to tell, nothing to keep
+            return
         if observation.description is not None:
             try:
                 state: str | None = self.state_of(observation.description)
@@ -334,11 +429,29 @@ class SharedPoller(ABC):
             self._due.pop(resource, None)  # its watchers end; nothing to describe until another joins
 
 
+@dataclass
+class _RoundCalls:
+    """The calls of one poll round: those still to make, and what the ones made so far gave."""
+
+    #: the ids of each call still to make
+    waiting: collections.deque[list[str]]
+    #: the poller's call count when the round began
+    first: int = 0
+    answered: bool = False
+    #: calls that failed with an error that will not pass by itself
+    failures: int = 0
+    #: the last error
+    error: Exception | None = None
+    #: ids whose call of their own failed, with the error
+    rejected: list[tuple[str, Exception]] = field(default_factory=list)
+
+
 class Watch:
     """One trigger's watch of ids on the shared poller (:meth:`SharedPoller.watch`, :meth:`SharedPoller.watch_many`).
 
     ``async with`` it joins the poller of its (event loop, connection, region, scope), creating it if
-    needed, and leaves it on exit: the last watch to leave stops the poller. Every change of state of any
+    needed, and leaves it on exit: the poller stays registered while any watch is entered (even one
+    with no ids yet), and the last watch to leave stops it. Every change of state of any
     of its ids arrives, in order, as an :class:`Observation` whose ``resource`` is the id: ``await``
     :meth:`next` (one reader). A waiting trigger's watch is a few objects (no queue, no generators), as
     thousands of them are what the garbage collector walks.
@@ -352,6 +465,7 @@ class Watch:
         self._joining: tuple[type[SharedPoller], AwsServiceHook, Hashable] | None = (poller_class, hook, scope)
         self._inbox: collections.deque[Observation] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._warned_at: float | None = None
 
     async def __aenter__(self) -> Watch:
         assert self._joining is not None, "a Watch is entered once"
@@ -362,6 +476,7 @@ class Watch:
         if poller is None:
             poller = pollers[key] = poller_class(hook, scope)
         self.poller = poller
+        poller._holders.add(self)
         for resource in self.ids:
             poller._join(resource, self)
         self._start_poller()
@@ -371,13 +486,16 @@ class Watch:
         for resource in list(self.ids):
             self.remove(resource)
         poller = self.poller
+        poller._holders.discard(self)
+        if poller._holders:
+            return
         pollers = poller._pollers.get(asyncio.get_running_loop(), {})
         key = (poller.hook._shared_client_key, poller.scope)
-        if not poller._watchers and pollers.get(key) is poller:
+        if pollers.get(key) is poller:
             del pollers[key]
-            if poller._task is not None:
-                poller._task.cancel()
-                await asyncio.wait([poller._task])  # its client is closed before the last watcher leaves
+        if poller._task is not None:
+            poller._task.cancel()
+            await asyncio.wait([poller._task])  # its client is closed before the last watcher leaves
 
     def add(self, resource: str) -> None:
         """Start watching ``resource``: its current state arrives soon."""
@@ -397,6 +515,13 @@ class Watch:
         if resource in self.ids:
             self.ids.discard(resource)
             self.poller._leave(resource, self)
+
+    def may_warn(self, now: float, streak_since: float) -> bool:
+        """Whether to warn this watch of a failure streak begun at ``streak_since``; if so, it counts as warned."""
+        if self._warned_at is not None and self._warned_at >= streak_since and now - self._warned_at < WARNING_EVERY:
+            return False
+        self._warned_at = now
+        return True
 
     def put(self, observation: Observation) -> None:
         """Deliver ``observation`` (the poller does)."""
