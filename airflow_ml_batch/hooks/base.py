@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import botocore.loaders
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 #: hook's ``config``: "standard" retries throttling and transient errors with exponential backoff and
 #: jitter; pollers add their own pacing on top.
 DEFAULT_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 5})
+#: botocore settings over the hook's for the calls that start a job (SubmitJob, RunTask): each is sent once.
+#: botocore would re-send a call whose answer was lost (a 5xx, a read timeout, a dropped connection) although
+#: AWS may have started the job; the caller looks for it first (``BatchHook.submit_job``).
+SEND_ONCE = Config(retries={"mode": "standard", "total_max_attempts": 1})
 
 #: One botocore data loader for every async session in the process: the parsed service models are
 #: the largest part of a client's memory, and loading them is the slow, blocking part of creating one.
@@ -129,13 +134,14 @@ class SharedAsyncClients:
         return len(self._leases.get(asyncio.get_running_loop(), {}))
 
     @asynccontextmanager
-    async def lease(self, key: Any, hook: AwsServiceHook) -> AsyncIterator[AioBaseClient]:
-        """Hold the client for ``key``, creating it with ``hook`` if nobody holds one yet."""
+    async def lease(self, key: Any, hook: AwsServiceHook, send_once: bool = False) -> AsyncIterator[AioBaseClient]:
+        """Hold the client for ``key``, creating it with ``hook`` if nobody holds one yet (``send_once``: with
+        botocore's retries off)."""
         leases = self._leases.setdefault(asyncio.get_running_loop(), {})
         lease = leases.get(key)
         if lease is None:
             stack = AsyncExitStack()
-            lease = leases[key] = _Lease(stack, asyncio.ensure_future(self._open(hook, stack)))
+            lease = leases[key] = _Lease(stack, asyncio.ensure_future(self._open(hook, stack, send_once)))
         lease.holders += 1
         try:
             # shield: one holder giving up must not cancel the creation the others wait for.
@@ -147,8 +153,10 @@ class SharedAsyncClients:
                 await self._close(lease)
 
     @staticmethod
-    async def _open(hook: AwsServiceHook, stack: AsyncExitStack) -> AioBaseClient:
+    async def _open(hook: AwsServiceHook, stack: AsyncExitStack, send_once: bool = False) -> AioBaseClient:
         session, client_kwargs = await sync_to_async(hook._prepare_async_client)()
+        if send_once:
+            client_kwargs["config"] = client_kwargs["config"].merge(SEND_ONCE)
         return await stack.enter_async_context(session.create_client(**client_kwargs))
 
     @staticmethod
@@ -223,15 +231,22 @@ class AwsServiceHook(AwsGenericHook):  # type: ignore[type-arg]
             frame = frame.f_back  # type: ignore[assignment]
         return "Unknown"
 
+    @cached_property
+    def send_once_conn(self) -> Any:
+        """A sync boto3 client that sends each call once (:data:`SEND_ONCE`): for the calls that start a job."""
+        return self.get_client_type(region_name=self.region_name, config=self.config.merge(SEND_ONCE))
+
     @asynccontextmanager
-    async def async_client(self) -> AsyncIterator[Any]:
+    async def async_client(self, send_once: bool = False) -> AsyncIterator[Any]:
         """Borrow the process-wide aiobotocore client for this connection, region and service.
 
         Use it as ``async with hook.async_client() as client:``. Every caller in the event loop with
         the same connection, region, service and client config gets the same client; it is created
-        once, off the event loop, and closed when the last caller leaves.
+        once, off the event loop, and closed when the last caller leaves. ``send_once``: a second shared
+        client, with botocore's retries off (:data:`SEND_ONCE`), for the calls that start a job.
         """
-        async with shared_clients.lease(self._shared_client_key, self) as client:
+        key = (*self._shared_client_key, "send once") if send_once else self._shared_client_key
+        async with shared_clients.lease(key, self, send_once) as client:
             yield client
 
     def _prepare_async_client(self) -> tuple[AioSession, dict[str, Any]]:

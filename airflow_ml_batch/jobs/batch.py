@@ -15,6 +15,9 @@ from airflow_ml_batch.jobs.fields import RequestField, direct_request
 #: Job states in which the job may still run; SUCCEEDED and FAILED are final.
 ACTIVE_STATES = frozenset({"SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"})
 FINAL_STATES = frozenset({"SUCCEEDED", "FAILED"})
+#: Seconds a job whose SubmitJob answer was lost is looked for before the request is sent again: ListJobs
+#: is eventually consistent, and a job just created may not be listed yet.
+LOOKUP_SECONDS = 30.0
 #: The log group Batch writes to unless the job definition's logConfiguration names another.
 DEFAULT_LOG_GROUP = "/aws/batch/job"
 #: How many failed children of an array job a failure message names (the lowest indexes).
@@ -420,6 +423,14 @@ def _array_failure_lines(summary: dict[str, Any]) -> list[str]:
     if shown and more > 0:
         lines.append(f"  ... and {more} more failed children")
     return lines
+
+
+def submitted_job(jobs: list[dict[str, Any]], request: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The job (DescribeJobs ``JobDetail``) that SubmitJob ``request`` started, among ``jobs``: its name and
+    every one of its tags; the newest if there are several."""
+    tags = (request.get("tags") or {}).items()
+    mine = [j for j in jobs if j.get("jobName") == request["jobName"] and tags <= (j.get("tags") or {}).items()]
+    return max(mine, key=lambda job: job.get("createdAt", 0), default=None)
 
 
 def reattachable_job(jobs: list[dict[str, Any]], tries: range) -> dict[str, Any] | None:

@@ -10,9 +10,22 @@ from typing import Any
 from airflow_ml_batch.jobs.common import with_log_tail
 from airflow_ml_batch.jobs.fields import RequestField, direct_request
 
-#: RunTask ``failures`` reasons that mean "no capacity right now": retried with backoff (the
-#: ``clientToken`` makes a retry safe).
-CAPACITY_FAILURES = ("RESOURCE:", "AGENT", "Capacity is unavailable", "capacity")
+#: RunTask ``failures`` reasons that mean "no capacity right now" (the ECS API reference's failure reasons:
+#: ``RESOURCE:CPU``, ``RESOURCE:MEMORY``, ...; ``AGENT``; Fargate's "Capacity is unavailable at this time"):
+#: tried again, with a new ``clientToken``, a bounded number of times. Any other failure is a configuration
+#: to fix.
+CAPACITY_FAILURES = ("RESOURCE:", "AGENT", "Capacity is unavailable")
+
+
+def failures_text(failures: list[dict[str, Any]]) -> str:
+    """RunTask's ``failures`` as users read them: ``"<arn> <reason> <detail>; ..."``."""
+    return "; ".join(f"{f.get('arn', '')} {f.get('reason', '')} {f.get('detail', '')}".strip() for f in failures)
+
+
+def no_capacity(failures: list[dict[str, Any]]) -> bool:
+    """Whether RunTask's ``failures`` all say "no capacity right now" (:data:`CAPACITY_FAILURES`)."""
+    reasons = [str(f.get("reason", "")) for f in failures]
+    return bool(reasons) and all(any(marker in reason for marker in CAPACITY_FAILURES) for reason in reasons)
 
 
 def started_by_for(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
@@ -24,9 +37,15 @@ def started_by_for(dag_id: str, task_id: str, run_id: str, map_index: int = -1) 
     return "airflow-" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
-def client_token_for(started_by: str, try_number: int) -> str:
-    """RunTask's idempotency token for one try: a repeated RunTask of the same try starts no second task."""
-    return hashlib.sha256(f"{started_by}\n{try_number}".encode()).hexdigest()[:64]
+def client_token_for(*key: object, placement: int = 1) -> str:
+    """RunTask's idempotency token for one start of a task (``key``: what names it, e.g. ``startedBy`` and try).
+
+    RunTask sent again with the same token starts no second task, so a call whose answer was lost is simply
+    sent again. ECS answers a repeated token with the first call's outcome, so after a capacity failure, which
+    started nothing, the next ``placement`` gets a token of its own.
+    """
+    text = "\n".join(str(part) for part in key) + (f"\nplacement {placement}" if placement > 1 else "")
+    return hashlib.sha256(text.encode()).hexdigest()[:64]
 
 
 def run_task_request(

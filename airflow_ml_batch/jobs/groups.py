@@ -73,7 +73,7 @@ class Plan:
     attach: dict[int, FoundJob]
     #: active jobs nobody will wait for (of a cleared try, or a second one for a model)
     stop: list[FoundJob]
-    #: model index -> jobs already submitted for it in this try (they count against ``model_retries``)
+    #: model index -> the highest attempt already submitted for it in this try (counts against ``model_retries``)
     attempts: dict[int, int]
 
 
@@ -84,8 +84,9 @@ def plan_group(
 
     The newest job of each model from this try or a try in ``reattachable`` (tries since the last clear)
     is waited for: a running one is not submitted again, a succeeded one is done, a failed one of this
-    try counts as one of its attempts. A job known to have failed in an earlier try is not waited for:
-    its model is submitted again without describing it or reading its log once more. Active jobs of other
+    try counts as one of its attempts (the next attempt's number is the highest seen plus one). A job known
+    to have failed in an earlier try is not waited for: its model is submitted again without describing it
+    or reading its log once more. Active jobs of other
     tries (a cleared try's), older active duplicates, and with ``reattach=False`` every active job of an
     earlier try, are stopped. Jobs of later tries (a newer trigger of the same task exists) are left alone.
     """
@@ -95,8 +96,8 @@ def plan_group(
     for job in sorted(found, key=lambda j: (j.try_number, j.attempt, j.created_at)):
         if job.index >= model_count or job.try_number > try_number:
             continue
-        if job.try_number == try_number:
-            attempts[job.index] += 1
+        if job.try_number == try_number:  # the highest attempt seen: a lost job may leave a gap in the count
+            attempts[job.index] = max(attempts[job.index], job.attempt)
         keep = job.try_number == try_number or (reattach and job.try_number in reattachable and not job.failed)
         if not keep:
             if job.active:

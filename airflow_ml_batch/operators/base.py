@@ -260,18 +260,22 @@ class DeferredJobOperator(BaseOperator):
         """Resume after the deferral; when Airflow timed it out, stop the job first: nobody waits for it."""
         error = str((next_kwargs or {}).get("error", ""))
         if next_method == _FAIL_METHOD and "timeout" in error.lower():
-            ti = context["ti"]
-            job_id = ti.xcom_pull(task_ids=ti.task_id, key=self.job_id_xcom_key, map_indexes=ti.map_index)
-            if job_id:
-                reason = "the task's execution_timeout was reached while no trigger watched the job"
-                self.log.info("Stopping %s: %s", job_id, reason)
-                try:
-                    self.stop_job(str(job_id), reason)
-                    if AIRFLOW_V_3_0_PLUS:  # this run renders every link again (links.base)
-                        self.save_job_link(context, str(job_id))
-                except Exception:
-                    self.log.exception("Could not stop %s", job_id)
+            self.stop_abandoned_jobs(context, "the task's execution_timeout was reached while no trigger watched it")
         return super().resume_execution(next_method, next_kwargs, context)
+
+    def stop_abandoned_jobs(self, context: Context, reason: str) -> None:
+        """Stop the job this task instance started (its id pushed before the deferral), from a worker."""
+        ti = context["ti"]
+        job_id = ti.xcom_pull(task_ids=ti.task_id, key=self.job_id_xcom_key, map_indexes=ti.map_index)
+        if not job_id:
+            return
+        self.log.info("Stopping %s: %s", job_id, reason)
+        try:
+            self.stop_job(str(job_id), reason)
+            if AIRFLOW_V_3_0_PLUS:  # this run renders every link again (links.base)
+                self.save_job_link(context, str(job_id))
+        except Exception:
+            self.log.exception("Could not stop %s, which may still run", job_id)
 
 
 class ModelGroupOperator(DeferredJobOperator):
@@ -296,6 +300,7 @@ class ModelGroupOperator(DeferredJobOperator):
 
     #: request fields whose mappings a model's entry merges over the operator's
     merged_fields: ClassVar[tuple[str, ...]] = ("environment", "parameters", "tags")
+    submit_rate: float  # one of the GroupSettings kept as attributes in __init__; the worker's stops use it too
 
     def __init__(
         self,
@@ -379,6 +384,29 @@ class ModelGroupOperator(DeferredJobOperator):
     def job_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
         """The single-job trigger's settings for each job of the group (the service adds its own)."""
         return settings
+
+    def active_group_jobs(self, context: Context) -> list[str]:
+        """The ids of every job of this task instance (any try) that may still run, found by the group's prefix."""
+        raise NotImplementedError
+
+    def stop_abandoned_jobs(self, context: Context, reason: str) -> None:
+        """Stop every job of the group that may still run (no trigger pushed their ids), within ``submit_rate``.
+
+        Each stop goes through the client's retries; the ones that could not be stopped are named in the log.
+        """
+        from airflow_ml_batch.jobs.errors import error_text
+
+        job_ids = self.active_group_jobs(context)
+        self.log.info("Stopping %d jobs of the group: %s", len(job_ids), reason)
+        not_stopped = []
+        for job_id in job_ids:
+            try:
+                self.stop_job(job_id, reason)
+            except Exception as error:
+                not_stopped.append(f"{job_id} ({error_text(error)})")
+            time.sleep(1.0 / max(float(self.submit_rate), 0.1))
+        if not_stopped:
+            self.log.error("Could not stop %d jobs, which may still run: %s", len(not_stopped), "; ".join(not_stopped))
 
     def execute_complete(self, context: Context, event: Any = None) -> Any:
         """Resume after the group's trigger: return every model's result, or raise why the group failed."""

@@ -7,9 +7,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 from airflow.exceptions import AirflowException
 
 from airflow_ml_batch._compat import Context, tries_since_last_clear
-from airflow_ml_batch.jobs.batch import job_name_for, reattachable_job, submit_job_request, valid_job_name
+from airflow_ml_batch.jobs.batch import (
+    ACTIVE_STATES,
+    job_name_for,
+    reattachable_job,
+    submit_job_request,
+    valid_job_name,
+)
 from airflow_ml_batch.jobs.common import task_instance_tags
 from airflow_ml_batch.jobs.fields import RequestField
+from airflow_ml_batch.jobs.groups import parse_job_name
 from airflow_ml_batch.links.batch import BatchJobLink
 from airflow_ml_batch.links.logs import JobLogsLink
 from airflow_ml_batch.operators.base import DeferredJobOperator, ModelGroupOperator
@@ -152,15 +159,15 @@ class BatchJobOperator(DeferredJobOperator):
             self.request_fields, self.request_values(), job_name=job_name, tags={**(self.tags or {}), **task_tags}
         )
         try:
-            response = self.hook.conn.submit_job(**request)
+            job_id = str(self.hook.submit_job(request))
         except ClientError as error:
             message = error.response.get("Error", {}).get("Message", str(error))
             raise AirflowException(
                 f"AWS Batch rejected job {job_name!r} (job_queue={self.job_queue!r}, "
                 f"job_definition={self.job_definition!r}): {message}"
             ) from error
-        self.log.info("Submitted AWS Batch job %s (%s) to %s", response["jobId"], job_name, self.job_queue)
-        return str(response["jobId"])
+        self.log.info("Submitted AWS Batch job %s (%s) to %s", job_id, job_name, self.job_queue)
+        return job_id
 
 
 class BatchFleetOperator(ModelGroupOperator, BatchJobOperator):
@@ -205,3 +212,18 @@ class BatchFleetOperator(ModelGroupOperator, BatchJobOperator):
         request = submit_job_request(self.request_fields, values, job_name="", tags=tags)
         del request["jobName"]  # the trigger names each attempt
         return request
+
+    def active_group_jobs(self, context: Context) -> list[str]:
+        prefix = self.group_identity(context)["prefix"]
+        job_ids = []
+        for queue in sorted({model["request"]["jobQueue"] for model in self.group_models(context)}):
+            pages = self.hook.conn.get_paginator("list_jobs").paginate(
+                jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [f"{prefix}*"]}]
+            )
+            job_ids += [
+                summary["jobId"]
+                for page in pages
+                for summary in page["jobSummaryList"]
+                if summary.get("status") in ACTIVE_STATES and parse_job_name(prefix, summary["jobName"]) is not None
+            ]
+        return job_ids

@@ -11,8 +11,9 @@ from airflow.exceptions import AirflowException
 from airflow_ml_batch._compat import Context, tries_since_last_clear
 from airflow_ml_batch.jobs.common import task_instance_tags
 from airflow_ml_batch.jobs.ecs import (
-    CAPACITY_FAILURES,
     client_token_for,
+    failures_text,
+    no_capacity,
     reattachable_task,
     run_task_request,
     started_by_for,
@@ -41,9 +42,10 @@ class EcsTaskOperator(DeferredJobOperator):
     failure it was (failed to start, Spot interruption, out of memory, container exit code, stopped by a
     user or by ECS), with the stop reason, each container's exit code and the tail of its CloudWatch log.
 
-    RunTask is idempotent per try (``clientToken``) and every task carries a deterministic ``startedBy``
-    naming the task instance, so throttled or capacity-starved RunTask calls are retried with backoff
-    without ever starting a second task. Tasks are tagged with the task instance for cost attribution.
+    RunTask carries a ``clientToken`` and every task a deterministic ``startedBy`` naming the task instance:
+    a RunTask whose answer was lost or that was throttled is sent again with the same token and starts no
+    second task; a capacity failure (which started nothing) is tried again with a new token, both with backoff
+    within ``run_task_attempts`` calls. Tasks are tagged with the task instance for cost attribution.
 
     :param cluster: cluster name or ARN.
     :param task_definition: ``family``, ``family:revision`` or ARN.
@@ -133,7 +135,7 @@ class EcsTaskOperator(DeferredJobOperator):
             reattachable = tries_since_last_clear(ti.try_number, ti.max_tries, self.retries or 0)
             task_arn = self._task_of_earlier_try(started_by, task_instance_tags(ti, with_try=False), reattachable)
         if task_arn is None:
-            task_arn = self._run_task(started_by, client_token_for(started_by, ti.try_number), task_instance_tags(ti))
+            task_arn = self._run_task(started_by, ti.try_number, task_instance_tags(ti))
         self.save_job_link(context, task_arn)
         return task_arn
 
@@ -184,41 +186,47 @@ class EcsTaskOperator(DeferredJobOperator):
             self.stop_job(task["taskArn"], "rerun by a later try")
         return None
 
-    def _run_task(self, started_by: str, client_token: str, task_tags: dict[str, str]) -> str:
+    def _run_task(self, started_by: str, try_number: int, task_tags: dict[str, str]) -> str:
+        """RunTask, sent once per call: a call whose answer was lost is sent again with the same ``clientToken``
+        (ECS answers it with the task it started); a capacity failure, which started nothing, is tried again
+        with a new token. Both within ``run_task_attempts`` calls."""
         from botocore.exceptions import ClientError
 
-        from airflow_ml_batch.jobs.errors import is_transient
+        from airflow_ml_batch.jobs.errors import error_text, is_transient
 
+        placement = 1
         request = run_task_request(
             self.request_fields,
             self.request_values(),
             started_by=started_by,
-            client_token=client_token,
+            client_token=client_token_for(started_by, try_number),
             tags={**(self.tags or {}), **task_tags},
         )
         where = f"(cluster={self.cluster!r}, task_definition={self.task_definition!r})"
         for attempt in range(1, self.run_task_attempts + 1):
             try:
-                response = self.hook.conn.run_task(**request)
-            except ClientError as error:
+                response = self.hook.send_once_conn.run_task(**request)
+            except Exception as error:
                 if not is_transient(error) or attempt == self.run_task_attempts:
+                    if not isinstance(error, ClientError):
+                        raise
                     message = error.response.get("Error", {}).get("Message", str(error))
                     raise AirflowException(f"ECS rejected RunTask {where}: {message}") from error
-                reason = str(error)
+                reason = error_text(error)
             else:
                 if response["tasks"]:
                     task_arn = str(response["tasks"][0]["taskArn"])
                     self.log.info("Started ECS task %s on %s", task_arn, self.cluster)
                     return task_arn
-                failures = "; ".join(
-                    f"{f.get('arn', '')} {f.get('reason')} {f.get('detail', '')}".strip() for f in response["failures"]
-                )
-                if not any(marker in failures for marker in CAPACITY_FAILURES) or attempt == self.run_task_attempts:
-                    raise AirflowException(f"ECS could not run the task {where}: {failures}")
-                reason = failures
+                reason = failures_text(response["failures"])
+                if not no_capacity(response["failures"]) or attempt == self.run_task_attempts:
+                    tried = f" ({placement} placements tried)" if placement > 1 else ""
+                    raise AirflowException(f"ECS could not run the task {where}: {reason}{tried}")
+                placement += 1
+                request["clientToken"] = client_token_for(started_by, try_number, placement=placement)
             pause = random.uniform(0, min(60.0, 2.0**attempt))
             self.log.warning("RunTask attempt %d failed (%s); retrying in %.0fs", attempt, reason, pause)
-            time.sleep(pause)  # the same clientToken: a retry never starts a second task
+            time.sleep(pause)
         raise AssertionError("unreachable")
 
 
@@ -253,6 +261,13 @@ class EcsFleetOperator(ModelGroupOperator, EcsTaskOperator):
         request = run_task_request(self.request_fields, values, started_by="", client_token="", tags=tags)
         del request["startedBy"], request["clientToken"]  # the trigger sets them for each attempt
         return request
+
+    def active_group_jobs(self, context: Context) -> list[str]:
+        prefix = self.group_identity(context)["prefix"]
+        pages = self.hook.conn.get_paginator("list_tasks").paginate(
+            cluster=self.cluster, startedBy=prefix, desiredStatus="RUNNING"
+        )
+        return [arn for page in pages for arn in page["taskArns"]]
 
     def job_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -29,6 +29,7 @@ from airflow_ml_batch.hooks.base import _LOADER, AwsServiceHook, _warm_loader
 from airflow_ml_batch.hooks.logs import CloudWatchLogsHook
 from airflow_ml_batch.jobs.common import metrics_from_log as metrics_from_log
 from airflow_ml_batch.jobs.errors import TRANSIENT_ERROR_CODES as TRANSIENT_ERROR_CODES
+from airflow_ml_batch.jobs.errors import backoff
 from airflow_ml_batch.jobs.errors import error_text as error_text
 from airflow_ml_batch.jobs.errors import is_transient as is_transient
 from airflow_ml_batch.links.logs import JobLogsLink
@@ -41,6 +42,8 @@ from airflow_ml_batch.triggers.poller import due_ids as due_ids
 
 log = logging.getLogger(__name__)
 
+#: Calls a stop (TerminateJob, StopTask) gets before it counts as failed (each after botocore's own retries).
+STOP_ATTEMPTS = 5
 #: The sentinel Airflow 3.3+ passes to ``Task.cancel()`` when a user acts on a deferred task.
 _USER_ACTION = "__airflow_user_action__"
 _UNKNOWN_STATE = "<unknown>"
@@ -185,7 +188,7 @@ class StopsAbandonedJobs(BaseTrigger):
 
 
 class WaitForJobTrigger(StopsAbandonedJobs):
-    """Wait for one remote job through a :class:`~airflow_ml_batch.triggers.poller.SharedPoller` and end the deferred task with one event.
+    """Wait for one remote job through the shared poller and end the deferred task with one event.
 
     Takes the keywords of :class:`JobSettings` (kept in ``settings``), and each service's own.
     """
@@ -307,6 +310,9 @@ class WaitForJobTrigger(StopsAbandonedJobs):
                         f"(last state: {last_state or 'never seen'}); it no longer exists",
                     )
                 continue
+            if observation.warning is not None:  # the poller keeps failing: no news of the job
+                self.log.warning("%s %s: %s", self.noun, self.job_id, observation.warning)
+                continue
             if (error := observation.given_up()) is not None:
                 return self._event("error", f"Could not describe {self.noun} {self.job_id}: {error}")
             if observation.description is None:
@@ -362,12 +368,25 @@ class WaitForJobTrigger(StopsAbandonedJobs):
         return TriggerEvent({"status": status, "job_id": self.job_id, "message": message, **extra})
 
     async def _stop_quietly(self, reason: str) -> None:
-        try:
-            async with self.hook.async_client() as client:
-                await self.stop(client, reason)
+        """Stop the job (:meth:`_stop`); say so in the task log, and say loudly when it could not be stopped."""
+        error = await self._stop(reason)
+        if error is None:
             self.log.info("Stopped %s %s: %s", self.noun, self.job_id, reason)
-        except Exception:
-            self.log.exception("Could not stop %s %s", self.noun, self.job_id)
+        else:
+            self.log.error("Could not stop %s %s, which may still run: %s", self.noun, self.job_id, error)
+
+    async def _stop(self, reason: str) -> str | None:
+        """Stop the job, again after transient errors (:data:`STOP_ATTEMPTS` in all); why it could not, if so."""
+        for attempt in range(1, STOP_ATTEMPTS + 1):
+            try:
+                async with self.hook.async_client() as client:
+                    await self.stop(client, reason)
+                return None
+            except Exception as error:
+                if not is_transient(error) or attempt == STOP_ATTEMPTS:
+                    return f"{error_text(error)} (after {attempt} attempts)"
+                await asyncio.sleep(backoff(attempt, first=1.0))
+        raise AssertionError("unreachable")
 
     async def _task_now(self) -> _compat.TaskInstanceNow:
         """The state (and, where Airflow tells, try number) of this trigger's task instance now.

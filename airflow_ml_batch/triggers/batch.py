@@ -16,7 +16,7 @@ from airflow_ml_batch.jobs.batch import (
     job_state,
     summarize_job,
 )
-from airflow_ml_batch.jobs.errors import is_transient
+from airflow_ml_batch.jobs.errors import error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob, model_job_name, parse_job_name
 from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
 from airflow_ml_batch.triggers.group import RejectedError, RunGroupTrigger
@@ -128,23 +128,33 @@ class BatchFleetTrigger(RunGroupTrigger):
         for queue in sorted({model["request"]["jobQueue"] for model in self.models}):
             paginator = client.get_paginator("list_jobs")
             pages = paginator.paginate(jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [f"{prefix}*"]}])
-            async for page in pages:
-                for summary in page["jobSummaryList"]:
-                    parsed = parse_job_name(prefix, summary.get("jobName", ""))
-                    if parsed is None:
-                        continue
-                    index, try_number, attempt = parsed
-                    status = summary.get("status")
-                    created = float(summary.get("createdAt") or 0)
-                    active = status in ACTIVE_STATES
-                    found.append(
-                        FoundJob(summary["jobId"], index, try_number, attempt, active, created, status == "FAILED")
-                    )
+            try:
+                async for page in pages:
+                    for summary in page["jobSummaryList"]:
+                        parsed = parse_job_name(prefix, summary.get("jobName", ""))
+                        if parsed is None:
+                            continue
+                        index, try_number, attempt = parsed
+                        status = summary.get("status")
+                        created = float(summary.get("createdAt") or 0)
+                        active = status in ACTIVE_STATES
+                        found.append(
+                            FoundJob(summary["jobId"], index, try_number, attempt, active, created, status == "FAILED")
+                        )
+            except ClientError as error:
+                if is_transient(error):
+                    raise
+                message = f"AWS Batch could not list the jobs of job_queue={queue!r}: {error_text(error)}"
+                raise RejectedError(message) from error
         return found
 
-    async def submit(self, client: Any, model: dict[str, Any], attempt: int) -> str:
+    def job_name(self, model: dict[str, Any], attempt: int) -> str:
+        """The name of ``model``'s job of attempt ``attempt`` in this try."""
+        return model_job_name(self.group["prefix"], int(model["index"]), model["label"], self.try_number, attempt)
+
+    async def submit(self, client: Any, model: dict[str, Any], attempt: int, placement: int = 1) -> str:
         request = dict(model["request"])
-        name = model_job_name(self.group["prefix"], int(model["index"]), model["label"], self.try_number, attempt)
+        name = self.job_name(model, attempt)
         tags = {**request.get("tags", {}), "airflow:try_number": str(self.try_number), "airflow:attempt": str(attempt)}
         try:
             response = await client.submit_job(**{**request, "jobName": name, "tags": tags})
@@ -155,3 +165,13 @@ class BatchFleetTrigger(RunGroupTrigger):
             where = f"job_queue={request.get('jobQueue')!r}, job_definition={request.get('jobDefinition')!r}"
             raise RejectedError(f"AWS Batch rejected job {name!r} ({where}): {message}") from error
         return str(response["jobId"])
+
+    async def find_submitted(self, client: Any, model: dict[str, Any], attempt: int) -> str | None:
+        """One ListJobs on the attempt's job name (unique to the group, model, try and attempt)."""
+        name = self.job_name(model, attempt)
+        answer = await client.list_jobs(
+            jobQueue=model["request"]["jobQueue"], filters=[{"name": "JOB_NAME", "values": [name]}]
+        )
+        named = [s for s in answer["jobSummaryList"] if s.get("jobName") == name]
+        newest = max(named, key=lambda summary: summary.get("createdAt", 0), default=None)
+        return None if newest is None else str(newest["jobId"])

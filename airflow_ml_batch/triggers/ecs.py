@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import time
@@ -13,17 +12,19 @@ from botocore.exceptions import ClientError
 
 from airflow_ml_batch.hooks.ecs import EcsHook
 from airflow_ml_batch.jobs.ecs import (
-    CAPACITY_FAILURES,
     classify_stopped_task,
+    client_token_for,
     describe_task_failure,
     essential_containers,
+    failures_text,
     log_location,
+    no_capacity,
     summarize_task,
 )
-from airflow_ml_batch.jobs.errors import is_transient
+from airflow_ml_batch.jobs.errors import error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob
 from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
-from airflow_ml_batch.triggers.group import RejectedError, RunGroupTrigger, TryAgain
+from airflow_ml_batch.triggers.group import NoCapacity, RejectedError, RunGroupTrigger
 
 log = logging.getLogger(__name__)
 
@@ -204,24 +205,32 @@ class EcsFleetTrigger(RunGroupTrigger):
     """Run and wait for the ECS tasks of a group of models (``EcsFleetOperator``).
 
     Every task of the group is started by ``startedBy=<prefix>`` and tagged with its model's index, the
-    try and the attempt; its ``clientToken`` is derived from them, so a RunTask repeated after a lost
+    try and the attempt; its ``clientToken`` is derived from them, so a RunTask sent again after a lost
     answer or a triggerer restart starts no second task. ListTasks on ``startedBy`` (running and stopped)
-    finds the tasks the task instance already has. RunTask capacity failures are retried with backoff
-    without counting as an attempt. See :class:`~airflow_ml_batch.triggers.group.RunGroupTrigger` for the
-    parameters.
+    finds the tasks the task instance already has. RunTask capacity failures are tried again with backoff
+    and a new token, without counting as an attempt, up to
+    :data:`~airflow_ml_batch.triggers.group.CAPACITY_TRIES` times. See
+    :class:`~airflow_ml_batch.triggers.group.RunGroupTrigger` for the parameters.
     """
 
     job_trigger = EcsTaskTrigger
     job_id_argument = "task_arn"
     noun = "ECS tasks"
+    resend_is_safe = True  # the same clientToken: ECS answers with the task it started
 
     async def find_jobs(self, client: Any) -> list[FoundJob]:
         cluster, prefix = self.job["cluster"], self.group["prefix"]
         arns: list[str] = []
-        for desired in ("RUNNING", "STOPPED"):
-            paginator = client.get_paginator("list_tasks")
-            async for page in paginator.paginate(cluster=cluster, startedBy=prefix, desiredStatus=desired):
-                arns.extend(page["taskArns"])
+        try:
+            for desired in ("RUNNING", "STOPPED"):
+                paginator = client.get_paginator("list_tasks")
+                async for page in paginator.paginate(cluster=cluster, startedBy=prefix, desiredStatus=desired):
+                    arns.extend(page["taskArns"])
+        except ClientError as error:
+            if is_transient(error):
+                raise
+            message = f"ECS could not list the tasks of cluster={cluster!r}: {error_text(error)}"
+            raise RejectedError(message) from error
         found = []
         for start in range(0, len(arns), 100):
             answer = await client.describe_tasks(cluster=cluster, tasks=arns[start : start + 100], include=["TAGS"])
@@ -235,14 +244,14 @@ class EcsFleetTrigger(RunGroupTrigger):
                 found.append(FoundJob(task["taskArn"], index, try_number, attempt, active))
         return found
 
-    async def submit(self, client: Any, model: dict[str, Any], attempt: int) -> str:
+    async def submit(self, client: Any, model: dict[str, Any], attempt: int, placement: int = 1) -> str:
         index, prefix = int(model["index"]), self.group["prefix"]
         numbers = {"model_index": index, "try_number": self.try_number, "attempt": attempt}
         tags = [
             *model["request"].get("tags", []),
             *({"key": f"airflow:{k}", "value": str(v)} for k, v in numbers.items()),
         ]
-        token = hashlib.sha256(f"{prefix}\n{index}\n{self.try_number}\n{attempt}".encode()).hexdigest()[:64]
+        token = client_token_for(prefix, index, self.try_number, attempt, placement=placement)
         request = {**model["request"], "startedBy": prefix, "clientToken": token, "tags": tags}
         try:
             response = await client.run_task(**request)
@@ -255,10 +264,12 @@ class EcsFleetTrigger(RunGroupTrigger):
             ) from error
         if response["tasks"]:
             return str(response["tasks"][0]["taskArn"])
-        failures = "; ".join(f"{f.get('reason')} {f.get('detail', '')}".strip() for f in response["failures"])
-        if any(marker in failures for marker in CAPACITY_FAILURES):
-            raise TryAgain(f"no capacity: {failures}")
-        raise RejectedError(f"ECS could not run the task of model {model['label']} ({self._where()}): {failures}")
+        failures = response["failures"]
+        if no_capacity(failures):
+            raise NoCapacity(failures_text(failures))
+        raise RejectedError(
+            f"ECS could not run the task of model {model['label']} ({self._where()}): {failures_text(failures)}"
+        )
 
     def _where(self) -> str:
         definition = next(iter(self.models), {}).get("request", {}).get("taskDefinition")

@@ -4,21 +4,29 @@
 builds the requests; the trigger submits every job (at most ``max_running`` at once, paced by a
 :class:`SubmitPacer` per connection and region shared by every group of the triggerer), waits for them on
 the shared poller, retries failed models (``model_retries``), and ends the task with one result per model.
+Submission runs beside the wait: observations, progress lines and the deadline go on while models are
+submitted.
 
 A trigger may run more than once for one try (a triggerer restart) and a task may be retried: before
 submitting anything, the trigger lists the jobs its task instance already has (their names or tags
 carry the model, try and attempt: :mod:`airflow_ml_batch.jobs.groups`), waits for those of this try and of
 tries since the last clear, and stops the others.
+
+Exactly one job per model: a call that starts a job is sent once (botocore's retries off). After a lost
+answer, Batch's job is looked for by its name before SubmitJob is sent again
+(:data:`~airflow_ml_batch.jobs.batch.LOOKUP_SECONDS`), and a second job listed late is stopped; ECS's RunTask
+is sent again with its ``clientToken``, which starts no second task. A cancelled trigger sends nothing more,
+waits for the calls in flight and stops what they started if the task no longer waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
+import logging
 import time
 import weakref
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Coroutine, Hashable
 from dataclasses import fields
 from functools import cached_property
 from typing import Any, ClassVar
@@ -26,22 +34,25 @@ from typing import Any, ClassVar
 from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
 
 from airflow_ml_batch.hooks.base import AwsServiceHook
+from airflow_ml_batch.jobs.batch import LOOKUP_SECONDS
 from airflow_ml_batch.jobs.common import metrics_from_log
-from airflow_ml_batch.jobs.errors import error_text, is_transient
+from airflow_ml_batch.jobs.errors import THROTTLING_ERROR_CODES, answer_lost, backoff, error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob, GroupSettings, group_failure_message, plan_group, progress_line
 from airflow_ml_batch.triggers.base import (
     JobSettings,
-    SharedPoller,
     StopsAbandonedJobs,
     WaitForJobTrigger,
-    Watch,
     job_abandoned,
     take_turn,
-    within,
 )
+from airflow_ml_batch.triggers.poller import Observation, SharedPoller, Watch, within
 
-#: the longest pause before a submission or listing is tried again (throttling also halves the pace)
-_MAX_BACKOFF = 20.0
+log = logging.getLogger(__name__)
+
+#: Capacity failures (ECS's "no capacity right now") a model's start may meet before the model fails.
+CAPACITY_TRIES = 10
+#: Seconds a cancelled or ended trigger waits for its calls in flight (a SubmitJob, a lookup) to end.
+IN_FLIGHT_WAIT = LOOKUP_SECONDS + 90.0
 
 
 class SubmitPacer:
@@ -102,6 +113,9 @@ class RunGroupTrigger(StopsAbandonedJobs):
     job_trigger: ClassVar[type[WaitForJobTrigger]]
     #: the jobs' name in messages ("AWS Batch jobs")
     noun: ClassVar[str]
+    #: whether a call whose answer was lost may simply be sent again (ECS's ``clientToken``); else the job is
+    #: looked for first (:meth:`find_submitted`)
+    resend_is_safe: ClassVar[bool] = False
 
     def __init__(
         self, *, models: list[dict[str, Any]], group: dict[str, Any], job: dict[str, Any], **group_settings: Any
@@ -127,14 +141,23 @@ class RunGroupTrigger(StopsAbandonedJobs):
 
     @abstractmethod
     async def find_jobs(self, client: Any) -> list[FoundJob]:
-        """Every job of this task instance that AWS knows (any try), from their names or tags."""
+        """Every job of this task instance that AWS knows (any try), from their names or tags.
+
+        :raises RejectedError: AWS refused the listing for a reason that will not pass (a job queue or cluster
+            that does not exist); the message names the value.
+        """
 
     @abstractmethod
-    async def submit(self, client: Any, model: dict[str, Any], attempt: int) -> str:
-        """Start ``model``'s job (attempt ``attempt`` of this try); return its id.
+    async def submit(self, client: Any, model: dict[str, Any], attempt: int, placement: int) -> str:
+        """Start ``model``'s job (attempt ``attempt`` of this try, ``placement``: its capacity retries); its id.
 
         :raises RejectedError: AWS refused it for a reason that will not pass.
+        :raises NoCapacity: nothing was started for want of capacity; it may be tried again.
         """
+
+    async def find_submitted(self, client: Any, model: dict[str, Any], attempt: int) -> str | None:
+        """The job of ``model``'s attempt ``attempt`` if AWS has one (a submission whose answer was lost)."""
+        return None
 
     def retriable(self, result: dict[str, Any]) -> bool:
         """Whether a failed job's model may get another job (``model_retries`` permitting)."""
@@ -174,17 +197,31 @@ class RunGroupTrigger(StopsAbandonedJobs):
     def try_number(self) -> int:
         return int(self.group["try_number"])
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        await take_turn(self.job_trigger.hook_class.service)
+    def _start_state(self) -> None:
+        self._by_index = {int(model["index"]): model for model in self.models}
         self._jobs: dict[int, str] = {}  # model index -> the job waited for
         self._models_by_job: dict[str, int] = {}  # the reverse
         self._states: dict[int, str] = {}  # model index -> state of its job
         self._results: dict[int, dict[str, Any]] = {}
-        self._attempts: dict[int, int] = {}
-        self._pending: list[int] = []
+        self._attempts: dict[int, int] = {}  # model index -> the highest attempt of this try sent or seen
+        self._pending: list[int] = list(self._by_index)  # models waiting to be submitted, next first
+        self._resend: set[int] = set()  # of those, models whose last attempt's answer was lost and no job found
+        self._busy: set[int] = set()  # models being submitted or looked for
+        self._calls: set[asyncio.Task[None]] = set()  # the submitter and the lookups, while they run
+        self._closing = False  # no call that starts a job is sent once set
+        self._rejected_in_a_row = 0
+        self._sweeps: list[float] = []  # when to look for second jobs the listing shows late (epoch seconds)
+        self._error: BaseException | None = None  # a bug in a submission: the trigger fails with it
+        self._submit_more = asyncio.Event()
+        self._closed = asyncio.Event()  # set with ``_closing``: pauses between calls end at once
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        await take_turn(self.job_trigger.hook_class.service)
+        self._start_state()
         poller: type[SharedPoller] = self.job_trigger.poller
         try:
             async with poller.watch_many(self.hook, self.scope, self.settings.poll_interval) as watch:
+                self._watch = watch
                 event = await self._run_group(watch)
         except asyncio.CancelledError as cancelled:
             await self._cancelled(cancelled)
@@ -192,41 +229,62 @@ class RunGroupTrigger(StopsAbandonedJobs):
         yield event
 
     async def _run_group(self, watch: Watch) -> TriggerEvent:
-        by_index = {int(model["index"]): model for model in self.models}
-        found = await self._with_retries("list the group's jobs", self.find_jobs)
+        try:
+            found = await self._with_retries("list the group's jobs", self.find_jobs, self.settings.deadline)
+        except RejectedError as rejected:
+            self.log.error("%s", rejected)
+            return self._event("failed", str(rejected), result=[])
+        except DeadlineReached:
+            return await self._timed_out()
         reattachable = range(*self.group.get("reattachable", (1, 1)))
         plan = plan_group(found, len(self.models), self.try_number, reattachable, self.group.get("reattach", True))
         for job in plan.stop:
             self.log.info("Stopping job %s of model %s (try %s)", job.job_id, job.index, job.try_number)
-            await self._stop_job(job.job_id, "rerun by a later try of the group")
-        self._attempts = {index: plan.attempts.get(index, 0) for index in by_index}
+        await self._stop_jobs([job.job_id for job in plan.stop], "rerun by a later try of the group")
+        self._attempts = {index: plan.attempts.get(index, 0) for index in self._by_index}
         for index, job in plan.attach.items():
             self._wait_for(index, job.job_id)
             self._states[index] = "found"
             watch.add(job.job_id)
         if plan.attach:
             self.log.info("Waiting for %d jobs this task instance already has", len(plan.attach))
-        self._pending = [index for index in by_index if index not in self._jobs]
+        self._pending = [index for index in self._by_index if index not in self._jobs]
+        self._spawn(self._submit_pending())
+        try:
+            return await self._wait_for_models(watch)
+        finally:
+            await self._close()
+
+    async def _wait_for_models(self, watch: Watch) -> TriggerEvent:
         missing_since: dict[str, float] = {}
         next_progress = time.monotonic() + self.group_settings.progress_interval
         deadline = self.settings.deadline
         while len(self._results) < len(self.models):
-            all_rejected = await self._submit_pending(by_index, watch)
-            if all_rejected is not None:
-                return all_rejected
+            if self._error is not None:
+                raise self._error
+            if self._refused_from_the_start():
+                return await self._all_rejected()
             wake = [next_progress - time.monotonic()]
             if deadline is not None:
                 wake.append(deadline - time.time())
             if missing_since:
                 wake.append(min(missing_since.values()) + self.settings.missing_grace - time.time())
+            if self._sweeps:
+                wake.append(min(self._sweeps) - time.time())
             observation = await within(watch.next(), max(0.0, min(wake)))
             if deadline is not None and time.time() >= deadline:
                 return await self._timed_out()
             if time.monotonic() >= next_progress:
                 self.log.info("%s", progress_line(self._states, len(self.models)))
                 next_progress = time.monotonic() + self.group_settings.progress_interval
+            if self._sweeps and time.time() >= min(self._sweeps):
+                self._sweeps = [at for at in self._sweeps if at > time.time()]
+                self._spawn(self._stop_second_jobs())
             await self._end_missing(missing_since, watch)
             if observation is None or observation.resource is None:
+                continue
+            if observation.warning is not None:  # the poller keeps failing: no news of any job
+                self.log.warning("%s", observation.warning)
                 continue
             model = self._index_of(observation.resource)
             if model is None:
@@ -240,18 +298,214 @@ class RunGroupTrigger(StopsAbandonedJobs):
             await self._observed(model, observation.resource, observation.description, watch)
         return self._finished()
 
-    async def _submit_pending(self, by_index: dict[int, dict[str, Any]], watch: Watch) -> TriggerEvent | None:
-        """Submit waiting models while ``max_running`` allows; an event if the first five were all rejected."""
-        while self._pending and self._room():
-            index = self._pending.pop(0)
-            rejection = await self._submit(by_index[index], watch)
-            if rejection is None:
-                self._rejected_in_a_row = 0
+    # -- submitting -------------------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the wait (a submission, a lookup); a bug in it fails the trigger."""
+        call = asyncio.ensure_future(self._reporting_errors(work))
+        self._calls.add(call)
+        call.add_done_callback(self._calls.discard)
+
+    async def _reporting_errors(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception as error:
+            self._error = self._error or error
+        self._wake()
+
+    def _wake(self) -> None:
+        """Make the waiting loop look again (a result or a rejection came without an observation)."""
+        watch = getattr(self, "_watch", None)
+        if watch is not None and not self._closing:
+            watch.put(Observation(None))
+
+    async def _submit_pending(self) -> None:
+        """Submit waiting models one after the other while ``max_running`` allows, until the trigger closes."""
+        while not self._closing:
+            if not (self._pending and self._room()) or self._refused_from_the_start():
+                self._submit_more.clear()
+                await self._submit_more.wait()
                 continue
-            self._rejected_in_a_row = getattr(self, "_rejected_in_a_row", 0) + 1
-            if self._rejected_in_a_row >= 5 and not self._jobs:
-                return self._all_rejected(rejection)
-        return None
+            index = self._pending.pop(0)
+            self._busy.add(index)
+            try:
+                await self._submit(self._by_index[index])
+            finally:
+                self._busy.discard(index)
+            self._wake()
+
+    def _refused_from_the_start(self) -> bool:
+        """Whether AWS refused the first five submissions and accepted none: the request itself is wrong."""
+        return self._rejected_in_a_row >= 5 and not self._jobs
+
+    def _room(self) -> bool:
+        running = sum(1 for index in self._jobs if index not in self._results) + len(self._busy)
+        cap = self.group_settings.max_running
+        return cap is None or running < cap
+
+    def _index_of(self, job_id: str) -> int | None:
+        return self._models_by_job.get(job_id)
+
+    def _wait_for(self, index: int, job_id: str) -> None:
+        self._jobs[index] = job_id
+        self._models_by_job[job_id] = index
+
+    def _past_deadline(self) -> bool:
+        return self.settings.deadline is not None and time.time() >= self.settings.deadline
+
+    async def _submit(self, model: dict[str, Any]) -> None:
+        """Send ``model``'s next attempt until AWS starts it, refuses it or its answer is lost (then look for it).
+
+        Throttling and connections never made only slow it down; capacity failures end it after
+        :data:`CAPACITY_TRIES`; nothing is sent once the trigger closes or its deadline has passed.
+        """
+        index = int(model["index"])
+        resending = index in self._resend
+        if resending:
+            self._resend.discard(index)
+            attempt = self._attempts.get(index, 1)  # the same attempt: its job was never found
+        else:
+            attempt = self._attempts[index] = self._attempts.get(index, 0) + 1
+        pacer = SubmitPacer.of((self.hook._shared_client_key, type(self).__name__), self.group_settings.submit_rate)
+        failures = placement = 0
+        while True:
+            await pacer.wait()
+            if self._closing or self._past_deadline():  # this attempt started nothing: never submitted
+                self._pending.insert(0, index)
+                if resending:
+                    self._resend.add(index)
+                elif not failures:
+                    self._attempts[index] = attempt - 1
+                return
+            try:
+                async with self.hook.async_client(send_once=True) as client:
+                    job_id = await self.submit(client, model, attempt, placement + 1)
+            except RejectedError as rejected:
+                self._rejected_in_a_row += 1
+                self._fail_unstarted(
+                    model, "REJECTED", f"{self.noun[:-1]} of model {model['label']} was rejected: {rejected}"
+                )
+                return
+            except NoCapacity as no_capacity:
+                placement += 1
+                if placement >= CAPACITY_TRIES:
+                    message = f"no capacity for model {model['label']} after {placement} tries: {no_capacity}"
+                    self._fail_unstarted(model, "NO_CAPACITY", message)
+                    return
+                self.log.warning("Model %s: %s; trying again", model["label"], no_capacity)
+                await self._pause(backoff(placement, first=1.0, longest=60.0))
+                continue
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                failures += 1
+                if answer_lost(error) and not self.resend_is_safe:
+                    self.log.warning(
+                        "Submitting model %s: %s; looking for its job before sending it again",
+                        model["label"],
+                        error_text(error),
+                    )
+                    self._busy.add(index)
+                    self._spawn(self._look_for(model, attempt))
+                    return
+                if _throttled(error):
+                    pacer.throttled()
+                self.log.warning("Submitting model %s: %s; trying again", model["label"], error_text(error))
+                await self._pause(backoff(failures))
+                continue
+            self._rejected_in_a_row = 0
+            self._started(index, job_id)
+            return
+
+    async def _look_for(self, model: dict[str, Any], attempt: int) -> None:
+        """Find the job of a submission whose answer was lost, for up to ``LOOKUP_SECONDS`` (the listing lags).
+
+        Found: it is waited for. Not found: the model is submitted again under the same attempt, and the
+        group's jobs are listed again later to stop a second job the listing showed late.
+        """
+        index = int(model["index"])
+        deadline, pause = time.monotonic() + LOOKUP_SECONDS, 1.0
+        try:
+            while True:
+                try:
+                    async with self.hook.async_client() as client:
+                        job_id = await self.find_submitted(client, model, attempt)
+                except Exception as error:
+                    if not is_transient(error):
+                        raise
+                    job_id = None
+                    self.log.warning("Looking for the job of model %s: %s", model["label"], error_text(error))
+                if job_id is not None:
+                    self.log.info("Model %s: job %s was submitted (its answer was lost)", model["label"], job_id)
+                    self._started(index, job_id)
+                    return
+                if time.monotonic() + pause > deadline:
+                    break
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 8.0)
+        finally:
+            self._busy.discard(index)
+        if self._closing:
+            self.log.warning("Model %s: no job found for attempt %d; submitting no more", model["label"], attempt)
+            return
+        self.log.warning(
+            "Model %s: no job found for attempt %d after %.0fs; submitting it again",
+            model["label"],
+            attempt,
+            LOOKUP_SECONDS,
+        )
+        self._resend.add(index)
+        self._pending.insert(0, index)
+        now = time.time()  # the lost job may be listed later still: look twice, the second time much later
+        self._sweeps += [now + 2 * LOOKUP_SECONDS, now + 6 * LOOKUP_SECONDS]
+        self._submit_more.set()
+
+    def _started(self, index: int, job_id: str) -> None:
+        """AWS started ``job_id`` for model ``index``: wait for it (unless the trigger closes: then it is stopped)."""
+        self._wait_for(index, job_id)
+        self._states[index] = "SUBMITTED"
+        self._results.pop(index, None)
+        if not self._closing:
+            self._watch.add(job_id)
+
+    def _fail_unstarted(self, model: dict[str, Any], status: str, message: str) -> None:
+        """End ``model`` with no job: AWS refused it, or had no capacity for it."""
+        index = int(model["index"])
+        self.log.error("%s", message)
+        result = {"job_id": None, "status": status, "status_reason": message}
+        self._results[index] = self._entry(model, result, False, message)
+        self._states[index] = status
+
+    async def _stop_second_jobs(self) -> None:
+        """Stop the active jobs of this try that no model waits for: a job whose SubmitJob answer was lost and
+        that the listing showed only after the model was submitted again."""
+        try:
+            found = await self._with_retries("list the group's jobs", self.find_jobs, time.time() + LOOKUP_SECONDS)
+        except DeadlineReached:
+            self.log.warning("Could not list the group's jobs to look for second jobs; not looking again")
+            return
+        second = [
+            job.job_id
+            for job in found
+            if job.active
+            and job.try_number == self.try_number
+            and job.index in self._jobs
+            and job.index not in self._busy
+            and self._jobs[job.index] != job.job_id
+        ]
+        for job_id in second:
+            self.log.warning("Stopping job %s: a second job of a model whose SubmitJob answer was lost", job_id)
+        await self._stop_jobs(second, "a second job of the model (a SubmitJob answer was lost)")
+
+    async def _close(self) -> None:
+        """Send nothing more; wait for the calls in flight (bounded), so that every job they started is known."""
+        self._closing = True
+        self._closed.set()
+        self._submit_more.set()
+        if self._calls:
+            await asyncio.wait(set(self._calls), timeout=IN_FLIGHT_WAIT)
+
+    # -- watching ---------------------------------------------------------------------------------------
 
     async def _end_missing(self, missing_since: dict[str, float], watch: Watch) -> None:
         """Fail the models whose job AWS has not returned for ``missing_grace`` seconds (they may retry)."""
@@ -263,54 +517,6 @@ class RunGroupTrigger(StopsAbandonedJobs):
             if gone is not None:
                 message = f"job {job_id} was not found for {self.settings.missing_grace:.0f}s; it no longer exists"
                 await self._ended(gone, watch, {"job_id": job_id, "status": "MISSING"}, False, message)
-
-    def _room(self) -> bool:
-        running = sum(1 for index in self._jobs if index not in self._results)
-        cap = self.group_settings.max_running
-        return cap is None or running < cap
-
-    def _index_of(self, job_id: str) -> int | None:
-        return self._models_by_job.get(job_id)
-
-    def _wait_for(self, index: int, job_id: str) -> None:
-        self._jobs[index] = job_id
-        self._models_by_job[job_id] = index
-
-    async def _submit(self, model: dict[str, Any], watch: Watch) -> str | None:
-        """Submit ``model``'s next attempt; throttling and network errors only slow it down. The AWS message
-        of a rejection, which fails the model."""
-        index = int(model["index"])
-        attempt = self._attempts.get(index, 0) + 1
-        pacer = SubmitPacer.of((self.hook._shared_client_key, type(self).__name__), self.group_settings.submit_rate)
-        failures = 0
-        while True:
-            await pacer.wait()
-            try:
-                async with self.hook.async_client() as client:
-                    job_id = await self.submit(client, model, attempt)
-                break
-            except RejectedError as rejected:
-                self._attempts[index] = attempt
-                result = {"job_id": None, "status": "REJECTED", "status_reason": str(rejected)}
-                message = f"{self.noun[:-1]} of model {model['label']} was rejected: {rejected}"
-                self.log.error("%s", message)
-                self._results[index] = self._entry(model, result, False, message)
-                self._states[index] = "REJECTED"
-                return str(rejected)
-            except Exception as error:
-                if not (isinstance(error, TryAgain) or is_transient(error)):
-                    raise
-                if not isinstance(error, TryAgain):
-                    pacer.throttled()
-                failures += 1
-                self.log.warning("Submitting model %s: %s; trying again", model["label"], error_text(error))
-                await asyncio.sleep(random.uniform(0, min(_MAX_BACKOFF, 0.5 * 2**failures)))
-        self._attempts[index] = attempt
-        self._wait_for(index, job_id)
-        self._states[index] = "SUBMITTED"
-        self._results.pop(index, None)
-        watch.add(job_id)
-        return None
 
     async def _observed(self, index: int, job_id: str, description: dict[str, Any], watch: Watch) -> None:
         single = self.job_trigger_for(job_id)
@@ -329,7 +535,7 @@ class RunGroupTrigger(StopsAbandonedJobs):
     async def _ended(
         self, index: int, watch: Watch, result: dict[str, Any], succeeded: bool, message: str | None
     ) -> None:
-        model = next(m for m in self.models if int(m["index"]) == index)
+        model = self._by_index[index]
         watch.remove(self._jobs[index])
         retries = self.group_settings.model_retries
         if not succeeded and self._attempts.get(index, 0) <= retries and self.retriable(result):
@@ -344,10 +550,12 @@ class RunGroupTrigger(StopsAbandonedJobs):
             del self._models_by_job[self._jobs.pop(index)]
             self._states.pop(index, None)
             self._pending.insert(0, index)
+            self._submit_more.set()
             return
         if not succeeded:
             self.log.error("Model %s failed:\n%s", model["label"], message)
         self._results[index] = self._entry(model, result, succeeded, message)
+        self._submit_more.set()  # room for another under max_running
 
     def _entry(
         self, model: dict[str, Any], result: dict[str, Any], succeeded: bool, message: str | None
@@ -360,6 +568,8 @@ class RunGroupTrigger(StopsAbandonedJobs):
             "tries": max(1, self._attempts.get(int(model["index"]), 1)),
             "message": message,
         }
+
+    # -- ending -----------------------------------------------------------------------------------------
 
     def _ordered_results(self) -> list[dict[str, Any]]:
         return [self._results[int(m["index"])] for m in self.models if int(m["index"]) in self._results]
@@ -378,25 +588,35 @@ class RunGroupTrigger(StopsAbandonedJobs):
             return TaskSuccessEvent(xcoms=xcoms if self.settings.xcom_result else None)
         return self._event("success", summary, result=results)
 
-    def _all_rejected(self, reason: str) -> TriggerEvent:
+    async def _all_rejected(self) -> TriggerEvent:
         self.log.error("The first 5 submissions were rejected and none accepted: submitting no more")
+        await self._close()
+        reason = next((r["status_reason"] for r in reversed(self._ordered_results()) if r["status"] == "REJECTED"), "")
         return self._event("failed", f"AWS rejected the group's {self.noun}: {reason}", result=self._ordered_results())
 
     async def _timed_out(self) -> TriggerEvent:
-        running = [job for index, job in self._jobs.items() if index not in self._results]
-        for job_id in running:
-            await self._stop_job(job_id, "the task's execution_timeout was reached")
+        await self._close()
+        running = self._running_jobs()
+        not_stopped = await self._stop_jobs(running, "the task's execution_timeout was reached")
         message = (
-            f"execution_timeout reached: stopped {len(running)} running {self.noun}, "
+            f"execution_timeout reached: stopped {len(running) - len(not_stopped)} running {self.noun}, "
             f"{len(self._pending)} models never submitted; {progress_line(self._states, len(self.models))}"
         )
+        if not_stopped:
+            message += f"; could not stop {len(not_stopped)}, which may still run: " + "; ".join(not_stopped)
         return self._event("timeout", message, result=self._ordered_results())
+
+    def _running_jobs(self) -> list[str]:
+        return [job for index, job in getattr(self, "_jobs", {}).items() if index not in self._results]
 
     def _event(self, status: str, message: str, **extra: Any) -> TriggerEvent:
         return TriggerEvent({"status": status, "message": message, **extra})
 
-    async def _with_retries(self, what: str, call: Any) -> Any:
-        """``call(client)``, again after transient errors (throttling, network), with backoff."""
+    async def _with_retries(self, what: str, call: Any, deadline: float | None = None) -> Any:
+        """``call(client)``, again after transient errors (throttling, network), with backoff.
+
+        :raises DeadlineReached: transient errors lasted until ``deadline`` (epoch seconds).
+        """
         failures = 0
         while True:
             try:
@@ -407,16 +627,46 @@ class RunGroupTrigger(StopsAbandonedJobs):
                     raise
                 failures += 1
                 self.log.warning("Could not %s (%s); trying again", what, error_text(error))
-                await asyncio.sleep(random.uniform(0, min(_MAX_BACKOFF, 0.5 * 2**failures)))
+                pause = backoff(failures)
+                if deadline is not None and time.time() + pause >= deadline:
+                    raise DeadlineReached(what) from error
+                await asyncio.sleep(pause)
 
-    async def _stop_job(self, job_id: str, reason: str) -> None:
-        await self.job_trigger_for(job_id)._stop_quietly(reason)
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` between two calls, or less if the trigger closes meanwhile."""
+        await within(self._closed.wait(), seconds)
+
+    async def _stop_jobs(self, job_ids: list[str], reason: str) -> list[str]:
+        """Stop ``job_ids`` within the submit rate, each tried again after transient errors; the ones that could
+        not be stopped, each with why."""
+        if not job_ids:
+            return []
+        pacer = SubmitPacer.of((self.hook._shared_client_key, "stop"), self.group_settings.submit_rate)
+
+        async def stop(job_id: str) -> str | None:
+            await pacer.wait()
+            return await self.job_trigger_for(job_id)._stop(reason)
+
+        errors = await asyncio.gather(*(stop(job_id) for job_id in job_ids))
+        not_stopped = [
+            f"{job_id} ({error})" for job_id, error in zip(job_ids, errors, strict=True) if error is not None
+        ]
+        if not_stopped:
+            self.log.error(
+                "Could not stop %d %s, which may still run: %s", len(not_stopped), self.noun, "; ".join(not_stopped)
+            )
+        return not_stopped
 
     async def _stop_if_abandoned(self, reason: str) -> None:
-        """Stop every running job of the group, unless the task still waits for them (or its state is unknown)."""
-        jobs = getattr(self, "_jobs", {})
-        results = getattr(self, "_results", {})
-        running = [job for index, job in jobs.items() if index not in results]
+        """Stop every running job of the group, unless the task still waits for them (or its state is unknown).
+
+        Nothing more is sent first, and the calls in flight are waited for: a job AWS accepted while the trigger
+        was being cancelled is stopped too.
+        """
+        if not hasattr(self, "_jobs"):
+            return
+        await self._close()
+        running = self._running_jobs()
         if not running:
             return
         now = await self.job_trigger_for(running[0])._task_now()
@@ -424,12 +674,25 @@ class RunGroupTrigger(StopsAbandonedJobs):
         if not job_abandoned(now.state, now.try_number, own_try):
             self.log.info("The task's state is %s: %d jobs left running", now.state, len(running))
             return
-        await asyncio.gather(*(self._stop_job(job_id, reason) for job_id in running))
+        await self._stop_jobs(running, reason)
+
+
+def _throttled(error: BaseException) -> bool:
+    code = getattr(error, "response", {}).get("Error", {}).get("Code")
+    return code in THROTTLING_ERROR_CODES
 
 
 class RejectedError(Exception):
     """AWS refused to start a model's job, for a reason that will not pass (the message says which)."""
 
 
-class TryAgain(Exception):
-    """A submission that failed for now (no capacity): tried again after a pause, not counted as an attempt."""
+class DeadlineReached(Exception):
+    """The task's deadline came while a call was still being tried again."""
+
+
+class NoCapacity(Exception):
+    """A start that failed for want of capacity: nothing was started; tried again, a bounded number of times."""
+
+
+#: The name of :class:`NoCapacity` in releases before it bounded its tries.
+TryAgain = NoCapacity

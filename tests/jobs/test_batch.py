@@ -14,6 +14,7 @@ from airflow_ml_batch.jobs.batch import (
     job_state,
     node_range_for,
     submit_job_request,
+    submitted_job,
     summarize_job,
     valid_job_name,
 )
@@ -335,3 +336,15 @@ def test_the_narrowest_node_range_configures_a_node(index: int, expected: str) -
         ],
     }
     assert (node_range_for(node_properties, index) or {}).get("targetNodes") == expected
+
+
+def test_the_job_a_request_submitted_is_found_by_name_and_every_tag() -> None:
+    request = {"jobName": "forecast-7", "tags": {"airflow:run_id": "r1", "airflow:try_number": "2"}}
+    ours = {"jobId": "a", "jobName": "forecast-7", "createdAt": 1, "tags": {**request["tags"], "team": "x"}}
+    newer = {**ours, "jobId": "b", "createdAt": 2}
+    other_try = {**ours, "jobId": "c", "createdAt": 3, "tags": {**request["tags"], "airflow:try_number": "1"}}
+    other_name = {**ours, "jobId": "d", "createdAt": 4, "jobName": "forecast-8"}
+
+    assert submitted_job([ours, other_try, other_name], request) == ours
+    assert submitted_job([ours, newer, other_try], request) == newer
+    assert submitted_job([other_try, other_name], request) is None

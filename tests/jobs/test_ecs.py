@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
 
 from airflow_ml_batch.jobs.ecs import (
     classify_stopped_task,
+    client_token_for,
     describe_task_failure,
+    failures_text,
     log_location,
+    no_capacity,
     run_task_request,
     summarize_task,
 )
@@ -84,3 +88,37 @@ def test_propagate_tags_is_passed_or_omitted(propagate_tags: str | None, expecte
     request = run_task_request(EcsTaskOperator.request_fields, values, started_by="a", client_token="b", tags={})
 
     assert request.get("propagateTags", "omitted") == expected
+
+
+@pytest.mark.parametrize(
+    ("reasons", "capacity"),
+    [
+        (["RESOURCE:MEMORY"], True),
+        (["AGENT"], True),
+        (["Capacity is unavailable at this time. Please try again later or in a different availability zone"], True),
+        (["RESOURCE:CPU", "RESOURCE:MEMORY"], True),
+        # a configuration to fix, however often it is tried: never "capacity" by a word in it
+        (["No Container Instances were found in your capacity provider"], False),
+        (["ATTRIBUTE"], False),
+        (["RESOURCE:CPU", "ATTRIBUTE"], False),
+        ([], False),
+    ],
+)
+def test_only_documented_capacity_failures_are_tried_again(reasons: list[str], capacity: bool) -> None:
+    assert no_capacity([{"arn": "arn:instance", "reason": reason} for reason in reasons]) is capacity
+
+
+def test_failures_read_as_arn_reason_and_detail() -> None:
+    failures = [{"arn": "arn:instance", "reason": "ATTRIBUTE", "detail": "arm64"}, {"reason": "AGENT"}]
+
+    assert failures_text(failures) == "arn:instance ATTRIBUTE arm64; AGENT"
+
+
+def test_a_new_placement_gets_a_token_of_its_own_and_the_first_keeps_the_earlier_releases_token() -> None:
+    first = client_token_for("airflow-abc", 2)
+
+    assert first == client_token_for("airflow-abc", 2, placement=1)
+    assert len({first, client_token_for("airflow-abc", 2, placement=2), client_token_for("airflow-abc", 3)}) == 3
+    assert len(first) == 64
+    # what releases before placements sent for the first placement of a group's model
+    assert client_token_for("prefix--", 4, 1, 2) == hashlib.sha256(b"prefix--\n4\n1\n2").hexdigest()

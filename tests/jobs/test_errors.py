@@ -19,7 +19,7 @@ from botocore.exceptions import (
     SSLError,
 )
 
-from airflow_ml_batch.jobs.errors import error_text, is_transient
+from airflow_ml_batch.jobs.errors import answer_lost, backoff, error_text, is_transient
 
 
 def client_error(code: str, status: int) -> ClientError:
@@ -69,3 +69,39 @@ def test_the_trigger_module_still_exports_what_moved_from_it() -> None:
     assert base.error_text is errors.error_text
     assert base.TRANSIENT_ERROR_CODES is errors.TRANSIENT_ERROR_CODES
     assert base.metrics_from_log is common.metrics_from_log
+
+
+@pytest.mark.parametrize(
+    ("error", "lost"),
+    [
+        (client_error("ServerException", 500), True),  # AWS may have started the job before failing
+        (ReadTimeoutError(endpoint_url="https://batch.eu-west-1.amazonaws.com"), True),
+        (ConnectionClosedError(endpoint_url="https://batch.eu-west-1.amazonaws.com"), True),
+        (aiohttp.ServerDisconnectedError(), True),
+        (asyncio.TimeoutError(), True),
+        (client_error("TooManyRequestsException", 429), False),  # refused for its rate: nothing done
+        (client_error("ThrottlingException", 400), False),
+        (client_error("ExpiredTokenException", 400), False),
+        (EndpointConnectionError(endpoint_url="https://batch.eu-west-1.amazonaws.com"), False),  # never sent
+        (ConnectionRefusedError(111, "Connection refused"), False),
+        (client_error("ClientException", 400), False),  # refused: not transient at all
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_an_answer_is_lost_only_where_aws_may_have_done_the_work(error: BaseException, lost: bool) -> None:
+    assert answer_lost(error) is lost
+
+
+def test_a_file_that_cannot_be_read_is_no_network_trouble() -> None:
+    # a CA bundle given as ``verify`` that does not exist: waiting would never help
+    assert not is_transient(FileNotFoundError(2, "No such file or directory", "/etc/ssl/missing.pem"))
+    assert not is_transient(PermissionError(13, "Permission denied"))
+    assert is_transient(ConnectionResetError(104, "Connection reset by peer"))
+
+
+def test_backoff_grows_with_failures_within_its_bounds() -> None:
+    waits = [backoff(failures, first=1.0, longest=30.0) for failures in range(1, 40) for _ in range(20)]
+
+    assert all(0 <= wait <= 30.0 for wait in waits)
+    assert max(backoff(1, first=1.0) for _ in range(200)) <= 2.0
+    assert max(waits) > 16.0

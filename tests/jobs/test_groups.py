@@ -128,3 +128,25 @@ def test_the_failure_message_counts_and_shows_the_first_failures() -> None:
     assert "why 11" not in message
     assert message.endswith("... and 5 more: every model's outcome is in the result")
     assert group_failure_message("AWS Batch jobs", results, allowed_failures=10) is None
+
+
+def test_the_next_attempt_follows_the_highest_seen_not_the_count() -> None:
+    # attempt 2's job was lost to a listing (or stopped and gone): counting would reuse attempt 2's name
+    found = [job(0, 1, 1, active=False), job(0, 1, 3, active=False)]
+
+    plan = plan_group(found, 1, try_number=1, reattachable=range(1, 1))
+
+    assert plan.attempts == {0: 3}
+    assert plan.attach == {0: found[1]}
+
+
+def test_two_jobs_of_one_attempt_keep_the_newest_and_stop_the_other() -> None:
+    # a SubmitJob whose answer was lost, sent again before the listing showed its job
+    first = FoundJob("job-a", 0, 1, 1, active=True, created_at=1.0)
+    second = FoundJob("job-b", 0, 1, 1, active=True, created_at=2.0)
+
+    plan = plan_group([second, first], 1, try_number=1, reattachable=range(1, 1))
+
+    assert plan.attach == {0: second}
+    assert plan.stop == [first]
+    assert plan.attempts == {0: 1}

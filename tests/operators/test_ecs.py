@@ -94,19 +94,22 @@ def test_fargate_request_with_tags_started_by_and_idempotency_token(aws_endpoint
     }
 
 
-def test_no_capacity_is_retried_with_the_same_token_and_starts_one_task(aws_endpoint: Endpoint) -> None:
+def test_a_lost_answer_is_sent_again_with_its_token_and_no_capacity_with_a_new_one(aws_endpoint: Endpoint) -> None:
     aws_endpoint.ecs.task_definitions["forecast"] = DEFINITION
     aws_endpoint.ecs.run_task_failures = [{"arn": "", "reason": "Capacity is unavailable at this time."}]
     aws_endpoint.fail_next("RunTask", times=1, status=400, code="ThrottlingException")
+    aws_endpoint.lose_answers("RunTask", next=1)  # the no-capacity answer is not lost: it started nothing
     aws_endpoint.ecs.new_task_fields = {"lastStatus": "STOPPED", "containers": [{"name": "model", "exitCode": 0}]}
 
     dag_run = run_dag(ecs_task("aws_fake", cluster="models", task_definition="forecast"))
 
     assert task_instance(dag_run, "forecast").state == "success"
-    assert aws_endpoint.calls["RunTask"] >= 3
+    assert aws_endpoint.calls["RunTask"] >= 4
     assert len(aws_endpoint.ecs.tasks) == 1
-    tokens = {body["clientToken"] for op, body in aws_endpoint.requests if op == "RunTask"}
-    assert len(tokens) == 1
+    tokens = [body["clientToken"] for op, body in aws_endpoint.requests if op == "RunTask"]
+    # throttled (nothing done), no capacity (nothing started), then a new placement's token: sent twice, as
+    # the first answer was lost, and ECS answers the second with the task the first started
+    assert tokens[0] == tokens[1] != tokens[2] == tokens[3]
 
 
 def test_a_failure_that_is_not_about_capacity_fails_fast(aws_endpoint: Endpoint) -> None:

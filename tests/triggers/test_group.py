@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import time
 from collections import Counter
 from typing import Any
 
@@ -14,6 +15,9 @@ from helpers import first_event
 
 from airflow_ml_batch.jobs.groups import parse_job_name
 from airflow_ml_batch.testing.endpoint import Endpoint
+from airflow_ml_batch.testing.endpoint.core import AwsError
+from airflow_ml_batch.triggers import base as trigger_base
+from airflow_ml_batch.triggers import group as group_module
 from airflow_ml_batch.triggers.batch import BatchFleetTrigger
 from airflow_ml_batch.triggers.group import GroupSettings
 
@@ -240,3 +244,127 @@ async def test_the_group_ends_from_the_trigger_with_every_result(aws_endpoint: E
 
     assert isinstance(event, TaskSuccessEvent)
     assert [r["model"] for r in event.xcoms["return_value"]] == ["m0", "m1"]
+
+
+def jobs_per_name(endpoint: Endpoint) -> Counter[str]:
+    return Counter(job["jobName"] for job in endpoint.batch.jobs.values())
+
+
+@pytest.mark.parametrize("mode", ["500", "drop"])
+async def test_lost_submit_answers_make_no_second_job(aws_endpoint: Endpoint, mode: str) -> None:
+    # AWS created each job; a quarter of the answers never came back
+    fail_models(aws_endpoint, {})
+    aws_endpoint.lose_answers("SubmitJob", fraction=0.25, mode=mode, seed=7)
+
+    event = await first_event(group_trigger(40), timeout=60)
+
+    assert event.payload["status"] == "success"
+    assert aws_endpoint.stats()["lost_answers"]["SubmitJob"] >= 5
+    assert len(aws_endpoint.batch.jobs) == 40
+    assert set(jobs_per_name(aws_endpoint).values()) == {1}
+    assert {r["job_id"] for r in event.payload["result"]} == set(aws_endpoint.batch.jobs)
+
+
+async def test_a_lost_job_the_listing_shows_late_is_found_before_submitting_again(aws_endpoint: Endpoint) -> None:
+    fail_models(aws_endpoint, {})
+    aws_endpoint.faults.update({"list_lag_seconds": 1.5})
+    aws_endpoint.lose_answers("SubmitJob", next=3)
+
+    event = await first_event(group_trigger(6), timeout=60)
+
+    assert event.payload["status"] == "success"
+    assert aws_endpoint.calls["SubmitJob"] == 6, "found by their names: none sent again"
+    assert set(jobs_per_name(aws_endpoint).values()) == {1}
+
+
+async def test_a_second_job_listed_after_its_model_was_sent_again_is_stopped(
+    aws_endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the listing lags more than the lookup waits: the model is submitted again, and once the listing
+    # shows the first job too, that one is stopped
+    monkeypatch.setattr(group_module, "LOOKUP_SECONDS", 0.4)
+    aws_endpoint.batch.submitted_status = "RUNNING"
+    aws_endpoint.faults.update({"list_lag_seconds": 1.0})
+    aws_endpoint.lose_answers("SubmitJob", next=1)
+
+    async def finish_after_the_stop() -> None:
+        while not aws_endpoint.batch.terminated:  # noqa: ASYNC110 - the jobs live in the endpoint's thread
+            await asyncio.sleep(0.05)
+        for job_id, job in list(aws_endpoint.batch.jobs.items()):
+            if job["status"] == "RUNNING":
+                aws_endpoint.batch.set_job(job_id, status="SUCCEEDED", container={"exitCode": 0})
+
+    event, _ = await asyncio.gather(first_event(group_trigger(2), timeout=60), finish_after_the_stop())
+
+    assert event.payload["status"] == "success"
+    (lost,) = aws_endpoint.batch.terminated
+    assert jobs_per_name(aws_endpoint)[aws_endpoint.batch.jobs[lost]["jobName"]] == 2
+    assert "a SubmitJob answer was lost" in aws_endpoint.batch.jobs[lost]["statusReason"]
+    assert lost not in {r["job_id"] for r in event.payload["result"]}
+
+
+async def test_the_deadline_holds_while_aws_throttles_every_call(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.faults.update({"throttle_seconds": 600})
+    trigger = group_trigger(3)
+    trigger.job["deadline"] = time.time() + 2
+
+    event = await first_event(trigger, timeout=20)
+
+    assert event.payload["status"] == "timeout"
+    assert "3 models never submitted" in event.payload["message"]
+    assert aws_endpoint.batch.jobs == {}
+
+
+async def test_the_deadline_holds_while_submitting_and_stops_what_started(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.batch.submitted_status = "RUNNING"
+    trigger = group_trigger(6, submit_rate=2.0)  # three seconds to submit them all
+    trigger.job["deadline"] = time.time() + 1.2
+
+    event = await first_event(trigger, timeout=20)
+
+    assert event.payload["status"] == "timeout"
+    started = set(aws_endpoint.batch.jobs)
+    assert 0 < len(started) < 6
+    assert set(aws_endpoint.batch.terminated) == started
+    assert (
+        f"stopped {len(started)} running AWS Batch jobs, {6 - len(started)} models never submitted"
+        in (event.payload["message"])
+    )
+
+
+async def test_stops_are_tried_again_and_those_that_keep_failing_are_named(
+    aws_endpoint: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trigger_base, "STOP_ATTEMPTS", 2)
+    aws_endpoint.batch.submitted_status = "RUNNING"
+    trigger = group_trigger(3)
+    trigger.job["deadline"] = time.time() + 1.0
+    aws_endpoint.fail_next("TerminateJob", times=1, status=500, code="ServerException")  # one stop, tried again
+
+    first = await first_event(trigger, timeout=30)
+    aws_endpoint.fail_next("TerminateJob", times=100, status=500, code="ServerException")
+    again = group_trigger(3, try_number=2)  # its own jobs, none of which can be stopped
+    again.job["deadline"] = time.time() + 1.0
+    second = await first_event(again, timeout=30)
+
+    assert first.payload["status"] == "timeout"
+    assert "stopped 3 running" in first.payload["message"]
+    assert len(aws_endpoint.batch.terminated) == 3
+    assert second.payload["status"] == "timeout"
+    assert "could not stop 3, which may still run" in second.payload["message"]
+    assert "ServerException" in second.payload["message"]
+
+
+async def test_a_job_queue_that_cannot_be_listed_fails_the_group_naming_it(aws_endpoint: Endpoint) -> None:
+    def no_such_queue(call: Any) -> Any:
+        raise AwsError(400, "ClientException", "Job Queue models does not exist")
+
+    aws_endpoint.operations["ListJobs"] = no_such_queue
+
+    event = await first_event(group_trigger(3), timeout=30)
+
+    assert event.payload["status"] == "failed"
+    assert event.payload["message"] == (
+        "AWS Batch could not list the jobs of job_queue='models': ClientException: Job Queue models does not exist"
+    )
+    assert aws_endpoint.calls["SubmitJob"] == 0
