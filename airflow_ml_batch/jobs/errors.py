@@ -91,6 +91,14 @@ def error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def is_throttling(error: BaseException) -> bool:
+    """Whether AWS refused the call for the caller's rate (429 or a throttling error code)."""
+    if not isinstance(error, ClientError):
+        return False
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return status == 429 or error.response.get("Error", {}).get("Code") in THROTTLING_ERROR_CODES
+
+
 #: Error codes of a call AWS refused before doing anything, besides throttling: the caller's credentials.
 _REFUSED_CODES = THROTTLING_ERROR_CODES | frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"})
 

@@ -36,7 +36,7 @@ from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
 from airflow_ml_batch.hooks.base import AwsServiceHook
 from airflow_ml_batch.jobs.batch import LOOKUP_SECONDS
 from airflow_ml_batch.jobs.common import metrics_from_log
-from airflow_ml_batch.jobs.errors import THROTTLING_ERROR_CODES, answer_lost, backoff, error_text, is_transient
+from airflow_ml_batch.jobs.errors import answer_lost, backoff, error_text, is_throttling, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob, GroupSettings, group_failure_message, plan_group, progress_line
 from airflow_ml_batch.triggers.base import (
     JobSettings,
@@ -408,7 +408,7 @@ class RunGroupTrigger(StopsAbandonedJobs):
                     self._busy.add(index)
                     self._spawn(self._look_for(model, attempt))
                     return
-                if _throttled(error):
+                if is_throttling(error):
                     pacer.throttled()
                 self.log.warning("Submitting model %s: %s; trying again", model["label"], error_text(error))
                 await self._pause(backoff(failures))
@@ -675,11 +675,6 @@ class RunGroupTrigger(StopsAbandonedJobs):
             self.log.info("The task's state is %s: %d jobs left running", now.state, len(running))
             return
         await self._stop_jobs(running, reason)
-
-
-def _throttled(error: BaseException) -> bool:
-    code = getattr(error, "response", {}).get("Error", {}).get("Code")
-    return code in THROTTLING_ERROR_CODES
 
 
 class RejectedError(Exception):

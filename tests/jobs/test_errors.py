@@ -19,7 +19,7 @@ from botocore.exceptions import (
     SSLError,
 )
 
-from airflow_ml_batch.jobs.errors import answer_lost, backoff, error_text, is_transient
+from airflow_ml_batch.jobs.errors import answer_lost, backoff, error_text, is_throttling, is_transient
 
 
 def client_error(code: str, status: int) -> ClientError:
@@ -105,3 +105,10 @@ def test_backoff_grows_with_failures_within_its_bounds() -> None:
     assert all(0 <= wait <= 30.0 for wait in waits)
     assert max(backoff(1, first=1.0) for _ in range(200)) <= 2.0
     assert max(waits) > 16.0
+
+
+def test_throttling_is_told_by_status_or_code_and_never_by_a_network_error() -> None:
+    assert is_throttling(client_error("TooManyRequestsException", 429))
+    assert is_throttling(client_error("ThrottlingException", 400))
+    assert not is_throttling(client_error("ServerException", 500))
+    assert not is_throttling(ConnectionClosedError(endpoint_url="https://ecs.eu-west-1.amazonaws.com"))

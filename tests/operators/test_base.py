@@ -31,7 +31,7 @@ def _failure_of(call):
 """
 
 
-def deferral(operator: str, arguments: dict[str, Any], then: str = "") -> Any:
+def deferral(operator: str, arguments: dict[str, Any], then: str = "", imports: str = "") -> Any:
     """Run ``operator(**arguments).execute()`` inside a real task and return what it deferred with.
 
     ``then`` is Python run after the deferral with ``op`` and ``context`` in scope; its value is returned
@@ -54,7 +54,7 @@ def deferral(operator: str, arguments: dict[str, Any], then: str = "") -> Any:
 
         run()
         """,
-        imports=FAILURE_OF + "from airflow.decorators import task\n",
+        imports=FAILURE_OF + imports + "from airflow.decorators import task\n",
     )
     assert task_instance(dag_run, "run").state == "success"
     return xcom(dag_run, "run")
@@ -91,6 +91,37 @@ def test_a_timed_out_deferral_stops_the_job_before_failing(aws_endpoint: Endpoin
     assert deferred["then"] in ("TaskDeferralTimeout", "TaskDeferralError")
     assert job["status"] == "FAILED"
     assert "execution_timeout" in job["statusReason"]
+
+
+SUBMIT_GROUP = """
+def _submit_group(op, context, models):
+    # what the group's trigger had submitted before Airflow timed the task out with no trigger running
+    prefix = op.group_identity(context)["prefix"]
+    for index in range(models):
+        name = f"{prefix}{index}-m{index}-t1-a1"
+        op.hook.conn.submit_job(jobName=name, jobQueue="models", jobDefinition="forecast")
+"""
+
+
+def test_a_group_timed_out_with_no_trigger_stops_every_job_of_the_group(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.batch.submitted_status = "RUNNING"
+    other = aws_endpoint.batch.add_job("RUNNING", jobName="another-group-0123456789--0-m0-t1-a1")
+    models = [{"job_name": f"m{index}"} for index in range(3)]
+    arguments = {"aws_conn_id": "aws_fake", **BATCH, "models": models, "execution_timeout": timedelta(minutes=10)}
+
+    deferred = deferral(
+        "BatchFleetOperator",
+        arguments,
+        then='[_submit_group(op, context, 3), _failure_of(lambda: op.resume_execution("__fail__", '
+        '{"error": "Trigger timeout"}, context))][1]',
+        imports=SUBMIT_GROUP,
+    )
+
+    assert deferred["then"] in ("TaskDeferralTimeout", "TaskDeferralError")
+    group = [job for job_id, job in aws_endpoint.batch.jobs.items() if job_id != other]
+    assert len(group) == 3
+    assert all(job["status"] == "FAILED" and "execution_timeout" in job["statusReason"] for job in group)
+    assert aws_endpoint.batch.jobs[other]["status"] == "RUNNING"
 
 
 def test_a_failed_trigger_leaves_the_job_to_a_retry(aws_endpoint: Endpoint) -> None:

@@ -52,6 +52,19 @@ def test_the_job_is_tagged_for_cost_attribution_and_overridden(aws_endpoint: End
     }
 
 
+@pytest.mark.parametrize("mode", ["500", "drop"])
+def test_a_lost_submit_answer_makes_one_job_which_the_task_waits_for(aws_endpoint: Endpoint, mode: str) -> None:
+    aws_endpoint.batch.submitted_status = "SUCCEEDED"
+    aws_endpoint.lose_answers("SubmitJob", next=1, mode=mode)
+
+    dag_run = run_dag(simple_task("aws_fake", {"job_queue": "models", "job_definition": "forecast"}))
+
+    assert task_instance(dag_run, "forecast").state == "success"
+    (job_id,) = aws_endpoint.batch.jobs
+    assert xcom(dag_run, "forecast", JOB_ID_XCOM_KEY) == job_id
+    assert aws_endpoint.calls["SubmitJob"] == 1
+
+
 def simple_task(conn_id: str, queue: dict[str, str], **extra: Any) -> str:
     arguments = {"task_id": "forecast", "aws_conn_id": conn_id, "poll_interval": 0.2, **queue, **extra}
     return "BatchJobOperator(" + ", ".join(f"{k}={v!r}" for k, v in arguments.items()) + ")\n"

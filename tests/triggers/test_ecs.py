@@ -14,6 +14,8 @@ from helpers import first_event
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
 from airflow_ml_batch.hooks.ecs import EcsHook
 from airflow_ml_batch.testing.endpoint import Endpoint
+from airflow_ml_batch.testing.endpoint.core import AwsError
+from airflow_ml_batch.triggers import group as group_module
 from airflow_ml_batch.triggers.ecs import DEFINITION_ATTEMPTS, EcsFleetTrigger, EcsTaskPoller, EcsTaskTrigger
 
 DEFINITION = {
@@ -463,3 +465,49 @@ async def test_a_spot_interruption_gets_the_models_retry(ecs: Endpoint) -> None:
     (result,) = event.payload["result"]
     assert result["tries"] == 2
     assert len(run_task_requests(ecs)) == 2
+
+
+@pytest.mark.parametrize("mode", ["500", "drop"])
+async def test_lost_run_task_answers_start_no_second_task(ecs: Endpoint, mode: str) -> None:
+    # RunTask started the task, then its answer was lost: sent again with its clientToken, ECS answers
+    # with the task it started
+    ecs.ecs.new_task_fields = stopped("EssentialContainerExited", "done", {"exitCode": 0})
+    ecs.lose_answers("RunTask", fraction=0.3, mode=mode, seed=4)
+
+    event = await first_event(fleet_trigger(12), timeout=60)
+
+    assert event.payload["status"] == "success"
+    assert ecs.stats()["lost_answers"]["RunTask"] >= 2
+    assert len(ecs.ecs.tasks) == 12
+    assert {r["task_arn"] for r in event.payload["result"]} == set(ecs.ecs.tasks)
+
+
+async def test_capacity_failures_end_after_a_bounded_number_of_tries(
+    ecs: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(group_module, "CAPACITY_TRIES", 3)
+    ecs.ecs.run_task_failures = [{"arn": "", "reason": "RESOURCE:MEMORY"}] * 3
+
+    event = await first_event(fleet_trigger(1), timeout=60)
+
+    assert event.payload["status"] == "failed"
+    (result,) = event.payload["result"]
+    assert result["status"] == "NO_CAPACITY"
+    assert "no capacity for model m0 after 3 tries: RESOURCE:MEMORY" in result["message"]
+    assert len({r["clientToken"] for r in run_task_requests(ecs)}) == 3, "each placement a token of its own"
+    assert ecs.ecs.tasks == {}
+
+
+async def test_a_cluster_that_cannot_be_listed_fails_the_group_naming_it(ecs: Endpoint) -> None:
+    def no_such_cluster(call: Any) -> Any:
+        raise AwsError(400, "ClusterNotFoundException", "Cluster not found.")
+
+    ecs.operations["ListTasks"] = no_such_cluster
+
+    event = await first_event(fleet_trigger(3), timeout=30)
+
+    assert event.payload["status"] == "failed"
+    assert event.payload["message"] == (
+        "ECS could not list the tasks of cluster='models': ClusterNotFoundException: Cluster not found."
+    )
+    assert ecs.calls["RunTask"] == 0
