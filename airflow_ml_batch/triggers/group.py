@@ -114,7 +114,7 @@ class RunGroupTrigger(StopsAbandonedJobs):
     #: the jobs' name in messages ("AWS Batch jobs")
     noun: ClassVar[str]
     #: whether a call whose answer was lost may simply be sent again (ECS's ``clientToken``); else the job is
-    #: looked for first (:meth:`find_submitted`)
+    #: looked for first (:meth:`~airflow_ml_batch.triggers.group.RunGroupTrigger.find_submitted`)
     resend_is_safe: ClassVar[bool] = False
 
     def __init__(
