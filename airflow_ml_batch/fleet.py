@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airflow_ml_batch.jobs.common import tag_problem
+
 _MODEL_KEYS = {"id", "parameters", "dataset", "resources", "expected_minutes", "tags"}
 _MERGED_KEYS = ("parameters", "resources", "tags")
 _RESOURCE_KEYS = {"vcpus", "memory", "gpus", "cpu"}
@@ -129,6 +131,11 @@ def _parse_model(defaults: Mapping[str, Any], entry: Any, where: str) -> Model:
     if dataset is not None and not isinstance(dataset, str):
         raise fail("dataset", f"must be a string (a location), not {type(dataset).__name__}")
     tags = {str(k): str(v) for k, v in merged["tags"].items()}
+    if (problem := tag_problem("model_id", model_id)) is not None:
+        raise fail("id", f"becomes the job's model_id tag: {problem}")
+    for key, value in tags.items():
+        if (problem := tag_problem(key, value)) is not None:
+            raise fail(f"tags.{key}", problem)
     return Model(
         id=model_id,
         parameters=dict(merged["parameters"]),

@@ -256,8 +256,32 @@ def gather_ecs_tasks(
     return _latest_per_model(models, outcomes)
 
 
+#: What a spreadsheet reads as the start of a formula: a text cell starting so is written after a ``'``.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> Any:
+    """``value`` as a CSV cell: text a spreadsheet would run as a formula (``=HYPERLINK(...)``) is escaped."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _text(cell: str) -> str | None:
+    """A text cell of :func:`write_csv` as it was given (``None`` for an empty one)."""
+    if cell == "":
+        return None
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(_FORMULA_STARTS) else cell
+
+
 def write_csv(outcomes: Sequence[JobOutcome], path: str | Path) -> Path:
-    """One row per model: the :data:`CSV_COLUMNS`, then one ``metric_<name>`` column per metric seen."""
+    """One row per model: the :data:`CSV_COLUMNS`, then one ``metric_<name>`` column per metric seen.
+
+    A text cell that a spreadsheet would read as a formula (starting with ``=``, ``+``, ``-``, ``@``) is
+    written after a ``'``, which :func:`read_csv` takes off again.
+    """
     path = Path(path)
     names = sorted({name for outcome in outcomes for name in outcome.metrics})
     with path.open("w", newline="", encoding="utf-8") as handle:
@@ -265,7 +289,7 @@ def write_csv(outcomes: Sequence[JobOutcome], path: str | Path) -> Path:
         writer.writerow([*CSV_COLUMNS, *(f"metric_{name}" for name in names)])
         for outcome in outcomes:
             row = [getattr(outcome, column) for column in CSV_COLUMNS]
-            writer.writerow(["" if v is None else v for v in (*row, *(outcome.metrics.get(n) for n in names))])
+            writer.writerow([_cell(v) for v in (*row, *(outcome.metrics.get(n) for n in names))])
     return path
 
 
@@ -274,7 +298,7 @@ def read_csv(path: str | Path) -> list[JobOutcome]:
     outcomes = []
     with Path(path).open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
-            value = {k: (None if v == "" else v) for k, v in row.items()}
+            value = {k: _text(v) for k, v in row.items()}
             metrics = {k[len("metric_") :]: _number(v) for k, v in value.items() if k.startswith("metric_") and v}
             outcomes.append(
                 JobOutcome(

@@ -79,6 +79,13 @@ def test_defaults_apply_and_model_keys_override_them(tmp_path: Path, name: str) 
         ({"models": [{"id": "a", "expected_minutes": "long"}]}, "field 'expected_minutes': must be a number"),
         ({"models": [{"id": "a", "dataset": 5}]}, "field 'dataset': must be a string"),
         ({"models": [{"id": "a", "parameters": [1]}]}, "field 'parameters': must be a mapping"),
+        # ids and tags become AWS tags: AWS's rules, checked when the file loads, not at the 3000th SubmitJob
+        ({"models": [{"id": "emea;beverages"}]}, "(id 'emea;beverages'): field 'id': becomes the job's model_id"),
+        ({"models": [{"id": "x" * 257}]}, "tag value has at most 256 characters, not 257"),
+        ({"models": [{"id": "a", "tags": {"cost<centre>": "1"}}]}, "field 'tags.cost<centre>': the tag key"),
+        ({"models": [{"id": "a", "tags": {"aws:owner": "me"}}]}, "field 'tags.aws:owner': the tag key 'aws:owner'"),
+        ({"models": [{"id": "a", "tags": {"airflow:try_number": "1"}}]}, "starts with a reserved prefix"),
+        ({"defaults": {"tags": {"team": "a" * 300}}, "models": [{"id": "a"}]}, "field 'tags.team': a tag value"),
     ],
 )
 def test_every_error_names_the_file_the_entry_and_the_field(tmp_path: Path, document: Any, message: str) -> None:

@@ -227,6 +227,17 @@ def test_the_csv_has_a_row_per_model_and_a_column_per_metric(tmp_path: Path) -> 
     assert rows[1]["reason"] == "Essential container in task exited"
 
 
+def test_cells_a_spreadsheet_would_run_as_formulas_are_escaped_and_read_back(tmp_path: Path) -> None:
+    hostile = JobOutcome('=HYPERLINK("http://x","click")', "FAILED", "j9", 1.0, 1, 1, -1, "@SUM(A1:A9)")
+    path = write_csv([hostile], tmp_path / "report.csv")
+
+    (row,) = csv.DictReader(path.open())
+    assert row["model_id"] == '\'=HYPERLINK("http://x","click")'
+    assert row["reason"] == "'@SUM(A1:A9)"
+    assert row["exit_code"] == "-1", "numbers are numbers"
+    assert read_csv(path) == [hostile]
+
+
 def test_a_written_report_reads_back(tmp_path: Path) -> None:
     assert read_csv(write_csv(OUTCOMES, tmp_path / "report.csv")) == [
         JobOutcome(

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airflow_ml_batch.jobs.common import with_log_tail
-from airflow_ml_batch.jobs.fields import RequestField, direct_request
+from airflow_ml_batch.jobs.fields import RequestField, direct_request, passed_through
 
 #: Job states in which the job may still run; SUCCEEDED and FAILED are final.
 ACTIVE_STATES = frozenset({"SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"})
@@ -18,6 +18,11 @@ FINAL_STATES = frozenset({"SUCCEEDED", "FAILED"})
 #: Seconds a job whose SubmitJob answer was lost is looked for before the request is sent again: ListJobs
 #: is eventually consistent, and a job just created may not be listed yet.
 LOOKUP_SECONDS = 30.0
+#: SubmitJob keys that identify a job, which ``submit_job_kwargs`` may not set, and what to use instead.
+IDENTITY_KEYS = {
+    "jobName": "use job_name (a retry and the lookup after a lost answer find the job by it)",
+    "tags": "use tags (merged with the tags naming the task instance, which find the job again)",
+}
 #: The log group Batch writes to unless the job definition's logConfiguration names another.
 DEFAULT_LOG_GROUP = "/aws/batch/job"
 #: How many failed children of an array job a failure message names (the lowest indexes).
@@ -53,7 +58,9 @@ def submit_job_request(
     Keyed fields go in as they are. ``command``, ``environment`` (a mapping), ``vcpus``, ``memory`` (MiB)
     and ``gpus`` override the same entries of ``container_overrides``; ``timeout`` is in seconds;
     ``tags`` are propagated to the job's tasks; ``submit_job_kwargs`` passes anything else through to
-    SubmitJob as is, and wins over everything.
+    SubmitJob as is, and wins over everything but what identifies the job (:data:`IDENTITY_KEYS`).
+
+    :raises ValueError: ``submit_job_kwargs`` sets one of :data:`IDENTITY_KEYS`.
     """
     overrides = dict(values.get("container_overrides") or {})
     if values.get("command") is not None:
@@ -78,7 +85,7 @@ def submit_job_request(
         **{key: value for key, value in folded.items() if value is not None},
         "tags": dict(tags),
         "propagateTags": True,
-        **(values.get("submit_job_kwargs") or {}),
+        **passed_through("submit_job_kwargs", values.get("submit_job_kwargs"), IDENTITY_KEYS),
     }
 
 

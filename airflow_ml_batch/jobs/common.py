@@ -27,6 +27,25 @@ def task_instance_tags(task_instance: Any, *, with_try: bool = True) -> dict[str
     return {key: _INVALID_TAG_CHARACTERS.sub("_", str(value))[:256] for key, value in tags.items()}
 
 
+def tag_problem(key: str, value: str) -> str | None:
+    """What AWS's tag rules (Batch and ECS alike) find wrong with the tag ``key: value``; ``None`` if nothing.
+
+    Keys of 1 to 128 characters, values of up to 256, of letters, digits, spaces and ``_.:/=+-@``; the
+    prefixes ``aws:`` (AWS's) and ``airflow:`` (the tags naming the task instance) are reserved.
+    """
+    if not 1 <= len(key) <= 128:
+        return f"a tag key has 1 to 128 characters, not {len(key)}"
+    if len(value) > 256:
+        return f"a tag value has at most 256 characters, not {len(value)}"
+    for text, what in ((key, "key"), (value, "value")):
+        bad = _INVALID_TAG_CHARACTERS.search(text)
+        if bad:
+            return f"the tag {what} {text!r} has {bad.group()!r}: only letters, digits, spaces and _.:/=+-@"
+    if key.lower().startswith(("aws:", "airflow:")):
+        return f"the tag key {key!r} starts with a reserved prefix (aws: or airflow:)"
+    return None
+
+
 def with_log_tail(lines: list[str], summary: dict[str, Any], log_tail: list[str] | None) -> str:
     """A failure message: ``lines``, then the job's last log lines (from ``summary``'s group and stream)."""
     if log_tail:

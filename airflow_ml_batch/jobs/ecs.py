@@ -8,13 +8,22 @@ from datetime import datetime
 from typing import Any
 
 from airflow_ml_batch.jobs.common import with_log_tail
-from airflow_ml_batch.jobs.fields import RequestField, direct_request
+from airflow_ml_batch.jobs.fields import RequestField, direct_request, passed_through
 
 #: RunTask ``failures`` reasons that mean "no capacity right now" (the ECS API reference's failure reasons:
 #: ``RESOURCE:CPU``, ``RESOURCE:MEMORY``, ...; ``AGENT``; Fargate's "Capacity is unavailable at this time"):
 #: tried again, with a new ``clientToken``, a bounded number of times. Any other failure is a configuration
 #: to fix.
 CAPACITY_FAILURES = ("RESOURCE:", "AGENT", "Capacity is unavailable")
+
+
+#: RunTask keys that identify a task, which ``run_task_kwargs`` may not set, and what to use instead.
+IDENTITY_KEYS = {
+    "startedBy": "it names the task instance: a retry and a cleared task's stop find the task by it",
+    "clientToken": "it keeps a RunTask sent again after a lost answer from starting a second task",
+    "tags": "use tags (merged with the tags naming the task instance)",
+    "count": "one ECS task per Airflow task (a second would run unwatched); map the operator instead",
+}
 
 
 def failures_text(failures: list[dict[str, Any]]) -> str:
@@ -61,7 +70,10 @@ def run_task_request(
     Keyed fields go in as they are. ``command``, ``environment`` (a mapping), ``cpu`` and ``memory``
     override the container ``container_name`` (required with them); ``cpu``/``memory`` also size the
     task, as Fargate needs. A ``capacity_provider_strategy`` replaces ``launch_type``;
-    ``propagate_tags=None`` omits ``propagateTags``. ``run_task_kwargs`` wins over everything.
+    ``propagate_tags=None`` omits ``propagateTags``. ``run_task_kwargs`` wins over everything but what
+    identifies the task (:data:`IDENTITY_KEYS`).
+
+    :raises ValueError: ``run_task_kwargs`` sets one of :data:`IDENTITY_KEYS`.
     """
     overrides = {**(values.get("overrides") or {})}
     command, environment = values.get("command"), values.get("environment")
@@ -99,7 +111,7 @@ def run_task_request(
         **{key: value for key, value in folded.items() if value is not None},
         "enableExecuteCommand": bool(values.get("enable_execute_command")),
         "tags": [{"key": k, "value": v} for k, v in tags.items()],
-        **(values.get("run_task_kwargs") or {}),
+        **passed_through("run_task_kwargs", values.get("run_task_kwargs"), IDENTITY_KEYS),
     }
 
 

@@ -48,3 +48,18 @@ def request_fields(function: Callable[..., Any]) -> dict[str, RequestField]:
 def direct_request(fields: Mapping[str, RequestField], values: Mapping[str, Any]) -> dict[str, Any]:
     """The request keys that take a value as it is: each keyed field whose value is not ``None``."""
     return {field.key: values[name] for name, field in fields.items() if field.key and values.get(name) is not None}
+
+
+def passed_through(parameter: str, extra: Mapping[str, Any] | None, reserved: Mapping[str, str]) -> dict[str, Any]:
+    """``extra`` (``submit_job_kwargs``, ``run_task_kwargs``), once none of its keys is one of ``reserved``.
+
+    ``reserved`` maps the request keys that identify the job (its name, its identity tags, its token) to
+    what the user should do instead; such a key would break re-attaching, the lookup after a lost answer or
+    the stop of a cleared task.
+
+    :raises ValueError: naming the parameter, the key and what to use instead.
+    """
+    for key in extra or {}:
+        if key in reserved:
+            raise ValueError(f"{parameter} may not set {key!r}: {reserved[key]}")
+    return dict(extra or {})

@@ -121,3 +121,27 @@ def test_a_subclass_with_its_own_parameters_keeps_the_request_fields() -> None:
     assert "team" in TeamBatchOperator.template_fields
     assert TeamBatchOperator.request_fields == BatchJobOperator.request_fields
     assert PlainSubclass.template_fields == BatchJobOperator.template_fields
+
+
+@pytest.mark.parametrize(
+    ("operator", "extra", "key"),
+    [
+        ("BatchJobOperator", {"submit_job_kwargs": {"jobName": "mine"}}, "jobName"),
+        ("BatchJobOperator", {"submit_job_kwargs": {"tags": {"airflow:try_number": "9"}}}, "tags"),
+        ("EcsTaskOperator", {"run_task_kwargs": {"startedBy": "me"}}, "startedBy"),
+        ("EcsTaskOperator", {"run_task_kwargs": {"clientToken": "t"}}, "clientToken"),
+        ("EcsTaskOperator", {"run_task_kwargs": {"count": 3}}, "count"),
+        ("EcsTaskOperator", {"run_task_kwargs": {"tags": []}}, "tags"),
+    ],
+)
+def test_pass_through_kwargs_cannot_replace_what_identifies_the_job(
+    operator: str, extra: dict[str, Any], key: str
+) -> None:
+    if operator == "BatchJobOperator":
+        values = {"job_queue": "q", "job_definition": "d", **extra}
+        with pytest.raises(ValueError, match=f"submit_job_kwargs may not set '{key}': "):
+            submit_job_request(BatchJobOperator.request_fields, values, job_name="n", tags={})
+    else:
+        values = {"cluster": "c", "task_definition": "d", **extra}
+        with pytest.raises(ValueError, match=f"run_task_kwargs may not set '{key}': "):
+            run_task_request(EcsTaskOperator.request_fields, values, started_by="s", client_token="t", tags={})
