@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite: lint, types, the docs build and every test on the newest Airflow, then the suite again under the
 # MWAA pin files of each Airflow version MWAA runs. Usage: scripts/test.sh [LEG ...]
-# LEG is "newest" or an MWAA version (2.10.3 2.11.2 3.0.6 3.2.1 3.3.1); default: all of them.
+# LEG is "newest", "wheel" (the built sdist and wheel, checked, and the wheel installed in a fresh environment
+# running the README's first DAG) or an MWAA version (2.10.3 2.11.2 3.0.6 3.2.1 3.3.1); default: all of them.
 source "$(dirname "$0")/_env.sh"
 cd "$ROOT"
 
@@ -10,11 +11,33 @@ MWAA_DIR="${MWAA_DIR:-$ROOT/constraints/mwaa}"
 # The newest leg takes the newest Airflow release, and asserts it is at least this one.
 NEWEST=">=3.3.2"
 LEGS=("$@")
-[ ${#LEGS[@]} -gt 0 ] || LEGS=(newest 2.10.3 2.11.2 3.0.6 3.2.1 3.3.1)
+[ ${#LEGS[@]} -gt 0 ] || LEGS=(newest wheel 2.10.3 2.11.2 3.0.6 3.2.1 3.3.1)
 SUMMARY=()
+
+run_wheel_leg() {
+  local start=$SECONDS dist="$ROOT/.venvs/dist"
+  echo "=== leg wheel: building"
+  rm -rf "$dist"
+  "$UV" build --quiet --out-dir "$dist" "$ROOT"
+  make_venv "$ROOT/.venvs/wheel-check"
+  "$UV" pip install --quiet --python "$PY" twine
+  "$PY" -m twine check --strict "$dist"/*
+  "$PY" "$ROOT/scripts/check_wheel.py" "$dist"/*.whl
+  echo "=== leg wheel: installing the wheel"
+  make_venv "$ROOT/.venvs/test-wheel"
+  # the wheel alone, and what the tests of a deployment need (no source tree, no editable install)
+  "$UV" pip install --quiet --python "$PY" "$dist"/*.whl "apache-airflow$NEWEST" "moto[server]>=5.0.11" \
+    "apache-airflow-providers-openlineage>=1.13.0" "pytest>=8.2" "pytest-asyncio>=0.24" "pytest-timeout>=2.3"
+  # run from elsewhere, so that Python imports the installed wheel, not the source tree
+  (cd "$(mktemp -d)" && EXPECTED_AIRFLOW_VERSION="$NEWEST" EXPECTED_INSTALL=wheel AIRFLOW_HOME="$(mktemp -d)" \
+    "$PY" -m pytest -p no:cacheprovider -q -c "$ROOT/pyproject.toml" --rootdir "$ROOT" \
+    "$ROOT/tests/test_deployments.py" -k "default_configuration or installed")
+  SUMMARY+=("leg wheel: $(basename "$dist"/*.whl) passed in $((SECONDS - start))s")
+}
 
 run_leg() {
   local leg="$1" start=$SECONDS
+  if [ "$leg" = wheel ]; then run_wheel_leg; return; fi
   echo "=== leg $leg: installing"
   make_venv "$ROOT/.venvs/test-$leg"
   if [ "$leg" = newest ]; then

@@ -130,3 +130,11 @@ def test_without_listeners_the_task_ends_on_the_triggerer(tmp_path: Path, moto: 
 
     assert ENDS_ON_THE_TRIGGERER in output
     assert RESUMES_ON_A_WORKER not in output
+
+
+@pytest.mark.skipif(os.environ.get("EXPECTED_INSTALL") != "wheel", reason="the wheel leg of scripts/test.sh")
+def test_the_installed_wheel_is_what_runs() -> None:
+    import airflow_ml_batch
+
+    assert "site-packages" in airflow_ml_batch.__file__, "the source tree, not the installed wheel, was imported"
+    assert Path(airflow_ml_batch.__file__).parent != README.parent / "airflow_ml_batch"

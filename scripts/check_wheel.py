@@ -1,0 +1,53 @@
+"""Check a built wheel's file list and metadata: the product, its entry point, nothing of the repository's own.
+
+Usage: python scripts/check_wheel.py dist/airflow_ml_batch-X-py3-none-any.whl
+"""
+
+from __future__ import annotations
+
+import sys
+import zipfile
+from email.parser import Parser
+
+#: Modules a user imports or Airflow loads: each must be in the wheel.
+REQUIRED = [
+    "airflow_ml_batch/__init__.py",
+    "airflow_ml_batch/py.typed",
+    "airflow_ml_batch/provider_info.py",
+    "airflow_ml_batch/fleet.py",
+    "airflow_ml_batch/report.py",
+    *(
+        f"airflow_ml_batch/{kind}/{service}.py"
+        for kind in ("hooks", "operators", "triggers")
+        for service in ("batch", "ecs")
+    ),
+    "airflow_ml_batch/triggers/group.py",
+    "airflow_ml_batch/triggers/poller.py",
+    "airflow_ml_batch/links/batch.py",
+    "airflow_ml_batch/jobs/groups.py",
+    "airflow_ml_batch/testing/moto_server.py",
+]
+#: Top-level folders of the repository that never ship.
+NEVER = ("tests/", "benchmarks/", "scripts/", "docs/", "example_dags/", "constraints/")
+
+
+def main(path: str) -> int:
+    with zipfile.ZipFile(path) as wheel:
+        names = wheel.namelist()
+        info = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        metadata = Parser().parsestr(wheel.read(info).decode())
+        entry_points = wheel.read(info.replace("METADATA", "entry_points.txt")).decode()
+    problems = [f"missing {name}" for name in REQUIRED if name not in names]
+    problems += [f"ships {name}" for name in names if name.startswith(NEVER)]
+    if "provider_info = airflow_ml_batch.provider_info:get_provider_info" not in entry_points:
+        problems.append("no apache_airflow_provider entry point")
+    if metadata["Name"] != "airflow-ml-batch" or not metadata.get_payload().strip():
+        problems.append("metadata: wrong name or no long description")
+    for problem in problems:
+        print(f"{path}: {problem}")
+    print(f"{path}: {len(names)} files, version {metadata['Version']}: {'FAILED' if problems else 'ok'}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
