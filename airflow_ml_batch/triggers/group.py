@@ -206,7 +206,8 @@ class RunGroupTrigger(StopsAbandonedJobs):
         self._attempts: dict[int, int] = {}  # model index -> the highest attempt of this try sent or seen
         self._pending: list[int] = list(self._by_index)  # models waiting to be submitted, next first
         self._resend: set[int] = set()  # of those, models whose last attempt's answer was lost and no job found
-        self._busy: set[int] = set()  # models being submitted or looked for
+        self._busy: set[int] = set()  # models being submitted
+        self._looking: set[int] = set()  # models whose job is looked for (their SubmitJob answer was lost)
         self._calls: set[asyncio.Task[None]] = set()  # the submitter and the lookups, while they run
         self._closing = False  # no call that starts a job is sent once set
         self._rejected_in_a_row = 0
@@ -251,9 +252,12 @@ class RunGroupTrigger(StopsAbandonedJobs):
         self._pending = [index for index in self._by_index if index not in self._jobs]
         self._spawn(self._submit_pending())
         try:
-            return await self._wait_for_models(watch)
-        finally:
-            await self._close()
+            event = await self._wait_for_models(watch)
+        except BaseException:  # cancelled (a restart, a user's action: they wait for the calls) or a bug
+            self._stop_sending()
+            raise
+        await self._close()
+        return event
 
     async def _wait_for_models(self, watch: Watch) -> TriggerEvent:
         missing_since: dict[str, float] = {}
@@ -339,7 +343,7 @@ class RunGroupTrigger(StopsAbandonedJobs):
         return self._rejected_in_a_row >= 5 and not self._jobs
 
     def _room(self) -> bool:
-        running = sum(1 for index in self._jobs if index not in self._results) + len(self._busy)
+        running = sum(1 for index in self._jobs if index not in self._results) + len(self._busy | self._looking)
         cap = self.group_settings.max_running
         return cap is None or running < cap
 
@@ -405,7 +409,7 @@ class RunGroupTrigger(StopsAbandonedJobs):
                         model["label"],
                         error_text(error),
                     )
-                    self._busy.add(index)
+                    self._looking.add(index)
                     self._spawn(self._look_for(model, attempt))
                     return
                 if is_throttling(error):
@@ -444,7 +448,7 @@ class RunGroupTrigger(StopsAbandonedJobs):
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 8.0)
         finally:
-            self._busy.discard(index)
+            self._looking.discard(index)
         if self._closing:
             self.log.warning("Model %s: no job found for attempt %d; submitting no more", model["label"], attempt)
             return
@@ -481,8 +485,8 @@ class RunGroupTrigger(StopsAbandonedJobs):
         that the listing showed only after the model was submitted again."""
         try:
             found = await self._with_retries("list the group's jobs", self.find_jobs, time.time() + LOOKUP_SECONDS)
-        except DeadlineReached:
-            self.log.warning("Could not list the group's jobs to look for second jobs; not looking again")
+        except (DeadlineReached, RejectedError) as error:
+            self.log.warning("Could not list the group's jobs to look for second jobs (%s)", error)
             return
         second = [
             job.job_id
@@ -490,18 +494,22 @@ class RunGroupTrigger(StopsAbandonedJobs):
             if job.active
             and job.try_number == self.try_number
             and job.index in self._jobs
-            and job.index not in self._busy
+            and job.index not in self._busy | self._looking
             and self._jobs[job.index] != job.job_id
         ]
         for job_id in second:
             self.log.warning("Stopping job %s: a second job of a model whose SubmitJob answer was lost", job_id)
         await self._stop_jobs(second, "a second job of the model (a SubmitJob answer was lost)")
 
-    async def _close(self) -> None:
-        """Send nothing more; wait for the calls in flight (bounded), so that every job they started is known."""
+    def _stop_sending(self) -> None:
+        """Send no call that starts a job from now on; pauses between calls end."""
         self._closing = True
         self._closed.set()
         self._submit_more.set()
+
+    async def _close(self) -> None:
+        """Send nothing more; wait for the calls in flight (bounded), so that every job they started is known."""
+        self._stop_sending()
         if self._calls:
             await asyncio.wait(set(self._calls), timeout=IN_FLIGHT_WAIT)
 
