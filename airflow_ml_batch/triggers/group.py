@@ -543,19 +543,20 @@ class RunGroupTrigger(StopsAbandonedJobs):
     async def _ended(
         self, index: int, watch: Watch, result: dict[str, Any], succeeded: bool, message: str | None
     ) -> None:
-        model = self._by_index[index]
-        watch.remove(self._jobs[index])
+        model, job_id = self._by_index[index], self._jobs[index]
+        watch.remove(job_id)
         retries = self.group_settings.model_retries
         if not succeeded and self._attempts.get(index, 0) <= retries and self.retriable(result):
             self.log.warning(
                 "Model %s: job %s failed (try %d of %d); submitting it again:\n%s",
                 model["label"],
-                result.get("job_id"),
+                job_id,
                 self._attempts.get(index, 0),
                 retries + 1,
                 message,
             )
-            del self._models_by_job[self._jobs.pop(index)]
+            del self._models_by_job[job_id]
+            del self._jobs[index]
             self._states.pop(index, None)
             self._pending.insert(0, index)
             self._submit_more.set()
