@@ -98,6 +98,12 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--triggerers", type=int, default=1, help="triggerer processes (Airflow HA)")
     p.add_argument("--retries", type=int, default=1, help="task retries")
+    p.add_argument(
+        "--execution-timeout",
+        type=float,
+        default=0.0,
+        help="the tasks' execution_timeout, s (0: none; fleet_benchmark and fleet_benchmark_groups)",
+    )
     p.add_argument("--health-threshold", type=float, default=30.0, help="[triggerer] triggerer_health_check_threshold")
     p.add_argument("--role", action="store_true", help="the connection assumes a role (STS at the endpoint)")
     p.add_argument("--seed", type=int, default=0)
@@ -238,6 +244,7 @@ class Fleet:
             "FLEET_BENCH_POLL_INTERVAL": str(self.args.poll_interval),
             "FLEET_BENCH_DURATION": str(self.args.duration),
             "FLEET_BENCH_RETRIES": str(self.args.retries),
+            "FLEET_BENCH_EXECUTION_TIMEOUT": str(self.args.execution_timeout),
             "FLEET_BENCH_CONN_ID": CONN_ID,
             "FLEET_BENCH_GROUP_SIZE": str(self.args.group_size),
             "FLEET_BENCH_SUBMIT_RATE": str(self.args.submit_rate or 0.9 * self.args.rate),
@@ -297,8 +304,12 @@ class Fleet:
         self._sampler = threading.Thread(target=self._sample_loop, name="sampler", daemon=True)
         self._sampler.start()
 
-    def wait(self, until: Any = None, timeout: float | None = None, what: str = "the DAG run to end") -> str:
-        """Wait (bounded) until ``until()`` is true, or the DAG run ended; return the run's state."""
+    def wait(
+        self, until: Any = None, timeout: float | None = None, what: str = "the DAG run to end", every: float = 1.0
+    ) -> str:
+        """Wait (bounded) until ``until()`` is true, or the DAG run ended; return the run's state.
+
+        ``until()`` and the run's state are read every ``every`` seconds."""
         longest = self.args.duration * (self.args.long_factor if self.args.long_fraction else 1.0)
         timeout = timeout or self.args.timeout or max(900.0, 600 + 1.0 * self.args.jobs + 2 * longest)
         deadline, last = time.monotonic() + timeout, 0.0
@@ -318,7 +329,7 @@ class Fleet:
                 last = time.monotonic()
                 states = ", ".join(f"{n} {s}" for s, n in sorted(self.task_states().items()))
                 log(f"{time.time() - self.triggered_at:5.0f}s run {state}; tasks: {states}")
-            time.sleep(1)
+            time.sleep(every)
 
     def run_state(self) -> str:
         return self.db.run_state(self.args.dag, self.run_id)

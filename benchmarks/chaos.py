@@ -8,11 +8,14 @@ endpoint and the metadata database saw::
     python benchmarks/chaos.py --scenario triggerer-kill --jobs 200
     python benchmarks/chaos.py --scenario triggerer-kill --dag fleet_benchmark_groups --jobs 40 --group-size 20
     python benchmarks/chaos.py --scenario group-retry --jobs 100
+    python benchmarks/chaos.py --scenario lost-answers --dag fleet_benchmark_groups --jobs 300 --duration 30
+    python benchmarks/chaos.py --scenario group-timeout-no-triggerer --jobs 200 --group-size 50
     python benchmarks/chaos.py --scenario all --jobs 100 --db sqlite
 
 Scenarios: triggerer-kill, throttle-storm, clear-deferred, expiring-credentials, endpoint-down,
-worker-kill, ha-triggerers, triggerer-stall, group-retry. Group mode (``--dag fleet_benchmark_groups``)
-runs triggerer-kill and group-retry (always in group mode); the others act on mapped tasks one by one.
+worker-kill, ha-triggerers, triggerer-stall, group-retry, lost-answers, group-timeout-no-triggerer.
+Group mode (``--dag fleet_benchmark_groups``) runs triggerer-kill and lost-answers, and group-retry and
+group-timeout-no-triggerer (always in group mode); the others act on mapped tasks one by one.
 In group mode the checks count jobs per model (a group names each model's job by try and attempt): no
 model may get a second job unless the scenario expects one. Exit status 0 only if every scenario run passed.
 """
@@ -31,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -487,14 +491,238 @@ def group_retry(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> Non
     }
 
 
+def lost_answers(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
+    """``--lose-fraction`` (5 %) of the SubmitJob answers are lost after the job was created, and ListJobs
+    shows a job only ``--list-lag`` s after its creation: every model still gets exactly one job.
+
+    ``--lose-mode alternate`` (default) answers 500 until half the models have a job, then drops the
+    connection unanswered; ``500`` or ``drop`` keep one mode. The first SubmitJob of each mode loses its
+    answer, so every run loses at least one in each. Per model (the worker submits) or in groups (the
+    trigger submits): the job is looked for by name, found once listed, and never sent again.
+    """
+    modes = ("500", "drop") if args.lose_mode == "alternate" else (args.lose_mode,)
+    fleet.bench("faults", {"list_lag_seconds": args.list_lag, "lose_answers": _losing(args, modes[0])})
+    log(f"SubmitJob answers lost: {args.lose_fraction:.0%} ({' then '.join(modes)}); ListJobs lags {args.list_lag}s")
+    fleet.trigger()
+    if len(modes) == 2:
+        half = args.jobs // 2
+        fleet.wait(lambda: _submitted(fleet) >= half, None, f"{half} models submitted", every=0.2)
+        fleet.bench("faults", {"lose_answers": _losing(args, modes[1])})
+        log(f"{_submitted(fleet)} models submitted: SubmitJob answers now lost as {modes[1]}")
+    results = finish(fleet, verdict)
+    stats, jobs = fleet.bench("stats"), fleet.bench("jobs")
+    lost = stats["lost_answers"].get("SubmitJob", 0)
+    by_mode = {mode: n.get("SubmitJob", 0) for mode, n in stats["lost_answers_by_mode"].items()}
+    per_model = collections.Counter(len(same) for same in jobs_by_model(jobs.values()).values())
+    found = _lost_jobs_found(fleet)
+    by_try = tries(fleet)
+    verdict.checks["SubmitJob answers were lost"] = lost > 0
+    if len(modes) == 2:
+        verdict.checks["answers lost both ways: 500 and dropped connection"] = all(by_mode.get(m) for m in modes)
+    verdict.checks["one job per model at the endpoint"] = per_model == {1: args.jobs}
+    verdict.checks["each job whose answer was lost was found by its lookup"] = len(found) == lost
+    verdict.checks["no job was stopped (no second job to stop)"] = not stats["terminated"]
+    verdict.checks["no task retried"] = by_try == {1: fleet.task_count}
+    calls = results["calls"]
+    verdict.numbers |= {
+        "SubmitJob answers lost (by mode)": (lost, by_mode),
+        "lost jobs found by their lookup": len(found),
+        "SubmitJob calls (jobs created)": calls.get("SubmitJob", 0),
+        "ListJobs calls (by caller)": (calls.get("ListJobs", 0), _by_caller(stats, "ListJobs")),
+        "jobs per model (count of models)": dict(per_model),
+        "listing lag (s), lose fraction": (args.list_lag, args.lose_fraction),
+        "tasks by try number": by_try,
+    }
+
+
+def _losing(args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    """The endpoint's ``lose_answers`` switch: the first SubmitJob answer, then ``--lose-fraction`` of them."""
+    seed = args.seed + (mode == "drop")
+    return {"operations": ["SubmitJob"], "fraction": args.lose_fraction, "mode": mode, "seed": seed, "next": 1}
+
+
+#: What a worker (``BatchHook.submit_job``) or a group's trigger logs when the job of a lost answer is found.
+_FOUND_AFTER_LOSS = re.compile(r"[Jj]ob (\S+) (?:\(\S+\) )?was submitted(?::|) \(?its answer was lost")
+
+
+def _lost_jobs_found(fleet: Fleet) -> set[str]:
+    """Ids of the jobs whose SubmitJob answer was lost and that a lookup found, from every log of the run."""
+    found: set[str] = set()
+    for path in fleet.workdir.rglob("*.log*"):
+        with contextlib.suppress(OSError):
+            found |= set(_FOUND_AFTER_LOSS.findall(path.read_text(errors="replace")))
+    return found
+
+
+def _by_caller(stats: dict[str, Any], operation: str) -> dict[str, int]:
+    """Calls of ``operation`` per caller (a triggerer's path prefix; ``worker`` for the task runs)."""
+    return {caller or "worker": ops[operation] for caller, ops in stats["callers"].items() if ops.get(operation)}
+
+
+def group_timeout_no_triggerer(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> None:
+    """Groups with an ``--execution-timeout`` shorter than their jobs lose their only triggerer (SIGKILL, kept
+    down) once every group has deferred and its jobs run: Airflow times the deferred tasks out, and each
+    group's worker run stops every job of its group.
+
+    The scheduler's ``check_trigger_timeouts`` sets a deferred task whose ``trigger_timeout`` passed to
+    scheduled with ``next_method`` ``__fail__``; the worker runs ``resume_execution``, which stops the group's
+    jobs (``stop_abandoned_jobs``) before the task fails. The triggerer is killed before the triggers' own
+    deadline (a little before the timeout), which would stop the jobs from the triggerer instead.
+    """
+    timeout = args.execution_timeout
+    fleet.trigger()
+    what = "every group deferred, every job submitted"
+    fleet.wait(
+        lambda: fleet.task_states()["deferred"] == fleet.task_count and _submitted(fleet) >= args.jobs, None, what
+    )
+    timeouts = _trigger_timeouts(fleet)
+    first_deadline = min(timeouts.values()) - min(15.0, timeout / 10)  # deadline_for: the triggers' own stop
+    kill_by = first_deadline - KILL_BEFORE_DEADLINE
+    fleet.wait(lambda: _running(fleet) >= args.jobs or time.time() > kill_by, None, "the jobs to run")
+    running, submitted, planned = _running(fleet), _submitted(fleet), fleet.bench("jobs")
+    fleet.kill("triggerer-0", signal.SIGKILL)
+    killed = time.time()
+    log(
+        f"killed the triggerer (kept down): {running} of {submitted} jobs running; "
+        f"the first deferral times out in {min(timeouts.values()) - killed:.0f}s"
+    )
+    fleet.wait()
+    stats, jobs = fleet.bench("stats"), fleet.bench("jobs")
+    terminated = set(stats["terminated"])
+    by_group: dict[int, list[float]] = collections.defaultdict(list)  # map index -> when its jobs were stopped
+    group_of = {fleet.group_prefix(i): i for i in range(fleet.task_count)}
+    for job_id, job in jobs.items():
+        if job_id in terminated:
+            by_group[group_of.get(job["name"].partition("--")[0] + "--", -1)].append(job["ends"])
+    logs = {i: _task_log(fleet, i) or "" for i in range(fleet.task_count)}
+    stopping = {
+        i: re.search(r"Stopping (\d+) jobs of the group: the task's execution_timeout", text)
+        for i, text in logs.items()
+    }
+    per_model = collections.Counter(len(same) for same in jobs_by_model(jobs.values()).values())
+    by_try = tries(fleet)
+    verdict.checks["the triggerer was killed with every job running, before any trigger's deadline"] = (
+        running == submitted == args.jobs and killed < first_deadline
+    )
+    verdict.checks["the DAG run failed, every group task failed on its first try"] = (
+        fleet.run_state() == "failed"
+        and fleet.task_states() == {"failed": fleet.task_count}
+        and by_try == {1: fleet.task_count}
+    )
+    verdict.checks["each group's log: deferral timed out, every job of the group stopped from the worker"] = all(
+        match is not None and int(match[1]) == len(by_group.get(i, [])) and "TaskDeferralTimeout" in logs[i]
+        for i, match in stopping.items()
+    )
+    verdict.checks["every job was stopped (TerminateJob reached each)"] = set(jobs) <= terminated
+    verdict.checks["every stop came from a worker"] = set(stats["terminated_by"].values()) == {"worker"}
+    verdict.checks["no job left running at the endpoint"] = all(job["ends"] <= time.time() for job in jobs.values())
+    verdict.checks["one job per model (none submitted again)"] = per_model == {1: args.jobs}
+    stopped_at = [moment for moments in by_group.values() for moment in moments]
+    first_stop = [min(by_group[i]) - timeouts[i] for i in timeouts if by_group.get(i)]
+    last_stop = [max(by_group[i]) - timeouts[i] for i in timeouts if by_group.get(i)]
+    verdict.numbers |= {
+        "groups, models": (fleet.task_count, args.jobs),
+        "execution_timeout (s), planned job durations (s)": (timeout, _durations(planned)),
+        "jobs running when the triggerer was killed": f"{running} of {submitted}",
+        "triggerer killed, deferral timeouts (s after the trigger)": (
+            round(killed - fleet.triggered_at),
+            [round(t - fleet.triggered_at) for t in sorted(timeouts.values())],
+        ),
+        "scheduler timed deferrals out (s after the first timeout: tasks)": {
+            round(moment - min(timeouts.values()), 1): count for moment, count in _timed_out_by_scheduler(fleet)
+        },
+        "a group's timeout to its first stop, to its last stop (s, worst group)": (
+            round(max(first_stop, default=-1), 1),
+            round(max(last_stop, default=-1), 1),
+        ),
+        "first timeout to every job stopped (s)": round(max(stopped_at, default=0.0) - min(timeouts.values()), 1),
+        "TerminateJob by caller": collections.Counter(stats["terminated_by"].values()),
+        "ListJobs calls (by caller)": _by_caller(stats, "ListJobs"),
+        "tasks": dict(fleet.task_states()),
+        "wall (s)": round(fleet.ended_at - fleet.triggered_at),
+    }
+
+
+#: Seconds every job outlives its group's deferral timeout: the scheduler looks for timed-out deferrals every
+#: 15 s ([scheduler] trigger_timeout_check_interval), then a worker starts the task and stops the jobs.
+OUTLIVE_TIMEOUT = 45.0
+#: Seconds before the first trigger's deadline by which the triggerer is killed, jobs running or not.
+KILL_BEFORE_DEADLINE = 10.0
+
+
+def _stopped_in_time(args: argparse.Namespace) -> dict[str, Any]:
+    """group-timeout-no-triggerer's ``--execution-timeout`` (default 120 s) and a ``--duration`` that fits it.
+
+    Every job must be RUNNING (the endpoint starts a job a quarter into its duration) before the triggerer is
+    killed ahead of the first trigger's deadline, and outlive the timeout by ``OUTLIVE_TIMEOUT``: a
+    ``--duration`` that does not fit, with its ``--spread``, is replaced by one that does.
+    """
+    timeout = args.execution_timeout or 120.0
+    submitted_by = 10.0 + args.jobs / (args.submit_rate or 0.9 * args.rate)  # after the first task started
+    kill_by = timeout - min(15.0, timeout / 10) - KILL_BEFORE_DEADLINE  # deadline_for, less the kill's lead
+    shortest = (timeout + OUTLIVE_TIMEOUT) / (1 - args.spread)
+    longest = (kill_by - submitted_by) / (0.25 * (1 + args.spread))
+    if shortest > longest:
+        raise ValueError(
+            f"no job duration fits --execution-timeout {timeout:.0f} with --spread {args.spread}: jobs must run "
+            f"before {kill_by:.0f}s and outlive {timeout + OUTLIVE_TIMEOUT:.0f}s; lengthen the timeout or narrow "
+            "the spread"
+        )
+    duration = args.duration if shortest <= args.duration <= longest else float(round((shortest + longest) / 2))
+    if duration != args.duration:
+        log(f"--duration {duration:.0f}: jobs that run before {kill_by:.0f}s and outlive the {timeout:.0f}s timeout")
+    return {"execution_timeout": timeout, "duration": duration}
+
+
+def _trigger_timeouts(fleet: Fleet) -> dict[int, float]:
+    """Each deferred task's ``trigger_timeout`` (epoch seconds), by map index."""
+    rows = fleet.sql(
+        "SELECT map_index, trigger_timeout FROM task_instance WHERE dag_id = :dag AND run_id = :run"
+        " AND trigger_timeout IS NOT NULL"
+    )
+    return {int(i): _epoch(moment) for i, moment in rows}
+
+
+def _epoch(moment: datetime | str) -> float:
+    """A metadata database timestamp (Postgres: aware; SQLite: a naive UTC string) as epoch seconds."""
+    value = moment if isinstance(moment, datetime) else datetime.fromisoformat(str(moment))
+    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _timed_out_by_scheduler(fleet: Fleet) -> list[tuple[float, int]]:
+    """When the scheduler's ``check_trigger_timeouts`` timed deferred tasks out (epoch seconds), and how many."""
+    path = fleet.processes.log_dir / "scheduler.log"
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return [
+        (datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp(), int(count))
+        for moment, count in re.findall(r"^(\S+) .*Timed out (\d+) deferred tasks without fired triggers", text, re.M)
+    ]
+
+
+def _running(fleet: Fleet) -> int:
+    """Jobs RUNNING at the endpoint now."""
+    now = time.time()
+    return sum(1 for job in fleet.bench("jobs").values() if job["started"] <= now < job["ends"])
+
+
+def _durations(jobs: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    """The shortest and longest job duration, as planned before any was stopped."""
+    spans = [job["ends"] - job["created"] for job in jobs.values()] or [0.0]
+    return round(min(spans)), round(max(spans))
+
+
 def _first_try_failure(fleet: Fleet, map_index: int) -> str | None:
     """Group ``map_index``'s first-try log from its group failure message on, if that is there."""
-    for path in fleet.workdir.rglob("attempt=1.log"):
+    text = _task_log(fleet, map_index) or ""
+    match = re.search(r"\d+ of \d+ models failed \(AWS Batch jobs; allowed_failures=\d+\)", text)
+    return text[match.start() :] if match else None
+
+
+def _task_log(fleet: Fleet, map_index: int, attempt: int = 1) -> str | None:
+    """The log of task instance ``map_index``'s try ``attempt``, if it was written."""
+    for path in fleet.workdir.rglob(f"attempt={attempt}.log"):
         if path.parent.name == f"map_index={map_index}" and f"dag_id={fleet.args.dag}" in path.parts:
-            text = path.read_text(errors="replace")
-            match = re.search(r"\d+ of \d+ models failed \(AWS Batch jobs; allowed_failures=\d+\)", text)
-            if match:
-                return text[match.start() :]
+            return path.read_text(errors="replace")
     return None
 
 
@@ -539,6 +767,7 @@ class Scenario:
     run: Callable[[Fleet, argparse.Namespace, Verdict], None]
     settings: dict[str, Any] = field(default_factory=dict)  # options the scenario needs, over the command line's
     groups: bool = False  # it runs in group mode too (``--dag fleet_benchmark_groups``)
+    derived: Callable[[argparse.Namespace], dict[str, Any]] | None = None  # options it computes from the others
 
 
 SCENARIOS = {
@@ -551,6 +780,13 @@ SCENARIOS = {
     "ha-triggerers": Scenario(ha_triggerers, {"triggerers": 2}),
     "triggerer-stall": Scenario(triggerer_stall, {"triggerers": 2}),
     "group-retry": Scenario(group_retry, {"dag": "fleet_benchmark_groups", "retries": 1}, groups=True),
+    "lost-answers": Scenario(lost_answers, groups=True),
+    "group-timeout-no-triggerer": Scenario(
+        group_timeout_no_triggerer,
+        {"dag": "fleet_benchmark_groups", "retries": 0},
+        groups=True,
+        derived=_stopped_in_time,
+    ),
 }
 
 
@@ -558,6 +794,8 @@ def run_scenario(name: str, args: argparse.Namespace) -> Verdict:
     """Run one scenario on a fresh Airflow; never raises for a failure of the system under test."""
     scenario = SCENARIOS[name]
     args = argparse.Namespace(**(vars(args) | scenario.settings))
+    if scenario.derived is not None:
+        args = argparse.Namespace(**(vars(args) | scenario.derived(args)))
     verdict = Verdict(name)
     log(f"scenario {name}: {args.jobs} jobs of ~{args.duration:.0f}s, {args.db}")
     try:
@@ -583,6 +821,14 @@ def chaos_parser() -> argparse.ArgumentParser:
     p.add_argument("--kill-signal", choices=("TERM", "KILL"), default="TERM", help="ha-triggerers: the signal")
     p.add_argument("--stall-seconds", type=float, default=45.0, help="triggerer-stall: how long it is frozen")
     p.add_argument("--fail-models", type=float, default=0.1, help="group-retry: models whose first job fails")
+    p.add_argument("--lose-fraction", type=float, default=0.05, help="lost-answers: SubmitJob answers lost")
+    p.add_argument(
+        "--lose-mode",
+        choices=("alternate", "500", "drop"),
+        default="alternate",
+        help="lost-answers: 500, dropped connection, or 500 until half the models have a job, then drop",
+    )
+    p.add_argument("--list-lag", type=float, default=5.0, help="lost-answers: ListJobs shows a job this late, s")
     return p
 
 

@@ -10,11 +10,11 @@ not from here.
 from __future__ import annotations
 
 from airflow.sdk import DAG
-from fleet_settings import COMMON, MODELS, POLL_INTERVAL, START
+from fleet_settings import COMMON, EXECUTION_TIMEOUT, MODELS, POLL_INTERVAL, START
 
 from airflow_ml_batch.operators.batch import BatchJobOperator
 
 with DAG(dag_id="fleet_benchmark", schedule=None, start_date=START, catchup=False):
-    BatchJobOperator.partial(poll_interval=POLL_INTERVAL, vcpus=1, memory=2048, **COMMON).expand(
-        environment=[{"MODEL": model} for model in MODELS]
-    )
+    BatchJobOperator.partial(
+        poll_interval=POLL_INTERVAL, execution_timeout=EXECUTION_TIMEOUT, vcpus=1, memory=2048, **COMMON
+    ).expand(environment=[{"MODEL": model} for model in MODELS])

@@ -9,12 +9,17 @@ the endpoint's rate). Same settings as ``fleet_benchmark.py`` (``fleet_settings.
 from __future__ import annotations
 
 from airflow.sdk import DAG
-from fleet_settings import COMMON, GROUP_SIZE, MODELS, POLL_INTERVAL, START, SUBMIT_RATE
+from fleet_settings import COMMON, EXECUTION_TIMEOUT, GROUP_SIZE, MODELS, POLL_INTERVAL, START, SUBMIT_RATE
 
 from airflow_ml_batch.fleet import groups
 from airflow_ml_batch.operators.batch import BatchFleetOperator
 
 with DAG(dag_id="fleet_benchmark_groups", schedule=None, start_date=START, catchup=False):
     BatchFleetOperator.partial(
-        poll_interval=POLL_INTERVAL, vcpus=1, memory=2048, submit_rate=SUBMIT_RATE, **COMMON
+        poll_interval=POLL_INTERVAL,
+        execution_timeout=EXECUTION_TIMEOUT,
+        vcpus=1,
+        memory=2048,
+        submit_rate=SUBMIT_RATE,
+        **COMMON,
     ).expand(models=groups([{"job_name": model, "environment": {"MODEL": model}} for model in MODELS], GROUP_SIZE))

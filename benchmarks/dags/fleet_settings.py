@@ -18,6 +18,9 @@ COMMON = {
     "retries": int(os.environ.get("FLEET_BENCH_RETRIES", "1")),
     "retry_delay": timedelta(seconds=float(os.environ.get("FLEET_BENCH_RETRY_DELAY", "5"))),
 }
+#: the tasks' execution_timeout in fleet_benchmark.py and fleet_benchmark_groups.py (unset or 0: none)
+_TIMEOUT_SECONDS = float(os.environ.get("FLEET_BENCH_EXECUTION_TIMEOUT") or 0)
+EXECUTION_TIMEOUT = timedelta(seconds=_TIMEOUT_SECONDS) if _TIMEOUT_SECONDS else None
 #: models per group and SubmitJob/s of the group mode (fleet_benchmark_groups.py)
 GROUP_SIZE = int(os.environ.get("FLEET_BENCH_GROUP_SIZE", "100"))
 SUBMIT_RATE = float(os.environ.get("FLEET_BENCH_SUBMIT_RATE", "45"))

@@ -24,6 +24,8 @@ pytestmark = pytest.mark.chaos
 COMMON = ["--db", "sqlite", "--jobs", "20", "--poll-interval", "5", "--health-threshold", "10"]
 #: Group mode: 2 groups of 10 models, submitted at 1 per second, so a kill finds half of them submitted.
 GROUPS = ["--dag", "fleet_benchmark_groups", "--jobs", "20", "--group-size", "10", "--submit-rate", "1"]
+#: 2 groups of 10 models, submitted at the default rate.
+TWO_GROUPS = ["--dag", "fleet_benchmark_groups", "--jobs", "20", "--group-size", "10"]
 #: One group of 100 models, submitted at 20 per second.
 GROUP_OF_100 = ["--jobs", "100", "--group-size", "100", "--submit-rate", "20"]
 SCENARIOS = {
@@ -32,6 +34,18 @@ SCENARIOS = {
     "triggerer-kill-groups": ["--scenario", "triggerer-kill", *GROUPS, "--duration", "30", "--down-seconds", "5"],
     # One group of 100 models whose first try fails on 10 of them: the retry submits exactly those 10 again.
     "group-retry": ["--scenario", "group-retry", *GROUPS, *GROUP_OF_100, "--duration", "20"],
+    # 5 % of the SubmitJob answers lost (500, then dropped connections), ListJobs 5 s late: one job per model.
+    "lost-answers-groups": ["--scenario", "lost-answers", *GROUPS, "--duration", "20"],
+    # Deferred groups timed out by Airflow with the triggerer down: the worker stops every job.
+    "group-timeout-no-triggerer": [
+        "--scenario",
+        "group-timeout-no-triggerer",
+        *TWO_GROUPS,
+        "--execution-timeout",
+        "90",
+        "--spread",
+        "0.1",
+    ],
 }
 
 
