@@ -1,4 +1,4 @@
-"""Check a built wheel's file list and metadata: the product, its entry point, nothing of the repository's own.
+"""Check a built wheel's file list and metadata: the product, its entry point, none of the repository's tools.
 
 Usage: python scripts/check_wheel.py dist/airflow_ml_batch-X-py3-none-any.whl
 """
@@ -27,8 +27,19 @@ REQUIRED = [
     "airflow_ml_batch/jobs/groups.py",
     "airflow_ml_batch/testing/moto_server.py",
 ]
-#: Top-level folders of the repository that never ship.
-NEVER = ("tests/", "benchmarks/", "scripts/", "docs/", "example_dags/", "constraints/")
+#: What never ships: the repository's top-level folders, and its development tools inside the package (an
+#: AWS-shaped endpoint that starts processes, the local Airflow launcher, the demo's sales generator).
+NEVER = (
+    "tests/",
+    "benchmarks/",
+    "scripts/",
+    "docs/",
+    "example_dags/",
+    "constraints/",
+    "airflow_ml_batch/testing/endpoint/",
+    "airflow_ml_batch/testing/local_airflow.py",
+    "airflow_ml_batch/testing/sales.py",
+)
 
 
 def main(path: str) -> int:

@@ -10,9 +10,9 @@ PINS = ROOT / "constraints" / "mwaa"
 
 
 def leg_versions() -> list[str]:
-    """The MWAA Airflow versions ``scripts/test.sh`` runs by default."""
-    (legs,) = re.findall(r"LEGS=\(newest ([0-9. ]+)\)", (ROOT / "scripts" / "test.sh").read_text())
-    return legs.split()
+    """The MWAA Airflow versions ``scripts/test.sh`` runs by default (its other legs: ``newest``, ``wheel``)."""
+    (legs,) = re.findall(r"LEGS=\(([a-z0-9. ]+)\)", (ROOT / "scripts" / "test.sh").read_text())
+    return [leg for leg in legs.split() if re.fullmatch(r"[0-9.]+", leg)]
 
 
 def test_every_leg_has_its_mwaa_pin_files() -> None:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 #: ``next_method`` of a task that Airflow resumes only to fail it (its deferral timed out, say).
 _FAIL_METHOD = "__fail__"
+_TIMED_OUT = "the task's execution_timeout was reached while no trigger watched it"
 
 
 def deadline_for(context: Context, execution_timeout: timedelta | None) -> float | None:
@@ -253,6 +254,7 @@ class DeferredJobOperator(BaseOperator):
         if event["status"] == "success":
             return event.get("result")
         if event["status"] == "timeout":
+            self._stopped_abandoned = True  # the trigger stopped the jobs; Airflow 2's on_kill follows this raise
             raise AirflowTaskTimeout(event["message"])
         raise AirflowException(event["message"])
 
@@ -260,11 +262,32 @@ class DeferredJobOperator(BaseOperator):
         """Resume after the deferral; when Airflow timed it out, stop the job first: nobody waits for it."""
         error = str((next_kwargs or {}).get("error", ""))
         if next_method == _FAIL_METHOD and "timeout" in error.lower():
-            self.stop_abandoned_jobs(context, "the task's execution_timeout was reached while no trigger watched it")
+            self.stop_abandoned_jobs(context, _TIMED_OUT)
         return super().resume_execution(next_method, next_kwargs, context)
 
+    if not AIRFLOW_V_3_0_PLUS:  # Airflow 3 resumes a timed-out deferral in resume_execution; no extra step there
+
+        def pre_execute(self, context: Context) -> Any:
+            self._run_context = context  # for on_kill, which Airflow calls without one
+            return super().pre_execute(context)
+
+    def on_kill(self) -> None:
+        """Airflow 2: a run resuming after the deferral timed out (or was killed): stop the jobs, nobody waits.
+
+        Airflow 2 times a deferral out this way: the resumed run fails with ``AirflowTaskTimeout`` before
+        :meth:`resume_execution` runs (its ``execution_timeout`` counts from the first run's start) and calls
+        ``on_kill``. A killed first run (the submission) leaves its job to the next try, which re-attaches.
+        """
+        context = getattr(self, "_run_context", None)
+        if context is None or not getattr(context["ti"], "next_method", None):
+            return
+        self.stop_abandoned_jobs(context, _TIMED_OUT)
+
     def stop_abandoned_jobs(self, context: Context, reason: str) -> None:
-        """Stop the job this task instance started (its id pushed before the deferral), from a worker."""
+        """Stop the job this task instance started (its id pushed before the deferral), from a worker, once."""
+        if getattr(self, "_stopped_abandoned", False):
+            return
+        self._stopped_abandoned = True
         ti = context["ti"]
         job_id = ti.xcom_pull(task_ids=ti.task_id, key=self.job_id_xcom_key, map_indexes=ti.map_index)
         if not job_id:
@@ -390,12 +413,17 @@ class ModelGroupOperator(DeferredJobOperator):
         raise NotImplementedError
 
     def stop_abandoned_jobs(self, context: Context, reason: str) -> None:
-        """Stop every job of the group that may still run (no trigger pushed their ids), within ``submit_rate``.
+        """Stop every job of the group that may still run (no trigger pushed their ids), once.
 
-        Each stop goes through the client's retries; the ones that could not be stopped are named in the log.
+        At least 20 stops a second, or ``submit_rate`` if higher, so that a large group is stopped well within
+        the run's own ``execution_timeout``; each goes through the client's retries, and the ones that could
+        not be stopped are named in the log.
         """
         from airflow_ml_batch.jobs.errors import error_text
 
+        if getattr(self, "_stopped_abandoned", False):
+            return
+        self._stopped_abandoned = True
         job_ids = self.active_group_jobs(context)
         self.log.info("Stopping %d jobs of the group: %s", len(job_ids), reason)
         not_stopped = []
@@ -404,7 +432,7 @@ class ModelGroupOperator(DeferredJobOperator):
                 self.stop_job(job_id, reason)
             except Exception as error:
                 not_stopped.append(f"{job_id} ({error_text(error)})")
-            time.sleep(1.0 / max(float(self.submit_rate), 0.1))
+            time.sleep(1.0 / max(float(self.submit_rate), 20.0))
         if not_stopped:
             self.log.error("Could not stop %d jobs, which may still run: %s", len(not_stopped), "; ".join(not_stopped))
 
@@ -418,5 +446,6 @@ class ModelGroupOperator(DeferredJobOperator):
         if results is not None and self.do_xcom_push:
             context["ti"].xcom_push(key="return_value", value=results)
         if event["status"] == "timeout":
+            self._stopped_abandoned = True  # the trigger stopped the jobs; Airflow 2's on_kill follows this raise
             raise AirflowTaskTimeout(event["message"])
         raise AirflowException(event["message"])

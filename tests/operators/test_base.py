@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from helpers import run_dag, task_instance, xcom
 
+from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
 from airflow_ml_batch.jobs.groups import GroupSettings
 from airflow_ml_batch.operators.base import ModelGroupOperator
 from airflow_ml_batch.operators.batch import JOB_ID_XCOM_KEY
@@ -122,6 +123,34 @@ def test_a_group_timed_out_with_no_trigger_stops_every_job_of_the_group(aws_endp
     assert len(group) == 3
     assert all(job["status"] == "FAILED" and "execution_timeout" in job["statusReason"] for job in group)
     assert aws_endpoint.batch.jobs[other]["status"] == "RUNNING"
+
+
+# What Airflow 2 does when it times a deferral out: the resumed run (next_method "__fail__") raises
+# AirflowTaskTimeout before resume_execution, its execution_timeout counting from the first run's start,
+# and calls on_kill (airflow.models.taskinstance._execute_task)
+AIRFLOW_2_TIMEOUT = (
+    '[setattr(context["ti"], "next_method", "__fail__"), op.pre_execute(context), op.on_kill(), '
+    'setattr(context["ti"], "next_method", None)]'
+)
+
+
+@pytest.mark.skipif(AIRFLOW_V_3_0_PLUS, reason="Airflow 3 times a deferral out through resume_execution")
+@pytest.mark.parametrize("operator", ["BatchJobOperator", "BatchFleetOperator"])
+def test_airflow_2_times_a_deferral_out_through_on_kill_and_the_jobs_are_stopped(
+    aws_endpoint: Endpoint, operator: str
+) -> None:
+    aws_endpoint.batch.submitted_status = "RUNNING"
+    arguments: dict[str, Any] = {"aws_conn_id": "aws_fake", **BATCH, "execution_timeout": timedelta(minutes=10)}
+    then = AIRFLOW_2_TIMEOUT
+    if operator == "BatchFleetOperator":
+        arguments["models"] = [{"job_name": f"m{index}"} for index in range(3)]
+        then = f"[_submit_group(op, context, 3), {AIRFLOW_2_TIMEOUT}]"
+
+    deferral(operator, arguments, then=then, imports=SUBMIT_GROUP)
+
+    jobs = list(aws_endpoint.batch.jobs.values())
+    assert len(jobs) == (3 if operator == "BatchFleetOperator" else 1)
+    assert all(job["status"] == "FAILED" and "execution_timeout" in job["statusReason"] for job in jobs)
 
 
 def test_a_failed_trigger_leaves_the_job_to_a_retry(aws_endpoint: Endpoint) -> None:
