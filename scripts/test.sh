@@ -3,6 +3,8 @@
 # MWAA pin files of each Airflow version MWAA runs. Usage: scripts/test.sh [LEG ...]
 # LEG is "newest", "wheel" (the built sdist and wheel, checked, and the wheel installed in a fresh environment
 # running the README's first DAG) or an MWAA version (2.10.3 2.11.2 3.0.6 3.2.1 3.3.1); default: all of them.
+# The newest leg (with its fault scenarios through a real Airflow) runs alone; then the others, PARALLEL at a
+# time (default 2: a leg keeps about half of the 2 cores busy, its tests mostly wait on their endpoints).
 source "$(dirname "$0")/_env.sh"
 cd "$ROOT"
 
@@ -13,6 +15,7 @@ NEWEST=">=3.3.2"
 LEGS=("$@")
 [ ${#LEGS[@]} -gt 0 ] || LEGS=(newest wheel 2.10.3 2.11.2 3.0.6 3.2.1 3.3.1)
 SUMMARY=()
+PARALLEL="${PARALLEL:-2}"
 
 run_wheel_leg() {
   local start=$SECONDS dist="$ROOT/.venvs/dist"
@@ -33,6 +36,7 @@ run_wheel_leg() {
     "$PY" -m pytest -p no:cacheprovider -q -c "$ROOT/pyproject.toml" --rootdir "$ROOT" \
     "$ROOT/tests/test_deployments.py" -k "default_configuration or installed")
   SUMMARY+=("leg wheel: $(basename "$dist"/*.whl) passed in $((SECONDS - start))s")
+  echo "${SUMMARY[-1]}"
 }
 
 run_leg() {
@@ -67,8 +71,50 @@ run_leg() {
   fi
   AIRFLOW_HOME="$(mktemp -d)" "$PY" -m pytest -p no:cacheprovider -q --durations=15 "${markers[@]}"
   SUMMARY+=("leg $leg: Airflow $airflow_version passed in $((SECONDS - start))s")
+  echo "${SUMMARY[-1]}"
 }
 
-for leg in "${LEGS[@]}"; do run_leg "$leg"; done
+# Each leg's output goes to its own file, printed whole when the leg ends; the summary names every leg.
+LOGS="$(mktemp -d)"
+run_logged() {
+  local leg="$1"
+  # not "|| code=$?": bash would then ignore set -e inside the leg, and a failing step would not end it
+  set +e
+  (set -e; run_leg "$leg") > "$LOGS/$leg.log" 2>&1
+  echo "$?" > "$LOGS/$leg.code"
+  set -e
+}
+finish_leg() {
+  local leg="$1"
+  cat "$LOGS/$leg.log"
+  if [ "$(cat "$LOGS/$leg.code")" = 0 ]; then
+    SUMMARY+=("$(grep -E "^leg $leg: .* passed in [0-9]+s$" "$LOGS/$leg.log" | tail -n 1)")
+  else
+    SUMMARY+=("leg $leg: FAILED (exit $(cat "$LOGS/$leg.code"), after ${SECONDS}s of the run)")
+  fi
+}
+
+QUEUE=()
+for leg in "${LEGS[@]}"; do
+  if [ "$leg" = newest ]; then
+    run_logged newest
+    finish_leg newest
+  else
+    QUEUE+=("$leg")
+  fi
+done
+RUNNING=()
+for leg in "${QUEUE[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do sleep 5; done
+  echo "=== leg $leg: started after ${SECONDS}s"
+  run_logged "$leg" &
+  RUNNING+=("$leg")
+done
+wait
+for leg in "${RUNNING[@]}"; do finish_leg "$leg"; done
 printf '%s\n' "${SUMMARY[@]}"
+if printf '%s\n' "${SUMMARY[@]}" | grep -q FAILED; then
+  echo "some legs failed after ${SECONDS}s"
+  exit 1
+fi
 echo "all ${#LEGS[@]} legs passed in ${SECONDS}s"
