@@ -4,7 +4,7 @@
 # LEG is "newest", "wheel" (the built sdist and wheel, checked, and the wheel installed in a fresh environment
 # running the README's first DAG) or an MWAA version (2.10.3 2.11.2 3.0.6 3.2.1 3.3.1); default: all of them.
 # The newest leg (with its fault scenarios through a real Airflow) runs alone; then the others, PARALLEL at a
-# time (default 2: a leg keeps about half of the 2 cores busy, its tests mostly wait on their endpoints).
+# time (default 2: a leg keeps about a quarter of the 2 cores busy, its tests mostly wait on their endpoints).
 source "$(dirname "$0")/_env.sh"
 cd "$ROOT"
 
