@@ -205,6 +205,32 @@ def run_timing_out(tasks: str, imports: str = "") -> str | None:
     return str(task_instance(dag_run, "timed_out").state)
 
 
+def run_per_model(operator: str, where: str) -> None:
+    """``operator`` per model (``where``: its queue or cluster): a success with metrics, a failure, a retry that
+    re-attaches, and a task stopped at its ``execution_timeout``."""
+    dag_run = run_dag(
+        f"""
+        where = {where}
+        {operator}(task_id="ok", {COMMON}, collect_metrics=True, **where)
+        {operator}(task_id="fails", {COMMON}, **where)
+        {operator}(
+            task_id="retried", {COMMON}, retries=1, retry_delay=datetime.timedelta(0), missing_grace=0.3, **where
+        )
+        """
+    )
+    timed_out = run_timing_out(
+        f"""
+        {operator}(task_id="timed_out", {COMMON}, execution_timeout=datetime.timedelta(seconds=3), **{where})
+        """
+    )
+
+    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+    assert states == {"ok": "success", "fails": "failed", "retried": "success"}
+    assert timed_out == TIMED_OUT
+    assert xcom(dag_run, "ok")["metrics"] == {"mape": 0.12}
+    assert task_instance(dag_run, "retried").try_number == 2
+
+
 @RETRY_BROKEN
 def test_batch_per_model_policy(aws: Endpoint) -> None:
     aws.logs.streams[(BATCH_LOG_GROUP, "ok")] = ["training", METRICS]
@@ -214,28 +240,8 @@ def test_batch_per_model_policy(aws: Endpoint) -> None:
     aws.batch.on_submit = lambda body: outcomes.get(batch_tags(body)["airflow:task_id"], {"status": "RUNNING"})
     hide_first_batch_job(aws, "retried")
 
-    dag_run = run_dag(
-        f"""
-        queue = dict(job_queue="models", job_definition="forecast")
-        BatchJobOperator(task_id="ok", {COMMON}, collect_metrics=True, **queue)
-        BatchJobOperator(task_id="fails", {COMMON}, **queue)
-        BatchJobOperator(
-            task_id="retried", {COMMON}, retries=1, retry_delay=datetime.timedelta(0), missing_grace=0.3, **queue
-        )
-        """
-    )
-    timed_out = run_timing_out(
-        f"""
-        queue = dict(job_queue="models", job_definition="forecast")
-        BatchJobOperator(task_id="timed_out", {COMMON}, execution_timeout=datetime.timedelta(seconds=3), **queue)
-        """
-    )
+    run_per_model("BatchJobOperator", 'dict(job_queue="models", job_definition="forecast")')
 
-    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
-    assert states == {"ok": "success", "fails": "failed", "retried": "success"}
-    assert timed_out == TIMED_OUT
-    assert xcom(dag_run, "ok")["metrics"] == {"mape": 0.12}
-    assert task_instance(dag_run, "retried").try_number == 2
     assert aws.calls["SubmitJob"] == 4  # the retry re-attached
     assert len(aws.batch.terminated) == 1
     assert_policy_fits("batch", aws)
@@ -341,28 +347,8 @@ def test_ecs_per_model_policy(aws: Endpoint) -> None:
     script_ecs(aws, lambda tags: exit_codes.get(tags["airflow:task_id"]))
     hide_first_ecs_task(aws, "retried")
 
-    dag_run = run_dag(
-        f"""
-        cluster = dict(cluster="models", task_definition="forecast")
-        EcsTaskOperator(task_id="ok", {COMMON}, collect_metrics=True, **cluster)
-        EcsTaskOperator(task_id="fails", {COMMON}, **cluster)
-        EcsTaskOperator(
-            task_id="retried", {COMMON}, retries=1, retry_delay=datetime.timedelta(0), missing_grace=0.3, **cluster
-        )
-        """
-    )
-    timed_out = run_timing_out(
-        f"""
-        cluster = dict(cluster="models", task_definition="forecast")
-        EcsTaskOperator(task_id="timed_out", {COMMON}, execution_timeout=datetime.timedelta(seconds=3), **cluster)
-        """
-    )
+    run_per_model("EcsTaskOperator", 'dict(cluster="models", task_definition="forecast")')
 
-    states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
-    assert states == {"ok": "success", "fails": "failed", "retried": "success"}
-    assert timed_out == TIMED_OUT
-    assert xcom(dag_run, "ok")["metrics"] == {"mape": 0.12}
-    assert task_instance(dag_run, "retried").try_number == 2
     assert aws.calls["RunTask"] == 4  # the retry re-attached
     assert aws.calls["StopTask"] == 1
     assert_policy_fits("ecs", aws)
