@@ -186,6 +186,9 @@ def hide_first_batch_job(endpoint: Endpoint, task_id: str) -> None:
     endpoint.operations |= {"SubmitJob": submit_hidden, "ListJobs": list_and_show, "DescribeJobs": describe_then_end}
 
 
+#: A timed-out group's execution_timeout: long enough for its trigger to submit the job before the deadline
+#: even when the task run itself takes seconds to start (it took 3 s on a busy 2-core machine).
+GROUP_TIMEOUT = 10
 #: The state of a task that reached its execution_timeout, as ``run_timing_out`` returns it.
 TIMED_OUT = "failed" if AIRFLOW_V_3_0_PLUS else None
 
@@ -275,7 +278,7 @@ def test_batch_groups_policy(aws: Endpoint) -> None:
         queue = dict(job_queue="models", job_definition="forecast")
         BatchFleetOperator(
             task_id="timed_out", {COMMON}, models=[{{"tags": {{"model_id": "c"}}}}],
-            execution_timeout=datetime.timedelta(seconds=3), **queue,
+            execution_timeout=datetime.timedelta(seconds={GROUP_TIMEOUT}), **queue,
         )
         """
     )
@@ -374,7 +377,7 @@ def test_ecs_groups_policy(aws: Endpoint) -> None:
         cluster = dict(cluster="models", task_definition="forecast")
         EcsFleetOperator(
             task_id="timed_out", {COMMON}, models=[{{"tags": {{"model_id": "c"}}}}],
-            execution_timeout=datetime.timedelta(seconds=3), **cluster,
+            execution_timeout=datetime.timedelta(seconds={GROUP_TIMEOUT}), **cluster,
         )
         """,
         imports="from airflow_ml_batch.operators.ecs import EcsFleetOperator\n",
