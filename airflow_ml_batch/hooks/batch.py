@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from airflow_ml_batch.hooks.base import AwsServiceHook
 from airflow_ml_batch.jobs.batch import ACTIVE_STATES, LOOKUP_SECONDS, submitted_job
-from airflow_ml_batch.jobs.errors import answer_lost, error_text, is_transient
+from airflow_ml_batch.jobs.errors import answer_lost, backoff, error_text, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +77,7 @@ class BatchHook(AwsServiceHook):
                     log.warning("No job %s after %.0fs: submitting it again", request["jobName"], lookup_seconds)
                 else:
                     log.warning("SubmitJob of %s: %s; trying again", request["jobName"], error_text(error))
-                time.sleep(random.uniform(0, min(30.0, 0.5 * 2**failures)))
+                time.sleep(backoff(failures, longest=30.0))
 
     def find_submitted_job(self, request: Mapping[str, Any], *, within: float = LOOKUP_SECONDS) -> str | None:
         """The id of a job ``request`` started (same queue, name and tags), looked for for up to ``within`` seconds.

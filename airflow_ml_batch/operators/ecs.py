@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -192,7 +191,7 @@ class EcsTaskOperator(DeferredJobOperator):
         with a new token. Both within ``run_task_attempts`` calls."""
         from botocore.exceptions import ClientError
 
-        from airflow_ml_batch.jobs.errors import error_text, is_transient
+        from airflow_ml_batch.jobs.errors import backoff, error_text, is_transient
 
         placement = 1
         request = run_task_request(
@@ -224,7 +223,7 @@ class EcsTaskOperator(DeferredJobOperator):
                     raise AirflowException(f"ECS could not run the task {where}: {reason}{tried}")
                 placement += 1
                 request["clientToken"] = client_token_for(started_by, try_number, placement=placement)
-            pause = random.uniform(0, min(60.0, 2.0**attempt))
+            pause = backoff(attempt, first=1.0, longest=60.0)
             self.log.warning("RunTask attempt %d failed (%s); retrying in %.0fs", attempt, reason, pause)
             time.sleep(pause)
         raise AssertionError("unreachable")
