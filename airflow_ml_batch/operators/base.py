@@ -8,7 +8,6 @@ task run imports its hook and trigger when it calls AWS and defers.
 from __future__ import annotations
 
 import time
-from dataclasses import fields
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,16 +20,13 @@ from airflow_ml_batch._compat import (
     BaseOperator,
     Context,
     listeners_registered,
-    tries_since_last_clear,
 )
 from airflow_ml_batch.jobs.fields import RequestField, request_fields
-from airflow_ml_batch.jobs.groups import GroupSettings, group_key, group_prefix, model_label
 from airflow_ml_batch.links.logs import JobLogsLink
 
 if TYPE_CHECKING:
     from airflow_ml_batch.hooks.base import AwsServiceHook
     from airflow_ml_batch.triggers.base import WaitForJobTrigger
-    from airflow_ml_batch.triggers.group import RunGroupTrigger
 
 #: ``next_method`` of a task that Airflow resumes only to fail it (its deferral timed out, say).
 _FAIL_METHOD = "__fail__"
@@ -299,153 +295,3 @@ class DeferredJobOperator(BaseOperator):
                 self.save_job_link(context, str(job_id))
         except Exception:
             self.log.exception("Could not stop %s, which may still run", job_id)
-
-
-class ModelGroupOperator(DeferredJobOperator):
-    """What ``BatchFleetOperator`` and ``EcsFleetOperator`` add to their single-job operator: many models per task.
-
-    A fleet operator derives from this class first, then from its single-job operator.
-
-    :param models: one mapping per model of what the single-job operator would take for it (``job_name``,
-        ``command``, ``environment``, ``parameters``, resources, ``tags``, ...; e.g. an entry of
-        :func:`airflow_ml_batch.fleet.batch_kwargs`); templated, and it may come from an upstream task
-        (``.expand(models=...)`` over :func:`airflow_ml_batch.fleet.groups`). ``environment``,
-        ``parameters`` and ``tags`` are merged over the operator's own; every other key replaces it.
-    :param model_retries: extra jobs a model gets within one try of the task after its job failed (a Spot
-        reclaim or a capacity failure counts).
-    :param max_running: the most jobs of the group running (submitted, not finished) at once, to protect
-        what the models read; ``None``: no cap.
-    :param allowed_failures: models that may fail (after their retries) without failing the task.
-    :param submit_rate: the most jobs per second that every group on this connection and region submits
-        together from one triggerer (AWS Batch accepts 50 SubmitJob per second per account and region).
-    :param progress_interval: seconds between two lines of counts per state in the task log.
-    """
-
-    #: request fields whose mappings a model's entry merges over the operator's
-    merged_fields: ClassVar[tuple[str, ...]] = ("environment", "parameters", "tags")
-    submit_rate: float  # one of the GroupSettings kept as attributes in __init__; the worker's stops use it too
-
-    def __init__(
-        self,
-        *,
-        models: list[dict[str, Any]] | Any,
-        model_retries: int = 0,
-        max_running: int | None = None,
-        allowed_failures: int = 0,
-        submit_rate: float = 20.0,
-        progress_interval: float = 300.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        if not kwargs.get("wait_for_completion", True):
-            raise ValueError("a group always waits for its models: wait_for_completion=False is not supported")
-        self.models = models
-        arguments = locals()
-        for setting in fields(GroupSettings):  # kept as given, and given to the trigger by the same names
-            setattr(self, setting.name, arguments[setting.name])
-
-    def model_request(self, context: Context, values: dict[str, Any], label: str) -> dict[str, Any]:
-        """The request starting one model's job, from the operator's values merged with the model's entry."""
-        raise NotImplementedError
-
-    def group_trigger(self, **arguments: Any) -> RunGroupTrigger:
-        """The service's group trigger, built from ``arguments``."""
-        raise NotImplementedError
-
-    def group_identity(self, context: Context) -> dict[str, Any]:
-        """``prefix``, ``try_number``, ``reattachable`` and ``reattach``: what finds the group's jobs again."""
-        ti = context["ti"]
-        map_index = -1 if ti.map_index is None else ti.map_index
-        base = getattr(self, "job_name", None) or ti.task_id
-        reattachable = tries_since_last_clear(ti.try_number, ti.max_tries, self.retries or 0)
-        return {
-            "prefix": group_prefix(str(base), group_key(ti.dag_id, ti.task_id, ti.run_id, map_index)),
-            "try_number": ti.try_number,
-            "reattachable": [reattachable.start, reattachable.stop],
-            "reattach": self.reattach,
-        }
-
-    def group_models(self, context: Context) -> list[dict[str, Any]]:
-        """Every model's ``index``, ``label`` and ``request``; a clear error for an entry that cannot be one."""
-        models = self.models
-        if not isinstance(models, (list, tuple)) or not models:
-            raise ValueError(f"models must be a non-empty list of mappings, not {models!r:.200}")
-        operator_values = self.request_values()
-        known = set(self.request_fields)
-        grouped = []
-        for index, entry in enumerate(models):
-            if not isinstance(entry, dict):
-                raise ValueError(f"models[{index}] must be a mapping of operator arguments, not {entry!r:.200}")
-            unknown = sorted(set(entry) - known)
-            if unknown:
-                raise ValueError(
-                    f"models[{index}] has arguments the operator does not take: {', '.join(unknown)} "
-                    f"(it takes {', '.join(sorted(known))})"
-                )
-            values = {**operator_values, **entry}
-            for name in self.merged_fields:
-                if name in entry and operator_values.get(name):
-                    values[name] = {**operator_values[name], **(entry[name] or {})}
-            label = model_label(entry, index)
-            grouped.append({"index": index, "label": label, "request": self.model_request(context, values, label)})
-        return grouped
-
-    def execute(self, context: Context) -> Any:
-        models = self.group_models(context)
-        settings = self.trigger_kwargs(context)
-        trigger = self.group_trigger(
-            models=models,
-            group=self.group_identity(context),
-            job=self.job_settings(settings),
-            **{setting.name: getattr(self, setting.name) for setting in fields(GroupSettings)},
-        )
-        self.log.info("Deferring: the triggerer submits the %d models' jobs (%s)", len(models), trigger.group["prefix"])
-        self.defer(
-            trigger=trigger, method_name="execute_complete", timeout=deferral_timeout(context, self.execution_timeout)
-        )
-
-    def job_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """The single-job trigger's settings for each job of the group (the service adds its own)."""
-        return settings
-
-    def active_group_jobs(self, context: Context) -> list[str]:
-        """The ids of every job of this task instance (any try) that may still run, found by the group's prefix."""
-        raise NotImplementedError
-
-    def stop_abandoned_jobs(self, context: Context, reason: str) -> None:
-        """Stop every job of the group that may still run (no trigger pushed their ids), once.
-
-        At least 20 stops a second, or ``submit_rate`` if higher, so that a large group is stopped well within
-        the run's own ``execution_timeout``; each goes through the client's retries, and the ones that could
-        not be stopped are named in the log.
-        """
-        from airflow_ml_batch.jobs.errors import error_text
-
-        if getattr(self, "_stopped_abandoned", False):
-            return
-        self._stopped_abandoned = True
-        job_ids = self.active_group_jobs(context)
-        self.log.info("Stopping %d jobs of the group: %s", len(job_ids), reason)
-        not_stopped = []
-        for job_id in job_ids:
-            try:
-                self.stop_job(job_id, reason)
-            except Exception as error:
-                not_stopped.append(f"{job_id} ({error_text(error)})")
-            time.sleep(1.0 / max(float(self.submit_rate), 20.0))
-        if not_stopped:
-            self.log.error("Could not stop %d jobs, which may still run: %s", len(not_stopped), "; ".join(not_stopped))
-
-    def execute_complete(self, context: Context, event: Any = None) -> Any:
-        """Resume after the group's trigger: return every model's result, or raise why the group failed."""
-        if not isinstance(event, dict):  # a TaskSuccessEvent replayed by ``dag.test()``: pushed already
-            return None
-        results = event.get("result")
-        if event["status"] == "success":
-            return results
-        if results is not None and self.do_xcom_push:
-            context["ti"].xcom_push(key="return_value", value=results)
-        if event["status"] == "timeout":
-            self._stopped_abandoned = True  # the trigger stopped the jobs; Airflow 2's on_kill follows this raise
-            raise AirflowTaskTimeout(event["message"])
-        raise AirflowException(event["message"])

@@ -19,7 +19,8 @@ from airflow_ml_batch.jobs.fields import RequestField
 from airflow_ml_batch.jobs.groups import parse_job_name
 from airflow_ml_batch.links.batch import BatchJobLink
 from airflow_ml_batch.links.logs import JobLogsLink
-from airflow_ml_batch.operators.base import DeferredJobOperator, ModelGroupOperator
+from airflow_ml_batch.operators.base import DeferredJobOperator
+from airflow_ml_batch.operators.group import ModelGroupOperator
 
 if TYPE_CHECKING:  # imported by a task run, not by parsing its DAG file (operators.base)
     from airflow_ml_batch.hooks.batch import BatchHook
@@ -194,7 +195,7 @@ class BatchFleetOperator(ModelGroupOperator, BatchJobOperator):
         )
 
     Also takes every parameter of :class:`BatchJobOperator` (as the operator-wide value of each model's
-    request) and of :class:`~airflow_ml_batch.operators.base.ModelGroupOperator`.
+    request) and of :class:`~airflow_ml_batch.operators.group.ModelGroupOperator`.
     """
 
     template_fields = (*BatchJobOperator.template_fields, "models")

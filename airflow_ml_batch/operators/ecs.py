@@ -21,7 +21,8 @@ from airflow_ml_batch.jobs.ecs import (
 from airflow_ml_batch.jobs.fields import RequestField
 from airflow_ml_batch.links.ecs import EcsTaskLink
 from airflow_ml_batch.links.logs import JobLogsLink
-from airflow_ml_batch.operators.base import DeferredJobOperator, ModelGroupOperator
+from airflow_ml_batch.operators.base import DeferredJobOperator
+from airflow_ml_batch.operators.group import ModelGroupOperator
 
 if TYPE_CHECKING:  # imported by a task run, not by parsing its DAG file (operators.base)
     from airflow_ml_batch.hooks.ecs import EcsHook
@@ -242,7 +243,7 @@ class EcsFleetOperator(ModelGroupOperator, EcsTaskOperator):
     left (a Spot interruption, a capacity failure, an exit code) is started again.
 
     Also takes every parameter of :class:`EcsTaskOperator` and of
-    :class:`~airflow_ml_batch.operators.base.ModelGroupOperator`.
+    :class:`~airflow_ml_batch.operators.group.ModelGroupOperator`.
     """
 
     template_fields = (*EcsTaskOperator.template_fields, "models")

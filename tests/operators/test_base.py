@@ -15,9 +15,9 @@ from helpers import run_dag, task_instance, xcom
 
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
 from airflow_ml_batch.jobs.groups import GroupSettings
-from airflow_ml_batch.operators.base import ModelGroupOperator
 from airflow_ml_batch.operators.batch import JOB_ID_XCOM_KEY
 from airflow_ml_batch.operators.ecs import TASK_ARN_XCOM_KEY
+from airflow_ml_batch.operators.group import ModelGroupOperator
 from airflow_ml_batch.testing.endpoint import Endpoint
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
