@@ -58,6 +58,8 @@ def get_provider_info() -> dict[str, Any]:
         "extra-links": [
             "airflow_ml_batch.links.batch.BatchJobLink",
             "airflow_ml_batch.links.ecs.EcsTaskLink",
+            "airflow_ml_batch.links.batch.BatchQueueLink",
+            "airflow_ml_batch.links.ecs.EcsClusterTasksLink",
             "airflow_ml_batch.links.logs.JobLogsLink",
         ],
     }

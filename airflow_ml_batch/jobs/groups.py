@@ -110,14 +110,40 @@ def plan_group(
     return Plan(attach, stop, dict(attempts))
 
 
-def progress_line(states: Mapping[int, str], total: int) -> str:
-    """``"100 models: 40 RUNNING, 50 SUCCEEDED, 10 waiting to be submitted"``, states in a stable order."""
+#: failed models a progress line names (the count says how many there are)
+FAILED_NAMED = 10
+
+
+def progress_line(states: Mapping[int, str], total: int, failed: Sequence[str] = ()) -> str:
+    """``"100 models: 40 RUNNING, 50 SUCCEEDED, 10 waiting to be submitted; failed so far (2): m7, m9"``.
+
+    States in a stable order; ``failed`` are the labels of the models that failed for good so far, the first
+    :data:`FAILED_NAMED` named.
+    """
     counts = Counter(states.values())
     waiting = total - sum(counts.values())
     parts = [f"{count} {state}" for state, count in sorted(counts.items())]
     if waiting:
         parts.append(f"{waiting} waiting to be submitted")
-    return f"{total} models: " + ", ".join(parts)
+    line = f"{total} models: " + ", ".join(parts)
+    if failed:
+        named = ", ".join(failed[:FAILED_NAMED]) + (", ..." if len(failed) > FAILED_NAMED else "")
+        line += f"; failed so far ({len(failed)}): {named}"
+    return line
+
+
+#: characters of a group's label in the grid (Airflow keeps at most 250)
+_LABEL_LIMIT = 250
+
+
+def group_label(labels: Sequence[str]) -> str:
+    """What the grid shows for a group's map index: ``"m001 .. m100 (100 models)"``, or the one model's label."""
+    if not labels:
+        return ""
+    if len(labels) == 1:
+        return labels[0][:_LABEL_LIMIT]
+    ends = 100  # each end's share of the label, so that both ends always show
+    return f"{labels[0][:ends]} .. {labels[-1][:ends]} ({len(labels)} models)"
 
 
 #: failures a group's failure message shows in full (all of them are in the result)

@@ -1,4 +1,4 @@
-"""Console link to an ECS task (the Amazon provider has none); built on its public ``BaseAwsLink``."""
+"""Console links to ECS: a task and a cluster's tasks (the Amazon provider has none); built on its ``BaseAwsLink``."""
 
 from __future__ import annotations
 
@@ -15,3 +15,11 @@ class EcsTaskLink(KeptLink, BaseAwsLink):
     format_str = (
         BASE_AWS_CONSOLE_LINK + "/ecs/v2/clusters/{cluster_name}/tasks/{task_id}/configuration?region={region_name}"
     )
+
+
+class EcsClusterTasksLink(KeptLink, BaseAwsLink):
+    """The tasks of a group's ECS cluster in the AWS console, saved when the group defers."""
+
+    name = "ECS Cluster Tasks"
+    key = "ecs_cluster_tasks"
+    format_str = BASE_AWS_CONSOLE_LINK + "/ecs/v2/clusters/{cluster_name}/tasks?region={region_name}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from airflow.providers.amazon.aws.links.logs import CloudWatchEventsLink
@@ -21,3 +22,16 @@ class JobLogsLink(KeptLink, CloudWatchEventsLink):
         if getattr(operator, "log_link_pending", False):
             return ""
         return str(super().get_link(operator, ti_key=ti_key))
+
+
+def job_log_url(result: Mapping[str, Any], *, aws_domain: str | None, region_name: str | None) -> str | None:
+    """The console URL of a job result's log stream (``log_group``, ``log_stream``, ``log_region``), or ``None``."""
+    if not (result.get("log_group") and result.get("log_stream") and aws_domain):
+        return None
+    url = JobLogsLink().format_link(
+        aws_domain=aws_domain,
+        awslogs_region=result.get("log_region") or region_name,
+        awslogs_group=result["log_group"],
+        awslogs_stream_name=result["log_stream"],
+    )
+    return str(url) or None

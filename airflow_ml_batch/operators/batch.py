@@ -17,7 +17,7 @@ from airflow_ml_batch.jobs.batch import (
 from airflow_ml_batch.jobs.common import task_instance_tags
 from airflow_ml_batch.jobs.fields import RequestField
 from airflow_ml_batch.jobs.groups import parse_job_name
-from airflow_ml_batch.links.batch import BatchJobLink
+from airflow_ml_batch.links.batch import BatchJobLink, BatchQueueLink
 from airflow_ml_batch.links.logs import JobLogsLink
 from airflow_ml_batch.operators.base import DeferredJobOperator
 from airflow_ml_batch.operators.group import ModelGroupOperator
@@ -36,7 +36,8 @@ class BatchJobOperator(DeferredJobOperator):
     The worker submits the job (or, on a retry, re-attaches to the job an earlier try left running),
     records its id, and defers to :class:`~airflow_ml_batch.triggers.batch.BatchJobTrigger`. A
     successful job ends the task from the triggerer; a failed one raises an error with the job's status
-    reason, exit code, every attempt's reason and the tail of its CloudWatch log. Retries and
+    reason, exit code, every attempt's reason and where its CloudWatch log is, after the log was copied into
+    the task log (``job_logs``). Retries and
     ``execution_timeout`` are Airflow's: at the timeout the job is terminated and the task fails.
 
     Every request parameter below is templated.
@@ -200,7 +201,13 @@ class BatchFleetOperator(ModelGroupOperator, BatchJobOperator):
 
     template_fields = (*BatchJobOperator.template_fields, "models")
     template_fields_renderers = {**BatchJobOperator.template_fields_renderers, "models": "json"}
-    operator_extra_links: tuple[Any, ...] = ()  # no one job to link to
+    operator_extra_links: tuple[Any, ...] = (BatchQueueLink(),)  # no one job to link to: their queue
+
+    def save_group_link(self, context: Context, results: list[dict[str, Any]] | None) -> None:
+        """The queue's link needs its ARN: the one given, else the one DescribeJobs gave the first result."""
+        queue = next((r.get("job_queue") for r in results or [] if r.get("job_queue")), None) or self.job_queue
+        if isinstance(queue, str) and queue.startswith("arn:"):
+            BatchQueueLink.save(context, self, **self.link_location(), job_queue_arn=queue)
 
     def group_trigger(self, **arguments: Any) -> BatchFleetTrigger:
         from airflow_ml_batch.triggers.batch import BatchFleetTrigger

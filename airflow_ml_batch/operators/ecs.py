@@ -19,7 +19,7 @@ from airflow_ml_batch.jobs.ecs import (
     task_id_of,
 )
 from airflow_ml_batch.jobs.fields import RequestField
-from airflow_ml_batch.links.ecs import EcsTaskLink
+from airflow_ml_batch.links.ecs import EcsClusterTasksLink, EcsTaskLink
 from airflow_ml_batch.links.logs import JobLogsLink
 from airflow_ml_batch.operators.base import DeferredJobOperator
 from airflow_ml_batch.operators.group import ModelGroupOperator
@@ -40,7 +40,8 @@ class EcsTaskOperator(DeferredJobOperator):
     :class:`~airflow_ml_batch.triggers.ecs.EcsTaskTrigger`. A task whose essential containers exit 0
     ends the Airflow task from the triggerer; any other stop raises an error that says which class of
     failure it was (failed to start, Spot interruption, out of memory, container exit code, stopped by a
-    user or by ECS), with the stop reason, each container's exit code and the tail of its CloudWatch log.
+    user or by ECS), with the stop reason, each container's exit code and where its CloudWatch log is, after
+    the log was copied into the task log (``job_logs``).
 
     RunTask carries a ``clientToken`` and every task a deterministic ``startedBy`` naming the task instance:
     a RunTask whose answer was lost or that was throttled is sent again with the same token and starts no
@@ -50,7 +51,7 @@ class EcsTaskOperator(DeferredJobOperator):
     :param cluster: cluster name or ARN.
     :param task_definition: ``family``, ``family:revision`` or ARN.
     :param container_name: the container that ``command``, ``environment``, ``cpu`` and ``memory`` override,
-        and whose CloudWatch log is tailed (failure message, ``collect_metrics``, log link); default for the
+        and whose CloudWatch log is copied (``job_logs``), read by ``collect_metrics`` and linked; default for the
         log: the first essential container that logs with ``awslogs``. The log is read in that container's
         ``awslogs-region``.
     :param overrides: RunTask ``overrides``.
@@ -248,7 +249,11 @@ class EcsFleetOperator(ModelGroupOperator, EcsTaskOperator):
 
     template_fields = (*EcsTaskOperator.template_fields, "models")
     template_fields_renderers = {**EcsTaskOperator.template_fields_renderers, "models": "json"}
-    operator_extra_links: tuple[Any, ...] = ()  # no one task to link to
+    operator_extra_links: tuple[Any, ...] = (EcsClusterTasksLink(),)  # no one task to link to: the cluster's
+
+    def save_group_link(self, context: Context, results: list[dict[str, Any]] | None) -> None:
+        cluster_name = self.cluster.rsplit("/", 1)[-1]
+        EcsClusterTasksLink.save(context, self, **self.link_location(), cluster_name=cluster_name)
 
     def group_trigger(self, **arguments: Any) -> EcsFleetTrigger:
         from airflow_ml_batch.triggers.ecs import EcsFleetTrigger

@@ -9,11 +9,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.exceptions import AirflowException
 
 from airflow_ml_batch._compat import AirflowTaskTimeout, Context, tries_since_last_clear
-from airflow_ml_batch.jobs.groups import GroupSettings, group_key, group_prefix, model_label
+from airflow_ml_batch.jobs.groups import GroupSettings, group_key, group_label, group_prefix, model_label
+from airflow_ml_batch.jobs.outcomes import outcome_table
+from airflow_ml_batch.links.logs import JobLogsLink, job_log_url
 from airflow_ml_batch.operators.base import DeferredJobOperator, deferral_timeout
 
 if TYPE_CHECKING:
     from airflow_ml_batch.triggers.group import RunGroupTrigger
+
+
+#: what labels a group's map index in the grid: its first and last model and how many (:attr:`models_label`)
+MAP_INDEX_TEMPLATE = "{{ task.models_label }}"
 
 
 class ModelGroupOperator(DeferredJobOperator):
@@ -33,7 +39,15 @@ class ModelGroupOperator(DeferredJobOperator):
     :param allowed_failures: models that may fail (after their retries) without failing the task.
     :param submit_rate: the most jobs per second that every group on this connection and region submits
         together from one triggerer (AWS Batch accepts 50 SubmitJob per second per account and region).
-    :param progress_interval: seconds between two lines of counts per state in the task log.
+    :param progress_interval: seconds between two lines of counts per state (and the failed models so far)
+        in the task log.
+    :param end_from_trigger: ``None`` (default) or ``False``: the task resumes on a worker when the group ends,
+        and that run writes the table of every model (and their logs, ``job_logs``) into the task log, where
+        a trigger's own lines may not reach it (Airflow 3 with remote logging); one worker run per group.
+        ``True``: a successful group ends on the triggerer, which logs the table.
+
+    Each map index is labelled with its models (``"m001 .. m100 (100 models)"``; ``map_index_template``
+    replaces it).
     """
 
     #: request fields whose mappings a model's entry merges over the operator's
@@ -51,6 +65,7 @@ class ModelGroupOperator(DeferredJobOperator):
         progress_interval: float = 300.0,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("map_index_template", MAP_INDEX_TEMPLATE)
         super().__init__(**kwargs)
         if not kwargs.get("wait_for_completion", True):
             raise ValueError("a group always waits for its models: wait_for_completion=False is not supported")
@@ -58,6 +73,29 @@ class ModelGroupOperator(DeferredJobOperator):
         arguments = locals()
         for setting in fields(GroupSettings):  # kept as given, and given to the trigger by the same names
             setattr(self, setting.name, arguments[setting.name])
+
+    @property
+    def models_label(self) -> str:
+        """The group's models in a few words (:func:`~airflow_ml_batch.jobs.groups.group_label`); ``""`` if unknown."""
+        if not isinstance(self.models, (list, tuple)):
+            return ""
+        return group_label([model_label(e, i) if isinstance(e, dict) else str(i) for i, e in enumerate(self.models)])
+
+    def label_map_index(self, context: Context) -> None:
+        """Label this run's map index with the group's models, unless the DAG gives a ``map_index_template``.
+
+        Airflow 3 renders the task's own template (set in ``__init__``); Airflow 2 renders the one of the mapped
+        task, which has none unless the DAG gave one: the run's context gets ours.
+        """
+        if context.get("map_index_template") is None:
+            context["map_index_template"] = MAP_INDEX_TEMPLATE  # type: ignore[typeddict-unknown-key]
+
+    def ends_from_trigger(self) -> bool:
+        """Whether a successful group ends on the triggerer: only with ``end_from_trigger=True``."""
+        return bool(self.end_from_trigger)
+
+    def save_group_link(self, context: Context, results: list[dict[str, Any]] | None) -> None:
+        """Save the console link to the group's jobs (their queue, their cluster), from the request or ``results``."""
 
     def model_request(self, context: Context, values: dict[str, Any], label: str) -> dict[str, Any]:
         """The request starting one model's job, from the operator's values merged with the model's entry."""
@@ -106,6 +144,7 @@ class ModelGroupOperator(DeferredJobOperator):
         return grouped
 
     def execute(self, context: Context) -> Any:
+        self.label_map_index(context)
         models = self.group_models(context)
         settings = self.trigger_kwargs(context)
         trigger = self.group_trigger(
@@ -114,6 +153,7 @@ class ModelGroupOperator(DeferredJobOperator):
             job=self.job_settings(settings),
             **{setting.name: getattr(self, setting.name) for setting in fields(GroupSettings)},
         )
+        self.save_group_link(context, None)
         self.log.info("Deferring: the triggerer submits the %d models' jobs (%s)", len(models), trigger.group["prefix"])
         self.defer(
             trigger=trigger, method_name="execute_complete", timeout=deferral_timeout(context, self.execution_timeout)
@@ -152,10 +192,14 @@ class ModelGroupOperator(DeferredJobOperator):
             self.log.error("Could not stop %d jobs, which may still run: %s", len(not_stopped), "; ".join(not_stopped))
 
     def execute_complete(self, context: Context, event: Any = None) -> Any:
-        """Resume after the group's trigger: return every model's result, or raise why the group failed."""
+        """Resume after the group's trigger: log every model's outcome, return the results or raise why it failed."""
+        self.label_map_index(context)
         if not isinstance(event, dict):  # a TaskSuccessEvent replayed by ``dag.test()``: pushed already
             return None
         results = event.get("result")
+        if results:
+            self.log_outcomes(results)
+            self.save_group_link(context, results)
         if event["status"] == "success":
             return results
         if results is not None and self.do_xcom_push:
@@ -164,3 +208,20 @@ class ModelGroupOperator(DeferredJobOperator):
             self._stopped_abandoned = True  # the trigger stopped the jobs; Airflow 2's on_kill follows this raise
             raise AirflowTaskTimeout(event["message"])
         raise AirflowException(event["message"])
+
+    def log_outcomes(self, results: list[dict[str, Any]]) -> None:
+        """Write the table of every model (:func:`~airflow_ml_batch.jobs.outcomes.outcome_table`) into the task log."""
+        location = self.link_location()
+        domain = JobLogsLink.get_aws_domain(location["aws_partition"])
+
+        def log_url(entry: Any) -> str | None:
+            return job_log_url(entry, aws_domain=domain, region_name=location["region_name"])
+
+        failed = sum(1 for entry in results if not entry.get("succeeded"))
+        self.log.info(
+            "%d of %d models succeeded, %d failed:\n%s",
+            len(results) - failed,
+            len(results),
+            failed,
+            outcome_table(results, log_url),
+        )

@@ -7,6 +7,7 @@ from airflow_ml_batch.jobs.groups import (
     FoundJob,
     group_failure_message,
     group_key,
+    group_label,
     group_prefix,
     model_job_name,
     model_label,
@@ -114,6 +115,24 @@ def test_progress_counts_each_state_and_the_models_not_submitted_yet() -> None:
     line = progress_line({0: "RUNNING", 1: "SUCCEEDED", 2: "RUNNING"}, 5)
 
     assert line == "5 models: 2 RUNNING, 1 SUCCEEDED, 2 waiting to be submitted"
+
+
+def test_progress_names_the_models_that_failed_so_far_the_first_ten() -> None:
+    states = {n: "FAILED" for n in range(12)}
+
+    assert (
+        progress_line({0: "FAILED", 1: "RUNNING"}, 2, ["m0"]) == "2 models: 1 FAILED, 1 RUNNING; failed so far (1): m0"
+    )
+    assert progress_line(states, 12, [f"m{n}" for n in range(12)]).endswith(
+        "failed so far (12): m0, m1, m2, m3, m4, m5, m6, m7, m8, m9, ..."
+    )
+
+
+def test_a_group_is_labelled_by_its_first_and_last_model_and_how_many() -> None:
+    assert group_label(["m001", "m002", "m100"]) == "m001 .. m100 (3 models)"
+    assert group_label(["only"]) == "only"
+    assert group_label([]) == ""
+    assert len(group_label(["a" * 300, "b" * 300])) <= 250
 
 
 def test_the_failure_message_counts_and_shows_the_first_failures() -> None:

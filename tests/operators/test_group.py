@@ -1,0 +1,114 @@
+"""What the group operators add (operators/group.py): labels, the table of every model, links; in real DAG runs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from helpers import rendered_links, run_dag, task_instance, xcom
+
+from airflow_ml_batch.operators.batch import BatchFleetOperator
+from airflow_ml_batch.operators.ecs import EcsFleetOperator
+from airflow_ml_batch.testing.endpoint import Endpoint
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+QUEUE_ARN = "arn:aws:batch:eu-west-1:123456789012:job-queue/models"
+
+
+def fail_model(name: str) -> Any:
+    """An ``on_submit`` that fails the job of the model called ``name`` and lets the others succeed."""
+
+    def on_submit(body: dict[str, Any]) -> dict[str, Any]:
+        if f"-{name}-t" in body["jobName"]:
+            container = {"exitCode": 3, "reason": "model diverged", "logStreamName": f"forecast/default/{name}"}
+            return {"status": "FAILED", "statusReason": "Essential container in task exited", "container": container}
+        container = {"exitCode": 0, "logStreamName": f"forecast/default/{body['jobName'][-12:]}"}
+        return {"status": "SUCCEEDED", "container": container, "startedAt": 1_000, "stoppedAt": 91_000}
+
+    return on_submit
+
+
+def test_each_group_is_labelled_and_ends_on_a_worker_with_a_table_of_every_model(
+    aws_endpoint: Endpoint, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.INFO)
+    aws_endpoint.batch.on_submit = fail_model("m3")
+
+    dag_run = run_dag(
+        f"""
+        models = [{{"tags": {{"model_id": f"m{{n}}"}}}} for n in range(5)]
+        BatchFleetOperator.partial(
+            task_id="forecast", aws_conn_id="aws_fake", poll_interval=0.2, job_queue={QUEUE_ARN!r},
+            job_definition="forecast", allowed_failures=1,
+        ).expand(models=groups(models, size=3))
+        """,
+        imports="from airflow_ml_batch.fleet import groups\n",
+    )
+
+    tis = sorted((ti for ti in dag_run.get_task_instances() if ti.task_id == "forecast"), key=lambda ti: ti.map_index)
+    assert [ti.state for ti in tis] == ["success", "success"]
+    assert [ti.rendered_map_index for ti in tis] == ["m0 .. m2 (3 models)", "m3 .. m4 (2 models)"]
+    logged = caplog.text + capsys.readouterr().out
+    # the worker that ends each group writes the table (the trigger does not: no end_from_trigger)
+    assert "2 of 3 models succeeded" not in logged
+    assert "1 of 2 models succeeded, 1 failed:" in logged
+    assert "the task ends here, on the triggerer" not in logged
+    table = logged[logged.index("1 of 2 models succeeded, 1 failed:") :].splitlines()[1:5]
+    assert table[0].split() == ["model", "status", "duration", "tries", "exit", "code", "reason", "log"]
+    assert table[2].split()[:5] == ["m3", "FAILED", "-", "1", "3"]  # failed models first
+    assert "Essential container in task exited" in table[2]
+    assert table[3].split()[:5] == ["m4", "SUCCEEDED", "1m30s", "1", "0"]
+    assert "#logsV2:log-groups/log-group/%2Faws%2Fbatch%2Fjob/log-events/forecast%2Fdefault%2F" in table[3]
+    link = rendered_links(
+        dag_run, BatchFleetOperator(task_id="forecast", job_queue=QUEUE_ARN, job_definition="forecast", models=[])
+    )
+    assert (
+        link["Batch Job Queue"]
+        == f"https://console.aws.amazon.com/batch/home?region=eu-west-1#queues/detail/{QUEUE_ARN}"
+    )
+
+
+def test_the_progress_line_names_the_models_that_failed_so_far(
+    aws_endpoint: Endpoint, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.INFO)
+    aws_endpoint.batch.on_submit = fail_model("m1")
+
+    dag_run = run_dag(
+        """
+        BatchFleetOperator(
+            task_id="forecast", aws_conn_id="aws_fake", poll_interval=0.2, job_queue="models",
+            job_definition="forecast", models=[{"job_name": "m0"}, {"job_name": "m1"}], progress_interval=0.1,
+        )
+        """
+    )
+
+    assert task_instance(dag_run, "forecast").state == "failed"
+    logged = caplog.text + capsys.readouterr().out
+    assert "2 models: 1 FAILED, 1 SUCCEEDED; failed so far (1): m1" in logged
+    assert [entry["model"] for entry in xcom(dag_run, "forecast")] == ["m0", "m1"]
+
+
+def test_an_ecs_group_links_to_its_clusters_tasks(aws_endpoint: Endpoint) -> None:
+    operator = EcsFleetOperator(task_id="forecast", cluster="models", task_definition="forecast", models=[])
+    aws_endpoint.ecs.task_definitions["forecast"] = {
+        "family": "forecast",
+        "containerDefinitions": [{"name": "model", "essential": True}],
+    }
+    aws_endpoint.ecs.new_task_fields = {"lastStatus": "STOPPED", "containers": [{"name": "model", "exitCode": 0}]}
+
+    dag_run = run_dag(
+        """
+        EcsFleetOperator(
+            task_id="forecast", aws_conn_id="aws_fake", poll_interval=0.2, cluster="models",
+            task_definition="forecast", models=[{"tags": {"model_id": "m0"}}],
+        )
+        """,
+        imports="from airflow_ml_batch.operators.ecs import EcsFleetOperator\n",
+    )
+
+    assert task_instance(dag_run, "forecast").state == "success"
+    link = rendered_links(dag_run, operator)["ECS Cluster Tasks"]
+    assert link == "https://console.aws.amazon.com/ecs/v2/clusters/models/tasks?region=eu-west-1"
