@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
 # The test suite: lint, types, the docs build and every test on the newest Airflow, then the suite again under the
 # MWAA pin files of each Airflow version MWAA runs. Usage: scripts/test.sh [LEG ...]
-# LEG is "newest", "wheel" (the built sdist and wheel, checked, and the wheel installed in a fresh environment
-# running the README's first DAG) or an MWAA version (2.10.3 2.11.2 3.0.6 3.2.1 3.3.1); default: all of them.
-# The newest leg (with its fault scenarios through a real Airflow) runs alone; then the others, PARALLEL at a
-# time (default 2: a leg keeps about a quarter of the 2 cores busy, its tests mostly wait on their endpoints).
+# LEG is one of:
+#   newest   lint, types, the docs site and the suite on the newest Airflow release
+#   chaos    the fault scenarios through real Airflow processes (tests/chaos, pytest -m chaos), newest Airflow
+#   celery   Airflow under the CeleryExecutor as MWAA runs it (tests/test_celery.py, pytest -m celery): MWAA
+#            $CELERY_MWAA's pins with the Celery provider, Redis as broker, Postgres as metadata database and
+#            result backend (redis-server and Postgres's server from apt-get when missing)
+#   wheel    the built sdist and wheel, checked, and the wheel installed in a fresh environment running the
+#            README's first DAG
+#   2.10.3 2.11.2 3.0.6 3.2.1 3.3.1   the suite under that MWAA version's pin files
+# Default: all of them. The legs run PARALLEL at a time (default 3: a leg keeps about a quarter of the 2 cores
+# busy, its tests mostly wait on their endpoints), the longest first (LEG_SECONDS: each one's last time).
 source "$(dirname "$0")/_env.sh"
 cd "$ROOT"
 
 # The pin files of every MWAA image, kept in the repository (constraints/mwaa/README.md says where from).
 MWAA_DIR="${MWAA_DIR:-$ROOT/constraints/mwaa}"
-# The newest leg takes the newest Airflow release, and asserts it is at least this one.
+# The newest and chaos legs take the newest Airflow release, and assert it is at least this one.
 NEWEST=">=3.3.2"
+# The MWAA version whose pins the celery leg installs: the newest MWAA runs.
+CELERY_MWAA="${CELERY_MWAA:-3.3.1}"
 LEGS=("$@")
-[ ${#LEGS[@]} -gt 0 ] || LEGS=(newest wheel 2.10.3 2.11.2 3.0.6 3.2.1 3.3.1)
+[ ${#LEGS[@]} -gt 0 ] || LEGS=(newest chaos celery wheel 2.10.3 2.11.2 3.0.6 3.2.1 3.3.1)
 SUMMARY=()
-PARALLEL="${PARALLEL:-2}"
+PARALLEL="${PARALLEL:-3}"
+# Seconds each leg took in the last full run on the 2-core CI machine, three legs at a time: the order they start in.
+declare -A LEG_SECONDS=(
+  [3.2.1]=950 [chaos]=700 [3.0.6]=600 [newest]=550 [3.3.1]=450 [celery]=400 [2.11.2]=350 [2.10.3]=350 [wheel]=40
+)
 
 run_wheel_leg() {
   local start=$SECONDS dist="$ROOT/.venvs/dist"
@@ -39,23 +52,52 @@ run_wheel_leg() {
   echo "${SUMMARY[-1]}"
 }
 
+# The Redis server and Postgres's server binaries the celery leg runs, from Debian's repositories when missing.
+install_servers() {
+  local missing=() sudo=()
+  command -v redis-server > /dev/null || missing+=(redis-server)
+  command -v initdb > /dev/null || compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null || missing+=(postgresql)
+  [ ${#missing[@]} -gt 0 ] || return 0
+  echo "=== leg celery: apt-get install ${missing[*]}"
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  # the package lists only when the packages are not found without them (a fresh machine may have none)
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    > /dev/null 2>&1 || {
+    "${sudo[@]}" apt-get update -qq > /dev/null
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+      > /dev/null
+  }
+}
+
 run_leg() {
   local leg="$1" start=$SECONDS
   if [ "$leg" = wheel ]; then run_wheel_leg; return; fi
+  local pins="$leg" markers=(-m "not chaos and not celery")
+  case "$leg" in
+    newest) ;;
+    chaos) markers=(-m chaos) ;;
+    celery) pins="$CELERY_MWAA" markers=(-m celery) ;;
+  esac
+  [ "$leg" = celery ] && install_servers
   echo "=== leg $leg: installing"
   make_venv "$ROOT/.venvs/test-$leg"
   if [ "$leg" = newest ]; then
     # report: matplotlib for the chart tests (MWAA 3.3.1 pins a numpy that needs Python 3.12: the MWAA
-    # legs test the report without a chart); aiohttp: the Batch-shaped endpoint of the chaos scenarios
-    # (tests/chaos, newest leg only); docs: Sphinx for the documentation site
+    # legs test the report without a chart); docs: Sphinx for the documentation site; aiohttp: the endpoint
     "$UV" pip install --quiet --python "$PY" -e ".[test,lint,report,docs]" "apache-airflow$NEWEST" aiohttp
+  elif [ "$leg" = chaos ]; then
+    # aiohttp: the AWS-shaped endpoint of the scenarios (the scenarios use SQLite: no Postgres)
+    "$UV" pip install --quiet --python "$PY" -e ".[test]" "apache-airflow$NEWEST" aiohttp
   else
-    [ -f "$MWAA_DIR/$leg/airflow_constraints.txt" ] || { echo "no MWAA pin file for $leg in $MWAA_DIR"; exit 2; }
+    [ -f "$MWAA_DIR/$pins/airflow_constraints.txt" ] || { echo "no MWAA pin file for $pins in $MWAA_DIR"; exit 2; }
+    local extra=()
+    # the CeleryExecutor as MWAA runs it: the Celery provider, Redis's client, Postgres's drivers (sync and async)
+    [ "$leg" = celery ] && extra=(apache-airflow-providers-celery redis psycopg2-binary asyncpg aiohttp)
     # As MWAA installs a requirements.txt: Airflow's constraints plus MWAA's essential pins.
-    "$UV" pip install --quiet --python "$PY" -e ".[test]" "apache-airflow==$leg" \
-      -c "$MWAA_DIR/$leg/airflow_constraints.txt" -c "$MWAA_DIR/$leg/mwaa_essential_constraints.txt"
+    "$UV" pip install --quiet --python "$PY" -e ".[test]" "apache-airflow==$pins" "${extra[@]}" \
+      -c "$MWAA_DIR/$pins/airflow_constraints.txt" -c "$MWAA_DIR/$pins/mwaa_essential_constraints.txt"
   fi
-  local airflow_version markers=(-m "not chaos")
+  local airflow_version
   airflow_version="$("$PY" -c 'import airflow; print(airflow.__version__)' 2>/dev/null | tail -n 1)"
   echo "=== leg $leg: Airflow $airflow_version, $("$PY" -c 'import sys; print("Python", sys.version.split()[0])')"
   if [ "$leg" = newest ]; then
@@ -64,11 +106,12 @@ run_leg() {
     "$PY" -m mypy
     # The documentation site, from scratch: every warning is an error, a broken reference included (-n).
     AIRFLOW_HOME="$(mktemp -d)" "$PY" -m sphinx -E -W --keep-going -n -q -b html docs "$(mktemp -d)"
-    export EXPECTED_AIRFLOW_VERSION="$NEWEST"
-    markers=()  # the chaos scenarios (real Airflow processes, a few minutes) run on the newest Airflow only
-  else
-    export EXPECTED_AIRFLOW_VERSION="$leg"
   fi
+  case "$leg" in
+    newest | chaos) export EXPECTED_AIRFLOW_VERSION="$NEWEST" ;;
+    celery) export EXPECTED_AIRFLOW_VERSION="$CELERY_MWAA" EXPECTED_CELERY=1 ;;  # missing Redis fails, not skips
+    *) export EXPECTED_AIRFLOW_VERSION="$leg" ;;
+  esac
   AIRFLOW_HOME="$(mktemp -d)" "$PY" -m pytest -p no:cacheprovider -q --durations=15 "${markers[@]}"
   SUMMARY+=("leg $leg: Airflow $airflow_version passed in $((SECONDS - start))s")
   echo "${SUMMARY[-1]}"
@@ -94,15 +137,8 @@ finish_leg() {
   fi
 }
 
-QUEUE=()
-for leg in "${LEGS[@]}"; do
-  if [ "$leg" = newest ]; then
-    run_logged newest
-    finish_leg newest
-  else
-    QUEUE+=("$leg")
-  fi
-done
+# The longest legs first, so that the short ones fill in at the end; legs not in LEG_SECONDS last.
+mapfile -t QUEUE < <(for leg in "${LEGS[@]}"; do echo "${LEG_SECONDS[$leg]:-0} $leg"; done | sort -s -k1,1nr | cut -d' ' -f2)
 RUNNING=()
 for leg in "${QUEUE[@]}"; do
   while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do sleep 5; done

@@ -304,8 +304,9 @@ def postgres(workdir: Path) -> Iterator[str]:
         workdir.chmod(0o755)
         as_user = ["runuser", "-u", "nobody", "--"]
 
-    def pg(*args: str, timeout: float = 120) -> None:
-        subprocess.run([*as_user, *args], check=True, timeout=timeout, stdout=subprocess.DEVNULL, cwd="/")
+    def pg(program: str, *args: str, timeout: float = 120) -> None:
+        command = [*as_user, postgres_program(program), *args]
+        subprocess.run(command, check=True, timeout=timeout, stdout=subprocess.DEVNULL, cwd="/")
 
     pg("initdb", "-D", str(data), "-U", "airflow", "-A", "trust", "--no-sync")
     options = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=300 -c shared_buffers=256MB"
@@ -328,6 +329,27 @@ def postgres(workdir: Path) -> Iterator[str]:
     finally:
         with contextlib.suppress(subprocess.SubprocessError):
             pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop", timeout=60)
+
+
+def postgres_program(name: str) -> str:
+    """The path of Postgres's ``name`` (``initdb``, ``pg_ctl``, ``psql``): on ``PATH``, or else where Debian and
+    Ubuntu install the server (``/usr/lib/postgresql/<version>/bin``, the newest version)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda path: _version_key(path.parent.parent.name)
+    )
+    if not versions:
+        raise RuntimeError(
+            f"Postgres's {name} is neither on PATH nor in /usr/lib/postgresql/*/bin "
+            "(Debian/Ubuntu: apt-get install postgresql)"
+        )
+    return str(versions[-1])
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
 @contextlib.contextmanager
