@@ -11,7 +11,7 @@
 #            README's first DAG
 #   2.10.3 2.11.2 3.0.6 3.2.1 3.3.1   the suite under that MWAA version's pin files
 # Default: all of them. The legs run PARALLEL at a time (default 3: a leg keeps about a quarter of the 2 cores
-# busy, its tests mostly wait on their endpoints), the longest first (LEG_SECONDS: each one's last time).
+# busy, its tests mostly wait on their endpoints), the longest first (LEG_SECONDS).
 source "$(dirname "$0")/_env.sh"
 cd "$ROOT"
 
@@ -25,7 +25,7 @@ LEGS=("$@")
 [ ${#LEGS[@]} -gt 0 ] || LEGS=(newest chaos celery wheel 2.10.3 2.11.2 3.0.6 3.2.1 3.3.1)
 SUMMARY=()
 PARALLEL="${PARALLEL:-3}"
-# Seconds each leg took in the last full run on the 2-core CI machine, three legs at a time: the order they start in.
+# About how many seconds each leg takes on the 2-core CI machine, three legs at a time: the order they start in.
 declare -A LEG_SECONDS=(
   [3.2.1]=950 [chaos]=700 [3.0.6]=600 [newest]=550 [3.3.1]=450 [celery]=400 [2.11.2]=350 [2.10.3]=350 [wheel]=40
 )

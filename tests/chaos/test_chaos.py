@@ -2,7 +2,7 @@
 
 Each test starts its own endpoint, SQLite database and Airflow processes, injects one fault and asserts
 the scenario's verdict, running ``benchmarks/chaos.py`` as a user does. Run with ``pytest -m chaos`` (the
-newest leg of ``scripts/test.sh`` does).
+chaos leg of ``scripts/test.sh`` does, on the newest Airflow).
 """
 
 from __future__ import annotations
