@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_ml_batch.jobs.common import with_log_tail
+from airflow_ml_batch.jobs.common import with_log_location
 from airflow_ml_batch.jobs.fields import RequestField, direct_request, passed_through
 
 #: Job states in which the job may still run; SUCCEEDED and FAILED are final.
@@ -338,7 +338,9 @@ def summarize_job(job: dict[str, Any]) -> dict[str, Any]:
     """The task's result: a JSON-serializable digest of one DescribeJobs entry, for every kind of job.
 
     Exit code and log are those of :func:`job_run` (for a multi-node job, its main node's: ``node_index``);
-    an array parent adds its size and children counts, an EKS job its ``pod``.
+    each of ``attempts`` (its retry strategy's) has its own exit code, reason and ``log_stream``; an array
+    parent adds its size and children counts, an EKS job its ``pod``. The job's ``parameters`` are left out
+    (they may hold anything the job definition substitutes, secrets included).
     """
     started, stopped = job.get("startedAt"), job.get("stoppedAt")
     run = job_run(job)
@@ -352,6 +354,7 @@ def summarize_job(job: dict[str, Any]) -> dict[str, Any]:
                 "stopped_at": _iso(attempt.get("stoppedAt")),
                 "exit_code": container.get("exitCode"),
                 "reason": container.get("reason") or attempt.get("statusReason"),
+                "log_stream": container.get("logStreamName"),
             }
         )
     array = job.get("arrayProperties") or {}
@@ -362,7 +365,6 @@ def summarize_job(job: dict[str, Any]) -> dict[str, Any]:
         "job_kind": job_kind(job),
         "job_definition": job.get("jobDefinition"),
         "image": run["image"],
-        "parameters": job.get("parameters") or None,
         "status": job.get("status"),
         "status_reason": job.get("statusReason"),
         "exit_code": run["exit_code"],
@@ -391,9 +393,9 @@ def _reported(summary: dict[str, Any]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def describe_failure(summary: dict[str, Any], log_tail: list[str] | None = None) -> str:
-    """A failure message that says why: status reason, exit code, each attempt's reason, the log tail;
-    for an array, the children's counts and the failed children; for an EKS job, its pod.
+def describe_failure(summary: dict[str, Any]) -> str:
+    """A failure message that says why: status reason, exit code, each attempt's reason, where the log is;
+    for an array, the children's counts and the failed children; for an EKS job, its pod. No log line.
     """
     head = (
         f"AWS Batch job {summary['job_name']} ({summary['job_id']}) {summary['status']}: "
@@ -411,7 +413,7 @@ def describe_failure(summary: dict[str, Any], log_tail: list[str] | None = None)
         )
     if summary.get("array_size") is not None:
         lines.extend(_array_failure_lines(summary))
-    return with_log_tail(lines, summary, log_tail)
+    return with_log_location(lines, summary)
 
 
 def _array_failure_lines(summary: dict[str, Any]) -> list[str]:

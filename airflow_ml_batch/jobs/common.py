@@ -1,5 +1,5 @@
-"""What jobs of every service share: the tags that name a task instance, failure messages and the metrics a
-job logs (no I/O)."""
+"""What jobs of every service share: the tags that name a task instance, where a failed job's log is and the
+metrics a job logs (no I/O)."""
 
 from __future__ import annotations
 
@@ -46,11 +46,11 @@ def tag_problem(key: str, value: str) -> str | None:
     return None
 
 
-def with_log_tail(lines: list[str], summary: dict[str, Any], log_tail: list[str] | None) -> str:
-    """A failure message: ``lines``, then the job's last log lines (from ``summary``'s group and stream)."""
-    if log_tail:
-        lines = [*lines, f"last {len(log_tail)} log lines ({summary['log_group']} {summary['log_stream']}):"]
-        lines.extend(f"  {line}" for line in log_tail)
+def with_log_location(lines: list[str], summary: dict[str, Any]) -> str:
+    """A failure message: ``lines``, then where the job's log is (``summary``'s group and stream), never a line
+    of it: the task log has the lines (``job_logs``)."""
+    if summary.get("log_group") and summary.get("log_stream"):
+        lines = [*lines, f"  log: {summary['log_group']} {summary['log_stream']}"]
     return "\n".join(lines)
 
 

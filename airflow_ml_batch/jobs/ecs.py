@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from airflow_ml_batch.jobs.common import with_log_tail
+from airflow_ml_batch.jobs.common import with_log_location
 from airflow_ml_batch.jobs.fields import RequestField, direct_request, passed_through
 
 #: RunTask ``failures`` reasons that mean "no capacity right now" (the ECS API reference's failure reasons:
@@ -244,8 +244,9 @@ _OUTCOME_TEXT = {
 }
 
 
-def describe_task_failure(summary: dict[str, Any], log_tail: list[str] | None = None) -> str:
-    """A failure message that says why: the class of failure, stop code and reason, each container, the log tail."""
+def describe_task_failure(summary: dict[str, Any]) -> str:
+    """A failure message that says why: the class of failure, stop code and reason, each container, where the
+    log is. No log line."""
     outcome = summary["outcome"]
     text = STOPPED_BY.get(summary.get("stop_code") or "") if outcome == "stopped" else None
     lines = [
@@ -257,7 +258,7 @@ def describe_task_failure(summary: dict[str, Any], log_tail: list[str] | None = 
             f"  container {container['name']}: exit code {container['exit_code']}, {container['reason'] or 'no reason'}"
         )
     lines.extend(f"  warning: {warning}" for warning in summary.get("warnings") or [])
-    return with_log_tail(lines, summary, log_tail)
+    return with_log_location(lines, summary)
 
 
 def reattachable_task(tasks: list[dict[str, Any]], tries: range) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ task run imports its hook and trigger when it calls AWS and defers.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -22,6 +23,7 @@ from airflow_ml_batch._compat import (
     listeners_registered,
 )
 from airflow_ml_batch.jobs.fields import RequestField, request_fields
+from airflow_ml_batch.jobs.logs import check_job_logs, copied_log, copies_log, job_title, log_sources, not_copied
 from airflow_ml_batch.links.logs import JobLogsLink
 
 if TYPE_CHECKING:
@@ -71,7 +73,18 @@ class DeferredJobOperator(BaseOperator):
         ``None`` (default): yes, unless listener plugins are registered (OpenLineage, Airflow's example
         listener under ``load_examples``): Airflow notifies no listener of a task ended from the
         triggerer, so the task then resumes on a worker when its job ends.
-    :param log_tail_lines: CloudWatch log lines shown in a failure message.
+    :param job_logs: when the job's CloudWatch log is copied into the task log: ``"on_failure"`` (default)
+        before the task fails, ``"always"`` also when the job succeeds, ``"never"``. A worker copies it when
+        the task resumes there (a failure always does), the triggerer when it ends a successful task
+        (``end_from_trigger``); either way the reads are paced for CloudWatch Logs' quota of 10 to 25
+        GetLogEvents calls per second per account and Region, and a log that cannot be read leaves one
+        warning line, never a failure. Each line shows its event time (UTC); a Batch job that ran several
+        attempts has each attempt's log under its own heading. Failure messages, trigger events and XComs
+        carry no log line, only where the log is.
+    :param job_log_lines: the most lines copied per log stream (1 to 9999): the last ones. When earlier
+        lines were left out the task log says so, with the stream's console link. Lines longer than 2000
+        characters are cut.
+    :param log_tail_lines: the last log lines ``collect_metrics`` reads (one GetLogEvents call).
     :param collect_metrics: put the last ``{"metrics": {...}}`` JSON line a successful job printed
         (within its last ``log_tail_lines`` log lines, read in one call) into the result as ``metrics``.
     :param missing_grace: seconds the job may be absent from describe calls before the task fails.
@@ -96,6 +109,8 @@ class DeferredJobOperator(BaseOperator):
         wait_for_completion: bool = True,
         poll_interval: float = 30.0,
         end_from_trigger: bool | None = None,
+        job_logs: str = "on_failure",
+        job_log_lines: int = 200,
         log_tail_lines: int = 50,
         collect_metrics: bool = False,
         missing_grace: float = 600.0,
@@ -106,6 +121,9 @@ class DeferredJobOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_job_logs(job_logs, job_log_lines)
+        self.job_logs = job_logs
+        self.job_log_lines = job_log_lines
         self.reattach = reattach
         self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
@@ -199,6 +217,8 @@ class DeferredJobOperator(BaseOperator):
             "missing_grace": self.missing_grace,
             "log_tail_lines": self.log_tail_lines,
             "collect_metrics": self.collect_metrics,
+            "job_logs": self.job_logs,
+            "job_log_lines": self.job_log_lines,
             "log_link": {
                 "region_name": location["region_name"],
                 "aws_domain": JobLogsLink.get_aws_domain(location["aws_partition"]),
@@ -223,7 +243,8 @@ class DeferredJobOperator(BaseOperator):
         return {"region_name": self.hook.conn_region_name, "aws_partition": self.hook.conn_partition}
 
     def execute_complete(self, context: Context, event: Any = None) -> Any:
-        """Resume after the trigger: return the job's result or raise why it failed. No AWS calls."""
+        """Resume after the trigger: copy the job's log (``job_logs``), then return the job's result, or push it
+        (``do_xcom_push``) and raise why it failed. No other AWS call."""
         if not isinstance(event, dict):
             # A TaskSuccessEvent replayed by ``dag.test()``: its XComs were pushed already; this run renders
             # the links again, the job's from the id pushed before the deferral.
@@ -247,12 +268,62 @@ class DeferredJobOperator(BaseOperator):
                 awslogs_group=result["log_group"],
                 awslogs_stream_name=result["log_stream"],
             )
-        if event["status"] == "success":
+        succeeded = event["status"] == "success"
+        if result and copies_log(self.job_logs, succeeded):
+            self.copy_job_logs([result])
+        if succeeded:
             return event.get("result")
         if event["status"] == "timeout":
             self._stopped_abandoned = True  # the trigger stopped the jobs; Airflow 2's on_kill follows this raise
             raise AirflowTaskTimeout(event["message"])
+        if result and self.do_xcom_push:  # every model's outcome readable without describing the jobs again
+            context["ti"].xcom_push(key="return_value", value=result)
         raise AirflowException(event["message"])
+
+    def copy_job_logs(
+        self, results: Sequence[Mapping[str, Any]], *, heading: Callable[[Mapping[str, Any]], str] | None = None
+    ) -> int:
+        """Copy the CloudWatch logs of jobs into the task log, from a worker; how many streams were copied.
+
+        Each of ``results`` is a job's result as the triggers give it (``log_group``, ``log_stream``,
+        ``log_region``, Batch ``attempts[].log_stream``); its streams' last ``job_log_lines`` lines are copied
+        under ``heading(result)`` (default: the job's id) and, for several attempts, each attempt's heading.
+        Reads are paced for the worker process (a few calls per second, slower after throttling) and a
+        throttled read is tried again with backoff; a stream that cannot be read leaves one warning line
+        (why, and its link). Never raises.
+        """
+        from airflow_ml_batch.hooks.logs import CloudWatchLogsHook
+
+        location = self.link_location()
+        domain = JobLogsLink.get_aws_domain(location["aws_partition"])
+        copied = 0
+        for result in results:
+            title = heading(result) if heading else job_title(result)
+            for source in log_sources(result):
+                link = JobLogsLink().format_link(
+                    region_name=location["region_name"],
+                    aws_domain=domain,
+                    awslogs_region=source.log_region or location["region_name"],
+                    awslogs_group=source.log_group,
+                    awslogs_stream_name=source.log_stream or "",
+                )
+                if not source.log_stream:
+                    self.log.info("%s", copied_log(source, [], self.job_log_lines, None, title).splitlines()[0])
+                    continue
+                hook = CloudWatchLogsHook(
+                    aws_conn_id=self.aws_conn_id,
+                    region_name=source.log_region or self.region_name,
+                    verify=self.verify,
+                    config=self.botocore_config,
+                )
+                try:
+                    events = hook.read_last_events(source.log_group, source.log_stream, self.job_log_lines + 1)
+                except Exception as error:  # LogNotRead, or anything else: the log never fails the task
+                    self.log.warning("%s", not_copied(source, str(error), link, title))
+                    continue
+                self.log.info("%s", copied_log(source, events, self.job_log_lines, link, title))
+                copied += 1
+        return copied
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """Resume after the deferral; when Airflow timed it out, stop the job first: nobody waits for it."""

@@ -26,13 +26,14 @@ from asgiref.sync import sync_to_async
 
 from airflow_ml_batch import _compat
 from airflow_ml_batch.hooks.base import _LOADER, AwsServiceHook, _warm_loader
-from airflow_ml_batch.hooks.logs import CloudWatchLogsHook
 from airflow_ml_batch.jobs.common import metrics_from_log as metrics_from_log
 from airflow_ml_batch.jobs.errors import TRANSIENT_ERROR_CODES as TRANSIENT_ERROR_CODES
 from airflow_ml_batch.jobs.errors import backoff
 from airflow_ml_batch.jobs.errors import error_text as error_text
 from airflow_ml_batch.jobs.errors import is_transient as is_transient
+from airflow_ml_batch.jobs.logs import copies_log
 from airflow_ml_batch.links.logs import JobLogsLink
+from airflow_ml_batch.triggers.logs import copy_job_logs, log_tail
 from airflow_ml_batch.triggers.poller import Observation as Observation
 from airflow_ml_batch.triggers.poller import SharedPoller, Watch, within
 from airflow_ml_batch.triggers.poller import due_ids as due_ids
@@ -148,11 +149,16 @@ class JobSettings:
     #: ``region_name`` and ``aws_domain`` of the CloudWatch log link that ``end_from_trigger`` saves with
     #: the result (:class:`~airflow_ml_batch.links.logs.JobLogsLink`)
     log_link: dict[str, Any] | None = None
-    #: CloudWatch log lines a failure message shows (one GetLogEvents call)
+    #: with ``collect_metrics``, the last lines of a successful job's log read (one GetLogEvents call)
     log_tail_lines: int = 50
     #: read the last ``log_tail_lines`` lines of a successful job's log (one call) and put the last
     #: ``{"metrics": {...}}`` JSON line the job printed into its result
     collect_metrics: bool = False
+    #: when the job's CloudWatch log is copied into the task log (``never``, ``on_failure``, ``always``); the
+    #: trigger copies it only for a success it ends itself (``end_from_trigger``): a worker copies the others
+    job_logs: str = "on_failure"
+    #: the most lines copied per log stream (the last ones)
+    job_log_lines: int = 200
 
 
 class StopsAbandonedJobs(BaseTrigger):
@@ -237,8 +243,8 @@ class WaitForJobTrigger(StopsAbandonedJobs):
         """Whether the finished job (its :meth:`summarize` result) succeeded."""
 
     @abstractmethod
-    def failure_message(self, result: dict[str, Any], log_tail: list[str]) -> str:
-        """Why the finished job (its :meth:`summarize` result) failed, ending with ``log_tail``."""
+    def failure_message(self, result: dict[str, Any]) -> str:
+        """Why the finished job (its :meth:`summarize` result) failed, and where its log is (no log line)."""
 
     @abstractmethod
     async def stop(self, client: Any, reason: str) -> None:
@@ -327,22 +333,34 @@ class WaitForJobTrigger(StopsAbandonedJobs):
             if not self.is_final(observation.description):
                 continue
             result = await self.summarize(observation.description)
-            if not self.succeeded(result):
-                message = self.failure_message(result, await self._log_tail(result))
-                return self._event("failed", message, result=result)
+            if not self.succeeded(result):  # the worker the event resumes copies the log (job_logs)
+                return self._event("failed", self.failure_message(result), result=result)
             if self.settings.collect_metrics:
                 result["metrics"] = metrics_from_log(await self._log_tail(result))
             if self.settings.end_from_trigger:
+                if copies_log(self.settings.job_logs, succeeded=True):
+                    await self.copy_logs([result])
                 self.log.info("%s %s succeeded: the task ends here, on the triggerer", self.noun, self.job_id)
                 return TaskSuccessEvent(xcoms=self._success_xcoms(result))
             return TriggerEvent({"status": "success", "job_id": self.job_id, "result": result})
 
     async def _log_tail(self, result: dict[str, Any]) -> list[str]:
-        if not result.get("log_group") or not result.get("log_stream"):
-            return []
-        region = result.get("log_region") or self.settings.region_name  # a log may live in another region than the job
-        logs = CloudWatchLogsHook(**{**self._connection(), "region_name": region})
-        return await logs.tail(result["log_group"], result["log_stream"], self.settings.log_tail_lines)
+        """The last ``log_tail_lines`` messages of the job's log, for ``collect_metrics`` (paced, see
+        :mod:`airflow_ml_batch.triggers.logs`); ``[]`` if it has none or it cannot be read."""
+        return await log_tail(self._connection(), result, self.settings.log_tail_lines)
+
+    async def copy_logs(self, results: list[dict[str, Any]]) -> None:
+        """Copy the jobs' logs into this trigger's log (the task's), paced; never raises nor waits past the
+        deadline (:func:`airflow_ml_batch.triggers.logs.copy_job_logs`)."""
+        await copy_job_logs(
+            self.log,
+            self._connection(),
+            results,
+            self.settings.job_log_lines,
+            log_link=self.settings.log_link,
+            heading=lambda result: f"{self.noun} {self.job_id}",
+            deadline=self.settings.deadline,
+        )
 
     def _success_xcoms(self, result: dict[str, Any]) -> dict[str, Any] | None:
         """What a task ended from the trigger pushes: its result and the log link a worker would save."""

@@ -63,7 +63,7 @@ class BatchJobTrigger(WaitForJobTrigger):
     :param xcom_result: with ``end_from_trigger``, push the result as the task's ``return_value``.
     :param missing_grace: seconds a job may be absent from DescribeJobs before it counts as gone.
 
-    Also takes ``log_link``, ``log_tail_lines`` and ``collect_metrics``: see
+    Also takes ``log_link``, ``log_tail_lines``, ``collect_metrics``, ``job_logs`` and ``job_log_lines``: see
     :class:`~airflow_ml_batch.triggers.base.WaitForJobTrigger`.
     """
 
@@ -102,8 +102,8 @@ class BatchJobTrigger(WaitForJobTrigger):
     def succeeded(self, result: dict[str, Any]) -> bool:
         return bool(result["status"] == "SUCCEEDED")
 
-    def failure_message(self, result: dict[str, Any], log_tail: list[str]) -> str:
-        return describe_failure(result, log_tail)
+    def failure_message(self, result: dict[str, Any]) -> str:
+        return describe_failure(result)
 
     async def stop(self, client: Any, reason: str) -> None:
         await client.terminate_job(jobId=self.job_id, reason=f"Airflow: {reason}"[:1024])

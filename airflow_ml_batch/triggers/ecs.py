@@ -120,7 +120,7 @@ class EcsTaskTrigger(WaitForJobTrigger):
     :param cluster: the task's cluster (name or ARN).
     :param task_arn: the task to wait for.
     :param fail_on_sidecars: a non-essential container exiting non-zero fails the task too.
-    :param container_name: the container whose CloudWatch log is tailed (failure message, metrics);
+    :param container_name: the container whose CloudWatch log is copied (``job_logs``) and read for metrics;
         default: the first essential container that logs with ``awslogs``.
     :param aws_conn_id: Airflow ``aws`` connection.
     :param region_name: AWS region; defaults to the connection's.
@@ -132,7 +132,7 @@ class EcsTaskTrigger(WaitForJobTrigger):
         (ECS forgets stopped tasks after about an hour).
     :param log_link: ``region_name`` and ``aws_domain`` of the CloudWatch log link saved with the result.
 
-    Also takes ``log_tail_lines`` and ``collect_metrics``: see
+    Also takes ``log_tail_lines``, ``collect_metrics``, ``job_logs`` and ``job_log_lines``: see
     :class:`~airflow_ml_batch.triggers.base.WaitForJobTrigger`.
     """
 
@@ -189,8 +189,8 @@ class EcsTaskTrigger(WaitForJobTrigger):
     def succeeded(self, result: dict[str, Any]) -> bool:
         return bool(result["outcome"] == "success")
 
-    def failure_message(self, result: dict[str, Any], log_tail: list[str]) -> str:
-        return describe_task_failure(result, log_tail)
+    def failure_message(self, result: dict[str, Any]) -> str:
+        return describe_task_failure(result)
 
     async def stop(self, client: Any, reason: str) -> None:
         await client.stop_task(cluster=self.cluster, task=self.task_arn, reason=f"Airflow: {reason}"[:255])

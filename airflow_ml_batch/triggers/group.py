@@ -537,7 +537,7 @@ class RunGroupTrigger(StopsAbandonedJobs):
                 result["metrics"] = metrics_from_log(await single._log_tail(result))
             await self._ended(index, watch, result, True, None)
             return
-        message = single.failure_message(result, await single._log_tail(result))
+        message = single.failure_message(result)  # where the log is, no line of it (job_logs copies it)
         await self._ended(index, watch, result, False, message)
 
     async def _ended(

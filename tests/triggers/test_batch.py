@@ -156,7 +156,7 @@ async def test_a_job_that_stays_gone_fails_with_a_clear_message(aws_endpoint: En
     assert "never seen" in event.payload["message"]
 
 
-async def test_failure_message_has_reason_exit_code_attempts_and_log_tail(aws_endpoint: Endpoint) -> None:
+async def test_failure_message_has_reason_exit_code_attempts_and_where_the_log_is(aws_endpoint: Endpoint) -> None:
     stream = "forecast/default/0a1b"
     aws_endpoint.logs.streams[("/aws/batch/job", stream)] = [f"line {n}" for n in range(100)] + [
         "ValueError: no history"
@@ -171,15 +171,18 @@ async def test_failure_message_has_reason_exit_code_attempts_and_log_tail(aws_en
         attempts=[spot, last],
     )
 
-    event = await first_event(trigger_for(job, log_tail_lines=5))
+    event = await first_event(trigger_for(job, log_tail_lines=5, job_logs="always"))
 
     message = event.payload["message"]
     assert event.payload["status"] == "failed"
     assert f"AWS Batch job model-7 ({job}) FAILED: Essential container in task exited; exit code 3" in message
     assert "attempt 1: exit code None, Host EC2 (instance i-0abc) terminated." in message
     assert "attempt 2: exit code 3" in message
-    assert message.endswith("  line 96\n  line 97\n  line 98\n  line 99\n  ValueError: no history")
-    assert aws_endpoint.calls["GetLogEvents"] == 1
+    assert message.endswith(f"  log: /aws/batch/job {stream}")
+    # The worker the event resumes copies the log into the task log: neither message nor event has a line.
+    assert "line 99" not in repr(event.payload) and "no history" not in repr(event.payload)
+    assert [a["log_stream"] for a in event.payload["result"]["attempts"]] == [None, stream]
+    assert aws_endpoint.calls["GetLogEvents"] == 0
 
 
 async def test_deadline_terminates_the_job_and_says_so(aws_endpoint: Endpoint) -> None:
@@ -552,7 +555,7 @@ async def test_an_ecs_properties_job_collects_metrics_from_its_containers_log(aw
     assert result["metrics"] == {"mape": 0.08}
 
 
-async def test_a_failed_multi_node_job_shows_its_main_nodes_log_tail(aws_endpoint: Endpoint) -> None:
+async def test_a_failed_multi_node_job_names_its_main_nodes_log(aws_endpoint: Endpoint) -> None:
     stream = "train/default/main"
     aws_endpoint.logs.streams[("/aws/batch/job", stream)] = ["rank 0: NCCL timeout"]
     job = aws_endpoint.batch.add_job(
@@ -568,9 +571,9 @@ async def test_a_failed_multi_node_job_shows_its_main_nodes_log_tail(aws_endpoin
     assert event.payload["message"].splitlines() == [
         f"AWS Batch job train ({job}) FAILED: Essential container in task exited; exit code 1 (main node 0)",
         "  attempt 1: exit code 1, no reason",
-        f"last 1 log lines (/aws/batch/job {stream}):",
-        "  rank 0: NCCL timeout",
+        f"  log: /aws/batch/job {stream}",
     ]
+    assert aws_endpoint.calls["GetLogEvents"] == 0
 
 
 async def test_an_eks_job_reports_its_exit_code_without_reading_logs(aws_endpoint: Endpoint) -> None:

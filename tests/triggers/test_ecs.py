@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import time
 from typing import Any
 
@@ -147,13 +148,13 @@ async def test_a_failing_sidecar_fails_the_task_when_asked(ecs: Endpoint) -> Non
         ),
     ],
 )
-async def test_each_failure_class_is_named_with_its_reason_and_log_tail(
+async def test_each_failure_class_is_named_with_its_reason_and_log(
     ecs: Endpoint, stop_code: str, reason: str, model: dict[str, Any], outcome: str, said: str
 ) -> None:
     task = ecs.ecs.add_task(**stopped(stop_code, reason, model))
     ecs.logs.streams[("/ecs/forecast", f"ecs/model/{task.rsplit('/', 1)[-1]}")] = ["loading history", "Traceback: boom"]
 
-    event = await first_event(trigger_for(task, log_tail_lines=2))
+    event = await first_event(trigger_for(task, log_tail_lines=2, job_logs="always"))
 
     assert event.payload["status"] == "failed"
     assert event.payload["result"]["outcome"] == outcome
@@ -161,7 +162,9 @@ async def test_each_failure_class_is_named_with_its_reason_and_log_tail(
     assert said in message
     assert f"(stop code {stop_code})" in message
     assert "container model: exit code" in message
-    assert message.endswith("  loading history\n  Traceback: boom")
+    assert message.endswith(f"  log: /ecs/forecast ecs/model/{task.rsplit('/', 1)[-1]}")
+    assert "Traceback" not in repr(event.payload)
+    assert ecs.calls["GetLogEvents"] == 0
 
 
 async def test_a_task_stopped_with_stop_task_is_stopped_by_a_user(ecs: Endpoint) -> None:
@@ -203,22 +206,28 @@ def regional_definition(*containers: tuple[str, bool, str | None]) -> dict[str, 
     }
 
 
-async def test_the_tail_is_the_essential_containers_read_in_its_log_region(ecs: Endpoint) -> None:
+async def test_the_log_is_the_essential_containers_copied_from_its_log_region(
+    ecs: Endpoint, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.INFO)
     ecs.ecs.task_definitions["forecast"] = regional_definition(
         ("log-router", False, None), ("model", True, "us-east-2")
     )
     task = ecs.ecs.add_task(
-        **stopped("EssentialContainerExited", "Essential container in task exited", {"exitCode": 1})
+        **stopped("EssentialContainerExited", "Essential container in task exited", {"exitCode": 0})
     )
     task_id = task.rsplit("/", 1)[-1]
     ecs.logs.streams[("/ecs/log-router", f"ecs/log-router/{task_id}")] = ["router up"]
-    ecs.logs.streams[("/ecs/model", f"ecs/model/{task_id}")] = ["Traceback: boom"]
+    ecs.logs.streams[("/ecs/model", f"ecs/model/{task_id}")] = [(1_767_225_600_000, "model done")]
 
-    event = await first_event(trigger_for(task))
+    event = await first_event(trigger_for(task, end_from_trigger=True, job_logs="always"))
 
-    assert event.payload["message"].endswith("  Traceback: boom")
-    result = event.payload["result"]
-    assert (result["log_group"], result["log_region"]) == ("/ecs/model", "us-east-2")
+    assert isinstance(event, TaskSuccessEvent)
+    # Airflow 2 logs through the standard library, Airflow 3 through structlog to stdout.
+    logged = caplog.text + capsys.readouterr().out
+    assert f"log stream ecs/model/{task_id} in /ecs/model" in logged
+    assert "2026-01-01T00:00:00.000Z model done" in logged
+    assert "router up" not in logged
     assert [region for operation, region in ecs.regions if operation == "GetLogEvents"] == ["us-east-2"]
     assert {region for operation, region in ecs.regions if operation != "GetLogEvents"} == {"eu-west-1"}
 

@@ -10,20 +10,26 @@ from .core import AwsError, Call, Run, ms
 
 
 class Logs:
-    """Log streams: scripted ones (:attr:`streams`), then those of runs (``sources``)."""
+    """Log streams: scripted ones (:attr:`streams`), then those of runs (``sources``).
+
+    GetLogEvents answers the first or last ``limit`` events (``startFromHead``), oldest first. A scripted line
+    is a message, or ``(epoch milliseconds, message)``; a message alone gets a time one millisecond after the
+    line before it, the last line at the time of the call. Calls and throttled calls are counted by the
+    endpoint (``calls``, ``throttled``); ``Endpoint.limit("logs", rate)`` throttles them beyond a rate.
+    """
 
     def __init__(self, sources: list[Callable[[str], Run | None]]) -> None:
-        #: ``(log group, log stream) -> lines``
-        self.streams: dict[tuple[str, str], list[str]] = {}
+        #: ``(log group, log stream) -> lines``: messages, or ``(epoch ms, message)``
+        self.streams: dict[tuple[str, str], list[str | tuple[int, str]]] = {}
         self.sources = sources
 
-    def lines(self, group: str, stream: str) -> list[str] | None:
+    def lines(self, group: str, stream: str) -> list[str | tuple[int, str]] | None:
         if (group, stream) in self.streams:
             return self.streams[(group, stream)]
         for source in self.sources:
             run = source(stream)
             if run is not None:
-                return run.log_lines()
+                return list(run.log_lines())
         return None
 
     def operations(self) -> dict[str, Callable[[Call], dict[str, Any]]]:
@@ -33,7 +39,13 @@ class Logs:
         lines = self.lines(call.body.get("logGroupName", ""), call.body.get("logStreamName", ""))
         if lines is None:
             raise AwsError(400, "ResourceNotFoundException", "The specified log stream does not exist.")
-        stamp = ms(time.time())
-        tail = lines[-int(call.body.get("limit", 10000)) :]
-        events = [{"timestamp": stamp, "message": line, "ingestionTime": stamp} for line in tail]
-        return {"events": events, "nextForwardToken": "f/1", "nextBackwardToken": "b/1"}
+        limit = int(call.body.get("limit", 10000))
+        if not 1 <= limit <= 10000:
+            raise AwsError(400, "InvalidParameterException", f"limit must be between 1 and 10000, not {limit}")
+        now = ms(time.time())
+        events = []
+        for index, line in enumerate(lines):
+            stamp, message = line if isinstance(line, tuple) else (now - (len(lines) - 1 - index), line)
+            events.append({"timestamp": stamp, "message": message, "ingestionTime": now})
+        chosen = events[:limit] if call.body.get("startFromHead") else events[-limit:]
+        return {"events": chosen, "nextForwardToken": "f/1", "nextBackwardToken": "b/1"}

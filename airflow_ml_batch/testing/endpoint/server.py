@@ -33,7 +33,10 @@ JSON_11 = "application/x-amz-json-1.1"
 THROTTLED = {
     "batch": (429, "TooManyRequestsException", "Too Many Requests"),
     "ecs": (400, "ThrottlingException", "Rate exceeded"),
+    "logs": (400, "ThrottlingException", "Rate exceeded"),
 }
+#: The services the ``throttle_seconds`` and ``server_error_seconds`` switches act on (Logs only has its limit).
+SWITCHED = ("batch", "ecs")
 #: The operations whose ids per call the endpoint counts.
 DESCRIBES = {"DescribeJobs": "jobs", "DescribeTasks": "tasks"}
 _CREDENTIAL = re.compile(r"Credential=([^/]*)/[^/]+/([^/]+)/")
@@ -75,7 +78,7 @@ class Endpoint:
             **self.logs.operations(),
             **self.sts.operations(),
         }
-        #: per service (``"batch"``, ``"ecs"``): a token bucket; over it, requests are throttled
+        #: per service (``"batch"``, ``"ecs"``, ``"logs"``): a token bucket; over it, requests are throttled
         self.rate_limits: dict[str, TokenBucket] = {}
         #: calls answered per operation, by the service or by a scripted failure (:meth:`fail_next`)
         self.calls: Counter[str] = Counter()
@@ -101,7 +104,8 @@ class Endpoint:
     # -- scripting ---------------------------------------------------------------------------------------
 
     def limit(self, service: str, rate: float, burst: float = 0.0) -> None:
-        """Throttle ``service`` (``"batch"`` or ``"ecs"``) beyond ``rate`` requests/s, bursts of ``burst``."""
+        """Throttle ``service`` (``"batch"``, ``"ecs"`` or ``"logs"``: GetLogEvents, ``ThrottlingException``)
+        beyond ``rate`` requests/s, bursts of ``burst``."""
         self.rate_limits[service] = TokenBucket(rate, burst or rate)
 
     def fail_next(
@@ -185,7 +189,10 @@ class Endpoint:
                 return 403 if call.service == "batch" else 400, AwsError(0, "ExpiredTokenException", EXPIRED_TOKEN)
             throttled = THROTTLED.get(call.service)
             bucket = self.rate_limits.get(call.service)
-            if throttled and (time.time() < self.faults.throttle_until or (bucket is not None and not bucket.take())):
+            switched = call.service in SWITCHED
+            if throttled and (
+                (switched and time.time() < self.faults.throttle_until) or (bucket is not None and not bucket.take())
+            ):
                 self.throttled[call.operation] += 1
                 return throttled[0], AwsError(*throttled)
             self.calls[call.operation] += 1
@@ -201,7 +208,7 @@ class Endpoint:
             if pending:
                 status, code = pending.pop(0)
                 return status, AwsError(status, code, f"{code} (injected)")
-            if throttled and time.time() < self.faults.server_errors_until:
+            if switched and time.time() < self.faults.server_errors_until:
                 return 500, AwsError(500, "ServerException", "Internal Server Error")
             try:
                 answer = self.operations[call.operation](call)

@@ -32,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-burst", type=float, default=0.0, help="Batch token bucket size (default: the rate)")
     p.add_argument("--ecs-rate", type=float, default=20.0, help="ECS requests/s before ThrottlingException (0: none)")
     p.add_argument("--ecs-burst", type=float, default=0.0, help="ECS token bucket size (default: the rate)")
+    p.add_argument("--logs-rate", type=float, default=0.0, help="GetLogEvents/s before ThrottlingException (0: none)")
+    p.add_argument("--logs-burst", type=float, default=0.0, help="Logs token bucket size (default: the rate)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-seconds", type=float, default=7200.0, help="exit after this long")
     return p
@@ -43,7 +45,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.duration, args.spread, args.fail_fraction, args.seed, args.long_fraction, args.long_factor
     )
     endpoint = Endpoint(runner, keep_requests=False)
-    for service, rate, burst in (("batch", args.batch_rate, args.batch_burst), ("ecs", args.ecs_rate, args.ecs_burst)):
+    limits = (
+        ("batch", args.batch_rate, args.batch_burst),
+        ("ecs", args.ecs_rate, args.ecs_burst),
+        ("logs", args.logs_rate, args.logs_burst),
+    )
+    for service, rate, burst in limits:
         if rate:
             endpoint.limit(service, rate, burst)
     asyncio.run(endpoint.serve(args.port, lambda port: print(port, flush=True), args.max_seconds))
