@@ -45,7 +45,10 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": ECS, "python-modules": ["airflow_ml_batch.hooks.ecs"]},
         ],
         "operators": [
-            {"integration-name": BATCH, "python-modules": ["airflow_ml_batch.operators.batch"]},
+            {
+                "integration-name": BATCH,
+                "python-modules": ["airflow_ml_batch.operators.batch", "airflow_ml_batch.operators.report"],
+            },
             {"integration-name": ECS, "python-modules": ["airflow_ml_batch.operators.ecs"]},
         ],
         "triggers": [
@@ -61,5 +64,6 @@ def get_provider_info() -> dict[str, Any]:
             "airflow_ml_batch.links.batch.BatchQueueLink",
             "airflow_ml_batch.links.ecs.EcsClusterTasksLink",
             "airflow_ml_batch.links.logs.JobLogsLink",
+            "airflow_ml_batch.links.report.FleetReportLink",
         ],
     }

@@ -1,23 +1,11 @@
 """Fleet reports: the outcome of every model job of a run, as rows, a CSV file, a chart and a summary.
 
-A report task runs after the mapped job task with ``trigger_rule="all_done"``, so it runs whatever
-failed, and hands over what Airflow kept of the fleet: the models (in map order), the job ids the
-tasks pushed before deferring and the results of the jobs that succeeded::
-
-    @task(trigger_rule="all_done")
-    def report(models, ti=None):
-        job_ids = pulled(ti.xcom_pull(task_ids="forecast", key=JOB_ID_XCOM_KEY))
-        results = pulled(ti.xcom_pull(task_ids="forecast"))
-        rows = gather_batch_jobs(BatchHook(aws_conn_id=...), model_ids(models), job_ids, results)
-        write_csv(rows, "report.csv")
-        write_chart(rows, "report.png")
-        print(summarize(rows))
-
-AWS Batch is the source of truth for status, duration and attempts (DescribeJobs, 100 jobs per call);
-the metrics come from the results (``collect_metrics=True``). Every job kind is read alike
-(:func:`~airflow_ml_batch.jobs.batch.summarize_job`: a multi-node job's exit code is its main node's). A model
-whose task never submitted a job is reported as ``NOT_SUBMITTED``. The chart needs matplotlib
-(``pip install 'airflow-ml-batch[report]'``).
+:class:`~airflow_ml_batch.operators.report.FleetReportOperator` builds the whole report in one task; the
+pieces are here for a report task of your own. A model's outcome comes from its job's result
+(:func:`outcome_from_result`: what the task or its group's trigger pushed), or, for a model whose task
+left none, from AWS (:func:`gather_batch_jobs`, :func:`gather_ecs_tasks`: every job kind is read alike, a
+multi-node job's exit code is its main node's). A model whose task never submitted a job is reported as
+``NOT_SUBMITTED``. The chart needs matplotlib (``pip install 'airflow-ml-batch[report]'``).
 """
 
 from __future__ import annotations
@@ -28,12 +16,13 @@ import json
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_batch.jobs.batch import job_containers, summarize_job
 from airflow_ml_batch.jobs.ecs import classify_stopped_task, summarize_task
+from airflow_ml_batch.jobs.outcomes import model_exit_code, model_reason, model_status
 
 if TYPE_CHECKING:
     from airflow_ml_batch.hooks.batch import BatchHook
@@ -41,6 +30,9 @@ if TYPE_CHECKING:
 
 #: The status of a model whose task never submitted a job (it failed before, or was never run).
 NOT_SUBMITTED = "NOT_SUBMITTED"
+#: The status of a model whose task left no result and whose job AWS no longer describes (ECS forgets a
+#: task about an hour after it stops).
+NOT_FOUND = "NOT_FOUND"
 #: The job tag and environment variable that name a job's model (``airflow_ml_batch.fleet`` sets both).
 MODEL_ID_KEY = "model_id"
 MODEL_ID_VARIABLE = "MODEL_ID"
@@ -84,6 +76,10 @@ class JobOutcome:
     image: str | None = None
     dataset: str | None = None
     parameters: str | None = None
+    #: where the job logged: CloudWatch log group, stream and region (for a log link; never the lines)
+    log_group: str | None = None
+    log_stream: str | None = None
+    log_region: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -113,15 +109,75 @@ def pulled(value: Any) -> list[Any]:
 
 
 def _decoded(item: Any) -> Any:
-    if isinstance(item, str) and item.startswith("{"):
+    if isinstance(item, str) and item.startswith(("{", "[")):
         with contextlib.suppress(ValueError):
             return json.loads(item)
     return item
 
 
-def model_ids(expanded: Iterable[Mapping[str, Any]]) -> list[str]:
-    """The model ids of ``airflow_ml_batch.fleet.batch_kwargs()`` or ``ecs_kwargs()`` entries, in map order."""
-    return [entry["environment"][MODEL_ID_VARIABLE] for entry in expanded]
+def model_ids(expanded: Iterable[Any]) -> list[str]:
+    """The model ids of ``airflow_ml_batch.fleet.batch_kwargs()`` or ``ecs_kwargs()`` entries, in map order.
+
+    Groups of entries (``airflow_ml_batch.fleet.groups()``) are read as the entries they hold, in order.
+    """
+    return [entry_model_id(entry, index) for index, entry in enumerate(model_entries(expanded))]
+
+
+def model_entries(expanded: Iterable[Any]) -> list[Mapping[str, Any]]:
+    """Per-model entries, in order: ``expanded`` as given, or the entries of its groups."""
+    entries: list[Mapping[str, Any]] = []
+    for item in expanded:
+        entries.extend(item if isinstance(item, (list, tuple)) else [item])
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise TypeError(f"models[{index}] must be a mapping of operator arguments, not {entry!r:.200}")
+    return entries
+
+
+def entry_model_id(entry: Mapping[str, Any], index: int) -> str:
+    """The model id of one entry: its ``MODEL_ID`` variable, else its ``model_id`` tag, else its job name, else
+    ``model-<index>`` (how a group names a model without either, :func:`~airflow_ml_batch.jobs.groups.model_label`)."""
+    model = (entry.get("environment") or {}).get(MODEL_ID_VARIABLE) or (entry.get("tags") or {}).get(MODEL_ID_KEY)
+    return str(model or entry.get("job_name") or f"model-{index}")
+
+
+def outcome_from_result(model_id: str, result: Mapping[str, Any], entry: Mapping[str, Any] | None = None) -> JobOutcome:
+    """A model's outcome from its job's result, as its task or its group's trigger wrote it; no AWS call.
+
+    ``result`` is a single-job operator's result (AWS Batch's
+    :func:`~airflow_ml_batch.jobs.batch.summarize_job`, ECS's :func:`~airflow_ml_batch.jobs.ecs.summarize_task`)
+    or a group's entry (the same plus ``model``, ``succeeded``, ``tries``, ``message``; or, for a model
+    AWS never started, ``status`` and ``status_reason``). ``attempts`` counts every run of the model: a
+    group's earlier jobs (``tries``) and the last job's Batch attempts. ``entry`` (the model's operator
+    arguments) gives the dataset and parameters.
+    """
+    if "task_arn" in result or "outcome" in result:  # ECS: the container whose exit code is reported
+        image = next((c.get("image") for c in result.get("containers") or [] if c.get("image")), None)
+        attempts = 1 if result.get("started_at") else 0
+        definition = _definition(result.get("task_definition"))
+    else:  # AWS Batch
+        image = result.get("image")
+        attempts = len(result.get("attempts") or [])
+        definition = _definition(result.get("job_definition"))
+    tries = int(result.get("tries") or 1)
+    environment = {str(k): str(v) for k, v in ((entry or {}).get("environment") or {}).items()}
+    return JobOutcome(
+        model_id=model_id,
+        status=model_status(result),
+        job_id=result.get("task_arn") or result.get("job_id"),
+        duration_seconds=result.get("duration_seconds"),
+        attempts=attempts + tries - 1,
+        exit_code=model_exit_code(result),
+        reason=model_reason(result) or None,
+        metrics=dict(result.get("metrics") or {}),
+        definition=definition,
+        image=image,
+        dataset=environment.get(DATASET_VARIABLE),
+        parameters=environment.get(PARAMETERS_VARIABLE),
+        log_group=result.get("log_group"),
+        log_stream=result.get("log_stream"),
+        log_region=result.get("log_region"),
+    )
 
 
 def _definition(arn: str | None) -> str | None:
@@ -145,6 +201,8 @@ def _outcome(model: str, summary: Mapping[str, Any], environment: Mapping[str, s
         duration_seconds=summary["duration_seconds"],
         dataset=environment.get(DATASET_VARIABLE),
         parameters=environment.get(PARAMETERS_VARIABLE),
+        log_group=summary.get("log_group"),
+        log_stream=summary.get("log_stream"),
         **fields,
     )
 
@@ -168,6 +226,63 @@ def _metrics_by_id(results: Iterable[Mapping[str, Any] | None], key: str) -> dic
     return {r[key]: dict(r.get("metrics") or {}) for r in results if r and r.get(key)}
 
 
+def batch_job_outcome(job: Mapping[str, Any]) -> JobOutcome | None:
+    """The outcome of one DescribeJobs entry, its model named by its tag or environment (``None``: neither)."""
+    containers, _ = job_containers(dict(job))
+    environment = _variables(containers)
+    tags = job.get("tags") or {}
+    model = tags.get(MODEL_ID_KEY) or environment.get(MODEL_ID_VARIABLE)
+    if not model:
+        return None
+    summary = summarize_job(dict(job))
+    return _outcome(
+        str(model),
+        summary,
+        environment,
+        status=str(summary["status"]),
+        job_id=summary["job_id"],
+        attempts=len(summary["attempts"]),
+        try_number=_try_number(tags),
+        exit_code=summary["exit_code"],
+        reason=summary["status_reason"],
+        definition=_definition(summary["job_definition"]),
+        image=summary["image"],
+    )
+
+
+def ecs_task_outcome(task: Mapping[str, Any]) -> JobOutcome | None:
+    """The outcome of one DescribeTasks entry, its model named by its tag or environment (``None``: neither).
+
+    A stopped task's status is ``SUCCEEDED`` or its class of failure in capitals (``CONTAINER_FAILED``,
+    ``SPOT_INTERRUPTION``, ...; every container is judged, as the task definition is not read); a task
+    still running has its ``lastStatus``.
+    """
+    overrides = (task.get("overrides") or {}).get("containerOverrides") or []
+    environment = _variables(overrides)
+    tags = {t["key"]: t["value"] for t in task.get("tags") or []}
+    model = tags.get(MODEL_ID_KEY) or environment.get(MODEL_ID_VARIABLE)
+    if not model:
+        return None
+    stopped = task.get("lastStatus") == "STOPPED"
+    outcome = classify_stopped_task(dict(task), None) if stopped else str(task.get("lastStatus"))
+    summary = summarize_task(dict(task), outcome, None, None)
+    failed = next((c for c in summary["containers"] if c["exit_code"] not in (0, None)), None)
+    reported: dict[str, Any] = failed or next(iter(summary["containers"]), {})
+    return _outcome(
+        str(model),
+        summary,
+        environment,
+        status="SUCCEEDED" if outcome == "success" else outcome.upper(),
+        job_id=summary["task_arn"],
+        attempts=1 if task.get("startedAt") else 0,
+        try_number=_try_number(tags),
+        exit_code=reported.get("exit_code"),
+        reason=summary["stopped_reason"],
+        definition=_definition(summary["task_definition"]),
+        image=reported.get("image"),
+    )
+
+
 def gather_batch_jobs(
     hook: BatchHook,
     models: Sequence[str],
@@ -183,29 +298,9 @@ def gather_batch_jobs(
     metrics = _metrics_by_id(results, "job_id")
     outcomes = []
     for job in hook.describe_jobs(i for i in job_ids if i):
-        containers, _ = job_containers(job)
-        environment = _variables(containers)
-        tags = job.get("tags") or {}
-        model = tags.get(MODEL_ID_KEY) or environment.get(MODEL_ID_VARIABLE)
-        if not model:
-            continue
-        summary = summarize_job(job)
-        outcomes.append(
-            _outcome(
-                str(model),
-                summary,
-                environment,
-                status=str(summary["status"]),
-                job_id=summary["job_id"],
-                attempts=len(summary["attempts"]),
-                try_number=_try_number(tags),
-                exit_code=summary["exit_code"],
-                reason=summary["status_reason"],
-                metrics=metrics.get(summary["job_id"], {}),
-                definition=_definition(summary["job_definition"]),
-                image=summary["image"],
-            )
-        )
+        outcome = batch_job_outcome(job)
+        if outcome is not None:
+            outcomes.append(replace(outcome, metrics=metrics.get(str(outcome.job_id), {})))
     return _latest_per_model(models, outcomes)
 
 
@@ -216,43 +311,17 @@ def gather_ecs_tasks(
     task_arns: Iterable[str | None],
     results: Iterable[Mapping[str, Any] | None] = (),
 ) -> list[JobOutcome]:
-    """One :class:`JobOutcome` per model of ``models``, in that order, described from Amazon ECS.
-
-    A stopped task's status is ``SUCCEEDED`` or its class of failure in capitals (``CONTAINER_FAILED``,
-    ``SPOT_INTERRUPTION``, ...; every container is judged, as the task definition is not read); a task
-    still running has its ``lastStatus``. Parameters as :func:`gather_batch_jobs`, with the task ARNs
-    the tasks pushed.
+    """One :class:`JobOutcome` per model of ``models``, in that order, described from Amazon ECS
+    (:func:`ecs_task_outcome`). Parameters as :func:`gather_batch_jobs`, with the task ARNs the tasks
+    pushed; a model whose task ECS no longer describes (it forgets one about an hour after it stops) is
+    :data:`NOT_SUBMITTED`: :class:`~airflow_ml_batch.operators.report.FleetReportOperator` reads results first.
     """
     metrics = _metrics_by_id(results, "task_arn")
     outcomes = []
     for task in hook.describe_tasks(cluster, (arn for arn in task_arns if arn)):
-        overrides = (task.get("overrides") or {}).get("containerOverrides") or []
-        environment = _variables(overrides)
-        tags = {t["key"]: t["value"] for t in task.get("tags") or []}
-        model = tags.get(MODEL_ID_KEY) or environment.get(MODEL_ID_VARIABLE)
-        if not model:
-            continue
-        stopped = task.get("lastStatus") == "STOPPED"
-        outcome = classify_stopped_task(task, None) if stopped else str(task.get("lastStatus"))
-        summary = summarize_task(task, outcome, None, None)
-        failed = next((c for c in summary["containers"] if c["exit_code"] not in (0, None)), None)
-        reported: dict[str, Any] = failed or next(iter(summary["containers"]), {})
-        outcomes.append(
-            _outcome(
-                str(model),
-                summary,
-                environment,
-                status="SUCCEEDED" if outcome == "success" else outcome.upper(),
-                job_id=summary["task_arn"],
-                attempts=1 if task.get("startedAt") else 0,
-                try_number=_try_number(tags),
-                exit_code=reported.get("exit_code"),
-                reason=summary["stopped_reason"],
-                metrics=metrics.get(summary["task_arn"], {}),
-                definition=_definition(summary["task_definition"]),
-                image=reported.get("image"),
-            )
-        )
+        outcome = ecs_task_outcome(task)
+        if outcome is not None:
+            outcomes.append(replace(outcome, metrics=metrics.get(str(outcome.job_id), {})))
     return _latest_per_model(models, outcomes)
 
 

@@ -83,7 +83,17 @@ def test_outcomes_come_from_aws_batch_in_model_order_with_metrics_from_the_resul
         ("emea-5", NOT_SUBMITTED, None),
     ]
     assert outcomes[0] == JobOutcome(
-        "emea-1", "SUCCEEDED", ok, 720.0, 0, 1, 0, None, {"mape": 0.12}, definition="forecast:1"
+        "emea-1",
+        "SUCCEEDED",
+        ok,
+        720.0,
+        0,
+        1,
+        0,
+        None,
+        {"mape": 0.12},
+        definition="forecast:1",
+        log_group="/aws/batch/job",
     )
     assert (outcomes[1].exit_code, outcomes[1].attempts, outcomes[1].reason) == (
         137,
