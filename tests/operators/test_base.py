@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
+import os
 import subprocess
 import sys
 from dataclasses import fields
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import run_dag, task_instance, xcom
+from helpers import aws_connection_uri, run_dag, task_instance, xcom
 
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
 from airflow_ml_batch.jobs.groups import GroupSettings
@@ -225,3 +228,156 @@ def test_importing_the_operators_imports_no_aws_sdk_hook_or_trigger() -> None:
     heavy = ("boto3", "aiobotocore", "aiohttp", "airflow_ml_batch.hooks", "airflow_ml_batch.triggers")
     assert [name for name in modules if name.startswith(heavy)] == []
     assert "airflow_ml_batch.operators.batch" in modules
+
+
+# -- job logs copied into the task log --------------------------------------------------------------------
+
+LOG_GROUP = "/aws/batch/job"
+
+
+def job_with_logs(endpoint: Endpoint, status: str, attempts: list[tuple[str, int, list[str]]]) -> None:
+    """Jobs submitted from now on end with ``status`` after ``attempts``: (log stream, exit code, its lines)."""
+    for n, (stream, _, lines) in enumerate(attempts):
+        endpoint.logs.streams[(LOG_GROUP, stream)] = [
+            (1_767_225_600_000 + 60_000 * n + i, line) for i, line in enumerate(lines)
+        ]
+    stream, exit_code, _ = attempts[-1]
+    endpoint.batch.on_submit = lambda request: {
+        "status": status,
+        "statusReason": "Essential container in task exited",
+        "container": {"exitCode": exit_code, "logStreamName": stream},
+        "attempts": [{"container": {"exitCode": code, "logStreamName": name}} for name, code, _ in attempts],
+    }
+
+
+def batch_task(**arguments: Any) -> str:
+    arguments = {"task_id": "forecast", "aws_conn_id": "aws_fake", "poll_interval": 0.2, **BATCH, **arguments}
+    return "BatchJobOperator(" + ", ".join(f"{k}={v!r}" for k, v in arguments.items()) + ")\n"
+
+
+def test_a_successful_jobs_log_is_copied_by_the_worker_with_always(
+    aws_endpoint: Endpoint, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.INFO)
+    job_with_logs(aws_endpoint, "SUCCEEDED", [("forecast/default/ok", 0, ["loading history", "mape 0.12"])])
+
+    dag_run = run_dag(batch_task(job_logs="always", end_from_trigger=False))
+
+    assert task_instance(dag_run, "forecast").state == "success"
+    # Airflow 2 logs through the standard library, Airflow 3 through structlog to stdout.
+    logged = caplog.text + capsys.readouterr().out
+    assert f"log stream forecast/default/ok in {LOG_GROUP}" in logged
+    assert logged.index("2026-01-01T00:00:00.000Z loading history") < logged.index("2026-01-01T00:00:00.001Z mape 0.12")
+    assert aws_endpoint.calls["GetLogEvents"] == 1
+    assert "mape 0.12" not in repr(xcom(dag_run, "forecast"))
+
+
+def test_a_successful_jobs_log_is_not_copied_by_default(
+    aws_endpoint: Endpoint, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.INFO)
+    job_with_logs(aws_endpoint, "SUCCEEDED", [("forecast/default/ok", 0, ["mape 0.12"])])
+
+    dag_run = run_dag(batch_task(end_from_trigger=False))
+
+    assert task_instance(dag_run, "forecast").state == "success"
+    assert "mape 0.12" not in caplog.text + capsys.readouterr().out
+    assert aws_endpoint.calls["GetLogEvents"] == 0
+
+
+def test_a_failed_jobs_log_is_copied_before_the_task_fails_and_goes_nowhere_else(
+    aws_endpoint: Endpoint, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.INFO)
+    job_with_logs(
+        aws_endpoint,
+        "FAILED",
+        [
+            ("forecast/default/a1", 137, ["epoch 1", "Killed"]),
+            ("forecast/default/a2", 1, [*(f"row {n}" for n in range(5)), "ValueError: no history for sku-42"]),
+        ],
+    )
+    aws_endpoint.fail_next("GetLogEvents", times=1, status=400, code="ThrottlingException")
+
+    dag_run = run_dag(batch_task(job_log_lines=3))
+
+    assert task_instance(dag_run, "forecast").state == "failed"
+    logged = caplog.text + capsys.readouterr().out
+    assert "attempt 1 of 2: log stream forecast/default/a1" in logged
+    assert "attempt 2 of 2: log stream forecast/default/a2" in logged
+    assert logged.index("2026-01-01T00:00:00.001Z Killed") < logged.index("attempt 2 of 2")
+    assert (
+        "(earlier lines left out: the last 3 are copied here; the whole log: https://console.aws.amazon.com/" in logged
+    )
+    assert "row 2" not in logged
+    # Copied once, with its time; neither the exception (logged with its message) nor the event has the line.
+    assert logged.count("ValueError: no history for sku-42") == 1
+    assert "2026-01-01T00:01:00.005Z ValueError: no history for sku-42" in logged
+    assert f"log: {LOG_GROUP} forecast/default/a2" in logged  # the failure message says where the log is
+    result = xcom(dag_run, "forecast")  # the failed task's outcome, pushed before it failed
+    assert (result["status"], result["exit_code"], result["log_stream"]) == ("FAILED", 1, "forecast/default/a2")
+    assert [a["log_stream"] for a in result["attempts"]] == ["forecast/default/a1", "forecast/default/a2"]
+    assert "Killed" not in repr(result)
+    assert "no history" not in repr(result)
+    assert aws_endpoint.calls["GetLogEvents"] == 3  # one throttled, then one per attempt
+
+
+def test_a_failed_task_pushes_no_result_without_do_xcom_push(aws_endpoint: Endpoint) -> None:
+    job_with_logs(aws_endpoint, "FAILED", [("forecast/default/a1", 1, ["boom"])])
+
+    dag_run = run_dag(batch_task(job_logs="never", do_xcom_push=False))
+
+    assert task_instance(dag_run, "forecast").state == "failed"
+    assert xcom(dag_run, "forecast") is None
+    assert aws_endpoint.calls["GetLogEvents"] == 0
+
+
+REQUIRED = {
+    "BatchJobOperator": BATCH,
+    "BatchFleetOperator": {**BATCH, "models": [{}]},
+    "EcsTaskOperator": {"cluster": "models", "task_definition": "forecast"},
+    "EcsFleetOperator": {"cluster": "models", "task_definition": "forecast", "models": [{}]},
+}
+
+
+@pytest.mark.parametrize("operator", REQUIRED)
+def test_a_bad_job_logs_fails_the_dag_at_parse_with_the_value(operator: str) -> None:
+    from airflow_ml_batch.operators import batch, ecs
+
+    cls = getattr(batch, operator, None) or getattr(ecs, operator)
+
+    with pytest.raises(ValueError, match="job_logs must be one of 'never', 'on_failure', 'always', not 'sometimes'"):
+        cls(task_id="forecast", job_logs="sometimes", **REQUIRED[operator])
+    with pytest.raises(ValueError, match="job_log_lines must be a whole number from 1 to 9999, not -1"):
+        cls(task_id="forecast", job_log_lines=-1, **REQUIRED[operator])
+    assert cls(task_id="forecast", job_logs="always", **REQUIRED[operator]).job_log_lines == 200
+
+
+def test_a_success_ended_on_the_triggerer_has_its_log_in_the_task_log(aws_endpoint: Endpoint, tmp_path: Path) -> None:
+    """``airflow dags test`` with no listener plugin (examples off), so that the task ends on the triggerer."""
+    job_with_logs(aws_endpoint, "SUCCEEDED", [("forecast/default/ok", 0, ["loading history", "mape 0.12"])])
+    home = tmp_path / "airflow"
+    (home / "dags").mkdir(parents=True)
+    (home / "dags" / "forecast.py").write_text(
+        "import datetime\n"
+        "from airflow import DAG\n"
+        "from airflow_ml_batch.operators.batch import BatchJobOperator\n"
+        "with DAG('forecast', schedule=None, start_date=datetime.datetime(2026, 1, 1)):\n"
+        f"    {batch_task(job_logs='always')}"
+    )
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AIRFLOW")}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW_CONN_AWS_FAKE=aws_connection_uri(aws_endpoint.url),
+    )
+    airflow = [sys.executable, "-m", "airflow"]
+    subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    run = subprocess.run([*airflow, "dags", "test", "forecast"], env=env, capture_output=True, text=True, timeout=600)
+
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-5000:]
+    assert "the task ends here, on the triggerer" in output
+    assert f"log stream forecast/default/ok in {LOG_GROUP}" in output
+    assert output.index("2026-01-01T00:00:00.000Z loading history") < output.index("2026-01-01T00:00:00.001Z mape 0.12")
+    assert aws_endpoint.calls["GetLogEvents"] == 1

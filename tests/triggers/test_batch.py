@@ -180,7 +180,8 @@ async def test_failure_message_has_reason_exit_code_attempts_and_where_the_log_i
     assert "attempt 2: exit code 3" in message
     assert message.endswith(f"  log: /aws/batch/job {stream}")
     # The worker the event resumes copies the log into the task log: neither message nor event has a line.
-    assert "line 99" not in repr(event.payload) and "no history" not in repr(event.payload)
+    assert "line 99" not in repr(event.payload)
+    assert "no history" not in repr(event.payload)
     assert [a["log_stream"] for a in event.payload["result"]["attempts"]] == [None, stream]
     assert aws_endpoint.calls["GetLogEvents"] == 0
 
