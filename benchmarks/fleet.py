@@ -8,6 +8,12 @@ stalls. Figures are printed side by side::
 
     python benchmarks/fleet.py --jobs 5000 --impl both
     python benchmarks/fleet.py --service ecs --jobs 5000 --impl both
+
+``--job-logs always`` (ours alone) ends each successful job's task on the triggerer after copying its
+CloudWatch log into the task log, through the process's one GetLogEvents pacer, against an endpoint that
+throttles GetLogEvents beyond ``--logs-rate`` (AWS's quota: 10 to 25 per second per account and Region)::
+
+    python benchmarks/fleet.py --jobs 5000 --duration 40 --spread 0.5 --impl ours --job-logs always
 """
 
 from __future__ import annotations
@@ -61,14 +67,16 @@ OFFICIAL_ECS_MAX_ATTEMPTS = 1_000_000
 # The trigger process.
 
 
-def trigger_factory(service: str, impl: str, poll_interval: float) -> Callable[[str], Any]:
-    """A function building the ``impl`` trigger for one job id (Batch) or task ARN (ECS)."""
-    common = {"aws_conn_id": CONN_ID, "region_name": REGION}
+def trigger_factory(service: str, impl: str, poll_interval: float, job_logs: str | None = None) -> Callable[[str], Any]:
+    """A function building the ``impl`` trigger for one job id (Batch) or task ARN (ECS); ``job_logs`` (ours):
+    end successful tasks on the triggerer, copying their logs as ``job_logs`` says."""
+    common: dict[str, Any] = {"aws_conn_id": CONN_ID, "region_name": REGION}
     if service == "ecs":
         common["cluster"] = CLUSTER
         if impl == "ours":
             from airflow_ml_batch.triggers.ecs import EcsTaskTrigger
 
+            common.update(_job_logs(job_logs))
             return lambda arn: EcsTaskTrigger(task_arn=arn, poll_interval=poll_interval, **common)
         from airflow.providers.amazon.aws.triggers.ecs import TaskDoneTrigger
 
@@ -78,6 +86,7 @@ def trigger_factory(service: str, impl: str, poll_interval: float) -> Callable[[
     if impl == "ours":
         from airflow_ml_batch.triggers.batch import BatchJobTrigger
 
+        common.update(_job_logs(job_logs))
         return lambda job_id: BatchJobTrigger(job_id=job_id, poll_interval=poll_interval, **common)
     from airflow.providers.amazon.aws.triggers.batch import BatchJobTrigger as Official
 
@@ -85,11 +94,20 @@ def trigger_factory(service: str, impl: str, poll_interval: float) -> Callable[[
     return lambda job_id: Official(job_id=job_id, waiter_delay=poll_interval, **common)
 
 
+def _job_logs(job_logs: str | None) -> dict[str, Any]:
+    """Our triggers' settings for ``--job-logs``: a success ends on the triggerer, which copies its log."""
+    return {} if job_logs is None else {"job_logs": job_logs, "end_from_trigger": True}
+
+
 async def watch(trigger: Any, job_id: str, events: dict[str, tuple[float, str, str]]) -> None:
     """Take the trigger's first event (or exception), as the triggerer does for a deferred task."""
     run = trigger.run()
     try:
         async for event in run:
+            ended = getattr(event, "task_instance_state", None)  # a TaskSuccessEvent (end_from_trigger)
+            if ended is not None:
+                events[job_id] = (time.time(), "success" if str(ended) == "success" else str(ended), "")
+                return
             payload = event.payload
             events[job_id] = (time.time(), str(payload.get("status")), str(payload.get("message", ""))[:300])
             return
@@ -113,8 +131,9 @@ async def stall_detector(stop: asyncio.Event) -> float:
 
 async def run_fleet(
     make: Callable[[str], Any], job_ids: list[str], cap: float
-) -> tuple[dict[str, tuple[float, str, str]], float]:
-    """Run one trigger per job until all fired or ``cap`` seconds passed; return events and worst stall."""
+) -> tuple[dict[str, tuple[float, str, str]], float, dict[str, int]]:
+    """Run one trigger per job until all fired or ``cap`` seconds passed; return events, worst stall and the
+    counters of the process's GetLogEvents pacer."""
     events: dict[str, tuple[float, str, str]] = {}
     stop = asyncio.Event()
     detector = asyncio.create_task(stall_detector(stop))
@@ -125,20 +144,24 @@ async def run_fleet(
     if pending:
         await asyncio.wait(pending, timeout=60)
     stop.set()
-    return events, await detector
+    from airflow_ml_batch.triggers.logs import LogReadPacer
+
+    pacer = LogReadPacer.of_loop()
+    reads = {"calls": pacer.calls, "throttled": pacer.throttled, "not_copied": pacer.not_copied}
+    return events, await detector, reads
 
 
 def child(args: argparse.Namespace) -> None:
     """Run the fleet of ``args.child`` triggers and write the measurements to ``args.out``."""
     service = SERVICES[args.service]
-    slow = trigger_factory(args.service, args.child, args.poll_interval)
-    fast = trigger_factory(args.service, args.child, args.fast_interval)
+    slow = trigger_factory(args.service, args.child, args.poll_interval, args.job_logs)
+    fast = trigger_factory(args.service, args.child, args.fast_interval, args.job_logs)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     count = args.jobs + args.fast_jobs
     ids = EndpointClient(args.endpoint).control(f"{service.noun}s", {"count": count, "name_prefix": "bench"})["ids"]
     fast_ids = set(ids[args.jobs :])
     cpu_before, clock = time.process_time(), time.monotonic()
-    events, stall = asyncio.run(run_fleet(lambda i: (fast if i in fast_ids else slow)(i), ids, args.cap))
+    events, stall, reads = asyncio.run(run_fleet(lambda i: (fast if i in fast_ids else slow)(i), ids, args.cap))
     result = {
         "wall": time.monotonic() - clock,
         "cpu": time.process_time() - cpu_before,
@@ -146,6 +169,7 @@ def child(args: argparse.Namespace) -> None:
         "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "stall": stall,
         "events": events,
+        "log_reads": reads,
     }
     Path(args.out).write_text(json.dumps(result))
 
@@ -161,6 +185,7 @@ def run_impl(impl: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
         *(f"--{args.service}-rate", str(args.rate), f"--{args.service}-burst", str(args.burst)),
         *("--long-fraction", str(args.long_fraction), "--long-factor", str(args.long_factor)),
         *("--seed", str(args.seed), "--max-seconds", str(args.cap + 600)),
+        *(("--logs-rate", str(args.logs_rate)) if args.job_logs else ()),
     ]
     with running(*endpoint_options) as endpoint:
         url = endpoint.url
@@ -186,6 +211,7 @@ def run_impl(impl: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             *("--service", args.service, "--out", str(out), "--jobs", str(args.jobs)),
             *("--poll-interval", str(args.poll_interval), "--cap", str(args.cap)),
             *("--fast-jobs", str(args.fast_jobs), "--fast-interval", str(args.fast_interval)),
+            *(("--job-logs", args.job_logs) if args.job_logs else ()),
         ]
         print(f"[{impl}] {args.jobs} {args.service} triggers against {url} ...", file=sys.stderr, flush=True)
         load = os.getloadavg()[0]
@@ -226,6 +252,7 @@ def summarize(
     rounds = round((max(times) - min(times)) / poll_interval) + 1 if times else 1
     others = {op: n for op, n in stats["calls"].items() if op != service.describe}
     p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else float("nan")
+    copies = job_log_rows(result, truth) if stats["calls"].get("GetLogEvents") or result.get("log_reads") else {}
     rows = {
         f"events / {service.noun}s": f"{len(events)} / {len(truth)}",
         "unfinished at cap": str(len(truth) - len(events)),
@@ -245,11 +272,30 @@ def summarize(
         "CPU (s)": f"{result['cpu']:.1f}",
         "peak RSS (MB)": f"{result['rss_peak_mb']:.0f}",
         "  RSS before triggers (MB)": f"{result['rss_before_mb']:.0f}",
+        **copies,
         "longest event-loop stall (ms)": f"{result['stall'] * 1000:.0f}",
         "wall (s)": f"{result['wall']:.1f}",
         "machine load at start (1 min avg)": f"{result['load']:.1f}",
     }
     return rows, unexpected
+
+
+def job_log_rows(result: dict[str, Any], truth: dict[str, Any]) -> dict[str, str]:
+    """``--job-logs``: the GetLogEvents calls (answered, throttled), the logs given up, and how long the copies of
+    the successful jobs' logs took: from the first such job's end to the last of their events."""
+    stats, reads = result["stats"], result.get("log_reads") or {}
+    copied = [(key, at) for key, (at, status, _) in result["events"].items() if status == "success"]
+    ends = [truth[key]["ends"] for key, _ in copied]
+    span = max(at for _, at in copied) - min(ends) if copied else float("nan")
+    return {
+        "GetLogEvents answered": str(stats["calls"].get("GetLogEvents", 0)),
+        "  throttled": str(stats["throttled"].get("GetLogEvents", 0)),
+        "  turns the pacer gave": str(reads.get("calls", "-")),
+        "logs copied on the triggerer": str(len(copied) - int(reads.get("not_copied", 0))),
+        "logs not copied (one warning each)": str(reads.get("not_copied", "-")),
+        "copy span: first end to last (s)": f"{span:.1f}",
+        "  jobs' end span (s)": f"{max(ends) - min(ends):.1f}" if ends else "-",
+    }
 
 
 def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
@@ -261,6 +307,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
         + f"poll={args.poll_interval}s API rate={args.rate:g}/s "
         f"burst={args.burst or args.rate:g} cap={args.cap:g}s seed={args.seed} cores={os.cpu_count()}"
         + (f" + {args.fast_jobs} polled every {args.fast_interval:g}s" if args.fast_jobs else "")
+        + (f" job_logs={args.job_logs} GetLogEvents rate={args.logs_rate:g}/s" if args.job_logs else "")
     )
     summaries = {impl: summarize(service, impl, result, args.poll_interval) for impl, result in results.items()}
     names = list(dict.fromkeys(name for rows, _ in summaries.values() for name in rows))
@@ -291,6 +338,14 @@ def parse_args() -> argparse.Namespace:
         "--rate", type=float, help="endpoint's API requests/s before throttling (default: Batch 50, ECS 20)"
     )
     parser.add_argument("--burst", type=float, default=0.0, help="endpoint's token bucket (default: --rate)")
+    parser.add_argument(
+        "--job-logs",
+        choices=("never", "on_failure", "always"),
+        help="ours only: successes end on the triggerer, which copies their logs as job_logs says",
+    )
+    parser.add_argument(
+        "--logs-rate", type=float, default=25.0, help="with --job-logs: the endpoint's GetLogEvents/s before throttling"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cap", type=float, default=900.0, help="wall-clock cap per implementation, seconds")
     parser.add_argument(
@@ -309,7 +364,11 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    impl = args.impl or ("both" if importlib.util.find_spec("airflow.providers.amazon") else "ours")
+    impl = args.impl or (
+        "both" if importlib.util.find_spec("airflow.providers.amazon") and not args.job_logs else "ours"
+    )
+    if args.job_logs and impl != "ours":
+        raise SystemExit("--job-logs measures ours alone (the official triggers copy no log): use --impl ours")
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as workdir:
         results = {name: run_impl(name, args, Path(workdir)) for name in IMPLS if impl in (name, "both")}
     report(args, results)
