@@ -5,7 +5,7 @@ be raised. Every read of a triggerer process (a log copied into a task's log, th
 reads) waits for its turn at :class:`LogReadPacer`, which releases them at an adaptive rate
 (:class:`~airflow_ml_batch.jobs.pacing.AdaptiveRate`): 10 per second at first, halved on each throttled call,
 rising back to 25 after quiet spells. Reads waiting never block the event loop; a read throttled or failed
-transiently is tried again first in line, :data:`READ_ATTEMPTS` calls in all; a log still unread then (or
+transiently is tried again first in line, :data:`~airflow_ml_batch.hooks.logs.READ_ATTEMPTS` calls in all; a log still unread then (or
 after :data:`COPY_PATIENCE` seconds of waiting) leaves one warning line with the reason and where the log is,
 and the task goes on.
 """
@@ -28,21 +28,23 @@ from airflow_ml_batch.links.logs import JobLogsLink
 
 log = logging.getLogger(__name__)
 
-#: GetLogEvents calls per second of a triggerer process at first, and the most it rises to.
+#: GetLogEvents calls per second of a triggerer process at first (the quota of most Regions).
 INITIAL_CALLS_PER_SECOND = 10.0
+#: The most GetLogEvents calls per second it rises to (the quota of the largest Regions).
 MOST_CALLS_PER_SECOND = 25.0
 #: Seconds without a throttled call after which the rate rises by :data:`RISE_PER_QUIET_SPELL`.
 QUIET_SPELL = 5.0
+#: GetLogEvents calls per second added after each :data:`QUIET_SPELL`.
 RISE_PER_QUIET_SPELL = 2.5
 #: Seconds a job's log copy may take in all (its turns included) before the rest is given up with a warning.
-COPY_PATIENCE = 600.0
+COPY_PATIENCE = 900.0
 
 
 class LogReadPacer:
-    """The GetLogEvents turns of one event loop (the triggerer's: its process), released at :attr:`rate`.
+    """The GetLogEvents turns of one event loop (the triggerer's: its process), released at ``rate``
+    (an :class:`~airflow_ml_batch.jobs.pacing.AdaptiveRate`).
 
-    Counters: :attr:`calls` (turns given), :attr:`throttled` (calls AWS throttled), :attr:`not_copied`
-    (streams given up).
+    Counters: ``calls`` (turns given), ``throttled`` (calls AWS throttled), ``not_copied`` (streams given up).
     """
 
     _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LogReadPacer] = weakref.WeakKeyDictionary()
@@ -91,7 +93,7 @@ class LogReadPacer:
 
     async def read(self, hook: CloudWatchLogsHook, log_group: str, log_stream: str, limit: int, until: float) -> Any:
         """The last ``limit`` events of a stream, in turn; retried first in line after a throttled or
-        transient failure, :data:`READ_ATTEMPTS` calls in all, and never past ``until`` (epoch seconds).
+        transient failure, :data:`~airflow_ml_batch.hooks.logs.READ_ATTEMPTS` calls in all, and never past ``until`` (epoch seconds).
 
         :raises LogNotRead: why the stream was not read.
         """
