@@ -82,6 +82,39 @@ def test_a_failed_job_says_why_and_its_log_stream_has_what_it_printed() -> None:
         )
 
 
+def test_get_log_events_honours_limit_and_start_from_head_and_keeps_times_in_order() -> None:
+    with Endpoint() as endpoint:
+        logs = client("logs", endpoint.url)
+        endpoint.logs.streams[("/g", "s")] = [(1_000, "first"), "second", "third", "fourth"]
+        group = {"logGroupName": "/g", "logStreamName": "s"}
+
+        last = logs.get_log_events(**group, limit=2, startFromHead=False)["events"]
+        first = logs.get_log_events(**group, limit=2, startFromHead=True)["events"]
+        whole = logs.get_log_events(**group)["events"]
+
+        assert [e["message"] for e in last] == ["third", "fourth"]
+        assert [e["message"] for e in first] == ["first", "second"]
+        assert first[0]["timestamp"] == 1_000
+        stamps = [e["timestamp"] for e in whole[1:]]
+        assert stamps == sorted(stamps)
+        assert len(set(stamps)) == 3
+        assert endpoint.calls["GetLogEvents"] == 3
+
+
+def test_get_log_events_is_throttled_beyond_its_limit_and_not_by_the_batch_switch() -> None:
+    with Endpoint() as endpoint:
+        logs = client("logs", endpoint.url)
+        endpoint.logs.streams[("/g", "s")] = ["line"]
+        endpoint.faults.update({"throttle_seconds": 60})  # Batch and ECS only
+        logs.get_log_events(logGroupName="/g", logStreamName="s")
+        endpoint.limit("logs", rate=0.001, burst=1)
+
+        logs.get_log_events(logGroupName="/g", logStreamName="s")  # the burst
+        assert error_of(logs.get_log_events, logGroupName="/g", logStreamName="s") == (400, "ThrottlingException")
+        assert (endpoint.calls["GetLogEvents"], endpoint.throttled["GetLogEvents"]) == (2, 1)
+        assert endpoint.stats()["throttled"] == {"GetLogEvents": 1}
+
+
 def timelines(runner: WallClockRunner, count: int) -> list[tuple[float, bool]]:
     """Each of ``count`` runs' duration and whether it fails, as the runner scripts them."""
     runs = [runner.start("job", f"m{i}", {}) for i in range(count)]
