@@ -16,10 +16,13 @@ succeeds ends its task from the triggerer; a job that fails resumes its task, wh
 job's reason and log tail, and Airflow retries it (a retry re-attaches to a job that still runs). A job
 whose Spot instance is reclaimed is run again by Batch itself (``retryStrategy``: a second attempt).
 
-``report`` describes every job from AWS Batch (status, duration, attempts, the Airflow try), adds the
-metrics each model printed (``collect_metrics``), writes ``report.csv`` and ``report.png`` (durations
-per model, failures in red; needs matplotlib) under ``report_location`` (a directory, or ``s3://``), logs
-a summary, and fails the run if any model did not succeed.
+``report`` (``FleetReportOperator``) reads every model's outcome from the results the ``forecast`` tasks
+pushed (status, duration, attempts, exit code, reason, the metrics each model printed with
+``collect_metrics``), describing from AWS Batch only the jobs of tasks that left none, writes
+``report.csv``, ``report.png`` (durations per model, failures in red; needs matplotlib) and
+``report.html`` (a sortable table of every model with its log link, and the chart) under the run's
+folder of ``report_location`` (a directory, or ``s3://``), links the page from the task, logs a summary,
+and fails the run if any model did not succeed.
 
 ``monthly_demand_forecast_groups`` is the same DAG with ``BatchFleetOperator``: one task per group of
 100 models, whose trigger submits, watches and retries the group's jobs (``model_retries``), so
@@ -34,24 +37,19 @@ settings for a fleet of 5000" in ``docs/fleet.md``.
 from __future__ import annotations
 
 import os
-import re
-import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from airflow_ml_batch.fleet import batch_kwargs, groups, load_models
-from airflow_ml_batch.operators.batch import JOB_ID_XCOM_KEY, BatchFleetOperator, BatchJobOperator
+from airflow_ml_batch.operators.batch import BatchFleetOperator, BatchJobOperator
+from airflow_ml_batch.operators.report import FleetReportOperator
 
 try:
     from airflow.sdk import DAG, task
 except ImportError:  # Airflow 2
     from airflow import DAG
     from airflow.decorators import task
-try:
-    from airflow.sdk.exceptions import AirflowFailException
-except ImportError:  # Airflow before 3.1
-    from airflow.exceptions import AirflowFailException
 
 AWS_CONN_ID = "aws_default"
 JOB_QUEUE = "models"
@@ -75,13 +73,11 @@ def reports_dir() -> str:
     return os.path.join(os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "reports", "forecast")
 
 
-def upload(path: Path, url: str) -> str:
-    """Copy a report file to ``s3://bucket/key`` through the same connection; return the URL."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    bucket, _, key = url.removeprefix("s3://").partition("/")
-    S3Hook(aws_conn_id=AWS_CONN_ID).load_file(str(path), key=key, bucket_name=bucket, replace=True)
-    return url
+# The run's folder under report_location (a directory or s3://bucket/prefix), named after the run.
+REPORT_LOCATION = (
+    "{{ (params.report_location or '" + reports_dir() + "').rstrip('/') }}/"
+    "{{ run_id | replace(':', '_') | replace('+', '_') }}"
+)
 
 
 def forecast_dag(dag_id: str, description: str, group_size: int | None = None) -> DAG:
@@ -146,42 +142,17 @@ def forecast_dag(dag_id: str, description: str, group_size: int | None = None) -
             ).expand(models=split(models))
         prepare_data >> forecast
 
-        @task(trigger_rule="all_done", retries=0)
-        def report(
-            models: list[dict[str, Any]], location: str, run_id: str | None = None, ti: Any = None
-        ) -> dict[str, Any]:
-            """Every model's outcome as a CSV file, a chart and a summary; fails if any model did not succeed."""
-            from airflow_ml_batch.hooks.batch import BatchHook
-            from airflow_ml_batch.report import gather_batch_jobs, model_ids, pulled, summarize, write_chart, write_csv
-
-            # Every job id (pushed before each task deferred; a group's are in its results) and the results.
-            results = pulled(ti.xcom_pull(task_ids="forecast"))
-            job_ids = pulled(ti.xcom_pull(task_ids="forecast", key=JOB_ID_XCOM_KEY))
-            job_ids += [result.get("job_id") for result in results if isinstance(result, dict)]
-            outcomes = gather_batch_jobs(BatchHook(aws_conn_id=AWS_CONN_ID), model_ids(models), job_ids, results)
-            run = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(run_id))
-            with tempfile.TemporaryDirectory() as scratch:
-                local = Path(scratch) if location.startswith("s3://") else Path(location or reports_dir()) / run
-                local.mkdir(parents=True, exist_ok=True)
-                files: dict[str, Path | str] = {"csv": write_csv(outcomes, local / "report.csv")}
-                try:
-                    files["chart"] = write_chart(outcomes, local / "report.png", title=f"Demand forecast {run_id}")
-                except ImportError as error:
-                    print(f"no chart: {error}")
-                if location.startswith("s3://"):
-                    files = {
-                        kind: upload(path, f"{location.rstrip('/')}/{run}/{path.name}") for kind, path in files.items()
-                    }
-            summary = summarize(outcomes)
-            print(summary + "\n" + "\n".join(f"{kind}: {path}" for kind, path in files.items()))
-            failed = sum(1 for outcome in outcomes if not outcome.succeeded)
-            if failed:
-                raise AirflowFailException(
-                    f"{failed} of {len(outcomes)} models did not succeed; report: {files['csv']}"
-                )
-            return {"models": len(outcomes), "succeeded": len(outcomes), **{k: str(v) for k, v in files.items()}}
-
-        forecast >> report(models, "{{ params.report_location }}")
+        # Every model's outcome, whatever failed (trigger_rule="all_done"): report.csv, report.png and
+        # report.html under the run's folder of report_location; fails the run if any model did not succeed.
+        report = FleetReportOperator(
+            task_id="report",
+            fleet_task_ids="forecast",
+            models=models,  # names every model, in map order, with its dataset and parameters
+            location=REPORT_LOCATION,
+            title="Demand forecast {{ run_id }}",
+            retries=0,
+        )
+        forecast >> report
         return dag
 
 

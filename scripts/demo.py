@@ -14,7 +14,8 @@
    ``monthly_demand_forecast`` through the REST API with that models file: the data-prep job, one
    ``BatchJobOperator`` task per model (each submits its job, defers, and ends from the triggerer's shared
    DescribeJobs poller; a model that fails is retried by Airflow, a reclaimed one by Batch), then the
-   report (CSV and PNG chart in ``.demo/reports``; it fails the run, as the bad models failed).
+   report (``FleetReportOperator``: CSV, PNG chart and HTML page in ``.demo/reports``, from the tasks'
+   results; it fails the run, as the bad models failed).
 5. Waits for the run (bounded by ``--timeout``) while sampling each component's memory, stops every
    process it started, and prints the report summary and what the tasks and the endpoint saw. Exits
    non-zero unless exactly the models meant to fail failed.
@@ -94,6 +95,7 @@ FORKSERVER_PRELOAD = (
     "airflow_ml_batch.operators.batch",
     "airflow_ml_batch.fleet",
     "airflow_ml_batch.report",
+    "airflow_ml_batch.operators.report",
 )
 #: The calls the summary always shows, even when none was made.
 KEY_OPERATIONS = ("SubmitJob", "DescribeJobs", "ListJobs", "TerminateJob")
@@ -394,7 +396,7 @@ def main() -> int:
         )
         print(
             f"  {model_id}: {row.status} (exit code {row.exit_code}), {row.attempts} Batch attempt(s), "
-            f"Airflow try {row.try_number}; {why}"
+            f"Airflow try {row.try_number or '-'}; {why}"
         )
     if tasks:  # the final checks ran
         print(f"airflow providers list: {provider or 'airflow-ml-batch NOT FOUND'}")
@@ -413,7 +415,7 @@ def main() -> int:
         and meant_to_fail == set(fleet.bad)
         and all(by_model[m].attempts == 2 for m in fleet.reclaimed)
         and all(row.metrics.get("mape") is not None for row in outcomes if row.succeeded)
-        and len(report_files) == 2
+        and {path.name for path in report_files} == {"report.csv", "report.png", "report.html"}
         and provider is not None
     )
     print("result:              OK" if ok else "result:              FAILED")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_ml_batch.fleet import Model, batch_kwargs
+from airflow_ml_batch.fleet import Model, batch_kwargs, groups
 from airflow_ml_batch.hooks.batch import BatchHook
 from airflow_ml_batch.hooks.ecs import EcsHook
 from airflow_ml_batch.report import (
@@ -20,6 +20,7 @@ from airflow_ml_batch.report import (
     gather_ecs_tasks,
     metric_values,
     model_ids,
+    outcome_from_result,
     pulled,
     read_csv,
     summarize,
@@ -268,6 +269,10 @@ def test_a_written_report_reads_back(tmp_path: Path) -> None:
             ['{"job_id": "j", "metrics": {"mape": 0.1}}', "{not json"],
             [{"job_id": "j", "metrics": {"mape": 0.1}}, "{not json"],
         ),
+        (
+            ['[{"model": "m1"}, {"model": "m2"}]', [{"model": "m3"}]],
+            [{"model": "m1"}, {"model": "m2"}, {"model": "m3"}],
+        ),
     ],
 )
 def test_pulled_turns_what_each_airflow_version_returns_into_a_list(value: object, expected: list[object]) -> None:
@@ -364,3 +369,61 @@ def test_every_job_kind_gives_a_row_with_its_exit_code_and_attempts(aws_endpoint
         ("array", "FAILED", None, 0),
     ]
     assert outcomes[0].duration_seconds == 1800.0
+
+
+def test_model_ids_read_groups_as_the_entries_they_hold() -> None:
+    entries = batch_kwargs([Model(id="a"), Model(id="b"), Model(id="c")])
+
+    assert model_ids(groups(entries, size=2)) == model_ids(entries) == ["a", "b", "c"]
+    assert model_ids([{"tags": {"model_id": "t"}}, {"job_name": "j"}, {}]) == ["t", "j", "model-2"]
+
+
+def test_an_outcome_reads_a_batch_result_as_its_task_pushed_it() -> None:
+    result = {
+        "job_id": "j1",
+        "status": "FAILED",
+        "status_reason": "Essential container in task exited",
+        "exit_code": 137,
+        "attempts": [{"exit_code": 1}, {"exit_code": 137}],
+        "duration_seconds": 60.0,
+        "job_definition": "arn:aws:batch:eu-west-1:1:job-definition/forecast:3",
+        "image": "forecast:3",
+        "log_group": "/aws/batch/job",
+        "log_stream": "forecast/default/abc",
+    }
+    entry = batch_kwargs([Model(id="a", dataset="s3://d/a.csv", parameters={"alpha": 1})])[0]
+
+    outcome = outcome_from_result("a", result, entry)
+
+    assert outcome == JobOutcome(
+        "a", "FAILED", "j1", 60.0, 2, None, 137, "Essential container in task exited", {}, "forecast:3",
+        "forecast:3", "s3://d/a.csv", '{"alpha": 1}', "/aws/batch/job", "forecast/default/abc",
+    )  # fmt: skip
+
+
+def test_an_outcome_reads_an_ecs_result_and_a_groups_entries() -> None:
+    task = {
+        "task_arn": "arn:aws:ecs:eu-west-1:1:task/models/t1",
+        "outcome": "container_failed",
+        "stopped_reason": "Essential container in task exited",
+        "containers": [{"name": "sidecar", "exit_code": 0, "image": "proxy"}, {"name": "model", "exit_code": 2}],
+        "essential_containers": ["model"],
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "duration_seconds": 30.0,
+        "task_definition": "arn:aws:ecs:eu-west-1:1:task-definition/forecast:7",
+    }
+    retried = {"model": "m", "index": 0, **task, "succeeded": False, "tries": 2, "message": "failed\nlog line"}
+    rejected = {"model": "r", "index": 1, "job_id": None, "status": "REJECTED", "status_reason": "bad vcpus",
+                "succeeded": False, "tries": 1, "message": "bad vcpus"}  # fmt: skip
+
+    ecs, group, refused = (
+        outcome_from_result("m", task),
+        outcome_from_result("m", retried),
+        outcome_from_result("r", rejected),
+    )
+
+    assert (ecs.status, ecs.exit_code, ecs.attempts, ecs.definition, ecs.job_id) == (
+        "CONTAINER_FAILED", 2, 1, "forecast:7", task["task_arn"]
+    )  # fmt: skip
+    assert group.attempts == 2  # the group ran the model twice
+    assert (refused.status, refused.reason, refused.job_id, refused.attempts) == ("REJECTED", "bad vcpus", None, 0)

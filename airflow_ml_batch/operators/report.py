@@ -71,9 +71,11 @@ class FleetReportOperator(BaseOperator):
         upstream task's output works.
     :param service: ``"batch"`` or ``"ecs"``; ``None``: from the fleet task's operator.
     :param max_failures: fail this task (after writing the report) when more models than this did not
-        succeed; ``None``: no limit. Default 0: any failed model fails the task, and with it the run.
-    :param max_failure_fraction: fail this task when more than this fraction of the models did not succeed
-        (as Step Functions' tolerated failure percentage, here 0 to 1); ``None``: no limit.
+        succeed.
+    :param max_failure_fraction: fail this task (after writing the report) when more than this fraction of
+        the models did not succeed (as Step Functions' tolerated failure percentage, here 0 to 1).
+        With neither given, any model that did not succeed fails the task (and with it the run, whose
+        last task the report usually is); ``max_failure_fraction=1`` never does.
     :param title: the report's title; templated. Default: ``<dag_id> <run_id>``.
     :param chart_metric: the metric the chart shows (:func:`~airflow_ml_batch.report.chart_metric`).
     :param aws_conn_id: Airflow ``aws`` connection, for the jobs described, the log links and S3.
@@ -94,7 +96,7 @@ class FleetReportOperator(BaseOperator):
         location: str,
         models: Any = None,
         service: Literal["batch", "ecs"] | None = None,
-        max_failures: int | None = 0,
+        max_failures: int | None = None,
         max_failure_fraction: float | None = None,
         title: str | None = None,
         chart_metric: str | None = None,
@@ -339,6 +341,8 @@ class FleetReportOperator(BaseOperator):
     def threshold_message(self, outcomes: list[JobOutcome], failed: list[JobOutcome], page: str) -> str | None:
         """Why the task fails (more failures than allowed), or ``None``."""
         over = []
+        if self.max_failures is None and self.max_failure_fraction is None and failed:
+            over.append("none allowed (neither max_failures nor max_failure_fraction given)")
         if self.max_failures is not None and len(failed) > self.max_failures:
             over.append(f"max_failures={self.max_failures}")
         if self.max_failure_fraction is not None and len(failed) > self.max_failure_fraction * len(outcomes):

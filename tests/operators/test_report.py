@@ -125,9 +125,7 @@ def test_batch_groups_report_every_model_from_the_groups_results(aws_endpoint: E
     dag_run = run(
         "forecast = BatchFleetOperator.partial(task_id='forecast', aws_conn_id='aws_fake', job_queue='models', "
         f"job_definition='forecast', poll_interval=0.2, allowed_failures=5).expand(models={grouped!r})\n"
-        + report_task(
-            str(tmp_path), models=grouped, aws_conn_id="aws_fake", max_failures=None, max_failure_fraction=0.5
-        )
+        + report_task(str(tmp_path), models=grouped, aws_conn_id="aws_fake", max_failure_fraction=0.5)
     )
 
     assert task_instance(dag_run, "report").state == "success"  # 2 of 5 failed: at most half may
@@ -217,9 +215,7 @@ def test_an_ecs_task_not_waited_for_is_described_and_one_ecs_forgot_is_not_found
     dag_run = run(
         "forecast = EcsTaskOperator.partial(task_id='forecast', aws_conn_id='aws_fake', cluster='models', "
         f"task_definition='forecast', container_name='model', wait_for_completion=False).expand_kwargs({entries!r})\n"
-        + report_task(
-            str(tmp_path), models=entries, aws_conn_id="aws_fake", max_failure_fraction=0.5, max_failures=None
-        )
+        + report_task(str(tmp_path), models=entries, aws_conn_id="aws_fake", max_failure_fraction=0.5)
     )
 
     assert task_instance(dag_run, "report").state == "success"
@@ -293,7 +289,7 @@ def test_the_failure_fraction_fails_the_report_with_the_counts_and_the_first_fai
     dag_run = run(
         "forecast = BatchFleetOperator(task_id='forecast', aws_conn_id='aws_fake', job_queue='models', "
         f"job_definition='forecast', poll_interval=0.2, allowed_failures=3, models={entries!r})\n"
-        + report_task(str(tmp_path), aws_conn_id="aws_fake", max_failures=None, max_failure_fraction=0.5)
+        + report_task(str(tmp_path), aws_conn_id="aws_fake", max_failure_fraction=0.5)
     )
 
     assert task_instance(dag_run, "report").state == "failed"
