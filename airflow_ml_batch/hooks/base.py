@@ -201,7 +201,9 @@ class AwsServiceHook(AwsGenericHook):  # type: ignore[type-arg]
         super().__init__(aws_conn_id=aws_conn_id, region_name=region_name, verify=verify, config=config, **kwargs)
         # Hooks built with the same arguments share one async client; the connection is only looked
         # up (off the event loop) when that client is first created.
-        self._shared_client_key = (
+        #: what identifies this hook's shared async client (and its poller, its pacers): connection, region, service,
+        #: TLS verification, client config
+        self.client_key = (
             aws_conn_id,
             region_name,
             self.service,
@@ -245,7 +247,7 @@ class AwsServiceHook(AwsGenericHook):  # type: ignore[type-arg]
         once, off the event loop, and closed when the last caller leaves. ``send_once``: a second shared
         client, with botocore's retries off (:data:`SEND_ONCE`), for the calls that start a job.
         """
-        key = (*self._shared_client_key, "send once") if send_once else self._shared_client_key
+        key = (*self.client_key, "send once") if send_once else self.client_key
         async with shared_clients.lease(key, self, send_once) as client:
             yield client
 

@@ -177,7 +177,8 @@ class GroupSettings:
     max_running: int | None = None
     #: models that may fail without failing the task
     allowed_failures: int = 0
-    #: the most submissions per second of every group on this connection and region
-    submit_rate: float = 20.0
+    #: the most submissions per second of every group on this connection and region; ``None``: the rate AWS
+    #: publishes for the account (AWS Batch's SubmitJob 50, ECS's RunTask on Fargate 20), halved on throttling
+    submit_rate: float | None = None
     #: seconds between two lines of counts per state in the task log
     progress_interval: float = 300.0

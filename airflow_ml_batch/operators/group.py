@@ -38,7 +38,9 @@ class ModelGroupOperator(DeferredJobOperator):
         what the models read; ``None``: no cap.
     :param allowed_failures: models that may fail (after their retries) without failing the task.
     :param submit_rate: the most jobs per second that every group on this connection and region submits
-        together from one triggerer (AWS Batch accepts 50 SubmitJob per second per account and region).
+        together from one triggerer. ``None`` (default): the account's published quota, AWS Batch's 50
+        SubmitJob or ECS's 20 RunTask per second per Region; throttling halves the pace, which comes back by a
+        tenth each second without throttling. Set it lower to leave room for other clients of the account.
     :param progress_interval: seconds between two lines of counts per state (and the failed models so far)
         in the task log.
     :param end_from_trigger: ``None`` (default) or ``False``: the task resumes on a worker when the group ends,
@@ -52,7 +54,7 @@ class ModelGroupOperator(DeferredJobOperator):
 
     #: request fields whose mappings a model's entry merges over the operator's
     merged_fields: ClassVar[tuple[str, ...]] = ("environment", "parameters", "tags")
-    submit_rate: float  # one of the GroupSettings kept as attributes in __init__; the worker's stops use it too
+    submit_rate: float | None  # one of the GroupSettings kept as attributes in __init__; the worker's stops use it
 
     def __init__(
         self,
@@ -61,7 +63,7 @@ class ModelGroupOperator(DeferredJobOperator):
         model_retries: int = 0,
         max_running: int | None = None,
         allowed_failures: int = 0,
-        submit_rate: float = 20.0,
+        submit_rate: float | None = None,
         progress_interval: float = 300.0,
         **kwargs: Any,
     ) -> None:
@@ -187,7 +189,7 @@ class ModelGroupOperator(DeferredJobOperator):
                 self.stop_job(job_id, reason)
             except Exception as error:
                 not_stopped.append(f"{job_id} ({error_text(error)})")
-            time.sleep(1.0 / max(float(self.submit_rate), 20.0))
+            time.sleep(1.0 / max(float(self.submit_rate or 0), 20.0))
         if not_stopped:
             self.log.error("Could not stop %d jobs, which may still run: %s", len(not_stopped), "; ".join(not_stopped))
 

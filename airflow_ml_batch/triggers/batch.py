@@ -121,6 +121,7 @@ class BatchFleetTrigger(RunGroupTrigger):
 
     job_trigger = BatchJobTrigger
     noun = "AWS Batch jobs"
+    published_submit_rate = 50.0  # SubmitJob calls per second per account and Region
 
     async def find_jobs(self, client: Any) -> list[FoundJob]:
         prefix = self.group["prefix"]

@@ -216,6 +216,7 @@ class EcsFleetTrigger(RunGroupTrigger):
     job_trigger = EcsTaskTrigger
     job_id_argument = "task_arn"
     noun = "ECS tasks"
+    published_submit_rate = 20.0  # RunTask calls (and Fargate task launches) per second per account and Region
     resend_is_safe = True  # the same clientToken: ECS answers with the task it started
 
     async def find_jobs(self, client: Any) -> list[FoundJob]:

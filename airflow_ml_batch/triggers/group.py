@@ -24,9 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Coroutine, Hashable
+from collections.abc import AsyncIterator, Hashable
 from dataclasses import fields
 from functools import cached_property
 from typing import Any, ClassVar
@@ -36,8 +35,10 @@ from airflow.triggers.base import TaskSuccessEvent, TriggerEvent
 from airflow_ml_batch.hooks.base import AwsServiceHook
 from airflow_ml_batch.jobs.batch import LOOKUP_SECONDS
 from airflow_ml_batch.jobs.common import metrics_from_log
-from airflow_ml_batch.jobs.errors import answer_lost, backoff, error_text, is_throttling, is_transient
+from airflow_ml_batch.jobs.errors import backoff, error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob, GroupSettings, group_failure_message, plan_group, progress_line
+from airflow_ml_batch.jobs.outcomes import outcome_table
+from airflow_ml_batch.links.logs import job_log_url
 from airflow_ml_batch.triggers.base import (
     JobSettings,
     StopsAbandonedJobs,
@@ -45,57 +46,30 @@ from airflow_ml_batch.triggers.base import (
     job_abandoned,
     take_turn,
 )
-from airflow_ml_batch.triggers.poller import Observation, SharedPoller, Watch, within
+from airflow_ml_batch.triggers.poller import SharedPoller, Watch, within
+from airflow_ml_batch.triggers.submission import (
+    CAPACITY_TRIES as CAPACITY_TRIES,
+)
+from airflow_ml_batch.triggers.submission import (
+    IN_FLIGHT_WAIT as IN_FLIGHT_WAIT,
+)
+from airflow_ml_batch.triggers.submission import (
+    DeadlineReached,
+    RejectedError,
+    SubmitPacer,
+    SubmitsModels,
+)
+from airflow_ml_batch.triggers.submission import (
+    NoCapacity as NoCapacity,
+)
+from airflow_ml_batch.triggers.submission import (
+    TryAgain as TryAgain,
+)
 
 log = logging.getLogger(__name__)
 
-#: Capacity failures (ECS's "no capacity right now") a model's start may meet before the model fails.
-CAPACITY_TRIES = 10
-#: Seconds a cancelled or ended trigger waits for its calls in flight (a SubmitJob, a lookup) to end.
-IN_FLIGHT_WAIT = LOOKUP_SECONDS + 90.0
 
-
-class SubmitPacer:
-    """At most ``rate`` calls per second for every group of one event loop on one connection and region.
-
-    Throttling halves the rate for a while (it comes back by 10 % per second without throttling), so
-    groups submitting together stay under the account's limit even when another client spends some of it.
-    """
-
-    _pacers: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, SubmitPacer]]]
-    _pacers = weakref.WeakKeyDictionary()
-
-    def __init__(self, rate: float) -> None:
-        self.rate = self.ceiling = max(float(rate), 0.1)
-        self._next = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    @classmethod
-    def of(cls, key: Hashable, rate: float) -> SubmitPacer:
-        """The pacer of this event loop for ``key`` (connection, region, operation)."""
-        pacers = cls._pacers.setdefault(asyncio.get_running_loop(), {})
-        pacer = pacers.get(key)
-        if pacer is None:
-            pacer = pacers[key] = cls(rate)
-        return pacer
-
-    async def wait(self) -> None:
-        """Wait for this caller's turn."""
-        async with self._lock:
-            now = time.monotonic()
-            self._next = max(self._next, now)
-            pause = self._next - now
-            self._next += 1.0 / self.rate
-            self.rate = min(self.ceiling, self.rate * (1 + 0.1 / self.rate))  # back to full pace over seconds
-        if pause > 0:
-            await asyncio.sleep(pause)
-
-    def throttled(self) -> None:
-        """AWS said "too many": go at half the pace."""
-        self.rate = max(0.5, self.rate / 2)
-
-
-class RunGroupTrigger(StopsAbandonedJobs):
+class RunGroupTrigger(SubmitsModels, StopsAbandonedJobs):
     """Submit, watch and retry the jobs of a group of models; end with one result per model.
 
     :param models: per model, ``index``, ``label`` and the ``request`` starting its job (without the
@@ -116,6 +90,8 @@ class RunGroupTrigger(StopsAbandonedJobs):
     #: whether a call whose answer was lost may simply be sent again (ECS's ``clientToken``); else the job is
     #: looked for first (:meth:`~airflow_ml_batch.triggers.group.RunGroupTrigger.find_submitted`)
     resend_is_safe: ClassVar[bool] = False
+    #: calls per second that start jobs, as AWS publishes the account's quota: ``submit_rate``'s default
+    published_submit_rate: ClassVar[float]
 
     def __init__(
         self, *, models: list[dict[str, Any]], group: dict[str, Any], job: dict[str, Any], **group_settings: Any
@@ -194,6 +170,11 @@ class RunGroupTrigger(StopsAbandonedJobs):
         return self._any_job.scope
 
     @property
+    def submit_rate(self) -> float:
+        """Calls per second that start (or stop) jobs: ``submit_rate``, or the service's published quota."""
+        return self.group_settings.submit_rate or self.published_submit_rate
+
+    @property
     def try_number(self) -> int:
         return int(self.group["try_number"])
 
@@ -204,17 +185,7 @@ class RunGroupTrigger(StopsAbandonedJobs):
         self._states: dict[int, str] = {}  # model index -> state of its job
         self._results: dict[int, dict[str, Any]] = {}
         self._attempts: dict[int, int] = {}  # model index -> the highest attempt of this try sent or seen
-        self._pending: list[int] = list(self._by_index)  # models waiting to be submitted, next first
-        self._resend: set[int] = set()  # of those, models whose last attempt's answer was lost and no job found
-        self._busy: set[int] = set()  # models being submitted
-        self._looking: set[int] = set()  # models whose job is looked for (their SubmitJob answer was lost)
-        self._calls: set[asyncio.Task[None]] = set()  # the submitter and the lookups, while they run
-        self._closing = False  # no call that starts a job is sent once set
-        self._rejected_in_a_row = 0
-        self._sweeps: list[float] = []  # when to look for second jobs the listing shows late (epoch seconds)
-        self._error: BaseException | None = None  # a bug in a submission: the trigger fails with it
-        self._submit_more = asyncio.Event()
-        self._closed = asyncio.Event()  # set with ``_closing``: pauses between calls end at once
+        self._start_submission(list(self._by_index))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         await take_turn(self.job_trigger.hook_class.service)
@@ -279,7 +250,7 @@ class RunGroupTrigger(StopsAbandonedJobs):
             if deadline is not None and time.time() >= deadline:
                 return await self._timed_out()
             if time.monotonic() >= next_progress:
-                self.log.info("%s", progress_line(self._states, len(self.models)))
+                self.log.info("%s", self._progress())
                 next_progress = time.monotonic() + self.group_settings.progress_interval
             if self._sweeps and time.time() >= min(self._sweeps):
                 self._sweeps = [at for at in self._sweeps if at > time.time()]
@@ -304,181 +275,12 @@ class RunGroupTrigger(StopsAbandonedJobs):
 
     # -- submitting -------------------------------------------------------------------------------------
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` beside the wait (a submission, a lookup); a bug in it fails the trigger."""
-        call = asyncio.ensure_future(self._reporting_errors(work))
-        self._calls.add(call)
-        call.add_done_callback(self._calls.discard)
-
-    async def _reporting_errors(self, work: Coroutine[Any, Any, None]) -> None:
-        try:
-            await work
-        except Exception as error:
-            self._error = self._error or error
-        self._wake()
-
-    def _wake(self) -> None:
-        """Make the waiting loop look again (a result or a rejection came without an observation)."""
-        watch = getattr(self, "_watch", None)
-        if watch is not None and not self._closing:
-            watch.put(Observation(None))
-
-    async def _submit_pending(self) -> None:
-        """Submit waiting models one after the other while ``max_running`` allows, until the trigger closes."""
-        while not self._closing:
-            if not (self._pending and self._room()) or self._refused_from_the_start():
-                self._submit_more.clear()
-                await self._submit_more.wait()
-                continue
-            index = self._pending.pop(0)
-            self._busy.add(index)
-            try:
-                await self._submit(self._by_index[index])
-            finally:
-                self._busy.discard(index)
-            self._wake()
-
-    def _refused_from_the_start(self) -> bool:
-        """Whether AWS refused the first five submissions and accepted none: the request itself is wrong."""
-        return self._rejected_in_a_row >= 5 and not self._jobs
-
-    def _room(self) -> bool:
-        running = sum(1 for index in self._jobs if index not in self._results) + len(self._busy | self._looking)
-        cap = self.group_settings.max_running
-        return cap is None or running < cap
-
     def _index_of(self, job_id: str) -> int | None:
         return self._models_by_job.get(job_id)
 
     def _wait_for(self, index: int, job_id: str) -> None:
         self._jobs[index] = job_id
         self._models_by_job[job_id] = index
-
-    def _past_deadline(self) -> bool:
-        return self.settings.deadline is not None and time.time() >= self.settings.deadline
-
-    async def _submit(self, model: dict[str, Any]) -> None:
-        """Send ``model``'s next attempt until AWS starts it, refuses it or its answer is lost (then look for it).
-
-        Throttling and connections never made only slow it down; capacity failures end it after
-        :data:`CAPACITY_TRIES`; nothing is sent once the trigger closes or its deadline has passed.
-        """
-        index = int(model["index"])
-        resending = index in self._resend
-        if resending:
-            self._resend.discard(index)
-            attempt = self._attempts.get(index, 1)  # the same attempt: its job was never found
-        else:
-            attempt = self._attempts[index] = self._attempts.get(index, 0) + 1
-        pacer = SubmitPacer.of((self.hook._shared_client_key, type(self).__name__), self.group_settings.submit_rate)
-        failures = placement = 0
-        while True:
-            await pacer.wait()
-            if self._closing or self._past_deadline():  # this attempt started nothing: never submitted
-                self._pending.insert(0, index)
-                if resending:
-                    self._resend.add(index)
-                elif not failures:
-                    self._attempts[index] = attempt - 1
-                return
-            try:
-                async with self.hook.async_client(send_once=True) as client:
-                    job_id = await self.submit(client, model, attempt, placement + 1)
-            except RejectedError as rejected:
-                self._rejected_in_a_row += 1
-                self._fail_unstarted(
-                    model, "REJECTED", f"{self.noun[:-1]} of model {model['label']} was rejected: {rejected}"
-                )
-                return
-            except NoCapacity as no_capacity:
-                placement += 1
-                if placement >= CAPACITY_TRIES:
-                    message = f"no capacity for model {model['label']} after {placement} tries: {no_capacity}"
-                    self._fail_unstarted(model, "NO_CAPACITY", message)
-                    return
-                self.log.warning("Model %s: %s; trying again", model["label"], no_capacity)
-                await self._pause(backoff(placement, first=1.0, longest=60.0))
-                continue
-            except Exception as error:
-                if not is_transient(error):
-                    raise
-                failures += 1
-                if answer_lost(error) and not self.resend_is_safe:
-                    self.log.warning(
-                        "Submitting model %s: %s; looking for its job before sending it again",
-                        model["label"],
-                        error_text(error),
-                    )
-                    self._looking.add(index)
-                    self._spawn(self._look_for(model, attempt))
-                    return
-                if is_throttling(error):
-                    pacer.throttled()
-                self.log.warning("Submitting model %s: %s; trying again", model["label"], error_text(error))
-                await self._pause(backoff(failures))
-                continue
-            self._rejected_in_a_row = 0
-            self._started(index, job_id)
-            return
-
-    async def _look_for(self, model: dict[str, Any], attempt: int) -> None:
-        """Find the job of a submission whose answer was lost, for up to ``LOOKUP_SECONDS`` (the listing lags).
-
-        Found: it is waited for. Not found: the model is submitted again under the same attempt, and the
-        group's jobs are listed again later to stop a second job the listing showed late.
-        """
-        index = int(model["index"])
-        deadline, pause = time.monotonic() + LOOKUP_SECONDS, 1.0
-        try:
-            while True:
-                try:
-                    async with self.hook.async_client() as client:
-                        job_id = await self.find_submitted(client, model, attempt)
-                except Exception as error:
-                    if not is_transient(error):
-                        raise
-                    job_id = None
-                    self.log.warning("Looking for the job of model %s: %s", model["label"], error_text(error))
-                if job_id is not None:
-                    self.log.info("Model %s: job %s was submitted (its answer was lost)", model["label"], job_id)
-                    self._started(index, job_id)
-                    return
-                if time.monotonic() + pause > deadline:
-                    break
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 8.0)
-        finally:
-            self._looking.discard(index)
-        if self._closing:
-            self.log.warning("Model %s: no job found for attempt %d; submitting no more", model["label"], attempt)
-            return
-        self.log.warning(
-            "Model %s: no job found for attempt %d after %.0fs; submitting it again",
-            model["label"],
-            attempt,
-            LOOKUP_SECONDS,
-        )
-        self._resend.add(index)
-        self._pending.insert(0, index)
-        now = time.time()  # the lost job may be listed later still: look twice, the second time much later
-        self._sweeps += [now + 2 * LOOKUP_SECONDS, now + 6 * LOOKUP_SECONDS]
-        self._submit_more.set()
-
-    def _started(self, index: int, job_id: str) -> None:
-        """AWS started ``job_id`` for model ``index``: wait for it (unless the trigger closes: then it is stopped)."""
-        self._wait_for(index, job_id)
-        self._states[index] = "SUBMITTED"
-        self._results.pop(index, None)
-        if not self._closing:
-            self._watch.add(job_id)
-
-    def _fail_unstarted(self, model: dict[str, Any], status: str, message: str) -> None:
-        """End ``model`` with no job: AWS refused it, or had no capacity for it."""
-        index = int(model["index"])
-        self.log.error("%s", message)
-        result = {"job_id": None, "status": status, "status_reason": message}
-        self._results[index] = self._entry(model, result, False, message)
-        self._states[index] = status
 
     async def _stop_second_jobs(self) -> None:
         """Stop the active jobs of this try that no model waits for: a job whose SubmitJob answer was lost and
@@ -500,18 +302,6 @@ class RunGroupTrigger(StopsAbandonedJobs):
         for job_id in second:
             self.log.warning("Stopping job %s: a second job of a model whose SubmitJob answer was lost", job_id)
         await self._stop_jobs(second, "a second job of the model (a SubmitJob answer was lost)")
-
-    def _stop_sending(self) -> None:
-        """Send no call that starts a job from now on; pauses between calls end."""
-        self._closing = True
-        self._closed.set()
-        self._submit_more.set()
-
-    async def _close(self) -> None:
-        """Send nothing more; wait for the calls in flight (bounded), so that every job they started is known."""
-        self._stop_sending()
-        if self._calls:
-            await asyncio.wait(set(self._calls), timeout=IN_FLIGHT_WAIT)
 
     # -- watching ---------------------------------------------------------------------------------------
 
@@ -585,14 +375,16 @@ class RunGroupTrigger(StopsAbandonedJobs):
 
     def _finished(self) -> TriggerEvent:
         results = self._ordered_results()
-        self.log.info("%s", progress_line(self._states, len(self.models)))
+        self.log.info("%s", self._progress())
         message = group_failure_message(self.noun, results, self.group_settings.allowed_failures)
         if message is not None:
             return self._event("failed", message, result=results)
         failed = sum(1 for r in results if not r["succeeded"])
         summary = f"{len(results) - failed} of {len(results)} models succeeded"
-        if self.settings.end_from_trigger:
-            self.log.info("%s: the task ends here, on the triggerer", summary)
+        if self.settings.end_from_trigger:  # no worker run follows to write the table
+            domain, region = (self.settings.log_link or {}).get("aws_domain"), self.settings.region_name
+            table = outcome_table(results, lambda entry: job_log_url(entry, aws_domain=domain, region_name=region))
+            self.log.info("%s: the task ends here, on the triggerer\n%s", summary, table)
             xcoms: dict[str, Any] = {"return_value": results}
             return TaskSuccessEvent(xcoms=xcoms if self.settings.xcom_result else None)
         return self._event("success", summary, result=results)
@@ -609,11 +401,16 @@ class RunGroupTrigger(StopsAbandonedJobs):
         not_stopped = await self._stop_jobs(running, "the task's execution_timeout was reached")
         message = (
             f"execution_timeout reached: stopped {len(running) - len(not_stopped)} running {self.noun}, "
-            f"{len(self._pending)} models never submitted; {progress_line(self._states, len(self.models))}"
+            f"{len(self._pending)} models never submitted; {self._progress()}"
         )
         if not_stopped:
             message += f"; could not stop {len(not_stopped)}, which may still run: " + "; ".join(not_stopped)
         return self._event("timeout", message, result=self._ordered_results())
+
+    def _progress(self) -> str:
+        """Counts per state, and the models that failed for good so far."""
+        failed = [str(entry["model"]) for _, entry in sorted(self._results.items()) if not entry["succeeded"]]
+        return progress_line(self._states, len(self.models), failed)
 
     def _running_jobs(self) -> list[str]:
         return [job for index, job in getattr(self, "_jobs", {}).items() if index not in self._results]
@@ -641,16 +438,12 @@ class RunGroupTrigger(StopsAbandonedJobs):
                     raise DeadlineReached(what) from error
                 await asyncio.sleep(pause)
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep ``seconds`` between two calls, or less if the trigger closes meanwhile."""
-        await within(self._closed.wait(), seconds)
-
     async def _stop_jobs(self, job_ids: list[str], reason: str) -> list[str]:
         """Stop ``job_ids`` within the submit rate, each tried again after transient errors; the ones that could
         not be stopped, each with why."""
         if not job_ids:
             return []
-        pacer = SubmitPacer.of((self.hook._shared_client_key, "stop"), self.group_settings.submit_rate)
+        pacer = SubmitPacer.of((self.hook.client_key, "stop"), self.submit_rate)
 
         async def stop(job_id: str) -> str | None:
             await pacer.wait()
@@ -684,19 +477,3 @@ class RunGroupTrigger(StopsAbandonedJobs):
             self.log.info("The task's state is %s: %d jobs left running", now.state, len(running))
             return
         await self._stop_jobs(running, reason)
-
-
-class RejectedError(Exception):
-    """AWS refused to start a model's job, for a reason that will not pass (the message says which)."""
-
-
-class DeadlineReached(Exception):
-    """The task's deadline came while a call was still being tried again."""
-
-
-class NoCapacity(Exception):
-    """A start that failed for want of capacity: nothing was started; tried again, a bounded number of times."""
-
-
-#: The name of :class:`NoCapacity` in releases before it bounded its tries.
-TryAgain = NoCapacity

@@ -149,7 +149,7 @@ class SharedPoller(ABC):
     @classmethod
     def of(cls, hook: AwsServiceHook, scope: Hashable) -> SharedPoller | None:
         """The running poller of this event loop for ``hook``'s connection and region and ``scope``, if any."""
-        return cls._pollers.get(asyncio.get_running_loop(), {}).get((hook._shared_client_key, scope))
+        return cls._pollers.get(asyncio.get_running_loop(), {}).get((hook.client_key, scope))
 
     @classmethod
     def watch(cls, hook: AwsServiceHook, scope: Hashable, resource_id: str, poll_interval: float) -> Watch:
@@ -396,7 +396,7 @@ class SharedPoller(ABC):
 
     def _where(self) -> str:
         """The service, connection, region and scope of this poller, for messages."""
-        conn_id, region, service, *_ = self.hook._shared_client_key
+        conn_id, region, service, *_ = self.hook.client_key
         where = f"{self.operation} ({service}, connection {conn_id!r}, region {region or 'of the connection'}"
         return where + (f", {self.scope_name} {self.scope!r})" if self.scope is not None else ")")
 
@@ -471,7 +471,7 @@ class Watch:
         assert self._joining is not None, "a Watch is entered once"
         (poller_class, hook, scope), self._joining = self._joining, None
         pollers = poller_class._pollers.setdefault(asyncio.get_running_loop(), {})
-        key = (hook._shared_client_key, scope)
+        key = (hook.client_key, scope)
         poller = pollers.get(key)
         if poller is None:
             poller = pollers[key] = poller_class(hook, scope)
@@ -490,7 +490,7 @@ class Watch:
         if poller._holders:
             return
         pollers = poller._pollers.get(asyncio.get_running_loop(), {})
-        key = (poller.hook._shared_client_key, poller.scope)
+        key = (poller.hook.client_key, poller.scope)
         if pollers.get(key) is poller:
             del pollers[key]
         if poller._task is not None:

@@ -61,13 +61,6 @@ def test_each_group_is_labelled_and_ends_on_a_worker_with_a_table_of_every_model
     assert "Essential container in task exited" in table[2]
     assert table[3].split()[:5] == ["m4", "SUCCEEDED", "1m30s", "1", "0"]
     assert "#logsV2:log-groups/log-group/%2Faws%2Fbatch%2Fjob/log-events/forecast%2Fdefault%2F" in table[3]
-    link = rendered_links(
-        dag_run, BatchFleetOperator(task_id="forecast", job_queue=QUEUE_ARN, job_definition="forecast", models=[])
-    )
-    assert (
-        link["Batch Job Queue"]
-        == f"https://console.aws.amazon.com/batch/home?region=eu-west-1#queues/detail/{QUEUE_ARN}"
-    )
 
 
 def test_the_progress_line_names_the_models_that_failed_so_far(
@@ -77,10 +70,10 @@ def test_the_progress_line_names_the_models_that_failed_so_far(
     aws_endpoint.batch.on_submit = fail_model("m1")
 
     dag_run = run_dag(
-        """
+        f"""
         BatchFleetOperator(
-            task_id="forecast", aws_conn_id="aws_fake", poll_interval=0.2, job_queue="models",
-            job_definition="forecast", models=[{"job_name": "m0"}, {"job_name": "m1"}], progress_interval=0.1,
+            task_id="forecast", aws_conn_id="aws_fake", poll_interval=0.2, job_queue={QUEUE_ARN!r},
+            job_definition="forecast", models=[{{"job_name": "m0"}}, {{"job_name": "m1"}}], progress_interval=0.1,
         )
         """
     )
@@ -89,6 +82,9 @@ def test_the_progress_line_names_the_models_that_failed_so_far(
     logged = caplog.text + capsys.readouterr().out
     assert "2 models: 1 FAILED, 1 SUCCEEDED; failed so far (1): m1" in logged
     assert [entry["model"] for entry in xcom(dag_run, "forecast")] == ["m0", "m1"]
+    operator = BatchFleetOperator(task_id="forecast", job_queue="models", job_definition="forecast", models=[])
+    link = rendered_links(dag_run, operator)["Batch Job Queue"]
+    assert link == f"https://console.aws.amazon.com/batch/home?region=eu-west-1#queues/detail/{QUEUE_ARN}"
 
 
 def test_an_ecs_group_links_to_its_clusters_tasks(aws_endpoint: Endpoint) -> None:

@@ -16,7 +16,7 @@ from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
 from airflow_ml_batch.hooks.ecs import EcsHook
 from airflow_ml_batch.testing.endpoint import Endpoint
 from airflow_ml_batch.testing.endpoint.core import AwsError
-from airflow_ml_batch.triggers import group as group_module
+from airflow_ml_batch.triggers import submission as submission_module
 from airflow_ml_batch.triggers.ecs import DEFINITION_ATTEMPTS, EcsFleetTrigger, EcsTaskPoller, EcsTaskTrigger
 
 DEFINITION = {
@@ -494,7 +494,7 @@ async def test_lost_run_task_answers_start_no_second_task(ecs: Endpoint, mode: s
 async def test_capacity_failures_end_after_a_bounded_number_of_tries(
     ecs: Endpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(group_module, "CAPACITY_TRIES", 3)
+    monkeypatch.setattr(submission_module, "CAPACITY_TRIES", 3)
     ecs.ecs.run_task_failures = [{"arn": "", "reason": "RESOURCE:MEMORY"}] * 3
 
     event = await first_event(fleet_trigger(1), timeout=60)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import time
 from collections import Counter
 from typing import Any
@@ -18,6 +19,7 @@ from airflow_ml_batch.testing.endpoint import Endpoint
 from airflow_ml_batch.testing.endpoint.core import AwsError
 from airflow_ml_batch.triggers import base as trigger_base
 from airflow_ml_batch.triggers import group as group_module
+from airflow_ml_batch.triggers import submission as submission_module
 from airflow_ml_batch.triggers.batch import BatchFleetTrigger
 from airflow_ml_batch.triggers.group import GroupSettings
 
@@ -235,7 +237,10 @@ async def test_a_wrong_queue_fails_fast_with_the_aws_message_and_the_value(aws_e
     assert aws_endpoint.calls["SubmitJob"] == 5  # the first five, then no more
 
 
-async def test_the_group_ends_from_the_trigger_with_every_result(aws_endpoint: Endpoint) -> None:
+async def test_the_group_ends_from_the_trigger_with_every_result_and_its_table(
+    aws_endpoint: Endpoint, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.INFO)
     fail_models(aws_endpoint, {})
     trigger = group_trigger(2)
     trigger.job["end_from_trigger"] = True
@@ -244,6 +249,9 @@ async def test_the_group_ends_from_the_trigger_with_every_result(aws_endpoint: E
 
     assert isinstance(event, TaskSuccessEvent)
     assert [r["model"] for r in event.xcoms["return_value"]] == ["m0", "m1"]
+    logged = caplog.text + capsys.readouterr().out
+    table = logged[logged.index("2 of 2 models succeeded: the task ends here, on the triggerer") :].splitlines()
+    assert [row.split()[:2] for row in table[3:5]] == [["m0", "SUCCEEDED"], ["m1", "SUCCEEDED"]]
 
 
 def jobs_per_name(endpoint: Endpoint) -> Counter[str]:
@@ -282,7 +290,8 @@ async def test_a_second_job_listed_after_its_model_was_sent_again_is_stopped(
 ) -> None:
     # the listing lags more than the lookup waits: the model is submitted again, and once the listing
     # shows the first job too, that one is stopped
-    monkeypatch.setattr(group_module, "LOOKUP_SECONDS", 0.4)
+    for module in (group_module, submission_module):  # the lookup's wait, the later sweeps
+        monkeypatch.setattr(module, "LOOKUP_SECONDS", 0.4)
     aws_endpoint.batch.submitted_status = "RUNNING"
     aws_endpoint.faults.update({"list_lag_seconds": 1.0})
     aws_endpoint.lose_answers("SubmitJob", next=1)
@@ -431,3 +440,12 @@ def test_a_cancel_while_a_submission_is_in_flight_stops_the_job_aws_accepted(aws
     assert aws_endpoint.batch.jobs[job_id]["jobName"] == f"{PREFIX}0-m0-t1-a1"
     assert aws_endpoint.batch.terminated == [job_id]
     assert aws_endpoint.calls["SubmitJob"] == 1, "nothing more submitted once cancelled"
+
+
+def test_without_a_submit_rate_a_group_submits_at_the_rate_aws_publishes() -> None:
+    from airflow_ml_batch.triggers.ecs import EcsFleetTrigger
+
+    ecs = EcsFleetTrigger(**group_trigger(1).serialize()[1])
+
+    assert (group_trigger(1).submit_rate, ecs.submit_rate) == (50.0, 20.0)
+    assert group_trigger(1, submit_rate=5.0).submit_rate == 5.0
