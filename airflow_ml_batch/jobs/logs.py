@@ -102,6 +102,11 @@ def not_copied(source: LogSource, reason: str, link: str | None, title: str | No
     return f"Could not copy the log ({head}): {reason}; read it at {link or source.log_group}"
 
 
+def model_heading(entry: Mapping[str, Any]) -> str:
+    """The title of a group's model's copied log: the model and its job."""
+    return f"Model {entry.get('model')} ({job_title(entry)})"
+
+
 def job_title(result: Mapping[str, Any]) -> str:
     """The default title of a job's copied log: its id (a Batch job id, an ECS task ARN)."""
     return f"Job {result.get('job_id') or result.get('task_arn') or '(unknown)'}"

@@ -10,6 +10,7 @@ from airflow.exceptions import AirflowException
 
 from airflow_ml_batch._compat import AirflowTaskTimeout, Context, tries_since_last_clear
 from airflow_ml_batch.jobs.groups import GroupSettings, group_key, group_label, group_prefix, model_label
+from airflow_ml_batch.jobs.logs import copies_log, model_heading
 from airflow_ml_batch.jobs.outcomes import outcome_table
 from airflow_ml_batch.links.logs import JobLogsLink, job_log_url
 from airflow_ml_batch.operators.base import DeferredJobOperator, deferral_timeout
@@ -41,6 +42,9 @@ class ModelGroupOperator(DeferredJobOperator):
         together from one triggerer. ``None`` (default): the account's published quota, AWS Batch's 50
         SubmitJob or ECS's 20 RunTask per second per Region; throttling halves the pace, which comes back by a
         tenth each second without throttling. Set it lower to leave room for other clients of the account.
+
+    ``job_logs`` applies to each model: the worker that ends the group copies the logs of the models that
+    failed (``"on_failure"``) or of every model (``"always"``), each under a heading naming the model.
     :param progress_interval: seconds between two lines of counts per state (and the failed models so far)
         in the task log.
     :param end_from_trigger: ``None`` (default) or ``False``: the task resumes on a worker when the group ends,
@@ -202,6 +206,8 @@ class ModelGroupOperator(DeferredJobOperator):
         if results:
             self.log_outcomes(results)
             self.save_group_link(context, results)
+            copied = [entry for entry in results if copies_log(self.job_logs, bool(entry.get("succeeded")))]
+            self.copy_job_logs(copied, heading=model_heading)
         if event["status"] == "success":
             return results
         if results is not None and self.do_xcom_push:

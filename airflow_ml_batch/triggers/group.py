@@ -37,6 +37,7 @@ from airflow_ml_batch.jobs.batch import LOOKUP_SECONDS
 from airflow_ml_batch.jobs.common import metrics_from_log
 from airflow_ml_batch.jobs.errors import backoff, error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob, GroupSettings, group_failure_message, plan_group, progress_line
+from airflow_ml_batch.jobs.logs import copies_log, model_heading
 from airflow_ml_batch.jobs.outcomes import outcome_table
 from airflow_ml_batch.links.logs import job_log_url
 from airflow_ml_batch.triggers.base import (
@@ -46,6 +47,7 @@ from airflow_ml_batch.triggers.base import (
     job_abandoned,
     take_turn,
 )
+from airflow_ml_batch.triggers.logs import copy_job_logs
 from airflow_ml_batch.triggers.poller import SharedPoller, Watch, within
 from airflow_ml_batch.triggers.submission import (
     CAPACITY_TRIES as CAPACITY_TRIES,
@@ -271,7 +273,7 @@ class RunGroupTrigger(SubmitsModels, StopsAbandonedJobs):
                 continue
             missing_since.pop(observation.resource, None)
             await self._observed(model, observation.resource, observation.description, watch)
-        return self._finished()
+        return await self._finished()
 
     # -- submitting -------------------------------------------------------------------------------------
 
@@ -373,7 +375,7 @@ class RunGroupTrigger(SubmitsModels, StopsAbandonedJobs):
     def _ordered_results(self) -> list[dict[str, Any]]:
         return [self._results[int(m["index"])] for m in self.models if int(m["index"]) in self._results]
 
-    def _finished(self) -> TriggerEvent:
+    async def _finished(self) -> TriggerEvent:
         results = self._ordered_results()
         self.log.info("%s", self._progress())
         message = group_failure_message(self.noun, results, self.group_settings.allowed_failures)
@@ -381,10 +383,20 @@ class RunGroupTrigger(SubmitsModels, StopsAbandonedJobs):
             return self._event("failed", message, result=results)
         failed = sum(1 for r in results if not r["succeeded"])
         summary = f"{len(results) - failed} of {len(results)} models succeeded"
-        if self.settings.end_from_trigger:  # no worker run follows to write the table
+        if self.settings.end_from_trigger:  # no worker run follows to write the table and copy the logs
             domain, region = (self.settings.log_link or {}).get("aws_domain"), self.settings.region_name
             table = outcome_table(results, lambda entry: job_log_url(entry, aws_domain=domain, region_name=region))
             self.log.info("%s: the task ends here, on the triggerer\n%s", summary, table)
+            if copies_log(self.settings.job_logs, succeeded=True):
+                await copy_job_logs(
+                    self.log,
+                    self._any_job._connection(),
+                    results,
+                    self.settings.job_log_lines,
+                    log_link=self.settings.log_link,
+                    heading=model_heading,
+                    deadline=self.settings.deadline,
+                )
             xcoms: dict[str, Any] = {"return_value": results}
             return TaskSuccessEvent(xcoms=xcoms if self.settings.xcom_result else None)
         return self._event("success", summary, result=results)

@@ -108,3 +108,45 @@ def test_an_ecs_group_links_to_its_clusters_tasks(aws_endpoint: Endpoint) -> Non
     assert task_instance(dag_run, "forecast").state == "success"
     link = rendered_links(dag_run, operator)["ECS Cluster Tasks"]
     assert link == "https://console.aws.amazon.com/ecs/v2/clusters/models/tasks?region=eu-west-1"
+
+
+def group_with_logs(endpoint: Endpoint, failing: str) -> None:
+    """Each model's job prints two lines to its own stream; the job of model ``failing`` fails."""
+
+    def on_submit(body: dict[str, Any]) -> dict[str, Any]:
+        model = body["jobName"].split("--", 1)[1].split("-")[1]
+        stream = f"forecast/default/{model}"
+        endpoint.logs.streams[("/aws/batch/job", stream)] = [(1_767_225_600_000, f"{model} loading"), f"{model} done"]
+        status, code = ("FAILED", 1) if model == failing else ("SUCCEEDED", 0)
+        return {"status": status, "container": {"exitCode": code, "logStreamName": stream}}
+
+    endpoint.batch.on_submit = on_submit
+
+
+@pytest.mark.parametrize(("job_logs", "copied"), [("on_failure", ["m1"]), ("always", ["m0", "m1", "m2"])])
+def test_the_worker_that_ends_a_group_copies_each_models_log_under_its_name(
+    aws_endpoint: Endpoint,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    job_logs: str,
+    copied: list[str],
+) -> None:
+    caplog.set_level(logging.INFO)
+    group_with_logs(aws_endpoint, failing="m1")
+    models = [{"job_name": f"m{n}"} for n in range(3)]
+
+    dag_run = run_dag(
+        f"""
+        BatchFleetOperator(
+            task_id="forecast", aws_conn_id="aws_fake", poll_interval=0.2, job_queue="models",
+            job_definition="forecast", models={models!r}, allowed_failures=1, job_logs={job_logs!r},
+        )
+        """
+    )
+
+    assert task_instance(dag_run, "forecast").state == "success"
+    logged = caplog.text + capsys.readouterr().out
+    assert [m for m in ("m0", "m1", "m2") if f"{m} done" in logged] == copied
+    assert all(f"Model {m} (Job " in logged for m in copied)
+    assert aws_endpoint.calls["GetLogEvents"] == len(copied)
+    assert "loading" not in repr(xcom(dag_run, "forecast"))

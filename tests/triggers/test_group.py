@@ -254,6 +254,30 @@ async def test_the_group_ends_from_the_trigger_with_every_result_and_its_table(
     assert [row.split()[:2] for row in table[3:5]] == [["m0", "SUCCEEDED"], ["m1", "SUCCEEDED"]]
 
 
+async def test_a_group_ended_on_the_triggerer_copies_the_models_logs_there_with_always(
+    aws_endpoint: Endpoint, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    def on_submit(body: dict[str, Any]) -> dict[str, Any]:
+        stream = f"forecast/default/{body['jobName']}"
+        aws_endpoint.logs.streams[("/aws/batch/job", stream)] = [f"{body['jobName']} says hello"]
+        return {"status": "SUCCEEDED", "container": {"exitCode": 0, "logStreamName": stream}}
+
+    aws_endpoint.batch.on_submit = on_submit
+    trigger = group_trigger(2)
+    trigger.job.update(end_from_trigger=True, job_logs="always")
+
+    event = await first_event(trigger)
+
+    assert isinstance(event, TaskSuccessEvent)
+    logged = caplog.text + capsys.readouterr().out
+    assert f"{PREFIX}0-m0-t1-a1 says hello" in logged
+    assert f"{PREFIX}1-m1-t1-a1 says hello" in logged
+    assert "Model m1 (Job " in logged
+    assert aws_endpoint.calls["GetLogEvents"] == 2
+
+
 def jobs_per_name(endpoint: Endpoint) -> Counter[str]:
     return Counter(job["jobName"] for job in endpoint.batch.jobs.values())
 
