@@ -77,7 +77,7 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=100, help="models, one Batch job each (a task each, or in groups)")
     p.add_argument("--dag", default="fleet_benchmark", help="fleet_benchmark (ours), _official, _groups or _floor")
     p.add_argument("--group-size", type=int, default=100, help="models per group (fleet_benchmark_groups)")
-    p.add_argument("--submit-rate", type=float, default=0.0, help="groups' SubmitJob/s (default: 90%% of --rate)")
+    p.add_argument("--submit-rate", type=float, default=0.0, help="groups' SubmitJob/s (default: the operator's)")
     p.add_argument("--db", choices=("postgres", "sqlite"), default="postgres")
     p.add_argument("--duration", type=float, default=60.0, help="mean job duration at the endpoint, s")
     p.add_argument("--spread", type=float, default=0.25, help="durations vary by +- this fraction")
@@ -247,7 +247,7 @@ class Fleet:
             "FLEET_BENCH_EXECUTION_TIMEOUT": str(self.args.execution_timeout),
             "FLEET_BENCH_CONN_ID": CONN_ID,
             "FLEET_BENCH_GROUP_SIZE": str(self.args.group_size),
-            "FLEET_BENCH_SUBMIT_RATE": str(self.args.submit_rate or 0.9 * self.args.rate),
+            "FLEET_BENCH_SUBMIT_RATE": str(self.args.submit_rate or ""),
         }
         return env
 

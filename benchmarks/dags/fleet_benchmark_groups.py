@@ -2,8 +2,9 @@
 
 ``fleet_benchmark_groups`` maps this package's ``BatchFleetOperator`` over ``groups()`` of the same N models
 (``FLEET_BENCH_GROUP_SIZE`` each, default 100): one task instance per group, the jobs submitted from the
-triggerer within ``FLEET_BENCH_SUBMIT_RATE`` per second (``benchmarks/airflow_fleet.py`` sets it below
-the endpoint's rate). Same settings as ``fleet_benchmark.py`` (``fleet_settings.py``), in its own file.
+triggerer within ``FLEET_BENCH_SUBMIT_RATE`` per second if set (``benchmarks/airflow_fleet.py --submit-rate``),
+else at the operator's default (AWS Batch's published 50 per second, halved on throttling). Same settings
+as ``fleet_benchmark.py`` (``fleet_settings.py``), in its own file.
 """
 
 from __future__ import annotations

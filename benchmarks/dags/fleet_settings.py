@@ -21,8 +21,8 @@ COMMON = {
 #: the tasks' execution_timeout in fleet_benchmark.py and fleet_benchmark_groups.py (unset or 0: none)
 _TIMEOUT_SECONDS = float(os.environ.get("FLEET_BENCH_EXECUTION_TIMEOUT") or 0)
 EXECUTION_TIMEOUT = timedelta(seconds=_TIMEOUT_SECONDS) if _TIMEOUT_SECONDS else None
-#: models per group and SubmitJob/s of the group mode (fleet_benchmark_groups.py)
+#: models per group and SubmitJob/s of the group mode (fleet_benchmark_groups.py; unset: the operator's default)
 GROUP_SIZE = int(os.environ.get("FLEET_BENCH_GROUP_SIZE", "100"))
-SUBMIT_RATE = float(os.environ.get("FLEET_BENCH_SUBMIT_RATE", "45"))
+SUBMIT_RATE = float(os.environ["FLEET_BENCH_SUBMIT_RATE"]) if os.environ.get("FLEET_BENCH_SUBMIT_RATE") else None
 MODELS = [f"model-{number:05d}" for number in range(JOBS)]
 START = datetime(2025, 1, 1)
