@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS, BaseOperator, Context
 from airflow_ml_batch.jobs.groups import model_label
 from airflow_ml_batch.links.report import FleetReportLink, log_url, s3_console_url
+from airflow_ml_batch.operators.batch import JOB_ID_XCOM_KEY
+from airflow_ml_batch.operators.ecs import TASK_ARN_XCOM_KEY, EcsTaskOperator
+from airflow_ml_batch.operators.group import ModelGroupOperator
 from airflow_ml_batch.report import (
     NOT_FOUND,
     NOT_SUBMITTED,
@@ -41,7 +44,6 @@ except ImportError:  # Airflow before 3.1
 FILE_NAMES = {"csv": "report.csv", "chart": "report.png", "html": "report.html"}
 #: failed models named in the failure message
 _NAMED_FAILURES = 10
-_BATCH_JOB_ID_KEY, _ECS_TASK_ARN_KEY = "batch_job_id", "ecs_task_arn"  # the operators' ``job_id_xcom_key``
 
 
 class FleetReportOperator(BaseOperator):
@@ -66,9 +68,10 @@ class FleetReportOperator(BaseOperator):
     :param models: what the fleet task was expanded over, in map order: the per-model entries (e.g.
         :func:`airflow_ml_batch.fleet.batch_kwargs`) or their groups (:func:`airflow_ml_batch.fleet.groups`);
         with several fleet tasks, a list of those, one per task. It names the models of a task with no
-        result and gives the dataset and parameters of each; without it, a per-model task is named by its
-        job's ``model_id`` tag where it was described, else ``<task_id>[<map index>]``. Templated: an
-        upstream task's output works.
+        result and gives the dataset and parameters of each. Templated: an upstream task's output works.
+        Without it, what the fleet task was expanded over is read (``expand_kwargs(...)``, or a group
+        operator's ``expand(models=...)`` or ``models``); failing that, a per-model task's model is named
+        by its job's ``model_id`` tag where it was described, else ``<task_id>[<map index>]``.
     :param service: ``"batch"`` or ``"ecs"``; ``None``: from the fleet task's operator.
     :param max_failures: fail this task (after writing the report) when more models than this did not
         succeed.
@@ -164,10 +167,13 @@ class FleetReportOperator(BaseOperator):
     ) -> list[JobOutcome]:
         """One outcome per model of fleet task ``task_id``: from the results, else from AWS, else not submitted."""
         fleet = self.dag.get_task(task_id) if self.dag is not None and self.dag.has_task(task_id) else None
-        fleet_class = getattr(fleet, "operator_class", type(fleet))
-        grouped = getattr(fleet_class, "merged_fields", None) is not None  # ModelGroupOperator
+        fleet_class = getattr(fleet, "operator_class", type(fleet))  # a mapped task's operator
+        known = isinstance(fleet_class, type) and hasattr(fleet_class, "job_id_xcom_key")
+        grouped = known and issubclass(fleet_class, ModelGroupOperator)
         job_key = getattr(fleet_class, "job_id_xcom_key", None)
-        service = self.service or ("ecs" if job_key == _ECS_TASK_ARN_KEY else "batch" if job_key else None)
+        service = self.service or (("ecs" if issubclass(fleet_class, EcsTaskOperator) else "batch") if known else None)
+        if entries is None and fleet is not None:
+            entries = self._expanded_entries(context, task_id, fleet)
         states = _task_states(context, task_id)
         results = _xcoms_by_map_index(context, task_id, "return_value", states)
         if service is None:  # not this DAG's task: tell by the results
@@ -176,7 +182,7 @@ class FleetReportOperator(BaseOperator):
         grouped = grouped or any(isinstance(value, list) for value in results.values())
         if grouped:
             return self._group_outcomes(task_id, entries, results, states)
-        job_key = job_key or (_ECS_TASK_ARN_KEY if service == "ecs" else _BATCH_JOB_ID_KEY)
+        job_key = job_key or (TASK_ARN_XCOM_KEY if service == "ecs" else JOB_ID_XCOM_KEY)
         indexes = sorted(set(states) | set(results) | set(range(len(entries or []))))
         named = {i: self._name(task_id, i, entries) for i in indexes}
         outcomes: dict[int, JobOutcome] = {}
@@ -204,6 +210,26 @@ class FleetReportOperator(BaseOperator):
                 reason = f"its task ended {state} before submitting a job" if state else "its task never ran"
                 outcomes[index] = JobOutcome(model_id=model_id, status=NOT_SUBMITTED, reason=reason)
         return [outcomes[i] for i in indexes]
+
+    def _expanded_entries(self, context: Context, task_id: str, fleet: Any) -> list[Mapping[str, Any]] | None:
+        """The models fleet task ``task_id`` ran: what it was expanded over (``expand_kwargs``, or its
+        ``expand(models=...)`` groups) or an unmapped group's ``models``; ``None`` when it cannot tell."""
+        expand_input = getattr(fleet, "expand_input", None)
+        if expand_input is None:
+            value = getattr(fleet, "models", None)
+        else:
+            value = getattr(expand_input, "value", None)
+            if isinstance(value, Mapping):  # expand(...): only a group operator's models name its models
+                value = value.get("models") if set(value) == {"models"} else None
+        if value is None:
+            return None
+        try:
+            if hasattr(value, "resolve"):  # an upstream task's output (XComArg)
+                value = value.resolve(context)
+            return model_entries(list(value))
+        except Exception as error:  # the models are then named from the results and jobs
+            self.log.warning("Could not read the models %s ran, to name them (%s)", task_id, error)
+            return None
 
     def _name(self, task_id: str, index: int, entries: list[Mapping[str, Any]] | None) -> tuple[str, Any]:
         """The model id and entry of map index ``index`` (``-1``: an unmapped task, the first entry)."""

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -308,3 +309,46 @@ def test_bad_thresholds_are_refused_naming_the_value() -> None:
         FleetReportOperator(task_id="report", fleet_task_ids="forecast", location="/tmp", max_failure_fraction=5)
     with pytest.raises(ValueError, match=r"max_failures must be a number of models \(0 or more\) or None, not -1"):
         FleetReportOperator(task_id="report", fleet_task_ids="forecast", location="/tmp", max_failures=-1)
+
+
+def test_importing_the_report_operator_imports_no_aws_sdk_hook_or_trigger() -> None:
+    code = "import sys, json, airflow_ml_batch.operators.report; print(json.dumps(sorted(sys.modules)))"
+    modules = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout)
+
+    heavy = ("boto3", "aiobotocore", "aiohttp", "matplotlib", "airflow_ml_batch.hooks", "airflow_ml_batch.triggers")
+    assert [name for name in modules if name.startswith(heavy)] == []
+    assert "airflow_ml_batch.operators.report" in modules
+
+
+def test_several_fleet_tasks_in_one_report_name_their_models_from_what_they_ran(
+    aws_endpoint: Endpoint, tmp_path: Path
+) -> None:
+    """No ``models``: the per-model task's are read from its upstream task, the group's from its own list."""
+    aws_endpoint.batch.submitted_status = "SUCCEEDED"
+
+    dag_run = run(
+        f"""
+        @task
+        def plan():
+            return {batch_kwargs(models("m1", "m2"))!r}
+
+        forecast = BatchJobOperator.partial(
+            task_id="forecast", aws_conn_id="aws_fake", job_queue="models", job_definition="forecast",
+            poll_interval=0.2, end_from_trigger=False,
+        ).expand_kwargs(plan())
+        backfill = BatchFleetOperator(
+            task_id="backfill", aws_conn_id="aws_fake", job_queue="models", job_definition="forecast",
+            poll_interval=0.2, models={batch_kwargs(models("b1", "b2"))!r},
+        )
+        [forecast, backfill] >> FleetReportOperator(
+            task_id="report", fleet_task_ids=["forecast", "backfill"], location={str(tmp_path)!r},
+            aws_conn_id="aws_fake",
+        )
+        """,
+        "from airflow.decorators import task\n",
+    )
+
+    assert task_instance(dag_run, "report").state == "success"
+    rows = rows_of((tmp_path / "report.csv").read_text())
+    assert {model: row["status"] for model, row in rows.items()} == dict.fromkeys(["m1", "m2", "b1", "b2"], "SUCCEEDED")
+    assert json.loads(rows["m1"]["parameters"]) == {}
