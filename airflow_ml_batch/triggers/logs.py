@@ -5,9 +5,9 @@ be raised. Every read of a triggerer process (a log copied into a task's log, th
 reads) waits for its turn at :class:`LogReadPacer`, which releases them at an adaptive rate
 (:class:`~airflow_ml_batch.jobs.pacing.AdaptiveRate`): 10 per second at first, halved on each throttled call,
 rising back to 25 after quiet spells. Reads waiting never block the event loop; a read throttled or failed
-transiently is tried again first in line, :data:`~airflow_ml_batch.hooks.logs.READ_ATTEMPTS` calls in all; a log still unread then (or
-after :data:`COPY_PATIENCE` seconds of waiting) leaves one warning line with the reason and where the log is,
-and the task goes on.
+transiently is tried again first in line, :data:`~airflow_ml_batch.hooks.logs.READ_ATTEMPTS` calls in all;
+a log still unread then (or after :data:`COPY_PATIENCE` seconds of waiting) leaves one warning line with the
+reason and where the log is, and the task goes on.
 """
 
 from __future__ import annotations
@@ -92,27 +92,31 @@ class LogReadPacer:
                     break
 
     async def read(self, hook: CloudWatchLogsHook, log_group: str, log_stream: str, limit: int, until: float) -> Any:
-        """The last ``limit`` events of a stream, in turn; retried first in line after a throttled or
-        transient failure, :data:`~airflow_ml_batch.hooks.logs.READ_ATTEMPTS` calls in all, and never past ``until`` (epoch seconds).
+        """The last ``limit`` events of a stream, in turn; retried first in line after a throttled or transient
+        failure, :data:`~airflow_ml_batch.hooks.logs.READ_ATTEMPTS` calls in all, never past ``until`` (epoch s).
 
         :raises LogNotRead: why the stream was not read.
         """
-        for attempt in range(1, READ_ATTEMPTS + 1):
-            left = until - time.time()
-            try:
-                await asyncio.wait_for(self.turn(first=attempt > 1), max(left, 0.0))
-            except (asyncio.TimeoutError, TimeoutError):
-                raise LogNotRead(f"no turn to read it within {COPY_PATIENCE:.0f}s (or the task's deadline)") from None
-            try:
-                return await hook.async_last_events(log_group, log_stream, limit)
-            except Exception as error:
-                if is_throttling(error):
-                    self.throttled += 1
-                    self.rate.throttled()
-                if not is_transient(error) or attempt == READ_ATTEMPTS:
-                    raise LogNotRead(f"{error_text(error)} (after {attempt} calls)") from error
-                await asyncio.sleep(min(backoff(attempt, first=1.0), max(until - time.time(), 0.0)))
-        raise AssertionError("unreachable")
+        # Held while waiting: the shared client stays open from one read to the next, instead of being closed
+        # by each read and built again (its creation costs far more CPU than a call).
+        async with hook.async_client(send_once=True):
+            for attempt in range(1, READ_ATTEMPTS + 1):
+                left = until - time.time()
+                try:
+                    await asyncio.wait_for(self.turn(first=attempt > 1), max(left, 0.0))
+                except (asyncio.TimeoutError, TimeoutError):
+                    waited = f"no turn to read it within {COPY_PATIENCE:.0f}s (or the task's deadline)"
+                    raise LogNotRead(waited) from None
+                try:
+                    return await hook.async_last_events(log_group, log_stream, limit)
+                except Exception as error:
+                    if is_throttling(error):
+                        self.throttled += 1
+                        self.rate.throttled()
+                    if not is_transient(error) or attempt == READ_ATTEMPTS:
+                        raise LogNotRead(f"{error_text(error)} (after {attempt} calls)") from error
+                    await asyncio.sleep(min(backoff(attempt, first=1.0), max(until - time.time(), 0.0)))
+            raise AssertionError("unreachable")
 
 
 def _hook(hook_kwargs: Mapping[str, Any], source: LogSource) -> CloudWatchLogsHook:
