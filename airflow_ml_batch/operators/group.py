@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from airflow_ml_batch.triggers.group import RunGroupTrigger
 
 
-#: what labels a group's map index in the grid: its first and last model and how many (:attr:`models_label`)
+#: what labels a group's map index in the grid: its first and last model, and how many
+#: (:attr:`ModelGroupOperator.models_label`)
 MAP_INDEX_TEMPLATE = "{{ task.models_label }}"
 
 
@@ -42,9 +43,6 @@ class ModelGroupOperator(DeferredJobOperator):
         together from one triggerer. ``None`` (default): the account's published quota, AWS Batch's 50
         SubmitJob or ECS's 20 RunTask per second per Region; throttling halves the pace, which comes back by a
         tenth each second without throttling. Set it lower to leave room for other clients of the account.
-
-    ``job_logs`` applies to each model: the worker that ends the group copies the logs of the models that
-    failed (``"on_failure"``) or of every model (``"always"``), each under a heading naming the model.
     :param progress_interval: seconds between two lines of counts per state (and the failed models so far)
         in the task log.
     :param end_from_trigger: ``None`` (default) or ``False``: the task resumes on a worker when the group ends,
@@ -53,7 +51,9 @@ class ModelGroupOperator(DeferredJobOperator):
         ``True``: a successful group ends on the triggerer, which logs the table.
 
     Each map index is labelled with its models (``"m001 .. m100 (100 models)"``; ``map_index_template``
-    replaces it).
+    replaces it). ``job_logs`` applies to each model: the worker that ends the group copies the logs of the
+    models that failed (``"on_failure"``) or of every model (``"always"``), each under a heading naming the
+    model.
     """
 
     #: request fields whose mappings a model's entry merges over the operator's

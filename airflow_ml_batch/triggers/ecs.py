@@ -209,7 +209,7 @@ class EcsFleetTrigger(RunGroupTrigger):
     answer or a triggerer restart starts no second task. ListTasks on ``startedBy`` (running and stopped)
     finds the tasks the task instance already has. RunTask capacity failures are tried again with backoff
     and a new token, without counting as an attempt, up to
-    :data:`~airflow_ml_batch.triggers.group.CAPACITY_TRIES` times. See
+    :data:`~airflow_ml_batch.triggers.submission.CAPACITY_TRIES` times. See
     :class:`~airflow_ml_batch.triggers.group.RunGroupTrigger` for the parameters.
     """
 

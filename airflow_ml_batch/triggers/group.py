@@ -1,8 +1,8 @@
 """Run a group of models from one trigger: submit their jobs within the account's rate, watch them, retry them.
 
 :class:`RunGroupTrigger` is what ``BatchFleetOperator`` and ``EcsFleetOperator`` defer to. The worker only
-builds the requests; the trigger submits every job (at most ``max_running`` at once, paced by a
-:class:`SubmitPacer` per connection and region shared by every group of the triggerer), waits for them on
+builds the requests; the trigger submits every job (:mod:`airflow_ml_batch.triggers.submission`: at most
+``max_running`` at once, paced per connection and region for every group of the triggerer), waits for them on
 the shared poller, retries failed models (``model_retries``), and ends the task with one result per model.
 Submission runs beside the wait: observations, progress lines and the deadline go on while models are
 submitted.
@@ -121,16 +121,18 @@ class RunGroupTrigger(SubmitsModels, StopsAbandonedJobs):
     async def find_jobs(self, client: Any) -> list[FoundJob]:
         """Every job of this task instance that AWS knows (any try), from their names or tags.
 
-        :raises RejectedError: AWS refused the listing for a reason that will not pass (a job queue or cluster
-            that does not exist); the message names the value.
+        :raises ~airflow_ml_batch.triggers.submission.RejectedError: AWS refused the listing for a reason that
+            will not pass (a job queue or cluster that does not exist); the message names the value.
         """
 
     @abstractmethod
     async def submit(self, client: Any, model: dict[str, Any], attempt: int, placement: int) -> str:
         """Start ``model``'s job (attempt ``attempt`` of this try, ``placement``: its capacity retries); its id.
 
-        :raises RejectedError: AWS refused it for a reason that will not pass.
-        :raises NoCapacity: nothing was started for want of capacity; it may be tried again.
+        :raises ~airflow_ml_batch.triggers.submission.RejectedError: AWS refused it for a reason that will not
+            pass.
+        :raises ~airflow_ml_batch.triggers.submission.NoCapacity: nothing was started for want of capacity; it
+            may be tried again.
         """
 
     async def find_submitted(self, client: Any, model: dict[str, Any], attempt: int) -> str | None:
