@@ -60,6 +60,11 @@ def _config_key(config: Config) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((name, repr(getattr(config, name, None))) for name in Config.OPTION_DEFAULTS))
 
 
+def load_service_data(service_name: str) -> None:
+    """Load (and keep for the life of the process) what a client of ``service_name`` reads from botocore's data."""
+    _warm_loader(_LOADER, service_name)
+
+
 def _warm_loader(loader: botocore.loaders.Loader, service_name: str) -> None:
     """Load (and cache) the JSON a client of ``service_name`` needs, so creating it does no disk I/O."""
     for type_name in ("service-2", "endpoint-rule-set-1", "paginators-1", "waiters-2"):

@@ -1,5 +1,5 @@
-"""What jobs of every service share: the tags that name a task instance, where a failed job's log is and the
-metrics a job logs (no I/O)."""
+"""What jobs of every service share: the tags that name a task instance, where a failed job's log is, the
+metrics a job logs, and whether a cancelled trigger's job is abandoned (no I/O)."""
 
 from __future__ import annotations
 
@@ -68,3 +68,25 @@ def metrics_from_log(lines: list[str]) -> dict[str, Any] | None:
         if isinstance(metrics, dict):
             return metrics
     return None
+
+
+#: The state of a task instance that could not be read: a doubt, which never stops a job.
+UNKNOWN_STATE = "<unknown>"
+
+
+def job_abandoned(state: str | None, try_number: int | None = None, own_try: int | None = None) -> bool:
+    """Whether nobody will wait for a cancelled trigger's job, from its task's state (and try) now.
+
+    ``try_number`` is the task instance's try now and ``own_try`` the one of the trigger's own task
+    instance (the try that started the job), when known. A task on another try than the job's: the try
+    that started the job is over, whatever the state says (the next try may have deferred already). Else
+    ``deferred``: the trigger moved or the triggerer restarts, the job is waited for. Unknown: left
+    running, as a doubt never terminates a job. Anything else (no state: cleared; the next try on its
+    way; a success or failure a user marked; a timeout): the try that started the job is over, and the
+    next one never re-attaches to a job of a cleared try.
+    """
+    if state == UNKNOWN_STATE:
+        return False
+    if try_number is not None and own_try is not None and try_number != own_try:
+        return True
+    return state != "deferred"

@@ -16,16 +16,15 @@ import time
 import weakref
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Coroutine, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
-from asgiref.sync import sync_to_async
 
 from airflow_ml_batch import _compat
-from airflow_ml_batch.hooks.base import _LOADER, AwsServiceHook, _warm_loader
+from airflow_ml_batch.hooks.base import AwsServiceHook, load_service_data
+from airflow_ml_batch.jobs.common import UNKNOWN_STATE, job_abandoned
 from airflow_ml_batch.jobs.common import metrics_from_log as metrics_from_log
 from airflow_ml_batch.jobs.errors import TRANSIENT_ERROR_CODES as TRANSIENT_ERROR_CODES
 from airflow_ml_batch.jobs.errors import backoff
@@ -37,6 +36,7 @@ from airflow_ml_batch.triggers.logs import copy_job_logs, log_tail
 from airflow_ml_batch.triggers.poller import Observation as Observation
 from airflow_ml_batch.triggers.poller import SharedPoller, Watch, within
 from airflow_ml_batch.triggers.poller import due_ids as due_ids
+from airflow_ml_batch.triggers.task_state import task_now
 
 # metrics_from_log, is_transient, error_text and TRANSIENT_ERROR_CODES live in airflow_ml_batch.jobs now; the
 # ``as`` imports keep them importable from here, where they were before.
@@ -47,30 +47,32 @@ log = logging.getLogger(__name__)
 STOP_ATTEMPTS = 5
 #: The sentinel Airflow 3.3+ passes to ``Task.cancel()`` when a user acts on a deferred task.
 _USER_ACTION = "__airflow_user_action__"
-_UNKNOWN_STATE = "<unknown>"
-#: Task-state reads of cancelled triggers run in these threads: thousands at once finish within the
-#: triggerer's ``on_kill_timeout`` instead of queueing on one thread.
-_STATE_READS = 32
-#: Seconds a task-state read waits for the reads of other triggers of the same task, to share one call.
-_READ_GATHER = 0.05
-_state_readers: ThreadPoolExecutor | None = None
 
 
 #: Triggers that start their wait in one event-loop iteration: thousands starting together take turns.
 STARTS_PER_ITERATION = 100
 _turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, collections.deque[asyncio.Future[None]]]
 _turns = weakref.WeakKeyDictionary()
-_frozen = False
+_prepared = False
+
+
+def freeze_gc_enabled() -> bool:
+    """Whether ``[ml_batch] freeze_gc`` (``AIRFLOW__ML_BATCH__FREEZE_GC``) asks for ``gc.freeze()`` (default no)."""
+    from airflow.configuration import conf
+
+    return conf.getboolean("ml_batch", "freeze_gc", fallback=False)
 
 
 async def take_turn(service: str | None = None) -> None:
     """Wait until this trigger may start: :data:`STARTS_PER_ITERATION` per loop iteration, first come first.
 
     Before the first turn of the process, botocore's data for ``service`` (the trigger's client) is loaded
-    in a thread, then every object alive (modules, Airflow's own, that data) is moved out of the garbage
-    collector's reach (``gc.freeze()``): a full collection while thousands of triggers start would
-    otherwise walk them all, stalling the event loop for tens of milliseconds each time. Triggers
-    arriving meanwhile wait for it.
+    in a thread; triggers arriving meanwhile wait for it. With ``[ml_batch] freeze_gc = True`` every object
+    alive then (modules, Airflow's own, that data) is also moved out of the garbage collector's reach
+    (``gc.freeze()``, once): a full collection while thousands of triggers start would otherwise walk them
+    all, stalling the event loop each time. It is a decision for the whole triggerer process, other
+    providers' triggers included (their objects alive then are never collected as cycles), so it is
+    off unless asked for: for a triggerer that serves large fleets (docs/mwaa.md).
     """
     loop = asyncio.get_running_loop()
     queue = _turns.get(loop)
@@ -80,24 +82,29 @@ async def take_turn(service: str | None = None) -> None:
     queue.append(turn)
     if len(queue) == 1:
         try:
-            if not _frozen:
-                await _load_then_freeze(service)
+            if not _prepared:
+                await _prepare_process(service)
         finally:
             loop.call_soon(_give_turns, queue)
     await turn
 
 
-async def _load_then_freeze(service: str | None) -> None:
-    """Load what a client of ``service`` keeps for the life of the process, then ``gc.freeze()``, once."""
-    global _frozen
+async def _prepare_process(service: str | None) -> None:
+    """Load what a client of ``service`` keeps for the life of the process, then ``gc.freeze()`` if asked, once."""
+    global _prepared
     if service is not None:
         try:
-            await asyncio.to_thread(_warm_loader, _LOADER, service)
+            await asyncio.to_thread(load_service_data, service)
         except Exception:  # the client's creation tells what is wrong
             log.debug("Could not load botocore's data for %s", service, exc_info=True)
-    if not _frozen:
-        _frozen = True
-        gc.freeze()
+    if not _prepared:
+        _prepared = True
+        if freeze_gc_enabled():
+            gc.freeze()
+            log.info(
+                "gc.freeze(): %d objects out of the garbage collector's reach ([ml_batch] freeze_gc)",
+                gc.get_freeze_count(),
+            )
 
 
 def _give_turns(queue: collections.deque[asyncio.Future[None]]) -> None:
@@ -263,9 +270,9 @@ class WaitForJobTrigger(StopsAbandonedJobs):
 
     @property
     def hook(self) -> AwsServiceHook:
-        return self.hook_class(**self._connection())
+        return self.hook_class(**self.hook_arguments())
 
-    def _connection(self) -> dict[str, Any]:
+    def hook_arguments(self) -> dict[str, Any]:
         """The arguments of this trigger's hooks: connection, region, TLS verification, client config."""
         return {
             "aws_conn_id": self.settings.aws_conn_id,
@@ -285,10 +292,10 @@ class WaitForJobTrigger(StopsAbandonedJobs):
         yield event
 
     async def _stop_if_abandoned(self, reason: str) -> None:
-        now = await self._task_now()
+        now = await self.task_now()
         own_try = getattr(getattr(self, "task_instance", None), "try_number", None)
         if not job_abandoned(now.state, now.try_number, own_try):
-            why = "cannot be read" if now.state == _UNKNOWN_STATE else f"is {now.state}"
+            why = "cannot be read" if now.state == UNKNOWN_STATE else f"is {now.state}"
             self.log.info("%s %s: the task's state %s; job left running", self.noun, self.job_id, why)
             return
         if now.try_number is not None and own_try is not None and now.try_number != own_try:
@@ -336,7 +343,7 @@ class WaitForJobTrigger(StopsAbandonedJobs):
             if not self.succeeded(result):  # the worker the event resumes copies the log (job_logs)
                 return self._event("failed", self.failure_message(result), result=result)
             if self.settings.collect_metrics:
-                result["metrics"] = metrics_from_log(await self._log_tail(result))
+                result["metrics"] = metrics_from_log(await self.read_log_tail(result))
             if self.settings.end_from_trigger:
                 if copies_log(self.settings.job_logs, succeeded=True):
                     await self.copy_logs([result])
@@ -344,17 +351,17 @@ class WaitForJobTrigger(StopsAbandonedJobs):
                 return TaskSuccessEvent(xcoms=self._success_xcoms(result))
             return TriggerEvent({"status": "success", "job_id": self.job_id, "result": result})
 
-    async def _log_tail(self, result: dict[str, Any]) -> list[str]:
+    async def read_log_tail(self, result: dict[str, Any]) -> list[str]:
         """The last ``log_tail_lines`` messages of the job's log, for ``collect_metrics`` (paced, see
         :mod:`airflow_ml_batch.triggers.logs`); ``[]`` if it has none or it cannot be read."""
-        return await log_tail(self._connection(), result, self.settings.log_tail_lines)
+        return await log_tail(self.hook_arguments(), result, self.settings.log_tail_lines)
 
     async def copy_logs(self, results: list[dict[str, Any]]) -> None:
         """Copy the jobs' logs into this trigger's log (the task's), paced; never raises nor waits past the
         deadline (:func:`airflow_ml_batch.triggers.logs.copy_job_logs`)."""
         await copy_job_logs(
             self.log,
-            self._connection(),
+            self.hook_arguments(),
             results,
             self.settings.job_log_lines,
             log_link=self.settings.log_link,
@@ -386,14 +393,14 @@ class WaitForJobTrigger(StopsAbandonedJobs):
         return TriggerEvent({"status": status, "job_id": self.job_id, "message": message, **extra})
 
     async def _stop_quietly(self, reason: str) -> None:
-        """Stop the job (:meth:`_stop`); say so in the task log, and say loudly when it could not be stopped."""
-        error = await self._stop(reason)
+        """Stop the job (:meth:`stop_job`); say so in the task log, and say loudly when it could not be stopped."""
+        error = await self.stop_job(reason)
         if error is None:
             self.log.info("Stopped %s %s: %s", self.noun, self.job_id, reason)
         else:
             self.log.error("Could not stop %s %s, which may still run: %s", self.noun, self.job_id, error)
 
-    async def _stop(self, reason: str) -> str | None:
+    async def stop_job(self, reason: str) -> str | None:
         """Stop the job, again after transient errors (:data:`STOP_ATTEMPTS` in all); why it could not, if so."""
         for attempt in range(1, STOP_ATTEMPTS + 1):
             try:
@@ -406,24 +413,10 @@ class WaitForJobTrigger(StopsAbandonedJobs):
                 await asyncio.sleep(backoff(attempt, first=1.0))
         raise AssertionError("unreachable")
 
-    async def _task_now(self) -> _compat.TaskInstanceNow:
-        """The state (and, where Airflow tells, try number) of this trigger's task instance now.
-
-        ``_UNKNOWN_STATE`` when it cannot be read. The reads of triggers cancelled together are batched:
-        one Airflow call per (DAG, run, task) at a time (:class:`_TaskStateReads`).
-        """
-        task_instance = getattr(self, "task_instance", None)
-        if task_instance is None:
-            return _compat.TaskInstanceNow(_UNKNOWN_STATE)
-        try:
-            return await _TaskStateReads.of_loop().read(task_instance)
-        except Exception:
-            self.log.warning("Could not read the task's state", exc_info=True)
-            return _compat.TaskInstanceNow(_UNKNOWN_STATE)
-
-    async def _task_state(self) -> str | None:
-        """The state of this trigger's task instance (``None``: cleared), or ``_UNKNOWN_STATE``."""
-        return (await self._task_now()).state
+    async def task_now(self) -> _compat.TaskInstanceNow:
+        """The state (and, where Airflow tells, try number) of this trigger's task instance now, or
+        :data:`~airflow_ml_batch.jobs.common.UNKNOWN_STATE` (:func:`~airflow_ml_batch.triggers.task_state.task_now`)."""
+        return await task_now(getattr(self, "task_instance", None), self.log)
 
 
 #: What cancelled triggers still do (read the task's state, stop the job): kept alive until done.
@@ -446,96 +439,3 @@ async def _unless_cancelled_again(work: Coroutine[Any, Any, None]) -> None:
         if not task.done():
             log.info("Cancelled again while stopping its job; the stop goes on")
         raise
-
-
-class _TaskStateReads:
-    """The task-state reads of one event loop's cancelled triggers, batched per (DAG, run, task).
-
-    A read waits :data:`_READ_GATHER` for others of the same task, then one call reads them all; reads
-    asked for meanwhile go into the next call. Calls run in a pool of :data:`_STATE_READS` threads
-    (not the one thread ``sync_to_async`` uses by default), through ``sync_to_async`` so that Airflow 3's
-    triggerer can answer from its event loop. Clearing 5000 deferred tasks of one mapped task costs a
-    few reads, not 5000, and finishes well within the triggerer's ``on_kill_timeout``.
-    """
-
-    _of_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TaskStateReads]]
-    _of_loop = weakref.WeakKeyDictionary()
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self._waiting: dict[tuple[str, str, str], dict[int, list[asyncio.Future[_compat.TaskInstanceNow]]]] = {}
-        self._draining: set[tuple[str, str, str]] = set()
-        self._drains: set[asyncio.Future[None]] = set()
-
-    @classmethod
-    def of_loop(cls) -> _TaskStateReads:
-        loop = asyncio.get_running_loop()
-        reads = cls._of_loop.get(loop)
-        if reads is None:
-            reads = cls._of_loop[loop] = cls()
-        return reads
-
-    async def read(self, task_instance: Any) -> _compat.TaskInstanceNow:
-        key = (str(task_instance.dag_id), str(task_instance.run_id), str(task_instance.task_id))
-        map_index = -1 if task_instance.map_index is None else int(task_instance.map_index)
-        answer: asyncio.Future[_compat.TaskInstanceNow] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(key, {}).setdefault(map_index, []).append(answer)
-        if key not in self._draining:
-            self._draining.add(key)
-            drain = asyncio.ensure_future(self._drain(key))
-            self._drains.add(drain)
-            drain.add_done_callback(self._drains.discard)
-        return await answer
-
-    async def _drain(self, key: tuple[str, str, str]) -> None:
-        global _state_readers
-        if _state_readers is None:
-            _state_readers = ThreadPoolExecutor(_STATE_READS, thread_name_prefix="task-state")
-        read = sync_to_async(_compat.task_instances_now, thread_sensitive=False, executor=_state_readers)
-        try:
-            await asyncio.sleep(_READ_GATHER)
-            while waiting := self._waiting.pop(key, None):
-                found: dict[int, _compat.TaskInstanceNow] = {}
-                try:
-                    self.calls += 1
-                    found = await read(*key, list(waiting))
-                    dag_id, run_id, task_id = key
-                    otherwise: BaseException = LookupError(f"no task instance {task_id} in run {run_id} of {dag_id}")
-                except Exception as error:
-                    otherwise = error
-                self._answer(waiting, found, otherwise)
-        finally:
-            self._draining.discard(key)
-
-    @staticmethod
-    def _answer(
-        waiting: dict[int, list[asyncio.Future[_compat.TaskInstanceNow]]],
-        found: dict[int, _compat.TaskInstanceNow],
-        otherwise: BaseException,
-    ) -> None:
-        for map_index, futures in waiting.items():
-            for future in futures:
-                if future.done():  # its trigger gave up waiting (on_kill_timeout)
-                    continue
-                if map_index in found:
-                    future.set_result(found[map_index])
-                else:
-                    future.set_exception(otherwise)
-
-
-def job_abandoned(state: str | None, try_number: int | None = None, own_try: int | None = None) -> bool:
-    """Whether nobody will wait for a cancelled trigger's job, from its task's state (and try) now.
-
-    ``try_number`` is the task instance's try now and ``own_try`` the one of the trigger's own task
-    instance (the try that started the job), when known. A task on another try than the job's: the try
-    that started the job is over, whatever the state says (the next try may have deferred already). Else
-    ``deferred``: the trigger moved or the triggerer restarts, the job is waited for. Unknown: left
-    running, as a doubt never terminates a job. Anything else (no state: cleared; the next try on its
-    way; a success or failure a user marked; a timeout): the try that started the job is over, and the
-    next one never re-attaches to a job of a cleared try.
-    """
-    if state == _UNKNOWN_STATE:
-        return False
-    if try_number is not None and own_try is not None and try_number != own_try:
-        return True
-    return state != "deferred"

@@ -328,7 +328,7 @@ class RunGroupTrigger(SubmitsModels, StopsAbandonedJobs):
         result = await single.summarize(description)
         if single.succeeded(result):
             if self.settings.collect_metrics:
-                result["metrics"] = metrics_from_log(await single._log_tail(result))
+                result["metrics"] = metrics_from_log(await single.read_log_tail(result))
             await self._ended(index, watch, result, True, None)
             return
         message = single.failure_message(result)  # where the log is, no line of it (job_logs copies it)
@@ -392,7 +392,7 @@ class RunGroupTrigger(SubmitsModels, StopsAbandonedJobs):
             if copies_log(self.settings.job_logs, succeeded=True):
                 await copy_job_logs(
                     self.log,
-                    self._any_job._connection(),
+                    self._any_job.hook_arguments(),
                     results,
                     self.settings.job_log_lines,
                     log_link=self.settings.log_link,
@@ -461,7 +461,7 @@ class RunGroupTrigger(SubmitsModels, StopsAbandonedJobs):
 
         async def stop(job_id: str) -> str | None:
             await pacer.wait()
-            return await self.job_trigger_for(job_id)._stop(reason)
+            return await self.job_trigger_for(job_id).stop_job(reason)
 
         errors = await asyncio.gather(*(stop(job_id) for job_id in job_ids))
         not_stopped = [
@@ -485,7 +485,7 @@ class RunGroupTrigger(SubmitsModels, StopsAbandonedJobs):
         running = self._running_jobs()
         if not running:
             return
-        now = await self.job_trigger_for(running[0])._task_now()
+        now = await self.job_trigger_for(running[0]).task_now()
         own_try = getattr(getattr(self, "task_instance", None), "try_number", None)
         if not job_abandoned(now.state, now.try_number, own_try):
             self.log.info("The task's state is %s: %d jobs left running", now.state, len(running))

@@ -11,7 +11,6 @@ from helpers import first_event
 
 from airflow_ml_batch.testing.endpoint import Endpoint
 from airflow_ml_batch.triggers import base
-from airflow_ml_batch.triggers.base import job_abandoned
 from airflow_ml_batch.triggers.batch import BatchJobPoller, BatchJobTrigger
 from airflow_ml_batch.triggers.poller import Observation, Watch, within
 
@@ -20,31 +19,6 @@ def trigger_for(job_id: str, poll_interval: float = 0.05, **kwargs: Any) -> Batc
     return BatchJobTrigger(
         job_id=job_id, aws_conn_id=kwargs.pop("aws_conn_id", "aws_fake"), poll_interval=poll_interval, **kwargs
     )
-
-
-@pytest.mark.parametrize(
-    ("state", "abandoned"),
-    [("deferred", False), ("<unknown>", False), (None, True), ("scheduled", True), ("success", True), ("failed", True)],
-)
-def test_which_task_states_leave_a_cancelled_triggers_job_to_nobody(state: str | None, abandoned: bool) -> None:
-    assert job_abandoned(state) is abandoned
-    assert job_abandoned(state, try_number=2, own_try=2) is abandoned, "the same try: the state decides"
-
-
-@pytest.mark.parametrize(
-    ("state", "try_number", "own_try", "abandoned"),
-    [
-        ("deferred", 3, 2, True),  # the next try deferred again before the cancelled trigger read the state
-        ("running", 3, 2, True),
-        ("deferred", None, 2, False),  # Airflow 3's triggerer reads no try number: the state decides
-        ("deferred", 3, None, False),
-        ("<unknown>", 3, 2, False),  # a doubt never terminates
-    ],
-)
-def test_a_task_on_another_try_than_the_jobs_abandons_it_whatever_its_state(
-    state: str, try_number: int | None, own_try: int | None, abandoned: bool
-) -> None:
-    assert job_abandoned(state, try_number, own_try) is abandoned
 
 
 async def test_cancelling_while_a_describe_is_in_flight_ends_the_trigger_and_the_poller(aws_endpoint: Endpoint) -> None:
@@ -72,3 +46,22 @@ async def test_a_poller_warning_goes_to_the_task_log_and_is_no_sign_of_a_missing
 
     assert await within(trigger._wait(watch), 0.6) is None, "still waiting: no missing-job clock started"
     logged.warning.assert_called_once_with("%s %s: %s", "AWS Batch job", "job-1", text)
+
+
+@pytest.mark.parametrize(("setting", "frozen"), [(None, 0), ("False", 0), ("True", 1)])
+async def test_the_garbage_collector_is_frozen_only_when_the_deployment_asks(
+    monkeypatch: pytest.MonkeyPatch, setting: str | None, frozen: int
+) -> None:
+    # gc.freeze() acts on the whole triggerer process, other providers' triggers included: opt-in
+    freezes: list[None] = []
+    monkeypatch.setattr(base.gc, "freeze", lambda: freezes.append(None))
+    monkeypatch.setattr(base, "_prepared", False)
+    if setting is None:
+        monkeypatch.delenv("AIRFLOW__ML_BATCH__FREEZE_GC", raising=False)
+    else:
+        monkeypatch.setenv("AIRFLOW__ML_BATCH__FREEZE_GC", setting)
+
+    await asyncio.gather(*(base.take_turn("batch") for _ in range(3)))
+    await base.take_turn("batch")
+
+    assert len(freezes) == frozen

@@ -369,7 +369,7 @@ def test_triggers_cancelled_together_read_states_in_one_call_and_stop_jobs_even_
                 await asyncio.gather(*waiting, return_exceptions=True)
                 while base._finishing:
                     await asyncio.sleep(0.05)
-                return _TaskStateReads.of_loop().calls
+                return TaskStateReads.of_loop().calls
 
             try:
                 return asyncio.run(all_of_them())
@@ -382,7 +382,7 @@ def test_triggers_cancelled_together_read_states_in_one_call_and_stop_jobs_even_
         "from airflow.models.taskinstance import TaskInstance\nfrom airflow.utils.session import create_session\n"
         "from airflow_ml_batch import _compat\n"
         "from airflow_ml_batch.triggers import base\n"
-        "from airflow_ml_batch.triggers.base import _TaskStateReads\n"
+        "from airflow_ml_batch.triggers.task_state import TaskStateReads\n"
         "from airflow_ml_batch.triggers.batch import BatchJobTrigger\n",
     )
 
