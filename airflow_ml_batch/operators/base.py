@@ -366,3 +366,12 @@ class DeferredJobOperator(BaseOperator):
                 self.save_job_link(context, str(job_id))
         except Exception:
             self.log.exception("Could not stop %s, which may still run", job_id)
+
+
+def __getattr__(name: str) -> Any:
+    """``ModelGroupOperator`` lived here before 0.5: still importable from here, from its own module."""
+    if name == "ModelGroupOperator":
+        from airflow_ml_batch.operators.group import ModelGroupOperator
+
+        return ModelGroupOperator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
