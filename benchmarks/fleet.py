@@ -252,7 +252,8 @@ def summarize(
     rounds = round((max(times) - min(times)) / poll_interval) + 1 if times else 1
     others = {op: n for op, n in stats["calls"].items() if op != service.describe}
     p95 = statistics.quantiles(latencies, n=20)[-1] if len(latencies) > 1 else float("nan")
-    copies = job_log_rows(result, truth) if stats["calls"].get("GetLogEvents") or result.get("log_reads") else {}
+    reads = result.get("log_reads") or {}
+    copies = job_log_rows(result, truth) if stats["calls"].get("GetLogEvents") or reads.get("calls") else {}
     rows = {
         f"events / {service.noun}s": f"{len(events)} / {len(truth)}",
         "unfinished at cap": str(len(truth) - len(events)),
