@@ -21,10 +21,11 @@ REQUIRED = [
         for kind in ("hooks", "operators", "triggers")
         for service in ("batch", "ecs")
     ),
-    "airflow_ml_batch/triggers/group.py",
-    "airflow_ml_batch/triggers/poller.py",
-    "airflow_ml_batch/links/batch.py",
-    "airflow_ml_batch/jobs/groups.py",
+    "airflow_ml_batch/report_html.py",
+    *(f"airflow_ml_batch/operators/{name}.py" for name in ("base", "group", "report")),
+    *(f"airflow_ml_batch/triggers/{name}.py" for name in ("group", "submission", "poller", "logs", "task_state")),
+    *(f"airflow_ml_batch/links/{name}.py" for name in ("batch", "ecs", "logs", "report")),
+    *(f"airflow_ml_batch/jobs/{name}.py" for name in ("groups", "logs", "pacing", "outcomes")),
     "airflow_ml_batch/testing/moto_server.py",
 ]
 #: What never ships: the repository's top-level folders, and its development tools inside the package (an
