@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_ml_batch.jobs.common import with_log_location
+from airflow_ml_batch.jobs.common import name_part, task_instance_digest, with_log_location
 from airflow_ml_batch.jobs.fields import RequestField, direct_request, passed_through
 
 #: Job states in which the job may still run; SUCCEEDED and FAILED are final.
@@ -29,8 +28,6 @@ DEFAULT_LOG_GROUP = "/aws/batch/job"
 FAILED_CHILDREN_SHOWN = 10
 _CHILD_STATES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
 
-_INVALID_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]+")
-
 
 def job_name_for(dag_id: str, task_id: str, run_id: str, map_index: int = -1) -> str:
     """A valid, deterministic Batch job name for a task instance (at most 128 of ``[A-Za-z0-9_-]``).
@@ -38,9 +35,8 @@ def job_name_for(dag_id: str, task_id: str, run_id: str, map_index: int = -1) ->
     The same task instance always gets the same name, so a retry can find the job of an earlier try;
     a short hash of the whole key keeps names of different runs and map indexes apart after truncation.
     """
-    key = f"{dag_id}\n{task_id}\n{run_id}\n{map_index}"
-    digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:10]
-    readable = _INVALID_NAME_CHARACTERS.sub("-", f"{dag_id}-{task_id}").strip("-_") or "job"
+    digest = task_instance_digest(dag_id, task_id, run_id, map_index)
+    readable = name_part(f"{dag_id}-{task_id}") or "job"
     suffix = f"-{map_index}-{digest}" if map_index >= 0 else f"-{digest}"
     return readable[: 128 - len(suffix)] + suffix
 

@@ -3,11 +3,30 @@ metrics a job logs, and whether a cancelled trigger's job is abandoned (no I/O).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
 
 _INVALID_TAG_CHARACTERS = re.compile(r"[^\w\s.:/=+\-@]", re.UNICODE)
+_INVALID_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def task_instance_digest(
+    dag_id: str, task_id: str, run_id: str, map_index: int, *, algorithm: str = "sha1", length: int = 10
+) -> str:
+    """Hex digits naming one task instance, the same in every try: what job names, groups and ``startedBy`` carry.
+
+    ``algorithm`` and ``length`` stay what each name had when it shipped (a retry finds the jobs of earlier
+    tries, and of earlier releases, by them).
+    """
+    key = f"{dag_id}\n{task_id}\n{run_id}\n{map_index}"
+    return hashlib.new(algorithm, key.encode(), usedforsecurity=False).hexdigest()[:length]
+
+
+def name_part(text: str) -> str:
+    """``text`` with every run of characters AWS does not allow in a name (``[A-Za-z0-9_-]``) as ``-``, trimmed."""
+    return _INVALID_NAME_CHARACTERS.sub("-", text).strip("-_")
 
 
 def task_instance_tags(task_instance: Any, *, with_try: bool = True) -> dict[str, str]:

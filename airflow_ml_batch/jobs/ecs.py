@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from airflow_ml_batch.jobs.common import with_log_location
+from airflow_ml_batch.jobs.common import task_instance_digest, with_log_location
 from airflow_ml_batch.jobs.fields import RequestField, direct_request, passed_through
 
 #: RunTask ``failures`` reasons that mean "no capacity right now" (the ECS API reference's failure reasons:
@@ -42,8 +42,7 @@ def started_by_for(dag_id: str, task_id: str, run_id: str, map_index: int = -1) 
 
     ``airflow-`` and a hash of the task-instance key: a retry lists the tasks an earlier try started.
     """
-    key = f"{dag_id}\n{task_id}\n{run_id}\n{map_index}"
-    return "airflow-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+    return "airflow-" + task_instance_digest(dag_id, task_id, run_id, map_index, algorithm="sha256", length=40)
 
 
 def client_token_for(*key: object, placement: int = 1) -> str:

@@ -7,14 +7,14 @@ restart, a task retry) finds the jobs already submitted instead of submitting th
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-_INVALID = re.compile(r"[^A-Za-z0-9_-]+")
+from airflow_ml_batch.jobs.common import name_part, task_instance_digest
+
 #: the most characters of a model's label in its job name (Batch allows 128 in all)
 _LABEL_CHARACTERS = 55
 
@@ -27,19 +27,18 @@ def model_label(entry: Mapping[str, Any], index: int) -> str:
 
 def group_key(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
     """Ten hex digits naming one task instance of a group, the same in every try."""
-    key = f"{dag_id}\n{task_id}\n{run_id}\n{map_index}"
-    return hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()[:10]
+    return task_instance_digest(dag_id, task_id, run_id, map_index)
 
 
 def group_prefix(base: str, key: str) -> str:
     """The start of every job name of a group: a readable ``base`` (the task id, say), its key, ``--``."""
-    readable = _INVALID.sub("-", base).strip("-_")[:40] or "group"
+    readable = name_part(base)[:40] or "group"
     return f"{readable}-{key}--"
 
 
 def model_job_name(prefix: str, index: int, label: str, try_number: int, attempt: int) -> str:
     """A model's Batch job name: ``<prefix><index>-<label>-t<try>-a<attempt>``, valid for Batch."""
-    readable = _INVALID.sub("-", label).strip("-_")[:_LABEL_CHARACTERS] or "model"
+    readable = name_part(label)[:_LABEL_CHARACTERS] or "model"
     return f"{prefix}{index}-{readable}-t{try_number}-a{attempt}"
 
 
