@@ -46,3 +46,14 @@ def test_a_task_on_another_try_than_the_jobs_abandons_it_whatever_its_state(
     state: str, try_number: int | None, own_try: int | None, abandoned: bool
 ) -> None:
     assert job_abandoned(state, try_number, own_try) is abandoned
+
+
+def test_names_of_a_task_instance_stay_what_earlier_releases_gave_so_retries_find_their_jobs() -> None:
+    from airflow_ml_batch.jobs.batch import job_name_for
+    from airflow_ml_batch.jobs.ecs import started_by_for
+    from airflow_ml_batch.jobs.groups import group_key
+
+    # the values 0.4.0 gave: a retry after an upgrade lists the jobs of the try before it by these
+    assert job_name_for("d", "t", "r", 3) == "d-t-3-27d3fab2cc"
+    assert group_key("d", "t", "r", 3) == "27d3fab2cc"
+    assert started_by_for("d", "t", "r", 3) == "airflow-62f2c735a0e40f238b858d193ac7d88d4b79ee4d"
