@@ -10,6 +10,7 @@ from typing import Any
 
 from airflow_ml_batch.jobs.common import name_part, task_instance_digest, with_log_location
 from airflow_ml_batch.jobs.fields import RequestField, direct_request, passed_through
+from airflow_ml_batch.jobs.groups import FoundJob, parse_job_name
 
 #: Job states in which the job may still run; SUCCEEDED and FAILED are final.
 ACTIVE_STATES = frozenset({"SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"})
@@ -445,3 +446,14 @@ def reattachable_job(jobs: list[dict[str, Any]], tries: range) -> dict[str, Any]
         if try_tag.isdigit() and int(try_tag) in tries and not (job.get("isTerminated") or job.get("isCancelled")):
             return job
     return None
+
+
+def found_job(prefix: str, summary: Mapping[str, Any]) -> FoundJob | None:
+    """A group's job from its ListJobs summary (its name says the model, try and attempt); ``None`` if not one."""
+    parsed = parse_job_name(prefix, summary.get("jobName", ""))
+    if parsed is None:
+        return None
+    index, try_number, attempt = parsed
+    status = summary.get("status")
+    created = float(summary.get("createdAt") or 0)
+    return FoundJob(summary["jobId"], index, try_number, attempt, status in ACTIVE_STATES, created, status == "FAILED")

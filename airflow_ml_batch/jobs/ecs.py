@@ -9,6 +9,7 @@ from typing import Any
 
 from airflow_ml_batch.jobs.common import task_instance_digest, with_log_location
 from airflow_ml_batch.jobs.fields import RequestField, direct_request, passed_through
+from airflow_ml_batch.jobs.groups import FoundJob
 
 #: RunTask ``failures`` reasons that mean "no capacity right now" (the ECS API reference's failure reasons:
 #: ``RESOURCE:CPU``, ``RESOURCE:MEMORY``, ...; ``AGENT``; Fargate's "Capacity is unavailable at this time"):
@@ -267,3 +268,13 @@ def reattachable_task(tasks: list[dict[str, Any]], tries: range) -> dict[str, An
         if try_tag.isdigit() and int(try_tag) in tries:
             return task
     return None
+
+
+def found_task(task: Mapping[str, Any]) -> FoundJob | None:
+    """A group's task from its description with tags (they say the model, try and attempt); ``None`` if not one."""
+    tags = {tag["key"]: tag["value"] for tag in task.get("tags", [])}
+    numbers = [tags.get(f"airflow:{key}", "") for key in ("model_index", "try_number", "attempt")]
+    if not all(number.isdigit() for number in numbers):
+        return None
+    index, try_number, attempt = map(int, numbers)
+    return FoundJob(task["taskArn"], index, try_number, attempt, task.get("desiredStatus") != "STOPPED")

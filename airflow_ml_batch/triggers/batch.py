@@ -8,16 +8,16 @@ from botocore.exceptions import ClientError
 
 from airflow_ml_batch.hooks.batch import BatchHook
 from airflow_ml_batch.jobs.batch import (
-    ACTIVE_STATES,
     FINAL_STATES,
     describe_failure,
     failed_child_ids,
     failed_children,
+    found_job,
     job_state,
     summarize_job,
 )
 from airflow_ml_batch.jobs.errors import error_text, is_transient
-from airflow_ml_batch.jobs.groups import FoundJob, model_job_name, parse_job_name
+from airflow_ml_batch.jobs.groups import FoundJob, model_job_name
 from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
 from airflow_ml_batch.triggers.group import RejectedError, RunGroupTrigger
 
@@ -131,17 +131,7 @@ class BatchFleetTrigger(RunGroupTrigger):
             pages = paginator.paginate(jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [f"{prefix}*"]}])
             try:
                 async for page in pages:
-                    for summary in page["jobSummaryList"]:
-                        parsed = parse_job_name(prefix, summary.get("jobName", ""))
-                        if parsed is None:
-                            continue
-                        index, try_number, attempt = parsed
-                        status = summary.get("status")
-                        created = float(summary.get("createdAt") or 0)
-                        active = status in ACTIVE_STATES
-                        found.append(
-                            FoundJob(summary["jobId"], index, try_number, attempt, active, created, status == "FAILED")
-                        )
+                    found += [job for s in page["jobSummaryList"] if (job := found_job(prefix, s)) is not None]
             except ClientError as error:
                 if is_transient(error):
                     raise

@@ -17,6 +17,7 @@ from airflow_ml_batch.jobs.ecs import (
     describe_task_failure,
     essential_containers,
     failures_text,
+    found_task,
     log_location,
     no_capacity,
     summarize_task,
@@ -235,14 +236,7 @@ class EcsFleetTrigger(RunGroupTrigger):
         found = []
         for start in range(0, len(arns), 100):
             answer = await client.describe_tasks(cluster=cluster, tasks=arns[start : start + 100], include=["TAGS"])
-            for task in answer["tasks"]:
-                tags = {tag["key"]: tag["value"] for tag in task.get("tags", [])}
-                numbers = [tags.get(f"airflow:{key}", "") for key in ("model_index", "try_number", "attempt")]
-                if not all(number.isdigit() for number in numbers):
-                    continue
-                index, try_number, attempt = map(int, numbers)
-                active = task.get("desiredStatus") != "STOPPED"
-                found.append(FoundJob(task["taskArn"], index, try_number, attempt, active))
+            found += [job for task in answer["tasks"] if (job := found_task(task)) is not None]
         return found
 
     async def submit(self, client: Any, model: dict[str, Any], attempt: int, placement: int = 1) -> str:

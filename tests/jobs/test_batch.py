@@ -350,3 +350,15 @@ def test_the_job_a_request_submitted_is_found_by_name_and_every_tag() -> None:
     assert submitted_job([ours, other_try, other_name], request) == ours
     assert submitted_job([ours, newer, other_try], request) == newer
     assert submitted_job([other_try, other_name], request) is None
+
+
+def test_a_listed_job_of_the_group_is_found_by_its_name_and_others_are_not() -> None:
+    from airflow_ml_batch.jobs.batch import found_job
+    from airflow_ml_batch.jobs.groups import FoundJob
+
+    prefix = "forecast-0123456789--"
+    summary = {"jobId": "j1", "jobName": f"{prefix}7-m7-t2-a3", "status": "FAILED", "createdAt": 5}
+
+    assert found_job(prefix, summary) == FoundJob("j1", 7, 2, 3, False, 5.0, True)
+    assert found_job(prefix, {**summary, "status": "RUNNABLE"}) == FoundJob("j1", 7, 2, 3, True, 5.0, False)
+    assert found_job(prefix, {**summary, "jobName": "another-0123456789--7-m7-t2-a3"}) is None

@@ -122,3 +122,16 @@ def test_a_new_placement_gets_a_token_of_its_own_and_the_first_keeps_the_earlier
     assert len(first) == 64
     # what releases before placements sent for the first placement of a group's model
     assert client_token_for("prefix--", 4, 1, 2) == hashlib.sha256(b"prefix--\n4\n1\n2").hexdigest()
+
+
+def test_a_described_task_of_the_group_is_found_by_its_tags_and_others_are_not() -> None:
+    from airflow_ml_batch.jobs.ecs import found_task
+    from airflow_ml_batch.jobs.groups import FoundJob
+
+    numbers = (("model_index", "4"), ("try_number", "1"), ("attempt", "2"))
+    tags = [{"key": f"airflow:{key}", "value": value} for key, value in numbers]
+    task = {"taskArn": "arn:t", "desiredStatus": "RUNNING", "tags": tags}
+
+    assert found_task(task) == FoundJob("arn:t", 4, 1, 2, True)
+    assert found_task({**task, "desiredStatus": "STOPPED"}) == FoundJob("arn:t", 4, 1, 2, False)
+    assert found_task({**task, "tags": tags[:2]}) is None
