@@ -91,6 +91,13 @@ def error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def error_message(error: BaseException) -> str:
+    """What AWS said, alone (an AWS error's message); otherwise the error's text."""
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Message") or error)
+    return str(error)
+
+
 def is_throttling(error: BaseException) -> bool:
     """Whether AWS refused the call for the caller's rate (429 or a throttling error code)."""
     if not isinstance(error, ClientError):

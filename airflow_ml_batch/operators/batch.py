@@ -157,13 +157,15 @@ class BatchJobOperator(DeferredJobOperator):
     def _submit(self, job_name: str, task_tags: dict[str, str]) -> str:
         from botocore.exceptions import ClientError
 
+        from airflow_ml_batch.jobs.errors import error_message
+
         request = submit_job_request(
             self.request_fields, self.request_values(), job_name=job_name, tags={**(self.tags or {}), **task_tags}
         )
         try:
             job_id = str(self.hook.submit_job(request))
         except ClientError as error:
-            message = error.response.get("Error", {}).get("Message", str(error))
+            message = error_message(error)
             raise AirflowException(
                 f"AWS Batch rejected job {job_name!r} (job_queue={self.job_queue!r}, "
                 f"job_definition={self.job_definition!r}): {message}"

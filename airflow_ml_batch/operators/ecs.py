@@ -193,7 +193,7 @@ class EcsTaskOperator(DeferredJobOperator):
         with a new token. Both within ``run_task_attempts`` calls."""
         from botocore.exceptions import ClientError
 
-        from airflow_ml_batch.jobs.errors import backoff, error_text, is_transient
+        from airflow_ml_batch.jobs.errors import backoff, error_message, error_text, is_transient
 
         placement = 1
         request = run_task_request(
@@ -211,7 +211,7 @@ class EcsTaskOperator(DeferredJobOperator):
                 if not is_transient(error) or attempt == self.run_task_attempts:
                     if not isinstance(error, ClientError):
                         raise
-                    message = error.response.get("Error", {}).get("Message", str(error))
+                    message = error_message(error)
                     raise AirflowException(f"ECS rejected RunTask {where}: {message}") from error
                 reason = error_text(error)
             else:

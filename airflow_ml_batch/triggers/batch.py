@@ -16,7 +16,7 @@ from airflow_ml_batch.jobs.batch import (
     job_state,
     summarize_job,
 )
-from airflow_ml_batch.jobs.errors import error_text, is_transient
+from airflow_ml_batch.jobs.errors import error_message, error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob, model_job_name
 from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
 from airflow_ml_batch.triggers.group import RejectedError, RunGroupTrigger
@@ -152,7 +152,7 @@ class BatchFleetTrigger(RunGroupTrigger):
         except ClientError as error:
             if is_transient(error):
                 raise
-            message = error.response.get("Error", {}).get("Message", str(error))
+            message = error_message(error)
             where = f"job_queue={request.get('jobQueue')!r}, job_definition={request.get('jobDefinition')!r}"
             raise RejectedError(f"AWS Batch rejected job {name!r} ({where}): {message}") from error
         return str(response["jobId"])

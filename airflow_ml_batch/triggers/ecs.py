@@ -22,7 +22,7 @@ from airflow_ml_batch.jobs.ecs import (
     no_capacity,
     summarize_task,
 )
-from airflow_ml_batch.jobs.errors import error_text, is_transient
+from airflow_ml_batch.jobs.errors import error_message, error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob
 from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
 from airflow_ml_batch.triggers.group import NoCapacity, RejectedError, RunGroupTrigger
@@ -253,7 +253,7 @@ class EcsFleetTrigger(RunGroupTrigger):
         except ClientError as error:
             if is_transient(error):
                 raise
-            message = error.response.get("Error", {}).get("Message", str(error))
+            message = error_message(error)
             raise RejectedError(
                 f"ECS rejected RunTask of model {model['label']} ({self._where()}): {message}"
             ) from error

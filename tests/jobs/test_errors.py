@@ -112,3 +112,14 @@ def test_throttling_is_told_by_status_or_code_and_never_by_a_network_error() -> 
     assert is_throttling(client_error("ThrottlingException", 400))
     assert not is_throttling(client_error("ServerException", 500))
     assert not is_throttling(ConnectionClosedError(endpoint_url="https://ecs.eu-west-1.amazonaws.com"))
+
+
+def test_the_aws_message_alone_is_what_rejections_quote() -> None:
+    from botocore.exceptions import ClientError
+
+    from airflow_ml_batch.jobs.errors import error_message
+
+    rejected = ClientError({"Error": {"Code": "ClientException", "Message": "JobQueue nope not found"}}, "SubmitJob")
+
+    assert error_message(rejected) == "JobQueue nope not found"
+    assert error_message(ValueError("bad")) == "bad"
