@@ -18,11 +18,14 @@
    results; it fails the run, as the bad models failed).
 5. Waits for the run (bounded by ``--timeout``) while sampling each component's memory, stops every
    process it started, and prints the report summary and what the tasks and the endpoint saw. Exits
-   non-zero unless exactly the models meant to fail failed.
+   non-zero unless exactly the models meant to fail failed, the HTML page has one row per model and each
+   successful model's own log lines are in its task's log (``job_logs="always"``).
 
 ``--mode group`` runs ``monthly_demand_forecast_groups`` instead: one ``BatchFleetOperator`` task per group
 of 100 models, whose trigger submits, watches and retries the group's jobs (a failed model runs once more
-within the try, then again in each of the task's retries); the report and the checks are the same.
+within the try, then again in each of the task's retries); the report and the checks are the same, and
+each map index must be labelled ``"<first id> .. <last id> (<n> models)"`` and each failed model named in its
+group's table of models in the task log.
 
 Nothing reaches AWS, and nothing listens beyond 127.0.0.1.
 Usage: python scripts/demo.py [--models N] [--mode model|group]
@@ -34,10 +37,13 @@ import argparse
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
+import html.parser
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -50,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_ml_batch.fleet import batch_kwargs, groups, load_models
+from airflow_ml_batch.jobs.outcomes import COLUMNS
 from airflow_ml_batch.report import model_ids, read_csv, summarize
 from airflow_ml_batch.testing import aws_connection_json, local_airflow
 from airflow_ml_batch.testing.endpoint import ACCOUNT, REGION, ContainerRunner, Endpoint, Image
@@ -129,7 +136,8 @@ def write_fleet(count: int, minute_seconds: float | None, slots: int) -> Fleet:
         m["id"]: float(m.get("expected_minutes", document["defaults"]["expected_minutes"])) for m in document["models"]
     }
     scale = minute_seconds or min(0.5, 150.0 * slots / sum(expected.values()))
-    bad, reclaimed = {}, set()
+    bad: dict[str, str] = {}
+    reclaimed = set()
     for model_id in expected:
         draw = int(hashlib.sha256(f"{model_id}/demo".encode()).hexdigest()[:8], 16) % 100
         if draw < BAD_HISTORY_PER_100:
@@ -229,6 +237,176 @@ def final_checks(processes: Processes, dag_id: str, run_id: str) -> tuple[collec
     return tasks, None if ours is None else f"{ours['package_name']} {ours['version']}"
 
 
+#: The header of the table of every model a group task writes into its log, as words.
+TABLE_HEADER = " ".join(COLUMNS).split()
+#: A group's map index label: ``"<first id> .. <last id> (<n> models)"``.
+GROUP_LABEL = re.compile(r"(?P<first>\S+) \.\. (?P<last>\S+) \((?P<count>\d+) models\)")
+#: The lines a model job's log holds that the endpoint adds (an attempt lost to a Spot reclaim), not the model.
+ENDPOINT_NOTE = "(attempt "
+
+
+class _TableRows(html.parser.HTMLParser):
+    """Counts the ``<tr>`` rows in the ``<tbody>`` of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_body, self.rows = False, 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tbody":
+            self.in_body = True
+        elif tag == "tr" and self.in_body:
+            self.rows += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "tbody":
+            self.in_body = False
+
+
+def html_rows(path: Path | None) -> int | None:
+    """How many data rows (``<tbody>`` rows) the report page's table has; ``None`` without the page."""
+    if path is None or not path.is_file():
+        return None
+    parser = _TableRows()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser.rows
+
+
+def task_log_events(path: Path) -> list[str]:
+    """The messages of an Airflow 3 task log file (JSON lines, each record's ``event``; a plain line as is)."""
+    events = []
+    for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = None
+        events.append(str(record.get("event", "")) if isinstance(record, dict) else raw)
+    return events
+
+
+def forecast_log_files(dag_id: str, run_id: str) -> dict[int, list[Path]]:
+    """Each ``forecast`` map index's log files (every try's, the worker's and the triggerer's), by Airflow 3's
+    layout: ``logs/dag_id=.../run_id=.../task_id=forecast/map_index=N/attempt=K.log[.trigger.T.log]``."""
+    base = AIRFLOW_HOME / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / "task_id=forecast"
+    files: dict[int, list[Path]] = collections.defaultdict(list)
+    for path in sorted(base.glob("map_index=*/attempt=*.log*")):
+        with contextlib.suppress(ValueError):
+            files[int(path.parent.name.partition("=")[2])].append(path)
+    return files
+
+
+@dataclass
+class TaskLogs:
+    """What the ``forecast`` tasks' log files hold: each file's lines, the copied models' logs, the tables."""
+
+    lines: dict[Path, list[str]]
+    #: "Model <id> (Job <job id>)" heading (group mode) -> the file it is in
+    headings: dict[str, Path]
+    #: model id -> (its row in a group's table of every model, the file)
+    table_rows: dict[str, list[tuple[str, Path]]]
+
+    @classmethod
+    def read(cls, files: dict[int, list[Path]]) -> TaskLogs:
+        lines: dict[Path, list[str]] = {}
+        headings: dict[str, Path] = {}
+        table_rows: dict[str, list[tuple[str, Path]]] = collections.defaultdict(list)
+        for path in (path for paths in files.values() for path in paths):
+            lines[path] = []
+            for event in task_log_events(path):
+                event_lines = event.splitlines()
+                lines[path].extend(line.strip() for line in event_lines)
+                for number, line in enumerate(event_lines):
+                    if line.startswith("Model ") and " (Job " in line:
+                        headings.setdefault(line.split(": ", 1)[0], path)
+                    if line.split() == TABLE_HEADER:
+                        for row in event_lines[number + 2 :]:  # after the header and its dashes
+                            if row.split():
+                                table_rows[row.split()[0]].append((row.rstrip(), path))
+        return cls(lines, headings, table_rows)
+
+    @staticmethod
+    def copied(own: list[str], lines: list[str]) -> bool:
+        """Whether each of a job's ``own`` log lines is in ``lines`` (copied as ``<event time> <message>``)."""
+        messages = {line.split(" ", 1)[1].strip() for line in lines if " " in line} | set(lines)
+        return all(line.strip() in messages for line in own if line.strip())
+
+
+@dataclass
+class LogChecks:
+    """The checks of what a user sees of every model in the task logs, and the examples the summary shows."""
+
+    copied: int = 0  # successful models whose own log lines are all in their task's log
+    succeeded: int = 0  # successful models with log lines
+    example: tuple[str, Path] | None = None
+    not_copied: list[str] = dataclasses.field(default_factory=list)
+    labels: list[str] = dataclasses.field(default_factory=list)  # group mode: every forecast map index's label
+    bad_labels: list[str] = dataclasses.field(default_factory=list)
+    named: dict[str, tuple[str, Path]] = dataclasses.field(default_factory=dict)  # failed model -> table row
+
+    def ok(self, mode: str, models: int, bad: Iterable[str]) -> bool:
+        logs_ok = self.succeeded > 0 and self.copied == self.succeeded and self.example is not None
+        if mode == "model":
+            return logs_ok
+        counted = sum(int(m["count"]) for m in map(GROUP_LABEL.fullmatch, self.labels) if m)
+        return (
+            logs_ok and bool(self.labels) and not self.bad_labels and counted == models and set(self.named) == set(bad)
+        )
+
+
+def check_task_logs(
+    mode: str, dag_id: str, run_id: str, db: MetadataDB, runs: dict[str, Any], outcomes: list[Any], bad: Iterable[str]
+) -> LogChecks:
+    """Read the ``forecast`` tasks' logs and labels: each successful model's own log lines in the log of its
+    task (per model: its map index's; groups: the group task with the model's heading), every group's label,
+    and each failed model's row in its group's table."""
+    rows = db.sql(
+        "SELECT map_index, rendered_map_index FROM task_instance "
+        "WHERE dag_id = :dag AND run_id = :run AND task_id = 'forecast' ORDER BY map_index",
+        dag=dag_id,
+        run=run_id,
+    )
+    labels = {int(index): str(label or "") for index, label in rows}
+    files = forecast_log_files(dag_id, run_id)
+    logs = TaskLogs.read(files)
+    checks = LogChecks()
+    index_of = {label: index for index, label in labels.items()}  # per model: the label is the model id
+    for outcome in outcomes:
+        run = runs.get(outcome.job_id or "") if outcome.succeeded else None
+        own = [line for line in run.log_lines() if line.strip() and not line.startswith(ENDPOINT_NOTE)] if run else []
+        if not own:
+            continue
+        checks.succeeded += 1
+        if mode == "model":
+            candidates = files.get(index_of.get(outcome.model_id, -1), [])
+        else:
+            found = logs.headings.get(f"Model {outcome.model_id} (Job {outcome.job_id})")
+            candidates = [found] if found else []
+        where = next((path for path in candidates if logs.copied(own, logs.lines[path])), None)
+        if where is None:
+            checks.not_copied.append(outcome.model_id)
+            continue
+        checks.copied += 1
+        if checks.example is None:
+            checks.example = (own[0], where)
+    if mode == "group":
+        checks.labels = [labels[index] for index in sorted(labels)]
+        checks.bad_labels = [
+            f"{index}: {label!r}" for index, label in labels.items() if not GROUP_LABEL.fullmatch(label)
+        ]
+        for model_id in bad:
+            row = next(
+                (
+                    (text, path)
+                    for text, path in logs.table_rows.get(model_id, [])
+                    if text.split()[1:2] != ["SUCCEEDED"]
+                ),
+                None,
+            )
+            if row is not None:
+                checks.named[model_id] = row
+    return checks
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, default=100, help="models, one Batch job each (default 100)")
@@ -319,9 +497,20 @@ def main() -> int:
         jobs = collections.Counter(aws.batch.status(job_id, time.time()) for job_id in list(aws.batch.jobs))
         tasks: collections.Counter[str] = collections.Counter()
         provider = None
+        log_checks: LogChecks | None = None
         if error is None:  # while the metadata database still runs
             try:
                 tasks, provider = final_checks(processes, DAG_IDS[args.mode], result["run_id"])
+                report_csv = next(iter(sorted(REPORTS_DIR.glob("*/report.csv"))), None)
+                log_checks = check_task_logs(
+                    args.mode,
+                    DAG_IDS[args.mode],
+                    result["run_id"],
+                    db,
+                    aws.batch.runs,
+                    read_csv(report_csv) if report_csv else [],
+                    fleet.bad,
+                )
             except Exception as caught:
                 error = caught
     cpu["endpoint and demo"] = time.process_time()
@@ -398,6 +587,34 @@ def main() -> int:
             f"  {model_id}: {row.status} (exit code {row.exit_code}), {row.attempts} Batch attempt(s), "
             f"Airflow try {row.try_number or '-'}; {why}"
         )
+    report_html = next((path for path in report_files if path.name == "report.html"), None)
+    html_count = html_rows(report_html)
+    print(
+        f"report.html rows:    {'NOT WRITTEN' if html_count is None else html_count} "
+        f"(one per model: {'yes' if html_count == args.models else f'NO, {args.models} models'})"
+    )
+    if log_checks is not None:
+        print(
+            f"model logs copied:   {log_checks.copied} of {log_checks.succeeded} successful models' own log lines "
+            f"in their {'group' if args.mode == 'group' else 'forecast'} task's log"
+            + (f"; NOT in it: {', '.join(log_checks.not_copied[:5])}" if log_checks.not_copied else "")
+        )
+        if log_checks.example:
+            line, path = log_checks.example
+            print(f"  e.g. {line!r}\n  in {path}")
+        if args.mode == "group":
+            shown = ", ".join(repr(label) for label in log_checks.labels[:3])
+            print(
+                f"group labels:        {len(log_checks.labels)} map indexes, e.g. {shown}"
+                + (f"; NOT of the form: {', '.join(log_checks.bad_labels[:3])}" if log_checks.bad_labels else "")
+            )
+            missing = [m for m in fleet.bad if m not in log_checks.named]
+            print(
+                f"failed models named: {len(log_checks.named)} of {len(fleet.bad)} in their group's table of models"
+                + (f"; NOT named: {', '.join(missing[:5])}" if missing else "")
+            )
+            for text, path in list(log_checks.named.values())[:2]:
+                print(f"  {text[:100]!r}\n  in {path}")
     if tasks:  # the final checks ran
         print(f"airflow providers list: {provider or 'airflow-ml-batch NOT FOUND'}")
     print(f"Airflow home, with every component's and task's log: {AIRFLOW_HOME}")
@@ -417,6 +634,9 @@ def main() -> int:
         and all(row.metrics.get("mape") is not None for row in outcomes if row.succeeded)
         and {path.name for path in report_files} == {"report.csv", "report.png", "report.html"}
         and provider is not None
+        and html_count == args.models
+        and log_checks is not None
+        and log_checks.ok(args.mode, args.models, fleet.bad)
     )
     print("result:              OK" if ok else "result:              FAILED")
     return 130 if interrupted else 0 if ok else 1
