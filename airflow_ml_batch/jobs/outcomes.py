@@ -37,11 +37,12 @@ def model_exit_code(entry: Mapping[str, Any]) -> Any:
 
 
 def model_reason(entry: Mapping[str, Any]) -> str:
-    """Why the job ended as it did, in one line: the status reason, else the first line of the message."""
-    reason = entry.get("status_reason") or entry.get("stopped_reason")
-    if not reason and not entry.get("succeeded"):
-        reason = str(entry.get("message") or "").split("\n", 1)[0]
-    return " ".join(str(reason or "").split())
+    """Why a model failed, in one line: the status reason, else the first line of the message; ``""`` for a success
+    (AWS Batch says "Essential container in task exited" of those too)."""
+    if entry.get("succeeded"):
+        return ""
+    reason = entry.get("status_reason") or entry.get("stopped_reason") or str(entry.get("message") or "").split("\n")[0]
+    return " ".join(str(reason).split())
 
 
 def _duration(seconds: Any) -> str:

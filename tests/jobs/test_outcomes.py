@@ -44,6 +44,7 @@ def test_status_exit_code_and_reason_read_batch_and_ecs_entries_alike() -> None:
         "AWS Batch rejected job 'x':"
     )
     assert model_reason(ECS_SUCCEEDED) == ""
+    assert model_reason({"succeeded": True, "status_reason": "Essential container in task exited"}) == ""
 
 
 def test_the_table_has_a_header_failed_models_first_and_each_log_link() -> None:
