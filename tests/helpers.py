@@ -161,3 +161,15 @@ def rendered_links(dag_run: Any, operator: Any) -> dict[str, str | None]:
     task = serializer.from_dict(serializer.to_dict(dag)).get_task(operator.task_id)
     ti = task_instance(dag_run, operator.task_id)
     return {name: task.get_extra_links(ti, name) for name in task.extra_links}
+
+
+def dag_bag(folder: Path) -> Any:
+    """The DAGs of the files in ``folder``, as Airflow's DagBag loads them, without Airflow's examples."""
+    try:
+        from airflow.dag_processing.dagbag import DagBag  # Airflow 3.1+
+    except ImportError:
+        from airflow.models.dagbag import DagBag  # type: ignore[no-redef]
+    try:  # Airflow's examples are in the bag by default (load_examples) up to 3.2
+        return DagBag(dag_folder=str(folder), include_examples=False)
+    except TypeError:  # Airflow 3.3+: the argument is gone, and the examples never included
+        return DagBag(dag_folder=str(folder))

@@ -12,10 +12,9 @@ import re
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import aws_connection_uri
+from helpers import aws_connection_uri, dag_bag
 from packaging.version import Version
 
 ROOT = Path(__file__).parent.parent
@@ -77,17 +76,6 @@ def test_the_docs_have_python_blocks_and_the_report_ones() -> None:
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda block: block.name)
 def test_every_python_block_compiles(block: Block) -> None:
     compile(block.code, block.name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)  # an async block runs in asyncio
-
-
-def dag_bag(folder: Path) -> Any:
-    try:
-        from airflow.dag_processing.dagbag import DagBag  # Airflow 3.1+
-    except ImportError:
-        from airflow.models.dagbag import DagBag  # type: ignore[no-redef]
-    try:
-        return DagBag(dag_folder=str(folder), include_examples=False)
-    except TypeError:  # Airflow 3.3+: the argument is gone, and the examples never included
-        return DagBag(dag_folder=str(folder))
 
 
 #: the Amazon provider that the migration page was read from (its blocks use that provider's operators)
