@@ -408,7 +408,7 @@ def test_a_cancel_while_a_submission_is_in_flight_stops_the_job_aws_accepted(aws
     # The user clears the group task while SubmitJob of its first model is on its way: AWS creates the job
     # and answers late. Nothing more is submitted, and once the answer comes, that job is stopped.
     aws_endpoint.batch.submitted_status = "RUNNING"
-    aws_endpoint.faults.update({"hold_submit": {"map_indexes": ["7"], "seconds": 1.5}})
+    aws_endpoint.faults.update({"hold_submit": {"map_indexes": ["7"], "seconds": 4.0}})
     models = [
         {"index": n, "label": f"m{n}", "request": {"jobQueue": "models", "jobDefinition": "forecast", "tags": tags}}
         for n, tags in enumerate([{"airflow:map_index": "7"}, {}, {}])
@@ -437,7 +437,11 @@ def test_a_cancel_while_a_submission_is_in_flight_stops_the_job_aws_accepted(aws
                     dag_id=dag.dag_id, task_id="cleared", run_id=run_id, map_index=-1
                 )
                 waiting = asyncio.ensure_future(trigger.run().__anext__())
-                await asyncio.sleep(0.7)
+                for _ in range(600):  # until the first SubmitJob is on its way (a busy machine takes seconds)
+                    await asyncio.sleep(0.05)
+                    if getattr(trigger, "_busy", None):
+                        break
+                await asyncio.sleep(0.2)
                 set_state(None)
                 if _compat.TRIGGER_HAS_ON_KILL:
                     waiting.cancel("__airflow_user_action__")
