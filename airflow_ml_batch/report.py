@@ -272,7 +272,7 @@ def ecs_task_outcome(task: Mapping[str, Any]) -> JobOutcome | None:
         str(model),
         summary,
         environment,
-        status="SUCCEEDED" if outcome == "success" else outcome.upper(),
+        status=model_status(summary),
         job_id=summary["task_arn"],
         attempts=1 if task.get("startedAt") else 0,
         try_number=_try_number(tags),

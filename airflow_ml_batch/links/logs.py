@@ -24,14 +24,33 @@ class JobLogsLink(KeptLink, CloudWatchEventsLink):
         return str(super().get_link(operator, ti_key=ti_key))
 
 
-def job_log_url(result: Mapping[str, Any], *, aws_domain: str | None, region_name: str | None) -> str | None:
-    """The console URL of a job result's log stream (``log_group``, ``log_stream``, ``log_region``), or ``None``."""
-    if not (result.get("log_group") and result.get("log_stream") and aws_domain):
+def log_stream_url(
+    *,
+    aws_domain: str | None,
+    region_name: str | None,
+    log_group: str | None,
+    log_stream: str | None,
+    log_region: str | None = None,
+) -> str | None:
+    """The console URL of a CloudWatch log stream (``log_region``: the log's own region, else ``region_name``),
+    or ``None`` when the stream or the partition's console is not known."""
+    if not (log_group and log_stream and aws_domain):
         return None
     url = JobLogsLink().format_link(
         aws_domain=aws_domain,
-        awslogs_region=result.get("log_region") or region_name,
-        awslogs_group=result["log_group"],
-        awslogs_stream_name=result["log_stream"],
+        awslogs_region=log_region or region_name,
+        awslogs_group=log_group,
+        awslogs_stream_name=log_stream,
     )
     return str(url) or None
+
+
+def job_log_url(result: Mapping[str, Any], *, aws_domain: str | None, region_name: str | None) -> str | None:
+    """The console URL of a job result's log stream (``log_group``, ``log_stream``, ``log_region``), or ``None``."""
+    return log_stream_url(
+        aws_domain=aws_domain,
+        region_name=region_name,
+        log_group=result.get("log_group"),
+        log_stream=result.get("log_stream"),
+        log_region=result.get("log_region"),
+    )

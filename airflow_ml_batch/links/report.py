@@ -7,7 +7,7 @@ from urllib.parse import quote
 from airflow.providers.amazon.aws.links.base_aws import BASE_AWS_CONSOLE_LINK, BaseAwsLink
 
 from airflow_ml_batch.links.base import KeptLink
-from airflow_ml_batch.links.logs import job_log_url
+from airflow_ml_batch.links.logs import log_stream_url
 from airflow_ml_batch.report import JobOutcome
 
 
@@ -31,5 +31,10 @@ def s3_console_url(bucket: str, key: str, *, aws_domain: str | None, region_name
 
 def log_url(outcome: JobOutcome, *, aws_domain: str | None, region_name: str | None) -> str | None:
     """The CloudWatch console URL of ``outcome``'s log stream (as the job tasks' log link), or ``None``."""
-    where = {"log_group": outcome.log_group, "log_stream": outcome.log_stream, "log_region": outcome.log_region}
-    return job_log_url(where, aws_domain=aws_domain, region_name=region_name)
+    return log_stream_url(
+        aws_domain=aws_domain,
+        region_name=region_name,
+        log_group=outcome.log_group,
+        log_stream=outcome.log_stream,
+        log_region=outcome.log_region,
+    )

@@ -24,7 +24,7 @@ from airflow_ml_batch._compat import (
 )
 from airflow_ml_batch.jobs.fields import RequestField, request_fields
 from airflow_ml_batch.jobs.logs import check_job_logs, copied_log, copies_log, job_title, log_sources, not_copied
-from airflow_ml_batch.links.logs import JobLogsLink
+from airflow_ml_batch.links.logs import JobLogsLink, log_stream_url
 
 if TYPE_CHECKING:
     from airflow_ml_batch.hooks.base import AwsServiceHook
@@ -300,12 +300,12 @@ class DeferredJobOperator(BaseOperator):
         for result in results:
             title = heading(result) if heading else job_title(result)
             for source in log_sources(result):
-                link = JobLogsLink().format_link(
-                    region_name=location["region_name"],
+                link = log_stream_url(
                     aws_domain=domain,
-                    awslogs_region=source.log_region or location["region_name"],
-                    awslogs_group=source.log_group,
-                    awslogs_stream_name=source.log_stream or "",
+                    region_name=location["region_name"],
+                    log_group=source.log_group,
+                    log_stream=source.log_stream,
+                    log_region=source.log_region,
                 )
                 if not source.log_stream:
                     self.log.info("%s", copied_log(source, [], self.job_log_lines, None, title).splitlines()[0])

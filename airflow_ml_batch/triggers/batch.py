@@ -19,7 +19,8 @@ from airflow_ml_batch.jobs.batch import (
 from airflow_ml_batch.jobs.errors import error_message, error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob, model_job_name
 from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
-from airflow_ml_batch.triggers.group import RejectedError, RunGroupTrigger
+from airflow_ml_batch.triggers.group import RunGroupTrigger
+from airflow_ml_batch.triggers.submission import RejectedError
 
 
 class BatchJobPoller(SharedPoller):

@@ -25,7 +25,8 @@ from airflow_ml_batch.jobs.ecs import (
 from airflow_ml_batch.jobs.errors import error_message, error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob
 from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
-from airflow_ml_batch.triggers.group import NoCapacity, RejectedError, RunGroupTrigger
+from airflow_ml_batch.triggers.group import RunGroupTrigger
+from airflow_ml_batch.triggers.submission import NoCapacity, RejectedError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from airflow_ml_batch.hooks.logs import READ_ATTEMPTS, CloudWatchLogsHook, LogNo
 from airflow_ml_batch.jobs.errors import backoff, error_text, is_throttling, is_transient
 from airflow_ml_batch.jobs.logs import LogSource, copied_log, job_title, log_sources, not_copied
 from airflow_ml_batch.jobs.pacing import AdaptiveRate
-from airflow_ml_batch.links.logs import JobLogsLink
+from airflow_ml_batch.links.logs import log_stream_url
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +126,14 @@ def _hook(hook_kwargs: Mapping[str, Any], source: LogSource) -> CloudWatchLogsHo
 
 def console_link(log_link: Mapping[str, Any] | None, source: LogSource) -> str | None:
     """The console link of ``source``, from a trigger's ``log_link`` settings (``region_name``, ``aws_domain``)."""
-    if not log_link or not source.log_stream:
+    if not log_link:
         return None
-    return JobLogsLink().format_link(
-        **log_link,
-        awslogs_region=source.log_region or log_link["region_name"],
-        awslogs_group=source.log_group,
-        awslogs_stream_name=source.log_stream,
+    return log_stream_url(
+        aws_domain=log_link.get("aws_domain"),
+        region_name=log_link.get("region_name"),
+        log_group=source.log_group,
+        log_stream=source.log_stream,
+        log_region=source.log_region,
     )
 
 
