@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
+import gc
 import importlib.util
 import json
 import os
@@ -29,7 +31,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,8 @@ CONN_ID = "aws_bench"
 REGION = "eu-west-1"
 IMPLS = ("ours", "official")
 TICK = 0.01  # the stall detector's period, seconds
+#: a loop iteration longer than this is a long stall: its garbage collections and the code running are noted
+LONG_STALL = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,26 +124,134 @@ async def watch(trigger: Any, job_id: str, events: dict[str, tuple[float, str, s
         await run.aclose()
 
 
-async def stall_detector(stop: asyncio.Event) -> float:
-    """Longest delay beyond ``TICK`` of a ``TICK``-second sleep, until ``stop`` is set."""
+class StallCauses:
+    """What the event loop did during its long stalls: the garbage collector's pauses (``gc.callbacks``), and
+    where the main thread was, sampled from a watchdog thread while the loop has not ticked for ``LONG_STALL``.
+
+    A full collection holds the GIL, so the watchdog cannot sample during it: its time comes from the callbacks.
+    """
+
+    def __init__(self) -> None:
+        self.collections: list[tuple[float, float, int]] = []  # (start, seconds, generation)
+        self.stalls: list[tuple[float, float]] = []  # (start, seconds), the long ones
+        self.samples: collections.Counter[str] = collections.Counter()
+        self.census: dict[str, Any] | None = None
+        #: when the census began: a stall that includes it is the census's own, and not counted
+        self.ignore_from = float("inf")
+        self.last_tick = time.monotonic()
+        self._gc_start = 0.0
+        self._main = threading.get_ident()
+        self._stop = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> StallCauses:
+        gc.callbacks.append(self._gc)
+        self._watchdog.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        gc.callbacks.remove(self._gc)
+        self._stop.set()
+        self._watchdog.join()
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.monotonic()
+        else:
+            self.collections.append((self._gc_start, time.monotonic() - self._gc_start, info["generation"]))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(TICK):
+            if time.monotonic() - self.last_tick < LONG_STALL:
+                continue
+            frame = sys._current_frames().get(self._main)
+            if frame is not None:
+                self.samples[where(frame)] += 1
+
+    def summary(self) -> dict[str, Any]:
+        """The collections by generation (count, longest, total) and what the longest stalls spent where."""
+        by_generation = {
+            str(generation): [len(pauses), max(pauses, default=0.0), sum(pauses)]
+            for generation in (0, 1, 2)
+            for pauses in [[seconds for _, seconds, gen in self.collections if gen == generation]]
+        }
+        longest = sorted(self.stalls, key=lambda stall: -stall[1])[:10]
+        return {
+            "gc": by_generation,
+            "long_stalls": len(self.stalls),
+            "longest": [[seconds, self._gc_within(start, seconds)] for start, seconds in longest],
+            "gc_in_long_stalls": sum(self._gc_within(start, seconds) for start, seconds in self.stalls),
+            "long_stall_seconds": sum(seconds for _, seconds in self.stalls),
+            "samples": self.samples.most_common(8),
+            "census": self.census,
+        }
+
+    def _gc_within(self, start: float, seconds: float) -> float:
+        """Seconds of garbage collection within the stall from ``start``, ``seconds`` long."""
+        end = start + seconds
+        return sum(max(0.0, min(end, at + pause) - max(start, at)) for at, pause, _ in self.collections)
+
+
+def tracked_objects() -> collections.Counter[str]:
+    """The objects the garbage collector tracks, by type, after a full collection."""
+    gc.collect()
+    return collections.Counter(type(thing).__qualname__ for thing in gc.get_objects())
+
+
+def object_census(before: collections.Counter[str], jobs: int) -> dict[str, Any]:
+    """The objects the garbage collector tracks: all of them, and by type those added per job since ``before``."""
+    now = tracked_objects()
+    added = now - before
+    return {
+        "tracked": sum(now.values()),
+        "before": sum(before.values()),
+        "per_job": [(name, n / jobs) for name, n in added.most_common(20)],
+    }
+
+
+def where(frame: Any) -> str:
+    """The innermost three frames of the main thread, outside the standard library's selectors and the loop."""
+    stack = [entry for entry in traceback.extract_stack(frame) if "selectors.py" not in entry.filename]
+    return " < ".join(f"{Path(entry.filename).name}:{entry.name}:{entry.lineno}" for entry in reversed(stack[-3:]))
+
+
+async def stall_detector(stop: asyncio.Event, causes: StallCauses) -> float:
+    """Longest delay beyond ``TICK`` of a ``TICK``-second sleep, until ``stop`` is set; long ones into ``causes``."""
     loop = asyncio.get_running_loop()
     worst = 0.0
     while not stop.is_set():
         before = loop.time()
+        causes.last_tick = before
         await asyncio.sleep(TICK)
-        worst = max(worst, loop.time() - before - TICK)
+        late = loop.time() - before - TICK
+        causes.last_tick = loop.time()
+        if before <= causes.ignore_from <= causes.last_tick:  # the census stalled the loop, not the triggers
+            causes.ignore_from = float("inf")
+            continue
+        if late >= LONG_STALL:
+            causes.stalls.append((before + TICK, late))
+        worst = max(worst, late)
     return worst
 
 
 async def run_fleet(
-    make: Callable[[str], Any], job_ids: list[str], cap: float
+    make: Callable[[str], Any], job_ids: list[str], cap: float, causes: StallCauses, count_objects: float = 0.0
 ) -> tuple[dict[str, tuple[float, str, str]], float, dict[str, int]]:
     """Run one trigger per job until all fired or ``cap`` seconds passed; return events, worst stall and the
-    counters of the process's GetLogEvents pacer."""
+    counters of the process's GetLogEvents pacer. ``count_objects``: that many seconds after the last trigger
+    started, count the objects the garbage collector tracks, by type (it stalls the loop meanwhile)."""
     events: dict[str, tuple[float, str, str]] = {}
     stop = asyncio.Event()
-    detector = asyncio.create_task(stall_detector(stop))
-    tasks = [asyncio.create_task(watch(make(job_id), job_id, events)) for job_id in job_ids]
+    detector = asyncio.create_task(stall_detector(stop, causes))
+    before = tracked_objects() if count_objects else collections.Counter()
+    tasks = []
+    for job_id in job_ids:  # one trigger per event-loop iteration, as Airflow's triggerer creates them
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(watch(make(job_id), job_id, events)))
+    if count_objects:
+        await asyncio.sleep(count_objects)
+        causes.ignore_from = time.monotonic()
+        causes.census = object_census(before, len(job_ids))
     _, pending = await asyncio.wait(tasks, timeout=cap)
     for task in pending:
         task.cancel()
@@ -161,13 +275,18 @@ def child(args: argparse.Namespace) -> None:
     ids = EndpointClient(args.endpoint).control(f"{service.noun}s", {"count": count, "name_prefix": "bench"})["ids"]
     fast_ids = set(ids[args.jobs :])
     cpu_before, clock = time.process_time(), time.monotonic()
-    events, stall, reads = asyncio.run(run_fleet(lambda i: (fast if i in fast_ids else slow)(i), ids, args.cap))
+    with StallCauses() as causes:
+        events, stall, reads = asyncio.run(
+            run_fleet(lambda i: (fast if i in fast_ids else slow)(i), ids, args.cap, causes, args.count_objects)
+        )
     result = {
         "wall": time.monotonic() - clock,
         "cpu": time.process_time() - cpu_before,
         "rss_before_mb": rss_before / 1024,
         "rss_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "stall": stall,
+        "stall_causes": causes.summary(),
+        "gc_frozen": gc.get_freeze_count(),
         "events": events,
         "log_reads": reads,
     }
@@ -212,6 +331,7 @@ def run_impl(impl: str, args: argparse.Namespace, workdir: Path) -> dict[str, An
             *("--poll-interval", str(args.poll_interval), "--cap", str(args.cap)),
             *("--fast-jobs", str(args.fast_jobs), "--fast-interval", str(args.fast_interval)),
             *(("--job-logs", args.job_logs) if args.job_logs else ()),
+            *("--count-objects", str(args.count_objects)),
         ]
         print(f"[{impl}] {args.jobs} {args.service} triggers against {url} ...", file=sys.stderr, flush=True)
         load = os.getloadavg()[0]
@@ -275,10 +395,28 @@ def summarize(
         "  RSS before triggers (MB)": f"{result['rss_before_mb']:.0f}",
         **copies,
         "longest event-loop stall (ms)": f"{result['stall'] * 1000:.0f}",
+        **stall_rows(result),
         "wall (s)": f"{result['wall']:.1f}",
         "machine load at start (1 min avg)": f"{result['load']:.1f}",
     }
     return rows, unexpected
+
+
+def stall_rows(result: dict[str, Any]) -> dict[str, str]:
+    """Where the event loop's long stalls went: the garbage collector's pauses by generation, and in the stalls."""
+    causes = result.get("stall_causes")
+    if not causes:
+        return {}
+    rows = {f"  stalls >= {LONG_STALL * 1000:.0f} ms": str(causes["long_stalls"])}
+    if causes["longest"]:
+        in_gc = causes["longest"][0][1]
+        rows["  longest: of it in gc (ms)"] = f"{in_gc * 1000:.0f}"
+    rows["  all long stalls: in gc (ms)"] = f"{causes['gc_in_long_stalls'] * 1000:.0f}"
+    rows["  all long stalls (ms)"] = f"{causes['long_stall_seconds'] * 1000:.0f}"
+    for generation, (count, longest, total) in causes["gc"].items():
+        rows[f"gc gen {generation}: runs, longest ms, total s"] = f"{count}, {longest * 1000:.0f}, {total:.1f}"
+    rows["objects frozen (gc.freeze)"] = str(result.get("gc_frozen", 0))
+    return rows
 
 
 def job_log_rows(result: dict[str, Any], truth: dict[str, Any]) -> dict[str, str]:
@@ -317,6 +455,19 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
         # a row missing from a table without error is a request count of zero
         cells = (rows.get(name, "-" if "error" in rows else "0") for rows, _ in summaries.values())
         print(f"{name:34}" + "".join(f"{cell:>16}" for cell in cells))
+    for impl, result in results.items():
+        causes = result.get("stall_causes") or {}
+        for seconds, in_gc in causes.get("longest", [])[:5]:
+            print(f"[{impl}] long stall {seconds * 1000:.0f} ms, {in_gc * 1000:.0f} ms of it in gc")
+        if causes.get("census"):
+            census = causes["census"]
+            per_job = ", ".join(f"{name} {n:.2f}" for name, n in census["per_job"])
+            print(
+                f"[{impl}] objects the gc tracks: {census['before']} before the triggers, {census['tracked']} "
+                f"{args.count_objects:g}s after the last one started; added per job: {per_job}"
+            )
+        for place, count in causes.get("samples", []):
+            print(f"[{impl}] main thread during long stalls, {count} samples of {TICK * 1000:.0f} ms: {place}")
     for impl, (_, unexpected) in summaries.items():
         for event, key in list(unexpected.items())[:5]:
             print(f"[{impl}] unexpected event, e.g. {service.noun} {key}: {event}")
@@ -351,6 +502,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cap", type=float, default=900.0, help="wall-clock cap per implementation, seconds")
     parser.add_argument(
         "--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="Airflow's"
+    )
+    parser.add_argument(
+        "--count-objects",
+        type=float,
+        default=0.0,
+        help="this many seconds after the last trigger started, count the objects the garbage collector tracks "
+        "(stalls the loop; 0: never)",
     )
     parser.add_argument("--child", choices=IMPLS, help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)

@@ -130,7 +130,9 @@ class SharedPoller(ABC):
         self.scope = scope
         self.calls = 0
         self.rounds = 0
-        self._watchers: dict[str, list[Watch]] = {}
+        #: each id's watches: the one watch itself (most ids have one), else a tuple of them; no container of
+        #: its own per id, as tens of thousands of them are what the garbage collector walks
+        self._watchers: dict[str, Watch | tuple[Watch, ...]] = {}
         self._intervals: dict[str, float] = {}
         self._due: dict[str, float] = {}
         self._last_state: dict[str, str | None] = {}
@@ -182,9 +184,15 @@ class SharedPoller(ABC):
 
     # -- the watchers' clocks ---------------------------------------------------------------------------
 
+    def _watches_of(self, resource: str) -> tuple[Watch, ...]:
+        """The watches of ``resource`` (none if it is not watched)."""
+        held = self._watchers.get(resource, ())
+        return (held,) if isinstance(held, Watch) else held
+
     def _join(self, resource: str, watch: Watch) -> None:
-        self._watchers.setdefault(resource, []).append(watch)
-        self._intervals[resource] = min(watcher.interval for watcher in self._watchers[resource])
+        held = self._watchers.get(resource)
+        self._watchers[resource] = watch if held is None else (*self._watches_of(resource), watch)
+        self._intervals[resource] = min(watcher.interval for watcher in self._watches_of(resource))
         self._last_state.pop(resource, None)  # the next describe tells the new watcher the current state
         self._due[resource] = min(self._due.get(resource, float("inf")), self._first_describe_at(resource))
         self._joined.set()
@@ -205,10 +213,9 @@ class SharedPoller(ABC):
         return self._next_round_at
 
     def _leave(self, resource: str, watch: Watch) -> None:
-        watchers = self._watchers.get(resource, [])
-        if watch in watchers:
-            watchers.remove(watch)
+        watchers = tuple(watcher for watcher in self._watches_of(resource) if watcher is not watch)
         if watchers:
+            self._watchers[resource] = watchers[0] if len(watchers) == 1 else watchers
             self._intervals[resource] = min(watcher.interval for watcher in watchers)
             return
         for table in (self._watchers, self._intervals, self._due, self._last_state):
@@ -257,7 +264,7 @@ class SharedPoller(ABC):
             except Exception as bug:  # a bug of the poller itself: its watchers fail with it, never wait forever
                 log.exception("%s: the poller failed", self._where())
                 for resource in list(self._watchers):
-                    for watch in self._watchers[resource]:
+                    for watch in self._watches_of(resource):
                         watch.put(Observation(None, bug=bug))
                 self._due.clear()
 
@@ -423,7 +430,7 @@ class SharedPoller(ABC):
             return
         self._last_state[resource] = state
         observation = replace(observation, resource=resource)
-        for watch in self._watchers.get(resource, []):
+        for watch in self._watches_of(resource):
             watch.put(observation)
         if observation.error is not None or observation.bug is not None:
             self._due.pop(resource, None)  # its watchers end; nothing to describe until another joins
@@ -453,19 +460,38 @@ class Watch:
     needed, and leaves it on exit: the poller stays registered while any watch is entered (even one
     with no ids yet), and the last watch to leave stops it. Every change of state of any
     of its ids arrives, in order, as an :class:`Observation` whose ``resource`` is the id: ``await``
-    :meth:`next` (one reader). A waiting trigger's watch is a few objects (no queue, no generators), as
-    thousands of them are what the garbage collector walks.
+    :meth:`next` (one reader). A waiting trigger's watch is one object while it waits (no queue, no set of
+    its one id, no generator; and a future while it is awaited), as tens of thousands of them are what the
+    garbage collector walks.
     """
+
+    __slots__ = ("_ids", "_inbox", "_joining", "_waiter", "_warned_at", "interval", "poller")
+
+    poller: SharedPoller
 
     def __init__(
         self, poller_class: type[SharedPoller], hook: AwsServiceHook, scope: Hashable, poll_interval: float
     ) -> None:
         self.interval = max(float(poll_interval), 0.1)
-        self.ids: set[str] = set()
+        #: the ids watched: none, one (most watches), or a set of several (a group's)
+        self._ids: str | set[str] | None = None
         self._joining: tuple[type[SharedPoller], AwsServiceHook, Hashable] | None = (poller_class, hook, scope)
         self._inbox: collections.deque[Observation] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._warned_at: float | None = None
+
+    @property
+    def ids(self) -> frozenset[str]:
+        """The ids this watch watches (a copy)."""
+        held = self._ids
+        if held is None:
+            return frozenset()
+        return frozenset((held,)) if isinstance(held, str) else frozenset(held)
+
+    def watches(self, resource: str) -> bool:
+        """Whether this watch watches ``resource``."""
+        held = self._ids
+        return held == resource if isinstance(held, str) else held is not None and resource in held
 
     async def __aenter__(self) -> Watch:
         assert self._joining is not None, "a Watch is entered once"
@@ -499,22 +525,35 @@ class Watch:
 
     def add(self, resource: str) -> None:
         """Start watching ``resource``: its current state arrives soon."""
-        if resource in self.ids:
+        held = self._ids
+        if held is None:
+            self._ids = resource
+        elif isinstance(held, str):
+            if held == resource:
+                return
+            self._ids = {held, resource}
+        elif resource in held:
             return
-        self.ids.add(resource)
+        else:
+            held.add(resource)
         if self._joining is None:  # entered: else joins on entering
             self.poller._join(resource, self)
             self._start_poller()
 
     def _start_poller(self) -> None:
-        if self.ids and (self.poller._task is None or self.poller._task.done()):
+        if self._ids and (self.poller._task is None or self.poller._task.done()):
             self.poller._task = asyncio.ensure_future(self.poller._run())
 
     def remove(self, resource: str) -> None:
         """Stop watching ``resource``."""
-        if resource in self.ids:
-            self.ids.discard(resource)
-            self.poller._leave(resource, self)
+        if not self.watches(resource):
+            return
+        held = self._ids
+        if isinstance(held, str):
+            self._ids = None
+        elif held is not None:
+            held.discard(resource)
+        self.poller._leave(resource, self)
 
     def may_warn(self, now: float, streak_since: float) -> bool:
         """Whether to warn this watch of a failure streak begun at ``streak_since``; if so, it counts as warned."""

@@ -332,6 +332,46 @@ async def test_an_id_that_leaves_during_a_call_leaves_no_state_behind(aws_endpoi
         assert set(held._last_state) == set(held._due) == set(held._intervals) == {staying}
 
 
+async def test_watches_of_one_job_each_get_its_state_and_the_job_keeps_the_shortest_interval_of_those_left(
+    aws_endpoint: Endpoint,
+) -> None:
+    job = aws_endpoint.batch.add_job("RUNNING")
+    hook = BatchHook(aws_conn_id="aws_fake")
+    slow = await entered(BatchJobPoller.watch(hook, None, job, 30.0))
+    fast = await entered(BatchJobPoller.watch(hook, None, job, 0.2))
+    shared = slow.poller
+    assert fast.poller is shared
+    assert shared._intervals[job] == 0.2
+    for watch in (slow, fast):
+        description = (await next_of(watch)).description
+        assert description is not None
+        assert description["status"] == "RUNNING"
+
+    await left(fast)
+    assert shared._intervals[job] == 30.0  # the slow watch alone is left
+    aws_endpoint.batch.set_job(job, status="SUCCEEDED")
+    shared._due[job] = 0.0  # due now: the poller's next look tells the slow watch
+    shared._joined.set()
+    description = (await next_of(slow)).description
+    assert description is not None
+    assert description["status"] == "SUCCEEDED"
+    await left(slow)
+    assert shared._watchers == shared._intervals == shared._due == {}
+
+
+async def test_a_watch_holds_one_id_or_several_and_forgets_those_removed() -> None:
+    watch = Watch(BatchJobPoller, BatchHook(aws_conn_id="aws_fake"), None, 30.0)
+    assert watch.ids == frozenset()
+    watch.add("a")
+    watch.add("a")
+    assert watch.ids == {"a"}
+    assert watch.watches("a")
+    assert not watch.watches("b")
+    watch.add("b")
+    assert watch.ids == {"a", "b"}
+    assert watch.watches("b")
+
+
 async def test_an_error_that_one_id_causes_fails_its_trigger_only(aws_endpoint: Endpoint) -> None:
     jobs = [aws_endpoint.batch.add_job("SUCCEEDED", container={"exitCode": 0}) for _ in range(250)]
     poisoned = "not-a-job-id"
