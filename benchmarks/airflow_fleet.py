@@ -147,6 +147,9 @@ class Fleet:
         self.cpu: dict[str, float] = collections.defaultdict(float)  # of processes that were killed mid-run
         self.cpu_at_trigger: dict[str, float] = {}  # each component's CPU seconds just before the trigger
         self.cpu_at_end: dict[str, float] = {}  # ... and when the DAG run ended
+        self.endpoint_pid = 0  # the endpoint's process: its CPU is reported apart from Airflow's
+        self.endpoint_cpu_at_trigger = 0.0
+        self.endpoint_cpu_at_end = 0.0
 
     # -- start and stop ---------------------------------------------------------------------------------
 
@@ -190,6 +193,7 @@ class Fleet:
         options += ["--long-fraction", str(args.long_fraction), "--long-factor", str(args.long_factor)]
         self.control = self.stack.enter_context(running(*options))
         self.endpoint = self.control.url
+        self.endpoint_pid = _child_running("airflow_ml_batch.testing.endpoint")
         if args.db == "postgres":
             db_url = self.stack.enter_context(postgres(self.workdir))
         else:
@@ -282,6 +286,10 @@ class Fleet:
             totals[name] = totals.get(name, 0.0) + seconds
         return totals
 
+    def endpoint_cpu(self) -> float:
+        """CPU seconds of the endpoint's process so far (0 if it is not found)."""
+        return _process_cpu_seconds(self.endpoint_pid) if self.endpoint_pid else 0.0
+
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         """Signal a component's whole process group, wait for it, and keep the CPU it used."""
         self.cpu[name] += self.processes.cpu_seconds().get(name, 0.0)
@@ -298,6 +306,7 @@ class Fleet:
         """Unpause and trigger the DAG; start sampling."""
         dag = self.args.dag
         self.cpu_at_trigger = self.cpu_totals()
+        self.endpoint_cpu_at_trigger = self.endpoint_cpu()
         self.triggered_at = time.time()
         self.run_id = trigger_dag(self.api, dag)["dag_run_id"]
         log(f"triggered {dag}: run {self.run_id}, {self.task_count} tasks, {self.args.jobs} models")
@@ -318,6 +327,7 @@ class Fleet:
             if until is None and state in ("success", "failed"):
                 if not self.ended_at:
                     self.ended_at, self.cpu_at_end = time.time(), self.cpu_totals()
+                    self.endpoint_cpu_at_end = self.endpoint_cpu()
                 return state
             if until is not None and until():
                 return state
@@ -381,8 +391,10 @@ class Fleet:
                 self.samples.append(self._sample())
 
     def _sample(self) -> dict[str, Any]:
-        """Triggerer RSS, and the tasks in ``running`` state whose job is RUNNING at the endpoint."""
+        """Triggerer RSS, the tasks in ``running`` state whose job is RUNNING at the endpoint, and how many
+        task instances are deferred or finished."""
         running_tis = self.map_indexes("running")
+        states = self.task_states()
         now = time.time()
         jobs = self.bench("jobs")
         running_jobs = {j["name"] for j in jobs.values() if j["started"] <= now < j["ends"]}
@@ -398,6 +410,7 @@ class Fleet:
             "slots_held_while_job_runs": len(held),
             "jobs_running": len(running_jobs),
             "triggerer_rss_mb": sum(_group_rss_mb(pid) for pid in triggerers),
+            "deferred_or_done": sum(states[state] for state in ("deferred", "success", "failed", "skipped")),
         }
 
     # -- results ----------------------------------------------------------------------------------------
@@ -414,6 +427,8 @@ class Fleet:
         at_end = self.cpu_at_end or cpu  # a run that did not end: until now
         during = {name: seconds - self.cpu_at_trigger.get(name, 0.0) for name, seconds in at_end.items()}
         by_model = jobs_by_model(jobs.values())
+        created = [j["created"] - self.triggered_at for j in jobs.values()]
+        endpoint_cpu = self.endpoint_cpu()
         return {
             "dag": self.args.dag,
             "executor": self.executor_label,
@@ -442,6 +457,15 @@ class Fleet:
             # ... and from just before the DAG run was triggered to its end.
             "cpu_during_run": during,
             "airflow_cpu_during_run": sum(during.values()),
+            # the endpoint's process: the AWS side, to show it is not what bounds the run
+            "endpoint_cpu": endpoint_cpu,
+            "endpoint_cpu_during_run": (self.endpoint_cpu_at_end or endpoint_cpu) - self.endpoint_cpu_at_trigger,
+            # when every task instance had deferred (or ended), from the trigger, as sampled; and the submissions
+            "all_deferred_after": next(
+                (s["t"] - self.triggered_at for s in self.samples if s["deferred_or_done"] >= self.task_count), None
+            ),
+            "first_job_created_after": min(created, default=None),
+            "last_job_created_after": max(created, default=None),
             "state": self.run_state(),
         }
 
@@ -482,6 +506,25 @@ def _peak_overlap(jobs: Any) -> int:
         current += step
         peak = max(peak, current)
     return peak
+
+
+def _child_running(module: str) -> int:
+    """The process id of this process's child running ``python -m module`` (Linux ``/proc``), or 0."""
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) != os.getpid():
+                continue
+            if module in (entry / "cmdline").read_bytes().decode(errors="replace").split("\0"):
+                return int(entry.name)
+    return 0
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` and its waited-for children (Linux ``/proc``), or 0."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def _group_rss_mb(pgid: int) -> float:
@@ -537,6 +580,19 @@ def report(r: dict[str, Any]) -> None:
         print(
             f"Airflow CPU during the run:   {r['airflow_cpu_during_run']:.1f} CPU-s, "
             f"{r['airflow_cpu_during_run'] / models:.3f} per model (from the trigger to the run's end)"
+        )
+    if r.get("endpoint_cpu"):
+        print(
+            f"endpoint CPU (not Airflow's): {r['endpoint_cpu']:.1f} CPU-s whole lifetime, "
+            f"{r['endpoint_cpu_during_run']:.1f} during the run "
+            f"({r['endpoint_cpu_during_run'] / max(r['wall'], 1e-9):.0%} of one core)"
+        )
+    if r.get("last_job_created_after") is not None:
+        deferred = r.get("all_deferred_after")
+        print(
+            "queueing:                     "
+            + (f"every task instance deferred {deferred:.0f}s after the trigger (sampled); " if deferred else "")
+            + f"jobs submitted from {r['first_job_created_after']:.0f}s to {r['last_job_created_after']:.0f}s"
         )
 
 
