@@ -1,9 +1,12 @@
 """Pacing calls to an AWS API whose quota is shared and not adjustable: an adaptive rate (no I/O).
 
 :class:`AdaptiveRate` decides when the next call may go: it starts at ``initial`` calls per second,
-halves on each throttled call (down to ``floor``) and, after each ``quiet_seconds`` without a throttled
-call, rises by ``step`` (up to ``ceiling``): additive increase, multiplicative decrease. The clock is
-injected, so that the arithmetic is tested without waiting; the caller sleeps.
+halves on a throttled call (down to ``floor``) and, after each ``quiet_seconds`` without a throttled
+call, rises by ``step`` (up to ``ceiling``): additive increase, multiplicative decrease. A call booked
+ahead is spaced at the rate that holds when its turn comes, rises included (a burst booked at a low rate
+does not keep it low); calls throttled before the first call at the halved pace went out were sent at the
+old pace, and count as one throttle with the one that halved it. The clock is injected, so that the arithmetic is
+tested without waiting; the caller sleeps.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ class AdaptiveRate:
         self._rate = float(initial)
         self._quiet_since = clock()
         self._next_slot = clock()
+        #: the first slot at the pace of the last halving: a call throttled before it went out was sent at the
+        #: old pace, and tells nothing that the halving did not already take into account
+        self._halved_for = float("-inf")
         #: throttled calls reported so far
         self.throttles = 0
 
@@ -55,17 +61,33 @@ class AdaptiveRate:
             self._quiet_since += spells * self.quiet_seconds
         return self._rate
 
+    def rate_at(self, moment: float) -> float:
+        """Calls per second at ``moment`` (clock seconds), if no call is throttled until then."""
+        current = self.rate
+        spells = max(0, int((moment - self._quiet_since) // self.quiet_seconds))
+        return min(self.ceiling, current + spells * self.step)
+
     def reserve(self) -> float:
-        """Book the next call: the seconds to wait before sending it (``0``: at once)."""
+        """Book the next call: the seconds to wait before sending it (``0``: at once).
+
+        The slot after it is one interval later at the rate of that moment: calls booked while the rate is
+        low do not keep it low once it has risen again.
+        """
         now = self.clock()
         slot = max(now, self._next_slot)
-        self._next_slot = slot + 1.0 / self.rate
+        self._next_slot = slot + 1.0 / self.rate_at(slot)
         return slot - now
 
     def throttled(self) -> None:
-        """A call was throttled: halve the rate, push the next slot one new interval out, restart the quiet spell."""
+        """A call was throttled: restart the quiet spell; halve the rate and push the next slot one new interval
+        out, unless the last halving's first slot has not come yet (the call was sent at the old pace).
+        """
         self.throttles += 1
         now = self.clock()
-        self._rate = max(self.floor, self.rate / 2)
+        current = self.rate
         self._quiet_since = now
+        if now < self._halved_for:
+            return
+        self._rate = max(self.floor, current / 2)
         self._next_slot = max(self._next_slot, now + 1.0 / self._rate)
+        self._halved_for = self._next_slot
