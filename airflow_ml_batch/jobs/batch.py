@@ -448,6 +448,31 @@ def reattachable_job(jobs: list[dict[str, Any]], tries: range) -> dict[str, Any]
     return None
 
 
+def start_choice(
+    jobs: list[dict[str, Any]], own_try: int, reattachable: range, current: str | None = None
+) -> tuple[str | None, list[str]]:
+    """Which of a task instance's jobs (DescribeJobs details of its job name and task-instance tags) a trigger that
+    submits for it waits for, and which live ones it stops.
+
+    ``current``: the job it already waits for (a later look for a second one, which the listing may have
+    shown late): kept, every other live job stopped. Otherwise a job of ``own_try`` (a trigger of this try ran
+    before: the triggerer restarted) is waited for, live or ended, the oldest; else the newest live job of a
+    try in ``reattachable`` (:func:`reattachable_job`); else none (submit one). Every other live job is stopped.
+    """
+    live = sorted(
+        (job for job in jobs if job.get("status") in ACTIVE_STATES),
+        key=lambda job: job.get("createdAt", 0),
+        reverse=True,
+    )
+    keep: str | None = current
+    if keep is None:
+        own = [job for job in jobs if (job.get("tags") or {}).get("airflow:try_number") == str(own_try)]
+        first = min(own, key=lambda job: (job.get("createdAt", 0), job["jobId"]), default=None)
+        earlier = reattachable_job(live, reattachable) if first is None else None
+        keep = next((str(job["jobId"]) for job in (first, earlier) if job is not None), None)
+    return keep, [str(job["jobId"]) for job in live if job["jobId"] != keep]
+
+
 def found_job(prefix: str, summary: Mapping[str, Any]) -> FoundJob | None:
     """A group's job from its ListJobs summary (its name says the model, try and attempt); ``None`` if not one."""
     parsed = parse_job_name(prefix, summary.get("jobName", ""))

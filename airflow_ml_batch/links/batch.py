@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink, BatchJobQueueLink
 
 from airflow_ml_batch.links.base import KeptLink
 
 
 class BatchJobLink(KeptLink, BatchJobDetailsLink):
-    """The job in the AWS Batch console, saved when the job is submitted (same name and URL as the provider's)."""
+    """The job in the AWS Batch console, saved when the job is submitted (same name and URL as the provider's).
+
+    A job that the trigger submits has no id when the deferring run renders the links: the operator says so
+    (``job_link_pending``), and the trigger or the resuming worker saves the link once the job is known.
+    """
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        if getattr(operator, "job_link_pending", False):
+            return ""
+        return str(super().get_link(operator, ti_key=ti_key))
 
 
 class BatchQueueLink(KeptLink, BatchJobQueueLink):

@@ -175,7 +175,7 @@ class DeferredJobOperator(BaseOperator):
         """Submit the job (or re-attach to an earlier try's), save its console link; return its id."""
         raise NotImplementedError
 
-    def trigger_for(self, job_id: str, settings: dict[str, Any]) -> WaitForJobTrigger:
+    def trigger_for(self, job_id: str | None, settings: dict[str, Any]) -> WaitForJobTrigger:
         """The trigger that waits for ``job_id``, with the shared ``settings`` of :meth:`trigger_kwargs`."""
         raise NotImplementedError
 
@@ -189,7 +189,24 @@ class DeferredJobOperator(BaseOperator):
 
     # -- shared -----------------------------------------------------------------------------------------
 
+    def trigger_start(self, context: Context) -> dict[str, Any] | None:
+        """What a trigger that submits the job is given (its ``start``), or ``None``: the worker submits it."""
+        return None
+
+    def submits_from_trigger(self) -> bool:
+        """Whether the trigger submits the job, the worker run only deferring (``submit_from_trigger``)."""
+        return False
+
     def execute(self, context: Context) -> Any:
+        start = self.trigger_start(context) if self.submits_from_trigger() else None
+        if start is not None:
+            self.log_link_pending = self.job_link_pending = True  # no job yet: see JobLogsLink
+            self.log.info("Deferring: the triggerer submits the job %s (%s)", *self.start_title(start))
+            self.defer(
+                trigger=self.trigger_for(None, {**self.trigger_kwargs(context, with_links=False), "start": start}),
+                method_name="execute_complete",
+                timeout=deferral_timeout(context, self.execution_timeout),
+            )
         job_id = self.start_job(context)
         context["ti"].xcom_push(key=self.job_id_xcom_key, value=job_id)
         if not self.wait_for_completion:
@@ -202,9 +219,17 @@ class DeferredJobOperator(BaseOperator):
             timeout=deferral_timeout(context, self.execution_timeout),
         )
 
-    def trigger_kwargs(self, context: Context) -> dict[str, Any]:
-        """The settings every trigger takes, from this operator and the task's ``execution_timeout``."""
-        location = self.link_location()
+    def start_title(self, start: dict[str, Any]) -> tuple[str, str]:
+        """The job's name and where it runs, for the task log, from the trigger's ``start``."""
+        raise NotImplementedError
+
+    def trigger_kwargs(self, context: Context, with_links: bool = True) -> dict[str, Any]:
+        """The settings every trigger takes, from this operator and the task's ``execution_timeout``.
+
+        ``with_links=False``: no ``log_link`` (the trigger finds its region from its client), so that a worker
+        run that only defers looks up no connection.
+        """
+        location = self.link_location() if with_links else None
         return {
             "aws_conn_id": self.aws_conn_id,
             "region_name": self.region_name,
@@ -219,7 +244,8 @@ class DeferredJobOperator(BaseOperator):
             "collect_metrics": self.collect_metrics,
             "job_logs": self.job_logs,
             "job_log_lines": self.job_log_lines,
-            "log_link": {
+            "log_link": location
+            and {
                 "region_name": location["region_name"],
                 "aws_domain": JobLogsLink.get_aws_domain(location["aws_partition"]),
             },
@@ -255,7 +281,10 @@ class DeferredJobOperator(BaseOperator):
                 if job_id:
                     self.save_job_link(context, str(job_id))
             return None
-        if AIRFLOW_V_3_0_PLUS and event.get("job_id"):  # this run renders every link again (links.base)
+        if event.get("job_id") and self.submits_from_trigger():  # saved by no run before
+            context["ti"].xcom_push(key=self.job_id_xcom_key, value=event["job_id"])
+            self.save_job_link(context, str(event["job_id"]))
+        elif AIRFLOW_V_3_0_PLUS and event.get("job_id"):  # this run renders every link again (links.base)
             self.save_job_link(context, str(event["job_id"]))
         result = event.get("result") or {}
         self.log_link_pending = not result.get("log_stream")
@@ -355,17 +384,21 @@ class DeferredJobOperator(BaseOperator):
         if getattr(self, "_stopped_abandoned", False):
             return
         self._stopped_abandoned = True
+        for job_id in self.abandoned_jobs(context):
+            self.log.info("Stopping %s: %s", job_id, reason)
+            try:
+                self.stop_job(job_id, reason)
+                if AIRFLOW_V_3_0_PLUS:  # this run renders every link again (links.base)
+                    self.save_job_link(context, job_id)
+            except Exception:
+                self.log.exception("Could not stop %s, which may still run", job_id)
+
+    def abandoned_jobs(self, context: Context) -> list[str]:
+        """The job this task instance's try started: its id pushed before the deferral (a trigger that submits
+        pushes none: the service lists the job by its name)."""
         ti = context["ti"]
         job_id = ti.xcom_pull(task_ids=ti.task_id, key=self.job_id_xcom_key, map_indexes=ti.map_index)
-        if not job_id:
-            return
-        self.log.info("Stopping %s: %s", job_id, reason)
-        try:
-            self.stop_job(str(job_id), reason)
-            if AIRFLOW_V_3_0_PLUS:  # this run renders every link again (links.base)
-                self.save_job_link(context, str(job_id))
-        except Exception:
-            self.log.exception("Could not stop %s, which may still run", job_id)
+        return [str(job_id)] if job_id else []
 
 
 def __getattr__(name: str) -> Any:

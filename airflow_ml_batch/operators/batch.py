@@ -33,8 +33,9 @@ JOB_ID_XCOM_KEY = "batch_job_id"
 class BatchJobOperator(DeferredJobOperator):
     """Run an AWS Batch job without holding a worker slot while it runs.
 
-    The worker submits the job (or, on a retry, re-attaches to the job an earlier try left running),
-    records its id, and defers to :class:`~airflow_ml_batch.triggers.batch.BatchJobTrigger`. A
+    The worker run defers at once to :class:`~airflow_ml_batch.triggers.batch.BatchJobTrigger`, which submits
+    the job (or, on a retry, re-attaches to the job an earlier try left running) and waits for it
+    (``submit_from_trigger``; with ``False`` the worker submits and records its id before deferring). A
     successful job ends the task from the triggerer; a failed one raises an error with the job's status
     reason, exit code, every attempt's reason and where its CloudWatch log is, after the log was copied into
     the task log (``job_logs``). Retries and
@@ -64,6 +65,13 @@ class BatchJobOperator(DeferredJobOperator):
     :param scheduling_priority: fair-share scheduling priority override.
     :param tags: extra job tags, merged with the task-instance tags.
     :param submit_job_kwargs: anything else SubmitJob accepts, passed through as is.
+    :param submit_from_trigger: the triggerer submits the job (default), so the worker run only defers: no
+        AWS client, no SubmitJob, no XCom on the worker. The trigger first lists the jobs named for the task
+        instance: it waits for this try's job after a triggerer restart, re-attaches to an earlier try's
+        (``reattach``) or submits, and stops any other live one. The job's id is in the task log as soon as it
+        is submitted, and with the result, the ``batch_job_id`` XCom and the job's link when the task ends; a
+        refused request fails the task with AWS's message. ``False``: the worker submits, as in 0.4, and
+        saves the id and link before deferring. ``wait_for_completion=False`` always submits from the worker.
 
     Also takes every parameter of :class:`~airflow_ml_batch.operators.base.DeferredJobOperator` (waiting,
     retries, connection).
@@ -97,15 +105,48 @@ class BatchJobOperator(DeferredJobOperator):
         scheduling_priority: Annotated[int | None, RequestField("schedulingPriorityOverride")] = None,
         tags: Annotated[dict[str, str] | None, RequestField(render="json")] = None,
         submit_job_kwargs: Annotated[dict[str, Any] | None, RequestField(render="json")] = None,
+        submit_from_trigger: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.keep_request_fields(locals())
+        self.submit_from_trigger = submit_from_trigger
 
     job_id_xcom_key = JOB_ID_XCOM_KEY
 
-    def start_job(self, context: Context) -> str:
+    def submits_from_trigger(self) -> bool:
+        return self.submit_from_trigger and self.wait_for_completion
+
+    def trigger_start(self, context: Context) -> dict[str, Any]:
         ti = context["ti"]
+        tries = tries_since_last_clear(ti.try_number, ti.max_tries, self.retries or 0) if self.reattach else range(1)
+        request = submit_job_request(
+            self.request_fields,
+            self.request_values(),
+            job_name=self.job_name_of(ti),
+            tags={**(self.tags or {}), **task_instance_tags(ti)},
+        )
+        return {
+            "request": request,
+            "try_number": ti.try_number,
+            "reattach_tries": [tries.start, tries.stop],
+            "identity": task_instance_tags(ti, with_try=False),
+            "job_id_xcom_key": self.job_id_xcom_key,
+        }
+
+    def start_title(self, start: dict[str, Any]) -> tuple[str, str]:
+        return start["request"]["jobName"], f"job_queue={self.job_queue!r}"
+
+    def abandoned_jobs(self, context: Context) -> list[str]:
+        job_ids = super().abandoned_jobs(context)
+        if job_ids or not self.submits_from_trigger():
+            return job_ids
+        ti = context["ti"]
+        jobs = self.hook.find_active_jobs(self.job_queue, self.job_name_of(ti), task_instance_tags(ti))
+        return [str(job["jobId"]) for job in jobs]
+
+    def job_name_of(self, ti: Any) -> str:
+        """The job's name: ``job_name``, else one derived from the task instance (the same for every try)."""
         map_index = -1 if ti.map_index is None else ti.map_index
         job_name = self.job_name or job_name_for(ti.dag_id, ti.task_id, ti.run_id, map_index)
         if not valid_job_name(job_name):
@@ -113,6 +154,11 @@ class BatchJobOperator(DeferredJobOperator):
                 f"Invalid AWS Batch job name {job_name!r}: up to 128 letters, digits, hyphens and "
                 "underscores, starting with a letter or digit"
             )
+        return job_name
+
+    def start_job(self, context: Context) -> str:
+        ti = context["ti"]
+        job_name = self.job_name_of(ti)
         job_id = None
         if ti.try_number > 1:  # only a retry (a re-run after a crash is one) can find an earlier job
             reattachable = tries_since_last_clear(ti.try_number, ti.max_tries, self.retries or 0)
@@ -130,7 +176,7 @@ class BatchJobOperator(DeferredJobOperator):
 
         return BatchHook(**arguments)
 
-    def trigger_for(self, job_id: str, settings: dict[str, Any]) -> BatchJobTrigger:
+    def trigger_for(self, job_id: str | None, settings: dict[str, Any]) -> BatchJobTrigger:
         from airflow_ml_batch.triggers.batch import BatchJobTrigger
 
         return BatchJobTrigger(job_id=job_id, **settings)

@@ -149,9 +149,11 @@ class EcsTaskOperator(DeferredJobOperator):
 
         return EcsHook(**arguments)
 
-    def trigger_for(self, job_id: str, settings: dict[str, Any]) -> EcsTaskTrigger:
+    def trigger_for(self, job_id: str | None, settings: dict[str, Any]) -> EcsTaskTrigger:
         from airflow_ml_batch.triggers.ecs import EcsTaskTrigger
 
+        if job_id is None:
+            raise TypeError("ECS tasks are run from the worker: the trigger needs the task's ARN")
         return EcsTaskTrigger(
             cluster=self.cluster,
             task_arn=job_id,

@@ -210,8 +210,8 @@ class WaitForJobTrigger(StopsAbandonedJobs):
     hook_class: ClassVar[type[AwsServiceHook]]
     #: the job's name in messages ("AWS Batch job")
     noun: ClassVar[str]
-    #: the id the poller watches, set by each service's trigger
-    job_id: str
+    #: the id the poller watches, set by each service's trigger (``None`` until a trigger that submits has)
+    job_id: str | None
 
     def __init__(self, **settings: Any) -> None:
         super().__init__()
@@ -284,12 +284,30 @@ class WaitForJobTrigger(StopsAbandonedJobs):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         await take_turn(self.hook_class.service)
         try:
-            async with self.poller.watch(self.hook, self.scope, self.job_id, self.settings.poll_interval) as watch:
-                event = await self._wait(watch)
+            event = await self._start() if self.job_id is None else None
+            if event is None:
+                job_id = str(self.job_id)
+                async with self.poller.watch(self.hook, self.scope, job_id, self.settings.poll_interval) as watch:
+                    event = await self._wait(watch)
         except asyncio.CancelledError as cancelled:
             await self._cancelled(cancelled)
             raise
+        finally:
+            self.end_start()
         yield event
+
+    # -- a trigger that submits its job (triggers.start.StartsJob) overrides these -----------------------
+
+    async def _start(self) -> TriggerEvent | None:
+        """Start the job and set ``job_id``; the event that ends the task if none was started."""
+        raise TypeError(f"{type(self).__name__} was given no job to wait for")
+
+    async def settle_start(self) -> str | None:
+        """After a cancel during :meth:`_start`: the job it started, once known (``None``: none)."""
+        return None
+
+    def end_start(self) -> None:
+        """The trigger ends: what :meth:`_start` left running beside the wait stops."""
 
     async def _stop_if_abandoned(self, reason: str) -> None:
         now = await self.task_now()
@@ -298,6 +316,9 @@ class WaitForJobTrigger(StopsAbandonedJobs):
             why = "cannot be read" if now.state == UNKNOWN_STATE else f"is {now.state}"
             self.log.info("%s %s: the task's state %s; job left running", self.noun, self.job_id, why)
             return
+        if self.job_id is None and (started := await self.settle_start()) is None:
+            return
+        self.job_id = self.job_id or started
         if now.try_number is not None and own_try is not None and now.try_number != own_try:
             reason = f"{reason}; the task is on try {now.try_number}, this job is of try {own_try}"
         await self._stop_quietly(reason)
@@ -348,7 +369,7 @@ class WaitForJobTrigger(StopsAbandonedJobs):
                 if copies_log(self.settings.job_logs, succeeded=True):
                     await self.copy_logs([result])
                 self.log.info("%s %s succeeded: the task ends here, on the triggerer", self.noun, self.job_id)
-                return TaskSuccessEvent(xcoms=self._success_xcoms(result))
+                return TaskSuccessEvent(xcoms=self._success_xcoms(result, await self.link_location()))
             return TriggerEvent({"status": "success", "job_id": self.job_id, "result": result})
 
     async def read_log_tail(self, result: dict[str, Any]) -> list[str]:
@@ -364,24 +385,53 @@ class WaitForJobTrigger(StopsAbandonedJobs):
             self.hook_arguments(),
             results,
             self.settings.job_log_lines,
-            log_link=self.settings.log_link,
+            log_link=await self.link_location(),
             heading=lambda result: f"{self.noun} {self.job_id}",
             deadline=self.settings.deadline,
         )
 
-    def _success_xcoms(self, result: dict[str, Any]) -> dict[str, Any] | None:
-        """What a task ended from the trigger pushes: its result and the log link a worker would save."""
+    async def link_location(self) -> dict[str, Any] | None:
+        """``region_name`` and ``aws_domain`` of the console links: the operator's ``log_link``, else the shared
+        client's (a trigger that submits its job is given none: the worker run looked up no connection)."""
+        if self.settings.log_link:
+            return self.settings.log_link
+        try:
+            async with self.hook.async_client() as client:
+                region, partition = client.meta.region_name, client.meta.partition
+        except Exception:  # no link is no reason to fail the task
+            self.log.debug("No console link: the client could not be created", exc_info=True)
+            return None
+        return {"region_name": region, "aws_domain": JobLogsLink.get_aws_domain(partition)}
+
+    def job_link(self) -> tuple[Any, dict[str, Any]] | None:
+        """A trigger that submits its job: the job's console link class and its data (but region and domain)."""
+        return None
+
+    def _success_xcoms(self, result: dict[str, Any], location: dict[str, Any] | None) -> dict[str, Any] | None:
+        """What a task ended from the trigger pushes: its result and the links a worker would save (and, for a
+        job this trigger submitted, its id under the operator's key and its console link)."""
         if not self.settings.xcom_result:
             return None
         xcoms: dict[str, Any] = {"return_value": result}
-        if self.settings.log_link and result.get("log_stream"):
-            link = JobLogsLink()
-            xcoms[link.key] = {
-                **self.settings.log_link,
-                "awslogs_region": result.get("log_region") or self.settings.log_link["region_name"],
-                "awslogs_group": result["log_group"],
-                "awslogs_stream_name": result["log_stream"],
-            }
+        links: list[tuple[Any, dict[str, Any]]] = []
+        if location and result.get("log_stream"):
+            links.append(
+                (
+                    JobLogsLink(),
+                    {
+                        "awslogs_region": result.get("log_region") or location["region_name"],
+                        "awslogs_group": result["log_group"],
+                        "awslogs_stream_name": result["log_stream"],
+                    },
+                )
+            )
+        start = getattr(self, "start", None)
+        if start and start.get("job_id_xcom_key"):
+            xcoms[start["job_id_xcom_key"]] = self.job_id
+        if location and (job_link := self.job_link()) is not None:
+            links.append(job_link)
+        for link, data in links:
+            xcoms[link.key] = {**(location or {}), **data}
             # Airflow 3 renders each link once, when the deferring run ends, and keeps the URL under the
             # link's own key; no worker run follows here to render it again.
             rendered_key = getattr(link, "xcom_key", None)

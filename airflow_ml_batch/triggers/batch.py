@@ -14,13 +14,19 @@ from airflow_ml_batch.jobs.batch import (
     failed_children,
     found_job,
     job_state,
+    start_choice,
     summarize_job,
 )
 from airflow_ml_batch.jobs.errors import error_message, error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob, model_job_name
+from airflow_ml_batch.links.batch import BatchJobLink
 from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
 from airflow_ml_batch.triggers.group import RunGroupTrigger
+from airflow_ml_batch.triggers.start import StartsJob
 from airflow_ml_batch.triggers.submission import RejectedError
+
+#: SubmitJob calls per second per account and Region that AWS Batch publishes
+SUBMIT_JOB_RATE = 50.0
 
 
 class BatchJobPoller(SharedPoller):
@@ -41,7 +47,7 @@ class BatchJobPoller(SharedPoller):
         return job_state(description)
 
 
-class BatchJobTrigger(WaitForJobTrigger):
+class BatchJobTrigger(StartsJob, WaitForJobTrigger):
     """Wait for an AWS Batch job to finish; stop it on the deadline or when a user acts on the task.
 
     Every instance in a triggerer process shares one :class:`BatchJobPoller` per (connection, region),
@@ -55,7 +61,10 @@ class BatchJobTrigger(WaitForJobTrigger):
     logged each time they change; once a parent has failed, one ListJobs and one DescribeJobs call name its
     failed children (the first :data:`~airflow_ml_batch.jobs.batch.FAILED_CHILDREN_SHOWN`) in the message.
 
-    :param job_id: the Batch job to wait for.
+    :param job_id: the Batch job to wait for; ``None`` with ``start``: the one the trigger submits.
+    :param start: submit the job from here (``BatchJobOperator(submit_from_trigger=True)``): ``request`` (SubmitJob's
+        keywords), ``try_number``, ``reattach_tries``, ``identity`` (the task-instance tags without the try) and
+        ``job_id_xcom_key``; see :class:`~airflow_ml_batch.triggers.start.StartsJob`.
     :param aws_conn_id: Airflow ``aws`` connection.
     :param region_name: AWS region; defaults to the connection's.
     :param poll_interval: seconds between two DescribeJobs of this job (each trigger at its own pace).
@@ -71,13 +80,54 @@ class BatchJobTrigger(WaitForJobTrigger):
     poller = BatchJobPoller
     hook_class = BatchHook
     noun = "AWS Batch job"
+    start_operation = "SubmitJob"
+    start_rate = SUBMIT_JOB_RATE
 
-    def __init__(self, job_id: str, **kwargs: Any) -> None:
+    def __init__(self, job_id: str | None = None, start: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if job_id is None and start is None:
+            raise ValueError("BatchJobTrigger needs a job_id, or a start to submit the job from")
         self.job_id = job_id
+        self.start = start
 
     def service_kwargs(self) -> dict[str, Any]:
-        return {"job_id": self.job_id}
+        return {"job_id": self.job_id, "start": self.start}
+
+    async def named_jobs(self, client: Any) -> list[dict[str, Any]]:
+        """One ListJobs on the job's name in its queue, one DescribeJobs of those carrying the task-instance tags."""
+        start = self.start or {}
+        queue, name = start["request"]["jobQueue"], start["request"]["jobName"]
+        try:
+            listed = await client.list_jobs(jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [name]}])
+            ids = [s["jobId"] for s in listed["jobSummaryList"] if s.get("jobName") == name][:100]
+            jobs = (await client.describe_jobs(jobs=ids))["jobs"] if ids else []
+        except ClientError as error:
+            if is_transient(error):
+                raise
+            message = f"AWS Batch could not list the jobs of job_queue={queue!r}: {error_text(error)}"
+            raise RejectedError(message) from error
+        identity = (start.get("identity") or {}).items()
+        return [job for job in jobs if identity <= (job.get("tags") or {}).items()]
+
+    async def send_start(self, client: Any) -> str:
+        request = (self.start or {})["request"]
+        try:
+            return str((await client.submit_job(**request))["jobId"])
+        except ClientError as error:
+            if is_transient(error):
+                raise
+            where = f"job_queue={request.get('jobQueue')!r}, job_definition={request.get('jobDefinition')!r}"
+            message = f"AWS Batch rejected job {request['jobName']!r} ({where}): {error_message(error)}"
+            raise RejectedError(message) from error
+
+    def start_choice(self, jobs: list[dict[str, Any]], current: str | None) -> tuple[str | None, list[str]]:
+        return start_choice(jobs, self.try_number, self.reattach_tries, current)
+
+    async def stop_other(self, client: Any, job_id: str, reason: str) -> None:
+        await client.terminate_job(jobId=job_id, reason=f"Airflow: {reason}"[:1024])
+
+    def job_link(self) -> tuple[Any, dict[str, Any]] | None:
+        return (BatchJobLink(), {"job_id": self.job_id}) if self.start else None
 
     def is_final(self, description: dict[str, Any]) -> bool:
         return description["status"] in FINAL_STATES
@@ -122,7 +172,7 @@ class BatchFleetTrigger(RunGroupTrigger):
 
     job_trigger = BatchJobTrigger
     noun = "AWS Batch jobs"
-    published_submit_rate = 50.0  # SubmitJob calls per second per account and Region
+    published_submit_rate = SUBMIT_JOB_RATE
 
     async def find_jobs(self, client: Any) -> list[FoundJob]:
         prefix = self.group["prefix"]

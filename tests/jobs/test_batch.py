@@ -13,6 +13,7 @@ from airflow_ml_batch.jobs.batch import (
     job_name_for,
     job_state,
     node_range_for,
+    start_choice,
     submit_job_request,
     submitted_job,
     summarize_job,
@@ -362,3 +363,38 @@ def test_a_listed_job_of_the_group_is_found_by_its_name_and_others_are_not() -> 
     assert found_job(prefix, summary) == FoundJob("j1", 7, 2, 3, False, 5.0, True)
     assert found_job(prefix, {**summary, "status": "RUNNABLE"}) == FoundJob("j1", 7, 2, 3, True, 5.0, False)
     assert found_job(prefix, {**summary, "jobName": "another-0123456789--7-m7-t2-a3"}) is None
+
+
+def listed(job_id: str, try_number: int, status: str = "RUNNING", created: int = 0, **extra: Any) -> dict[str, Any]:
+    return {
+        "jobId": job_id,
+        "status": status,
+        "createdAt": created,
+        "tags": {"airflow:try_number": str(try_number)},
+        **extra,
+    }
+
+
+def test_a_trigger_that_submits_waits_for_its_trys_oldest_job_and_stops_the_others() -> None:
+    jobs = [listed("old-try", 1, created=1), listed("mine", 2, "SUCCEEDED", 5), listed("dup", 2, created=9)]
+
+    assert start_choice(jobs, own_try=2, reattachable=range(1, 2)) == ("mine", ["dup", "old-try"])
+
+
+def test_without_a_job_of_its_try_it_reattaches_to_the_newest_live_earlier_one_or_submits() -> None:
+    jobs = [
+        listed("older", 1, created=1),
+        listed("newer", 2, created=5),
+        listed("asked-to-stop", 2, created=9, isTerminated=True),
+        listed("ended", 2, "FAILED", 7),
+    ]
+
+    assert start_choice(jobs, own_try=3, reattachable=range(1, 3)) == ("newer", ["asked-to-stop", "older"])
+    assert start_choice(jobs, own_try=3, reattachable=range(1, 1)) == (None, ["asked-to-stop", "newer", "older"])
+    assert start_choice([], own_try=1, reattachable=range(1, 1)) == (None, [])
+
+
+def test_a_later_look_keeps_the_job_waited_for_and_stops_every_other_live_one() -> None:
+    jobs = [listed("first", 1, created=1), listed("mine", 1, created=2), listed("gone", 1, "SUCCEEDED", 0)]
+
+    assert start_choice(jobs, own_try=1, reattachable=range(1, 1), current="mine") == ("mine", ["first"])

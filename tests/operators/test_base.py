@@ -83,12 +83,25 @@ def test_no_execution_timeout_no_deferral_timeout(aws_endpoint: Endpoint) -> Non
     assert deferred["kwargs"]["deadline"] is None
 
 
-def test_a_timed_out_deferral_stops_the_job_before_failing(aws_endpoint: Endpoint) -> None:
+# what the trigger had submitted (submit_from_trigger) before it stopped running: its own request
+SUBMITTED_BY_THE_TRIGGER = 'op.hook.conn.submit_job(**deferred.trigger.start["request"]), '
+
+
+@pytest.mark.parametrize("submit_from_trigger", [True, False])
+def test_a_timed_out_deferral_stops_the_job_before_failing(aws_endpoint: Endpoint, submit_from_trigger: bool) -> None:
     # What the worker runs when Airflow times a deferral out ("__fail__"): nobody watches the job any more.
+    # The job's id was pushed before the deferral, or (submitted by the trigger) its name finds it.
+    aws_endpoint.batch.submitted_status = "RUNNING"
+    fail = '_failure_of(lambda: op.resume_execution("__fail__", {"error": "Trigger timeout"}, context))'
     deferred = deferral(
         "BatchJobOperator",
-        {"aws_conn_id": "aws_fake", **BATCH, "execution_timeout": timedelta(minutes=10)},
-        then='_failure_of(lambda: op.resume_execution("__fail__", {"error": "Trigger timeout"}, context))',
+        {
+            "aws_conn_id": "aws_fake",
+            **BATCH,
+            "execution_timeout": timedelta(minutes=10),
+            "submit_from_trigger": submit_from_trigger,
+        },
+        then=f"[{SUBMITTED_BY_THE_TRIGGER if submit_from_trigger else ''}{fail}][-1]",
     )
 
     (job,) = aws_endpoint.batch.jobs.values()
@@ -144,7 +157,7 @@ def test_airflow_2_times_a_deferral_out_through_on_kill_and_the_jobs_are_stopped
 ) -> None:
     aws_endpoint.batch.submitted_status = "RUNNING"
     arguments: dict[str, Any] = {"aws_conn_id": "aws_fake", **BATCH, "execution_timeout": timedelta(minutes=10)}
-    then = AIRFLOW_2_TIMEOUT
+    then = f"[{SUBMITTED_BY_THE_TRIGGER}{AIRFLOW_2_TIMEOUT}]"  # the trigger submitted; its name finds it
     if operator == "BatchFleetOperator":
         arguments["models"] = [{"job_name": f"m{index}"} for index in range(3)]
         then = f"[_submit_group(op, context, 3), {AIRFLOW_2_TIMEOUT}]"
@@ -156,12 +169,14 @@ def test_airflow_2_times_a_deferral_out_through_on_kill_and_the_jobs_are_stopped
     assert all(job["status"] == "FAILED" and "execution_timeout" in job["statusReason"] for job in jobs)
 
 
-def test_a_failed_trigger_leaves_the_job_to_a_retry(aws_endpoint: Endpoint) -> None:
+@pytest.mark.parametrize("submit_from_trigger", [True, False])
+def test_a_failed_trigger_leaves_the_job_to_a_retry(aws_endpoint: Endpoint, submit_from_trigger: bool) -> None:
     # A trigger that failed (not a timeout) says nothing about the job: a retry re-attaches to it.
+    fail = '_failure_of(lambda: op.resume_execution("__fail__", {"error": "Trigger failure"}, context))'
     deferral(
         "BatchJobOperator",
-        {"aws_conn_id": "aws_fake", **BATCH},
-        then='_failure_of(lambda: op.resume_execution("__fail__", {"error": "Trigger failure"}, context))',
+        {"aws_conn_id": "aws_fake", **BATCH, "submit_from_trigger": submit_from_trigger},
+        then=f"[{SUBMITTED_BY_THE_TRIGGER if submit_from_trigger else ''}{fail}][-1]",
     )
 
     (job,) = aws_endpoint.batch.jobs.values()
@@ -197,6 +212,24 @@ def test_without_wait_for_completion_the_task_returns_the_id_at_once(
     assert started in (*aws_endpoint.batch.jobs, *aws_endpoint.ecs.tasks)
     assert xcom(dag_run, "start") == started
     assert aws_endpoint.calls["DescribeJobs"] + aws_endpoint.calls["DescribeTasks"] == 0
+
+
+def test_a_worker_run_that_the_trigger_submits_for_only_defers(aws_endpoint: Endpoint) -> None:
+    # submit_from_trigger (the default): no AWS call, no hook, no connection looked up on the worker (this
+    # one does not exist); the trigger gets the request, the try and the tries it may re-attach to
+    arguments = {"aws_conn_id": "no_such_connection", **BATCH, "retries": 2, "tags": {"team": "demand"}}
+
+    deferred = deferral("BatchJobOperator", arguments, then="'hook' in vars(op)")
+
+    assert deferred["then"] is False
+    assert sum(aws_endpoint.calls.values()) == 0
+    start = deferred["kwargs"]["start"]
+    assert deferred["kwargs"]["job_id"] is None
+    assert start["request"]["jobQueue"] == BATCH["job_queue"]
+    assert start["request"]["tags"]["team"] == "demand"
+    assert start["request"]["tags"]["airflow:try_number"] == "1"
+    assert (start["try_number"], start["reattach_tries"], start["job_id_xcom_key"]) == (1, [1, 1], JOB_ID_XCOM_KEY)
+    assert "airflow:try_number" not in start["identity"]
 
 
 def test_the_group_operators_take_every_group_setting_with_the_triggers_default() -> None:

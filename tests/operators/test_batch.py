@@ -99,11 +99,39 @@ def test_failed_job_fails_the_task(
 def test_bad_input_fails_fast_with_the_aws_message(
     aws_conn_id: str, batch_queue: dict[str, str], override: dict[str, str], expected: str
 ) -> None:
-    message = execute_error("BatchJobOperator", {"aws_conn_id": aws_conn_id, **batch_queue, **override})
+    # the worker submits (submit_from_trigger=False): its execute raises before deferring
+    arguments = {"aws_conn_id": aws_conn_id, "submit_from_trigger": False, **batch_queue, **override}
+
+    message = execute_error("BatchJobOperator", arguments)
 
     assert message.startswith("AirflowException: AWS Batch rejected job"), message
     assert expected in message
     assert "does not exist" in message  # the AWS message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"job_queue": "no-such-queue"}, "job_queue='no-such-queue'"),
+        ({"job_definition": "no-such-definition"}, "job_definition='no-such-definition'"),
+    ],
+)
+def test_bad_input_submitted_from_the_trigger_fails_the_task_with_the_aws_message(
+    aws_conn_id: str,
+    batch_queue: dict[str, str],
+    override: dict[str, str],
+    expected: str,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    dag_run = run_dag(simple_task(aws_conn_id, {**batch_queue, **override}, retries=0))
+
+    assert task_instance(dag_run, "forecast").state == "failed"
+    logged = caplog.text + capsys.readouterr().out
+    assert "AWS Batch rejected job" in logged or "AWS Batch could not list the jobs" in logged
+    assert expected in logged
+    assert "does not exist" in logged or "not found" in logged  # the AWS message
+    assert BatchHook(aws_conn_id=aws_conn_id).conn.list_jobs(jobQueue=batch_queue["job_queue"])["jobSummaryList"] == []
 
 
 def test_invalid_job_name_fails_before_any_call(aws_endpoint: Endpoint) -> None:
@@ -134,8 +162,10 @@ def test_a_retry_reattaches_to_the_running_job_instead_of_submitting_again(aws_e
         return answer
 
     def list_then_finish(call: Call) -> Any:
-        aws_endpoint.batch.hidden.clear()  # visible again; it finishes a moment after the retry found it
-        threading.Timer(1.0, aws_endpoint.batch.set_job, args=(submitted[0],), kwargs={"status": "SUCCEEDED"}).start()
+        if submitted and aws_endpoint.batch.hidden:  # the retry's look (the first try's trigger looked before)
+            aws_endpoint.batch.hidden.clear()  # visible again; it finishes a moment after the retry found it
+            timer = threading.Timer(1.0, aws_endpoint.batch.set_job, (submitted[0],), {"status": "SUCCEEDED"})
+            timer.start()
         return list_jobs(call)
 
     aws_endpoint.operations |= {"SubmitJob": submit_and_hide, "ListJobs": list_then_finish}
@@ -150,7 +180,7 @@ def test_a_retry_reattaches_to_the_running_job_instead_of_submitting_again(aws_e
     assert ti.state == "success", ti.state
     assert ti.try_number == 2
     assert aws_endpoint.calls["SubmitJob"] == 1
-    assert aws_endpoint.calls["ListJobs"] == 1
+    assert aws_endpoint.calls["ListJobs"] == 2  # each try's trigger looks once for the jobs the task has
     assert xcom(dag_run, "forecast")["job_id"] == submitted[0]
 
 
