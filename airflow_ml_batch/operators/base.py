@@ -274,10 +274,15 @@ class DeferredJobOperator(BaseOperator):
         if not isinstance(event, dict):
             # A TaskSuccessEvent replayed by ``dag.test()``: its XComs were pushed already; this run renders
             # the links again, the job's from the id pushed before the deferral.
-            self.log_link_pending = JobLogsLink.key not in (getattr(event, "xcoms", None) or {})
+            xcoms = getattr(event, "xcoms", None) or {}
+            self.log_link_pending = JobLogsLink.key not in xcoms
             ti = context["ti"]
             if AIRFLOW_V_3_0_PLUS:
-                job_id = ti.xcom_pull(task_ids=ti.task_id, key=self.job_id_xcom_key, map_indexes=ti.map_index)
+                if self.submits_from_trigger():  # the trigger knew the id: it is among the event's XComs
+                    job_id = xcoms.get(self.job_id_xcom_key)
+                else:
+                    job_id = ti.xcom_pull(task_ids=ti.task_id, key=self.job_id_xcom_key, map_indexes=ti.map_index)
+                self.job_link_pending = not job_id
                 if job_id:
                     self.save_job_link(context, str(job_id))
             return None
