@@ -34,7 +34,9 @@ SCENARIOS = {
     "triggerer-kill-groups": ["--scenario", "triggerer-kill", *GROUPS, "--duration", "30", "--down-seconds", "5"],
     # One group of 100 models whose first try fails on 10 of them: the retry submits exactly those 10 again.
     "group-retry": ["--scenario", "group-retry", *GROUPS, *GROUP_OF_100, "--duration", "20"],
-    # 5 % of the SubmitJob answers lost (500, then dropped connections), ListJobs 5 s late: one job per model.
+    # 5 % of the SubmitJob answers lost (500, then dropped connections), ListJobs 5 s late: one job per model,
+    # per model (each task's trigger submits) and in groups.
+    "lost-answers": ["--scenario", "lost-answers", "--duration", "20"],
     "lost-answers-groups": ["--scenario", "lost-answers", *GROUPS, "--duration", "20"],
     # Deferred groups timed out by Airflow with the triggerer down: the worker stops every job.
     "group-timeout-no-triggerer": [
