@@ -497,8 +497,9 @@ def lost_answers(fleet: Fleet, args: argparse.Namespace, verdict: Verdict) -> No
 
     ``--lose-mode alternate`` (default) answers 500 until half the models have a job, then drops the
     connection unanswered; ``500`` or ``drop`` keep one mode. The first SubmitJob of each mode loses its
-    answer, so every run loses at least one in each. Per model (the worker submits) or in groups (the
-    trigger submits): the job is looked for by name, found once listed, and never sent again.
+    answer, so every run loses at least one in each. Per model or in groups (the trigger submits either
+    way; per model the worker does with ``FLEET_BENCH_SUBMIT_FROM_TRIGGER=0``): the job is looked for by
+    name, found once listed, and never sent again.
     """
     modes = ("500", "drop") if args.lose_mode == "alternate" else (args.lose_mode,)
     fleet.bench("faults", {"list_lag_seconds": args.list_lag, "lose_answers": _losing(args, modes[0])})
@@ -541,7 +542,7 @@ def _losing(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     return {"operations": ["SubmitJob"], "fraction": args.lose_fraction, "mode": mode, "seed": seed, "next": 1}
 
 
-#: What a worker (``BatchHook.submit_job``) or a group's trigger logs when the job of a lost answer is found.
+#: What a worker (``BatchHook.submit_job``) or a trigger logs when the job of a lost answer is found.
 _FOUND_AFTER_LOSS = re.compile(r"[Jj]ob (\S+) (?:\(\S+\) )?was submitted(?::|) \(?its answer was lost")
 
 
