@@ -303,11 +303,11 @@ class WaitForJobTrigger(StopsAbandonedJobs):
         raise TypeError(f"{type(self).__name__} was given no job to wait for")
 
     async def settle_start(self) -> str | None:
-        """After a cancel during :meth:`_start`: the job it started, once known (``None``: none)."""
+        """After a cancel during the start (``_start``): the job it started, once known (``None``: none)."""
         return None
 
     def end_start(self) -> None:
-        """The trigger ends: what :meth:`_start` left running beside the wait stops."""
+        """The trigger ends: what the start (``_start``) left running beside the wait stops."""
 
     async def _stop_if_abandoned(self, reason: str) -> None:
         now = await self.task_now()
