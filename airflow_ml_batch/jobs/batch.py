@@ -455,21 +455,22 @@ def start_choice(
     submits for it waits for, and which live ones it stops.
 
     ``current``: the job it already waits for (a later look for a second one, which the listing may have
-    shown late): kept, every other live job stopped. Otherwise a job of ``own_try`` (a trigger of this try ran
-    before: the triggerer restarted) is waited for, live or ended, the oldest; else the newest live job of a
-    try in ``reattachable`` (:func:`reattachable_job`); else none (submit one). Every other live job is stopped.
+    shown late): kept, every other live job of ``own_try`` stopped (never another try's). Otherwise a job
+    of ``own_try`` (a trigger of this try ran before: the triggerer restarted) is waited for, live or ended,
+    the oldest; else the newest live job of a try in ``reattachable`` (:func:`reattachable_job`); else none
+    (submit one). Every other live job is stopped.
     """
     live = sorted(
         (job for job in jobs if job.get("status") in ACTIVE_STATES),
         key=lambda job: job.get("createdAt", 0),
         reverse=True,
     )
-    keep: str | None = current
-    if keep is None:
-        own = [job for job in jobs if (job.get("tags") or {}).get("airflow:try_number") == str(own_try)]
-        first = min(own, key=lambda job: (job.get("createdAt", 0), job["jobId"]), default=None)
-        earlier = reattachable_job(live, reattachable) if first is None else None
-        keep = next((str(job["jobId"]) for job in (first, earlier) if job is not None), None)
+    own = [job for job in jobs if (job.get("tags") or {}).get("airflow:try_number") == str(own_try)]
+    if current is not None:
+        return current, [str(job["jobId"]) for job in live if job in own and job["jobId"] != current]
+    first = min(own, key=lambda job: (job.get("createdAt", 0), job["jobId"]), default=None)
+    earlier = reattachable_job(live, reattachable) if first is None else None
+    keep = next((str(job["jobId"]) for job in (first, earlier) if job is not None), None)
     return keep, [str(job["jobId"]) for job in live if job["jobId"] != keep]
 
 

@@ -308,6 +308,8 @@ class DeferredJobOperator(BaseOperator):
         if succeeded:
             return event.get("result")
         if event["status"] == "timeout":
+            if not event.get("job_id") and self.submits_from_trigger():  # a submission's job the trigger missed
+                self.stop_abandoned_jobs(context, _TIMED_OUT)
             self._stopped_abandoned = True  # the trigger stopped the jobs; Airflow 2's on_kill follows this raise
             raise AirflowTaskTimeout(event["message"])
         if result and self.do_xcom_push:  # every model's outcome readable without describing the jobs again

@@ -8,6 +8,7 @@ from botocore.exceptions import ClientError
 
 from airflow_ml_batch.hooks.batch import BatchHook
 from airflow_ml_batch.jobs.batch import (
+    ACTIVE_STATES,
     FINAL_STATES,
     describe_failure,
     failed_child_ids,
@@ -122,6 +123,9 @@ class BatchJobTrigger(StartsJob, WaitForJobTrigger):
 
     def start_choice(self, jobs: list[dict[str, Any]], current: str | None) -> tuple[str | None, list[str]]:
         return start_choice(jobs, self.try_number, self.reattach_tries, current)
+
+    def is_live(self, job: dict[str, Any]) -> bool:
+        return job.get("status") in ACTIVE_STATES
 
     async def stop_other(self, client: Any, job_id: str, reason: str) -> None:
         await client.terminate_job(jobId=job_id, reason=f"Airflow: {reason}"[:1024])

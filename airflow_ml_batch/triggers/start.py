@@ -78,6 +78,10 @@ class StartsJob:
         :func:`~airflow_ml_batch.jobs.batch.start_choice`)."""
 
     @abstractmethod
+    def is_live(self, job: dict[str, Any]) -> bool:
+        """Whether ``job`` (one of :meth:`named_jobs`) may still run."""
+
+    @abstractmethod
     async def stop_other(self, client: Any, job_id: str, reason: str) -> None:
         """Stop ``job_id``, a job of the task instance that is not waited for."""
 
@@ -121,7 +125,7 @@ class StartsJob:
                 return keep
             while True:
                 try:
-                    job_id = await self._call(self.start_operation, self._send, send_once=True)
+                    job_id = await self._call(self.start_operation, self.send_start, send_once=True)
                 except AnswerLost as lost:
                     self.log.warning("Submitting: %s; looking for the job before sending it again", lost)
                     found = await self._look_for_own_job()
@@ -131,6 +135,8 @@ class StartsJob:
                     job_id = found
                 break
         except DeadlineReached:
+            if self._sending is not None:  # a submission went out: what it may have started is stopped
+                await self._stop_own_jobs("the task's execution_timeout was reached")
             return None
         request = (self.start or {})["request"]
         self.log.info("Submitted %s %s (%s)", self.noun, job_id, request.get("jobName") or request.get("startedBy"))
@@ -140,23 +146,26 @@ class StartsJob:
     #: the call that starts a job, which names its pacer
     start_operation: ClassVar[str]
 
-    async def _send(self, client: Any) -> str:
-        return await self.send_start(client)
-
-    async def _call(self, operation: str, work: Callable[[Any], Awaitable[Result]], send_once: bool = False) -> Result:
+    async def _call(
+        self,
+        operation: str,
+        work: Callable[[Any], Awaitable[Result]],
+        send_once: bool = False,
+        until_deadline: bool = True,
+    ) -> Result:
         """``work(client)``, paced per ``operation`` for the whole process, again after throttling (until the
         deadline) and transient errors (for :data:`START_PATIENCE`). The call runs in a task of its own, which a
-        cancel of the trigger does not interrupt (a submission's answer is then still known, see :meth:`settle_start`).
+        cancel of the trigger does not interrupt (a submission's answer is then still known: :meth:`settle_start`).
 
         :raises AnswerLost: ``send_once`` and the call failed after it may have reached AWS.
         :raises RejectedError: AWS refused the call, or it kept failing for :data:`START_PATIENCE`.
-        :raises DeadlineReached: the task's deadline came first.
+        :raises DeadlineReached: the task's deadline came first (``until_deadline``; else it does not count).
         """
         pacer = SubmitPacer.of((self.hook.client_key, operation), self.start_rate)
         failures, failing_since = 0, time.monotonic()
         while True:
             await pacer.wait()
-            if self.settings.deadline is not None and time.time() >= self.settings.deadline:
+            if until_deadline and self.settings.deadline is not None and time.time() >= self.settings.deadline:
                 raise DeadlineReached
             call = asyncio.ensure_future(self._with_client(work, send_once))
             if send_once:
@@ -184,11 +193,25 @@ class StartsJob:
         async with self.hook.async_client(send_once=send_once) as client:
             return await work(client)
 
-    async def _own_jobs(self) -> list[str]:
-        """The ids of this try's jobs, live or ended, as listed now."""
-        jobs = await self._call("ListJobs", self.named_jobs)
+    async def _own_jobs(self, until_deadline: bool = True) -> list[dict[str, Any]]:
+        """This try's jobs, live or ended, as listed now."""
+        jobs = await self._call("ListJobs", self.named_jobs, until_deadline=until_deadline)
         own = str(self.try_number)
-        return [str(job["jobId"]) for job in jobs if (job.get("tags") or {}).get("airflow:try_number") == own]
+        return [job for job in jobs if (job.get("tags") or {}).get("airflow:try_number") == own]
+
+    async def _stop_own_jobs(self, reason: str) -> None:
+        """Stop this try's live jobs as listed now (a submission went out when the deadline came)."""
+        try:
+            live = [str(job["jobId"]) for job in await self._own_jobs(until_deadline=False) if self.is_live(job)]
+            for job_id in live:
+                self.log.info("Stopping %s %s: %s", self.noun, job_id, reason)
+
+                async def stop(client: Any, job_id: str = job_id) -> None:
+                    await self.stop_other(client, job_id, reason)
+
+                await self._call("stop", stop, until_deadline=False)
+        except Exception as error:
+            self.log.error("Could not stop the job a submission may have started: %s", error_text(error))
 
     async def _look_for_own_job(self) -> str | None:
         """This try's job after a lost answer, for up to :data:`LOOKUP_SECONDS` (the listing lags)."""
@@ -196,8 +219,9 @@ class StartsJob:
         while True:
             own = await self._own_jobs()
             if own:
-                self.log.info("%s %s was submitted (its answer was lost)", self.noun, own[0])
-                return own[0]
+                job_id = str(own[0]["jobId"])
+                self.log.info("%s %s was submitted (its answer was lost)", self.noun, job_id)
+                return job_id
             if time.monotonic() + pause > deadline:
                 return None
             await asyncio.sleep(pause)

@@ -394,7 +394,12 @@ def test_without_a_job_of_its_try_it_reattaches_to_the_newest_live_earlier_one_o
     assert start_choice([], own_try=1, reattachable=range(1, 1)) == (None, [])
 
 
-def test_a_later_look_keeps_the_job_waited_for_and_stops_every_other_live_one() -> None:
-    jobs = [listed("first", 1, created=1), listed("mine", 1, created=2), listed("gone", 1, "SUCCEEDED", 0)]
+def test_a_later_look_keeps_the_job_waited_for_and_stops_its_trys_other_live_ones() -> None:
+    jobs = [
+        listed("first", 1, created=1),
+        listed("mine", 1, created=2),
+        listed("gone", 1, "SUCCEEDED", 0),
+        listed("next-try", 2, created=3),
+    ]
 
     assert start_choice(jobs, own_try=1, reattachable=range(1, 1), current="mine") == ("mine", ["first"])

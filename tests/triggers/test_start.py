@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
@@ -142,6 +143,19 @@ def test_a_refused_request_fails_with_the_aws_message_and_the_values(aws_endpoin
     assert "Job queue models does not exist" in event.payload["message"]
     assert "job_queue='models'" in event.payload["message"]
     assert "job_definition='forecast'" in event.payload["message"]
+    assert aws_endpoint.calls["SubmitJob"] == 1
+
+
+def test_a_deadline_that_comes_while_a_lost_answer_is_looked_for_stops_the_job(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.batch.submitted_status = "RUNNING"
+    aws_endpoint.faults.update({"list_lag_seconds": 1.0})
+    aws_endpoint.lose_answers("SubmitJob", next=1)
+
+    event = asyncio.run(first_event(submitting(deadline=time.time() + 0.8), timeout=60))
+
+    assert event.payload["status"] == "timeout"
+    (job_id,) = jobs_named(aws_endpoint)
+    assert aws_endpoint.batch.terminated == [job_id]
     assert aws_endpoint.calls["SubmitJob"] == 1
 
 
