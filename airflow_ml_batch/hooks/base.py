@@ -117,17 +117,24 @@ def _async_credentials(credentials: Credentials) -> Any:
     )
 
 
+#: Seconds a shared client stays open once its last holder left: calls paced one after the other (SubmitJob,
+#: the triggers' starts) would otherwise create a client for nearly every call.
+IDLE_SECONDS = 30.0
+
+
 @dataclass
 class _Lease:
-    """A shared client: the task creating it, how many hold it, and what closes it."""
+    """A shared client: the task creating it, how many hold it, what closes it, and its idle countdown."""
 
     stack: AsyncExitStack
     client: asyncio.Task[AioBaseClient]
     holders: int = 0
+    idle: asyncio.Task[None] | None = None
 
 
 class SharedAsyncClients:
-    """Per event loop registry of aiobotocore clients, shared by key and closed by the last holder."""
+    """Per event loop registry of aiobotocore clients, shared by key, closed :data:`IDLE_SECONDS` after the last
+    holder left (at once if its creation failed, or when the event loop shuts down)."""
 
     def __init__(self) -> None:
         self._leases: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, _Lease]] = (
@@ -148,11 +155,26 @@ class SharedAsyncClients:
             stack = AsyncExitStack()
             lease = leases[key] = _Lease(stack, asyncio.ensure_future(self._open(hook, stack, send_once)))
         lease.holders += 1
+        if lease.idle is not None:  # taken again before it closed
+            lease.idle.cancel()
+            lease.idle = None
         try:
             # shield: one holder giving up must not cancel the creation the others wait for.
             yield await asyncio.shield(lease.client)
         finally:
             lease.holders -= 1
+            if lease.holders == 0 and leases.get(key) is lease:
+                if lease.client.done() and (lease.client.cancelled() or lease.client.exception() is not None):
+                    del leases[key]  # never created: the next holder tries again
+                else:
+                    lease.idle = asyncio.ensure_future(self._close_when_idle(leases, key, lease))
+
+    async def _close_when_idle(self, leases: dict[Any, _Lease], key: Any, lease: _Lease) -> None:
+        """Close the client :data:`IDLE_SECONDS` from now unless a holder takes it again (which cancels this
+        before it closes anything); an event loop that shuts down cancels it too, and it closes the client then."""
+        try:
+            await asyncio.sleep(IDLE_SECONDS)
+        finally:
             if lease.holders == 0 and leases.get(key) is lease:
                 del leases[key]
                 await self._close(lease)

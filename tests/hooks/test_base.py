@@ -16,6 +16,7 @@ import pytest
 from helpers import CONN_ID, REGION, aws_connection_uri
 
 from airflow_ml_batch.hooks import base
+from airflow_ml_batch.hooks import base as hooks_base
 from airflow_ml_batch.hooks.base import DEFAULT_CONFIG, shared_clients
 from airflow_ml_batch.hooks.batch import BatchHook
 from airflow_ml_batch.hooks.ecs import EcsHook
@@ -136,7 +137,21 @@ async def test_thousand_concurrent_users_share_one_client_without_blocking_the_l
     # Coarse on purpose (a shared 2-core machine deschedules threads): creating a client on the loop
     # with a cold loader blocks it for about half a second; the reads above prove the blocking work moved off it.
     assert monitor.longest < 0.3, f"the event loop was blocked for {monitor.longest:.3f}s"
-    assert shared_clients.count() == 0, "the client is closed when its last user leaves"
+    assert await closed_when_idle() == 0, "the client is closed once idle"
+
+
+@pytest.fixture(autouse=True)
+def _short_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hooks_base, "IDLE_SECONDS", 0.05)
+
+
+async def closed_when_idle() -> int:
+    """The shared clients still open once an idle one had time to close (a few of :data:`IDLE_SECONDS`)."""
+    for _ in range(200):
+        if shared_clients.count() == 0:
+            break
+        await asyncio.sleep(0.05)
+    return shared_clients.count()
 
 
 async def test_clients_are_shared_per_connection_region_and_service(aws_conn_id: str) -> None:
@@ -151,16 +166,25 @@ async def test_clients_are_shared_per_connection_region_and_service(aws_conn_id:
         assert shared_clients.count() == 3
         assert batch_other_region.meta.region_name == "us-west-2"
         assert ecs.meta.service_model.service_name == "ecs"
-    assert shared_clients.count() == 0
+    assert await closed_when_idle() == 0
 
 
-async def test_a_new_client_is_created_after_the_last_user_left(aws_conn_id: str) -> None:
+async def test_a_client_serves_the_next_user_while_idle_and_is_closed_after(
+    aws_conn_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # calls paced one after the other reuse one client; an idle one is closed, and a new one made after
+    monkeypatch.setattr(hooks_base, "IDLE_SECONDS", 0.3)
     hook = BatchHook(aws_conn_id=aws_conn_id)
     async with hook.async_client() as first:
         pass
+    async with hook.async_client() as again:
+        pass
+    assert shared_clients.count() == 1
+    assert await closed_when_idle() == 0
     async with hook.async_client() as second:
         assert (await second.describe_jobs(jobs=[]))["jobs"] == []
-    assert first is not second
+    assert again is first
+    assert second is not first
 
 
 async def test_a_failed_creation_reaches_every_waiter_and_is_not_cached(
@@ -175,7 +199,7 @@ async def test_a_failed_creation_reaches_every_waiter_and_is_not_cached(
     results = await asyncio.gather(*(user() for _ in range(20)), return_exceptions=True)
 
     assert all(isinstance(r, Exception) and "not a region!" in str(r) for r in results), results
-    assert shared_clients.count() == 0
+    assert shared_clients.count() == 0, "a client never created is not kept"
     monkeypatch.setenv("AIRFLOW_CONN_AWS_BAD_REGION", aws_connection_uri(moto))
     async with BatchHook(aws_conn_id="aws_bad_region").async_client() as client:
         assert (await client.describe_jobs(jobs=[]))["jobs"] == []
@@ -196,7 +220,7 @@ async def test_a_user_cancelled_during_creation_does_not_break_the_others(aws_co
     assert await patient == []
     with pytest.raises(asyncio.CancelledError):
         await impatient
-    assert shared_clients.count() == 0
+    assert await closed_when_idle() == 0
 
 
 def assumed_roles(moto: str) -> int:
