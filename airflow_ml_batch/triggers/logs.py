@@ -1,12 +1,12 @@
 """Reading job logs on the triggerer: one pacer of GetLogEvents calls for the whole process, and the copy.
 
-CloudWatch Logs allows 10 to 25 GetLogEvents calls per second per account and Region, and that quota cannot
-be raised. Every read of a triggerer process (a log copied into a task's log, the tail ``collect_metrics``
-reads) waits for its turn at :class:`LogReadPacer`, which releases them at an adaptive rate
-(:class:`~airflow_ml_batch.jobs.pacing.AdaptiveRate`): 10 per second at first, halved on each throttled call,
-rising back to 25 after quiet spells. Reads waiting never block the event loop; a read throttled or failed
-transiently is tried again first in line, :data:`~airflow_ml_batch.hooks.logs.READ_ATTEMPTS` calls in all;
-a log still unread then (or after :data:`COPY_PATIENCE` seconds of waiting) leaves one warning line with the
+CloudWatch Logs allows 10 to 25 GetLogEvents calls per second per account and Region, and that quota cannot be raised.
+Every read of a triggerer process (a log copied into a task's log, the tail ``collect_metrics`` reads) waits for its
+turn at :class:`LogReadPacer`, which releases them at an adaptive rate
+(:class:`~airflow_ml_batch.jobs.pacing.AdaptiveRate`): 10 per second at first, halved when calls are throttled (once per
+burst sent at the old pace), rising back to 25 after quiet spells. Reads waiting never block the event loop; a read
+throttled or failed transiently is tried again first in line, :data:`~airflow_ml_batch.hooks.logs.READ_ATTEMPTS` calls
+in all; a log still unread then (or after :data:`COPY_PATIENCE` seconds of waiting) leaves one warning line with the
 reason and where the log is, and the task goes on.
 """
 

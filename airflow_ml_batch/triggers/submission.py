@@ -38,9 +38,9 @@ IN_FLIGHT_WAIT = LOOKUP_SECONDS + 90.0
 class SubmitPacer:
     """The calls that start (or stop) jobs of every group of one event loop on one connection and region.
 
-    At most ``rate`` calls per second (:class:`~airflow_ml_batch.jobs.pacing.AdaptiveRate`): throttling halves
-    the pace, each second without throttling brings back a tenth of ``rate``, so that groups submitting together
-    stay under the account's limit even when another client spends some of it.
+    At most ``rate`` calls per second (:class:`~airflow_ml_batch.jobs.pacing.AdaptiveRate`): throttling halves the pace
+    (once per burst sent at the old pace), each second without throttling brings back a tenth of ``rate``, so that
+    groups submitting together stay under the account's limit even when another client spends some of it.
     """
 
     _pacers: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, SubmitPacer]]]
