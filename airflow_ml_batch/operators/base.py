@@ -201,6 +201,8 @@ class DeferredJobOperator(BaseOperator):
         start = self.trigger_start(context) if self.submits_from_trigger() else None
         if start is not None:
             self.log_link_pending = self.job_link_pending = True  # no job yet: see JobLogsLink
+            if AIRFLOW_V_3_0_PLUS:  # nothing to render yet: no empty link XComs; the trigger or the resuming run
+                self.operator_extra_links = ()  # renders them once the job is known
             self.log.info("Deferring: the triggerer submits the job %s (%s)", *self.start_title(start))
             self.defer(
                 trigger=self.trigger_for(None, {**self.trigger_kwargs(context, with_links=False), "start": start}),

@@ -431,12 +431,12 @@ class WaitForJobTrigger(StopsAbandonedJobs):
         if location and (job_link := self.job_link()) is not None:
             links.append(job_link)
         for link, data in links:
-            xcoms[link.key] = {**(location or {}), **data}
-            # Airflow 3 renders each link once, when the deferring run ends, and keeps the URL under the
-            # link's own key; no worker run follows here to render it again.
-            rendered_key = getattr(link, "xcom_key", None)
-            if rendered_key:
-                xcoms[rendered_key] = link.format_link(**xcoms[link.key])
+            # Airflow 3 shows the URL a worker run rendered, kept under the link's own key; no worker run follows
+            # here to render it, so the trigger does. Airflow 2's webserver renders it from the link's data.
+            if _compat.AIRFLOW_V_3_0_PLUS:
+                xcoms[link.xcom_key] = link.format_link(**(location or {}), **data)
+            else:
+                xcoms[link.key] = {**(location or {}), **data}
         return xcoms
 
     def _event(self, status: str, message: str, **extra: Any) -> TriggerEvent:
