@@ -122,6 +122,58 @@ def execute_error(operator: str, arguments: dict[str, Any]) -> str:
     return str(xcom(dag_run, "run"))
 
 
+def clear_while_submitting(trigger: str, submitting: str, imports: str) -> Any:
+    """Run a DAG whose task clears the task instance ``cleared`` while the trigger built by ``trigger`` (Python,
+    with ``cleared``'s task instance as its own) has a submission on its way (``submitting``, Python on
+    ``trigger``, turns true), then ends the trigger the way this Airflow ends it (``on_kill`` on 3.3+, a plain
+    cancel before); the DAG run."""
+    return run_dag(
+        f"""
+        @task
+        def cleared() -> None:
+            pass
+
+        @task
+        def end_trigger(run_id=None, dag=None) -> None:
+            def set_state(state):
+                with create_session() as session:
+                    session.query(TaskInstance).filter_by(dag_id=dag.dag_id, run_id=run_id, task_id="cleared").update(
+                        {{"state": state}}, synchronize_session=False
+                    )
+
+            async def clear_while_submitting() -> None:
+                trigger = {trigger}
+                trigger.task_instance = SimpleNamespace(
+                    dag_id=dag.dag_id, task_id="cleared", run_id=run_id, map_index=-1
+                )
+                waiting = asyncio.ensure_future(trigger.run().__anext__())
+                for _ in range(600):  # until the submission is on its way (a busy machine takes seconds)
+                    await asyncio.sleep(0.05)
+                    if {submitting}:
+                        break
+                await asyncio.sleep(0.2)
+                set_state(None)
+                if _compat.TRIGGER_HAS_ON_KILL:
+                    waiting.cancel("__airflow_user_action__")
+                    await asyncio.gather(waiting, return_exceptions=True)
+                    await trigger.on_kill()
+                else:
+                    waiting.cancel()
+                    await asyncio.gather(waiting, return_exceptions=True)
+
+            try:
+                asyncio.run(clear_while_submitting())
+            finally:  # dag.test() runs until every task instance is done
+                set_state("success")
+
+        cleared() >> end_trigger()
+        """,
+        imports="import asyncio\nfrom types import SimpleNamespace\nfrom airflow.decorators import task\n"
+        "from airflow.models.taskinstance import TaskInstance\nfrom airflow.utils.session import create_session\n"
+        "from airflow_ml_batch import _compat\n" + imports,
+    )
+
+
 async def first_event(trigger: Any, timeout: float = 30) -> Any:
     """What the triggerer does with a trigger: run it and take its first event."""
 

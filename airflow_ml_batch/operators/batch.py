@@ -113,6 +113,7 @@ class BatchJobOperator(DeferredJobOperator):
         self.submit_from_trigger = submit_from_trigger
 
     job_id_xcom_key = JOB_ID_XCOM_KEY
+    trigger_classpath = "airflow_ml_batch.triggers.batch.BatchJobTrigger"
 
     def submits_from_trigger(self) -> bool:
         return self.submit_from_trigger and self.wait_for_completion

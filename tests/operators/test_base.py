@@ -84,7 +84,7 @@ def test_no_execution_timeout_no_deferral_timeout(aws_endpoint: Endpoint) -> Non
 
 
 # what the trigger had submitted (submit_from_trigger) before it stopped running: its own request
-SUBMITTED_BY_THE_TRIGGER = 'op.hook.conn.submit_job(**deferred.trigger.start["request"]), '
+SUBMITTED_BY_THE_TRIGGER = 'op.hook.conn.submit_job(**deferred.trigger.serialize()[1]["start"]["request"]), '
 
 
 @pytest.mark.parametrize("submit_from_trigger", [True, False])
@@ -230,6 +230,11 @@ def test_a_worker_run_that_the_trigger_submits_for_only_defers(aws_endpoint: End
     assert start["request"]["tags"]["airflow:try_number"] == "1"
     assert (start["try_number"], start["reattach_tries"], start["job_id_xcom_key"]) == (1, [1, 1], JOB_ID_XCOM_KEY)
     assert "airflow:try_number" not in start["identity"]
+    # handed over by classpath (the worker does not import the trigger's module): the triggerer's trigger
+    from airflow_ml_batch.triggers.batch import BatchJobTrigger
+
+    assert deferred["classpath"] == "airflow_ml_batch.triggers.batch.BatchJobTrigger"
+    assert BatchJobTrigger(**deferred["kwargs"]).serialize() == (deferred["classpath"], deferred["kwargs"])
 
 
 def test_the_group_operators_take_every_group_setting_with_the_triggers_default() -> None:

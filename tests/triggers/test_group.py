@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from airflow.models.trigger import Trigger
 from airflow.triggers.base import TaskSuccessEvent
-from helpers import first_event, run_dag, task_instance
+from helpers import clear_while_submitting, first_event, task_instance
 
 from airflow_ml_batch.jobs.groups import parse_job_name
 from airflow_ml_batch.testing.endpoint import Endpoint
@@ -413,54 +413,14 @@ def test_a_cancel_while_a_submission_is_in_flight_stops_the_job_aws_accepted(aws
         {"index": n, "label": f"m{n}", "request": {"jobQueue": "models", "jobDefinition": "forecast", "tags": tags}}
         for n, tags in enumerate([{"airflow:map_index": "7"}, {}, {}])
     ]
-    dag_run = run_dag(
-        f"""
-        @task
-        def cleared() -> None:
-            pass
-
-        @task
-        def end_trigger(run_id=None, dag=None) -> None:
-            def set_state(state):
-                with create_session() as session:
-                    session.query(TaskInstance).filter_by(dag_id=dag.dag_id, run_id=run_id, task_id="cleared").update(
-                        {{"state": state}}, synchronize_session=False
-                    )
-
-            async def clear_while_submitting() -> None:
-                trigger = BatchFleetTrigger(
-                    models={models!r},
-                    group={{"prefix": {PREFIX!r}, "try_number": 1, "reattachable": [1, 1], "reattach": True}},
-                    job={{"aws_conn_id": "aws_fake", "poll_interval": 0.05}},
-                )
-                trigger.task_instance = SimpleNamespace(
-                    dag_id=dag.dag_id, task_id="cleared", run_id=run_id, map_index=-1
-                )
-                waiting = asyncio.ensure_future(trigger.run().__anext__())
-                for _ in range(600):  # until the first SubmitJob is on its way (a busy machine takes seconds)
-                    await asyncio.sleep(0.05)
-                    if getattr(trigger, "_busy", None):
-                        break
-                await asyncio.sleep(0.2)
-                set_state(None)
-                if _compat.TRIGGER_HAS_ON_KILL:
-                    waiting.cancel("__airflow_user_action__")
-                    await asyncio.gather(waiting, return_exceptions=True)
-                    await trigger.on_kill()
-                else:
-                    waiting.cancel()
-                    await asyncio.gather(waiting, return_exceptions=True)
-
-            try:
-                asyncio.run(clear_while_submitting())
-            finally:  # dag.test() runs until every task instance is done
-                set_state("success")
-
-        cleared() >> end_trigger()
-        """,
-        imports="import asyncio\nfrom types import SimpleNamespace\nfrom airflow.decorators import task\n"
-        "from airflow.models.taskinstance import TaskInstance\nfrom airflow.utils.session import create_session\n"
-        "from airflow_ml_batch import _compat\nfrom airflow_ml_batch.triggers.batch import BatchFleetTrigger\n",
+    trigger = (
+        f"BatchFleetTrigger(models={models!r}, group={{'prefix': {PREFIX!r}, 'try_number': 1, "
+        "'reattachable': [1, 1], 'reattach': True}, job={'aws_conn_id': 'aws_fake', 'poll_interval': 0.05})"
+    )
+    dag_run = clear_while_submitting(
+        trigger,
+        submitting="getattr(trigger, '_busy', None)",
+        imports="from airflow_ml_batch.triggers.batch import BatchFleetTrigger\n",
     )
 
     assert task_instance(dag_run, "end_trigger").state == "success"

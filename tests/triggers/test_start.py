@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from airflow.triggers.base import TaskSuccessEvent
-from helpers import first_event, run_dag, task_instance
+from helpers import clear_while_submitting, first_event, task_instance
 
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
 from airflow_ml_batch.links.batch import BatchJobLink
@@ -57,6 +57,15 @@ def submit_directly(endpoint: Endpoint, try_number: int) -> str:
     return asyncio.run(submit())
 
 
+async def cancelled_once_submitted(endpoint: Endpoint) -> None:
+    """A trigger cancelled as a triggerer restart cancels it, once AWS has its job."""
+    first = asyncio.ensure_future(first_event(submitting()))
+    while not endpoint.batch.jobs:  # noqa: ASYNC110 - the jobs live in the endpoint's thread
+        await asyncio.sleep(0.01)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+
+
 def test_the_trigger_submits_the_job_once_and_ends_with_its_id_and_links(aws_endpoint: Endpoint) -> None:
     aws_endpoint.batch.on_submit = lambda body: {"status": "SUCCEEDED", "container": {"exitCode": 0}}
 
@@ -93,11 +102,7 @@ def test_a_restarted_trigger_waits_for_the_job_its_try_submitted(aws_endpoint: E
     aws_endpoint.batch.submitted_status = "RUNNING"
 
     async def restart() -> Any:
-        first = asyncio.ensure_future(first_event(submitting()))
-        while not aws_endpoint.batch.jobs:  # noqa: ASYNC110 - the jobs live in the endpoint's thread
-            await asyncio.sleep(0.02)
-        first.cancel()
-        await asyncio.gather(first, return_exceptions=True)
+        await cancelled_once_submitted(aws_endpoint)
         (job_id,) = aws_endpoint.batch.jobs
         aws_endpoint.batch.set_job(job_id, status="SUCCEEDED", container={"exitCode": 0})
         return await first_event(submitting())
@@ -181,11 +186,7 @@ def test_a_second_job_the_listing_showed_late_is_stopped(
     aws_endpoint.faults.update({"list_lag_seconds": 0.6})
 
     async def restart() -> Any:
-        first = asyncio.ensure_future(first_event(submitting()))
-        while not aws_endpoint.batch.jobs:  # noqa: ASYNC110 - the jobs live in the endpoint's thread
-            await asyncio.sleep(0.01)
-        first.cancel()
-        await asyncio.gather(first, return_exceptions=True)
+        await cancelled_once_submitted(aws_endpoint)
         second = asyncio.ensure_future(first_event(submitting(), timeout=30))
         while not aws_endpoint.batch.terminated:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
@@ -209,50 +210,10 @@ def test_a_cancel_while_the_submission_is_in_flight_stops_the_job_aws_accepted(a
     # the answer comes, that job is stopped.
     aws_endpoint.batch.submitted_status = "RUNNING"
     aws_endpoint.faults.update({"hold_submit": {"map_indexes": ["3"], "seconds": 3.0}})
-    dag_run = run_dag(
-        f"""
-        @task
-        def cleared() -> None:
-            pass
-
-        @task
-        def end_trigger(run_id=None, dag=None) -> None:
-            def set_state(state):
-                with create_session() as session:
-                    session.query(TaskInstance).filter_by(dag_id=dag.dag_id, run_id=run_id, task_id="cleared").update(
-                        {{"state": state}}, synchronize_session=False
-                    )
-
-            async def clear_while_submitting() -> None:
-                trigger = BatchJobTrigger(start={start()!r}, aws_conn_id="aws_fake", poll_interval=0.05)
-                trigger.task_instance = SimpleNamespace(
-                    dag_id=dag.dag_id, task_id="cleared", run_id=run_id, map_index=-1
-                )
-                waiting = asyncio.ensure_future(trigger.run().__anext__())
-                for _ in range(600):  # until the SubmitJob is on its way (a busy machine takes seconds)
-                    await asyncio.sleep(0.05)
-                    if getattr(trigger, "_sending", None) is not None:
-                        break
-                await asyncio.sleep(0.2)
-                set_state(None)
-                if _compat.TRIGGER_HAS_ON_KILL:
-                    waiting.cancel("__airflow_user_action__")
-                    await asyncio.gather(waiting, return_exceptions=True)
-                    await trigger.on_kill()
-                else:
-                    waiting.cancel()
-                    await asyncio.gather(waiting, return_exceptions=True)
-
-            try:
-                asyncio.run(clear_while_submitting())
-            finally:  # dag.test() runs until every task instance is done
-                set_state("success")
-
-        cleared() >> end_trigger()
-        """,
-        imports="import asyncio\nfrom types import SimpleNamespace\nfrom airflow.decorators import task\n"
-        "from airflow.models.taskinstance import TaskInstance\nfrom airflow.utils.session import create_session\n"
-        "from airflow_ml_batch import _compat\nfrom airflow_ml_batch.triggers.batch import BatchJobTrigger\n",
+    dag_run = clear_while_submitting(
+        f"BatchJobTrigger(start={start()!r}, aws_conn_id='aws_fake', poll_interval=0.05)",
+        submitting="getattr(trigger, '_sending', None) is not None",
+        imports="from airflow_ml_batch.triggers.batch import BatchJobTrigger\n",
     )
 
     assert task_instance(dag_run, "end_trigger").state == "success"
