@@ -23,7 +23,10 @@ REQUIRED = [
     ),
     "airflow_ml_batch/report_html.py",
     *(f"airflow_ml_batch/operators/{name}.py" for name in ("base", "group", "report")),
-    *(f"airflow_ml_batch/triggers/{name}.py" for name in ("group", "submission", "start", "poller", "logs", "task_state")),
+    *(
+        f"airflow_ml_batch/triggers/{name}.py"
+        for name in ("group", "submission", "start", "poller", "logs", "task_state")
+    ),
     *(f"airflow_ml_batch/links/{name}.py" for name in ("batch", "ecs", "logs", "report")),
     *(f"airflow_ml_batch/jobs/{name}.py" for name in ("groups", "logs", "pacing", "outcomes")),
     "airflow_ml_batch/testing/moto_server.py",
