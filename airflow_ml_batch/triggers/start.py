@@ -203,13 +203,7 @@ class StartsJob:
         """Stop this try's live jobs as listed now (a submission went out when the deadline came)."""
         try:
             live = [str(job["jobId"]) for job in await self._own_jobs(until_deadline=False) if self.is_live(job)]
-            for job_id in live:
-                self.log.info("Stopping %s %s: %s", self.noun, job_id, reason)
-
-                async def stop(client: Any, job_id: str = job_id) -> None:
-                    await self.stop_other(client, job_id, reason)
-
-                await self._call("stop", stop, until_deadline=False)
+            await self._stop_others(live, reason, until_deadline=False)
         except Exception as error:
             self.log.error("Could not stop the job a submission may have started: %s", error_text(error))
 
@@ -227,14 +221,14 @@ class StartsJob:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 8.0)
 
-    async def _stop_others(self, job_ids: list[str], why: str) -> None:
+    async def _stop_others(self, job_ids: list[str], why: str, until_deadline: bool = True) -> None:
         for job_id in job_ids:
             self.log.info("Stopping %s %s of this task instance: %s", self.noun, job_id, why)
 
             async def stop(client: Any, job_id: str = job_id) -> None:
                 await self.stop_other(client, job_id, why)
 
-            await self._call("stop", stop)
+            await self._call("stop", stop, until_deadline=until_deadline)
 
     async def _stop_late_duplicates(self, job_id: str) -> None:
         """Look once more, :data:`LOOKUP_SECONDS` twice over after the submission: the listing at the start may
