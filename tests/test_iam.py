@@ -186,10 +186,10 @@ def hide_first_batch_job(endpoint: Endpoint, task_id: str) -> None:
     endpoint.operations |= {"SubmitJob": submit_hidden, "ListJobs": list_and_show, "DescribeJobs": describe_then_end}
 
 
-#: A timed-out group's execution_timeout: long enough for its trigger to submit the job before the deadline
-#: even when the task run itself takes seconds to start (3 s on a busy 2-core machine; 10 s was not enough with
-#: three CI legs at once).
-GROUP_TIMEOUT = 20
+#: A timed-out task's execution_timeout: long enough for its trigger to submit the job before the deadline
+#: even when the task run itself takes seconds to start (3 s on a busy 2-core machine; 10 s was not enough for a
+#: group with three CI legs at once, 3 s not for a per-model task whose trigger submits).
+TIMEOUT_SECONDS = 20
 #: The state of a task that reached its execution_timeout, as ``run_timing_out`` returns it.
 TIMED_OUT = "failed" if AIRFLOW_V_3_0_PLUS else None
 
@@ -224,7 +224,9 @@ def run_per_model(operator: str, where: str) -> None:
     )
     timed_out = run_timing_out(
         f"""
-        {operator}(task_id="timed_out", {COMMON}, execution_timeout=datetime.timedelta(seconds=3), **{where})
+        {operator}(
+            task_id="timed_out", {COMMON}, execution_timeout=datetime.timedelta(seconds={TIMEOUT_SECONDS}), **{where},
+        )
         """
     )
 
@@ -279,7 +281,7 @@ def test_batch_groups_policy(aws: Endpoint) -> None:
         queue = dict(job_queue="models", job_definition="forecast")
         BatchFleetOperator(
             task_id="timed_out", {COMMON}, models=[{{"tags": {{"model_id": "c"}}}}],
-            execution_timeout=datetime.timedelta(seconds={GROUP_TIMEOUT}), **queue,
+            execution_timeout=datetime.timedelta(seconds={TIMEOUT_SECONDS}), **queue,
         )
         """
     )
@@ -378,7 +380,7 @@ def test_ecs_groups_policy(aws: Endpoint) -> None:
         cluster = dict(cluster="models", task_definition="forecast")
         EcsFleetOperator(
             task_id="timed_out", {COMMON}, models=[{{"tags": {{"model_id": "c"}}}}],
-            execution_timeout=datetime.timedelta(seconds={GROUP_TIMEOUT}), **cluster,
+            execution_timeout=datetime.timedelta(seconds={TIMEOUT_SECONDS}), **cluster,
         )
         """,
         imports="from airflow_ml_batch.operators.ecs import EcsFleetOperator\n",
