@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airflow_ml_batch.jobs.common import name_part, task_instance_digest, with_log_location
+from airflow_ml_batch.jobs.common import start_choice as common_start_choice
 from airflow_ml_batch.jobs.fields import RequestField, direct_request, passed_through
 from airflow_ml_batch.jobs.groups import FoundJob, parse_job_name
 
@@ -452,26 +453,16 @@ def start_choice(
     jobs: list[dict[str, Any]], own_try: int, reattachable: range, current: str | None = None
 ) -> tuple[str | None, list[str]]:
     """Which of a task instance's jobs (DescribeJobs details of its job name and task-instance tags) a trigger that
-    submits for it waits for, and which live ones it stops.
-
-    ``current``: the job it already waits for (a later look for a second one, which the listing may have
-    shown late): kept, every other live job of ``own_try`` stopped (never another try's). Otherwise a job
-    of ``own_try`` (a trigger of this try ran before: the triggerer restarted) is waited for, live or ended,
-    the oldest; else the newest live job of a try in ``reattachable`` (:func:`reattachable_job`); else none
-    (submit one). Every other live job is stopped.
-    """
-    live = sorted(
-        (job for job in jobs if job.get("status") in ACTIVE_STATES),
-        key=lambda job: job.get("createdAt", 0),
-        reverse=True,
+    submits for it waits for, and which live ones it stops (:func:`~airflow_ml_batch.jobs.common.start_choice`;
+    a job someone asked to terminate is never re-attached to)."""
+    return common_start_choice(
+        jobs,
+        own_try,
+        reattachable,
+        current,
+        is_live=lambda job: job.get("status") in ACTIVE_STATES,
+        may_reattach=lambda job: not (job.get("isTerminated") or job.get("isCancelled")),
     )
-    own = [job for job in jobs if (job.get("tags") or {}).get("airflow:try_number") == str(own_try)]
-    if current is not None:
-        return current, [str(job["jobId"]) for job in live if job in own and job["jobId"] != current]
-    first = min(own, key=lambda job: (job.get("createdAt", 0), job["jobId"]), default=None)
-    earlier = reattachable_job(live, reattachable) if first is None else None
-    keep = next((str(job["jobId"]) for job in (first, earlier) if job is not None), None)
-    return keep, [str(job["jobId"]) for job in live if job["jobId"] != keep]
 
 
 def found_job(prefix: str, summary: Mapping[str, Any]) -> FoundJob | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 _INVALID_TAG_CHARACTERS = re.compile(r"[^\w\s.:/=+\-@]", re.UNICODE)
@@ -109,3 +110,42 @@ def job_abandoned(state: str | None, try_number: int | None = None, own_try: int
     if try_number is not None and own_try is not None and try_number != own_try:
         return True
     return state != "deferred"
+
+
+def try_of(job: dict[str, Any]) -> int | None:
+    """The try that started ``job`` (its ``airflow:try_number`` tag, as a mapping), if it says."""
+    tag = (job.get("tags") or {}).get("airflow:try_number", "")
+    return int(tag) if tag.isdigit() else None
+
+
+def start_choice(
+    jobs: list[dict[str, Any]],
+    own_try: int,
+    reattachable: range,
+    current: str | None = None,
+    *,
+    is_live: Callable[[dict[str, Any]], bool],
+    may_reattach: Callable[[dict[str, Any]], bool] = lambda job: True,
+) -> tuple[str | None, list[str]]:
+    """Which of a task instance's jobs a trigger that starts its job waits for, and which live ones it stops.
+
+    ``jobs``: every job listed for the task instance, each with ``jobId``, ``createdAt`` (a number) and its
+    ``tags`` as a mapping; ``is_live``: whether one may still run; ``may_reattach``: whether a live one may be
+    waited for (nobody asked to stop it).
+
+    ``current``: the job it already waits for (a later look for a second one, which the listing may have
+    shown late): kept, every other live job of ``own_try`` stopped (never another try's). Otherwise a job
+    of ``own_try`` (a trigger of this try ran before: the triggerer restarted) is waited for, live or ended,
+    the oldest; else the newest live job of a try in ``reattachable`` that ``may_reattach``; else none (start
+    one). Every other live job is stopped.
+    """
+    live = sorted(filter(is_live, jobs), key=lambda job: job.get("createdAt", 0), reverse=True)
+    own = [job for job in jobs if try_of(job) == own_try]
+    if current is not None:
+        return current, [str(job["jobId"]) for job in live if job in own and job["jobId"] != current]
+    first = min(own, key=lambda job: (job.get("createdAt", 0), job["jobId"]), default=None)
+    earlier = None
+    if first is None:
+        earlier = next((job for job in live if try_of(job) in reattachable and may_reattach(job)), None)
+    keep = next((str(job["jobId"]) for job in (first, earlier) if job is not None), None)
+    return keep, [str(job["jobId"]) for job in live if job["jobId"] != keep]

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from airflow_ml_batch.jobs.common import start_choice as common_start_choice
 from airflow_ml_batch.jobs.common import task_instance_digest, with_log_location
 from airflow_ml_batch.jobs.fields import RequestField, direct_request, passed_through
 from airflow_ml_batch.jobs.groups import FoundJob
@@ -268,6 +269,40 @@ def reattachable_task(tasks: list[dict[str, Any]], tries: range) -> dict[str, An
         if try_tag.isdigit() and int(try_tag) in tries:
             return task
     return None
+
+
+def listed_task(task: Mapping[str, Any]) -> dict[str, Any]:
+    """A task of a task instance (DescribeTasks with its tags) as :func:`start_choice` reads it: ``jobId`` (its
+    ARN), ``createdAt`` (epoch seconds), ``tags`` (a mapping), ``lastStatus`` and ``desiredStatus``."""
+    created = task.get("createdAt")
+    return {
+        "jobId": str(task["taskArn"]),
+        "createdAt": created.timestamp() if isinstance(created, datetime) else float(created or 0),
+        "tags": {tag["key"]: tag["value"] for tag in task.get("tags", [])},
+        "lastStatus": task.get("lastStatus"),
+        "desiredStatus": task.get("desiredStatus"),
+    }
+
+
+def task_is_live(task: Mapping[str, Any]) -> bool:
+    """Whether a task (:func:`listed_task`) may still run: it has not stopped (a StopTask may be under way)."""
+    return task.get("lastStatus") != "STOPPED"
+
+
+def start_choice(
+    tasks: list[dict[str, Any]], own_try: int, reattachable: range, current: str | None = None
+) -> tuple[str | None, list[str]]:
+    """Which of a task instance's ECS tasks (:func:`listed_task`) a trigger that runs its task waits for, and
+    which live ones it stops (:func:`~airflow_ml_batch.jobs.common.start_choice`; a task someone asked to stop
+    is never re-attached to)."""
+    return common_start_choice(
+        tasks,
+        own_try,
+        reattachable,
+        current,
+        is_live=task_is_live,
+        may_reattach=lambda task: task.get("desiredStatus") != "STOPPED",
+    )
 
 
 def found_task(task: Mapping[str, Any]) -> FoundJob | None:

@@ -21,6 +21,8 @@ class KeptLink:
     """
 
     key: ClassVar[str]
+    #: the operator attribute that says this link's data is not known yet (no job, no log stream): no URL
+    pending_flag: ClassVar[str | None] = None
 
     @classmethod
     def save(cls, context: Context, operator: Any, region_name: str, aws_partition: str, **kwargs: Any) -> None:
@@ -36,6 +38,8 @@ class KeptLink:
         operator.__dict__.setdefault(_KEPT, {})[cls.key] = data
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        if self.pending_flag and getattr(operator, self.pending_flag, False):
+            return ""
         kept = getattr(operator, _KEPT, {}).get(self.key)
         if kept is not None:
             return str(self.format_link(**kept))  # type: ignore[attr-defined]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink, BatchJobQueueLink
 
 from airflow_ml_batch.links.base import KeptLink
@@ -16,10 +14,7 @@ class BatchJobLink(KeptLink, BatchJobDetailsLink):
     (``job_link_pending``), and the trigger or the resuming worker saves the link once the job is known.
     """
 
-    def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        if getattr(operator, "job_link_pending", False):
-            return ""
-        return str(super().get_link(operator, ti_key=ti_key))
+    pending_flag = "job_link_pending"
 
 
 class BatchQueueLink(KeptLink, BatchJobQueueLink):

@@ -8,7 +8,10 @@ from airflow_ml_batch.links.base import KeptLink
 
 
 class EcsTaskLink(KeptLink, BaseAwsLink):
-    """The ECS task in the AWS console, saved when the task starts."""
+    """The ECS task in the AWS console, saved when the task starts; for a task the trigger runs, once the trigger
+    or the resuming worker knows it (as :class:`~airflow_ml_batch.links.batch.BatchJobLink`)."""
+
+    pending_flag = "job_link_pending"
 
     name = "ECS Task"
     key = "ecs_task"

@@ -18,10 +18,7 @@ class JobLogsLink(KeptLink, CloudWatchEventsLink):
     an "XCom not found" error in every task's log: the operator says when there is nothing to look up.
     """
 
-    def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        if getattr(operator, "log_link_pending", False):
-            return ""
-        return str(super().get_link(operator, ti_key=ti_key))
+    pending_flag = "log_link_pending"
 
 
 def log_stream_url(

@@ -7,6 +7,7 @@ task run imports its hook and trigger when it calls AWS and defers.
 
 from __future__ import annotations
 
+import importlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -79,9 +80,8 @@ class TriggerCall(BaseTrigger):
         return self.classpath, self.kwargs
 
     async def run(self) -> Any:
-        from airflow.utils.module_loading import import_string
-
-        trigger = import_string(self.classpath)(**self.kwargs)
+        module, _, name = self.classpath.rpartition(".")
+        trigger = getattr(importlib.import_module(module), name)(**self.kwargs)
         trigger.task_instance = getattr(self, "task_instance", None)
         async for event in trigger.run():
             yield event
@@ -231,8 +231,8 @@ class DeferredJobOperator(BaseOperator):
             self.log_link_pending = self.job_link_pending = True  # no job yet: see JobLogsLink
             if AIRFLOW_V_3_0_PLUS:  # nothing to render yet: no empty link XComs; the trigger or the resuming run
                 self.operator_extra_links = ()  # renders them once the job is known
-            self.log.info("Deferring: the triggerer submits the job %s (%s)", *self.start_title(start))
-            kwargs = {"job_id": None, "start": start, **self.trigger_kwargs(context, with_links=False)}
+            self.log.info("Deferring: the triggerer starts %s (%s)", *self.start_title(start))
+            kwargs = {**self.trigger_arguments(), "start": start, **self.trigger_kwargs(context, with_links=False)}
             self.defer(
                 trigger=TriggerCall(self.trigger_classpath, kwargs),
                 method_name="execute_complete",
@@ -250,8 +250,12 @@ class DeferredJobOperator(BaseOperator):
             timeout=deferral_timeout(context, self.execution_timeout),
         )
 
+    def trigger_arguments(self) -> dict[str, Any]:
+        """What the service's trigger takes besides its job and the shared settings (an ECS cluster)."""
+        return {}
+
     def start_title(self, start: dict[str, Any]) -> tuple[str, str]:
-        """The job's name and where it runs, for the task log, from the trigger's ``start``."""
+        """What the trigger starts ("AWS Batch job <name>") and where it runs, for the task log, from its ``start``."""
         raise NotImplementedError
 
     def trigger_kwargs(self, context: Context, with_links: bool = True) -> dict[str, Any]:

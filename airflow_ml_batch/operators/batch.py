@@ -136,7 +136,7 @@ class BatchJobOperator(DeferredJobOperator):
         }
 
     def start_title(self, start: dict[str, Any]) -> tuple[str, str]:
-        return start["request"]["jobName"], f"job_queue={self.job_queue!r}"
+        return f"AWS Batch job {start['request']['jobName']}", f"job_queue={self.job_queue!r}"
 
     def abandoned_jobs(self, context: Context) -> list[str]:
         job_ids = super().abandoned_jobs(context)

@@ -12,6 +12,7 @@ from airflow_ml_batch.jobs.common import task_instance_tags
 from airflow_ml_batch.jobs.ecs import (
     client_token_for,
     failures_text,
+    listed_task,
     no_capacity,
     reattachable_task,
     run_task_request,
@@ -35,9 +36,10 @@ TASK_ARN_XCOM_KEY = "ecs_task_arn"
 class EcsTaskOperator(DeferredJobOperator):
     """Run an ECS task without holding a worker slot while it runs; Fargate by default.
 
-    The worker calls RunTask (or, on a retry, re-attaches to the task an earlier try left provisioning
-    or running), records the task ARN and defers to
-    :class:`~airflow_ml_batch.triggers.ecs.EcsTaskTrigger`. A task whose essential containers exit 0
+    The worker run defers at once to :class:`~airflow_ml_batch.triggers.ecs.EcsTaskTrigger`, which calls RunTask
+    (or, on a retry, re-attaches to the task an earlier try left provisioning or running) and waits for it
+    (``submit_from_trigger``; with ``False`` the worker calls RunTask and records the ARN before deferring).
+    A task whose essential containers exit 0
     ends the Airflow task from the triggerer; any other stop raises an error that says which class of
     failure it was (failed to start, Spot interruption, out of memory, container exit code, stopped by a
     user or by ECS), with the stop reason, each container's exit code and where its CloudWatch log is, after
@@ -76,7 +78,14 @@ class EcsTaskOperator(DeferredJobOperator):
         The ECS API reference says RunTask rejects ``SERVICE``.
     :param run_task_kwargs: anything else RunTask accepts, passed through as is.
     :param fail_on_sidecars: a non-essential container exiting non-zero fails the task too.
-    :param run_task_attempts: RunTask attempts while ECS answers with throttling or no capacity.
+    :param run_task_attempts: RunTask attempts while ECS answers with no capacity (from the worker: or throttling).
+    :param submit_from_trigger: the triggerer runs the task (default), so the worker run only defers: no AWS
+        client, no RunTask, no XCom on the worker. The trigger first lists the tasks started for the task
+        instance: it waits for this try's task after a triggerer restart, re-attaches to an earlier try's
+        (``reattach``) or runs one, and stops any other live one. The task's ARN is in the task log as soon as
+        it starts, and with the result, the ``ecs_task_arn`` XCom and the task's link when the Airflow task
+        ends. ``False``: the worker calls RunTask and saves the ARN and link before deferring.
+        ``wait_for_completion=False`` always runs it from the worker.
 
     Also takes every parameter of :class:`~airflow_ml_batch.operators.base.DeferredJobOperator` (waiting,
     retries, connection).
@@ -118,19 +127,68 @@ class EcsTaskOperator(DeferredJobOperator):
         run_task_kwargs: Annotated[dict[str, Any] | None, RequestField(render="json")] = None,
         fail_on_sidecars: bool = False,
         run_task_attempts: int = 8,
+        submit_from_trigger: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.keep_request_fields(locals())
         self.fail_on_sidecars = fail_on_sidecars
         self.run_task_attempts = run_task_attempts
+        self.submit_from_trigger = submit_from_trigger
 
     job_id_xcom_key = TASK_ARN_XCOM_KEY
+    trigger_classpath = "airflow_ml_batch.triggers.ecs.EcsTaskTrigger"
+
+    def submits_from_trigger(self) -> bool:
+        return self.submit_from_trigger and self.wait_for_completion
+
+    def trigger_start(self, context: Context) -> dict[str, Any]:
+        ti = context["ti"]
+        started_by = self.started_by_of(ti)
+        tries = tries_since_last_clear(ti.try_number, ti.max_tries, self.retries or 0) if self.reattach else range(1)
+        request = run_task_request(
+            self.request_fields,
+            self.request_values(),
+            started_by=started_by,
+            client_token=client_token_for(started_by, ti.try_number),
+            tags={**(self.tags or {}), **task_instance_tags(ti)},
+        )
+        return {
+            "request": request,
+            "try_number": ti.try_number,
+            "reattach_tries": [tries.start, tries.stop],
+            "identity": task_instance_tags(ti, with_try=False),
+            "job_id_xcom_key": self.job_id_xcom_key,
+            "capacity_tries": self.run_task_attempts,
+        }
+
+    def start_title(self, start: dict[str, Any]) -> tuple[str, str]:
+        return f"the ECS task started by {start['request']['startedBy']}", f"cluster={self.cluster!r}"
+
+    def trigger_arguments(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "fail_on_sidecars": self.fail_on_sidecars,
+            "container_name": self.container_name,
+        }
+
+    def abandoned_jobs(self, context: Context) -> list[str]:
+        task_arns = super().abandoned_jobs(context)
+        if task_arns or not self.submits_from_trigger():
+            return task_arns
+        ti = context["ti"]
+        identity = task_instance_tags(ti).items()
+        running = self.hook.tasks_started_by(self.cluster, self.started_by_of(ti), "RUNNING")
+        return [str(task["taskArn"]) for task in running if identity <= listed_task(task)["tags"].items()]
+
+    @staticmethod
+    def started_by_of(ti: Any) -> str:
+        """The ``startedBy`` of every task this task instance runs (the same for every try)."""
+        return started_by_for(ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index)
 
     def start_job(self, context: Context) -> str:
         ti = context["ti"]
-        map_index = -1 if ti.map_index is None else ti.map_index
-        started_by = started_by_for(ti.dag_id, ti.task_id, ti.run_id, map_index)
+        started_by = self.started_by_of(ti)
         task_arn = None
         if ti.try_number > 1:  # only a retry (a re-run after a crash is one) can find an earlier task
             reattachable = tries_since_last_clear(ti.try_number, ti.max_tries, self.retries or 0)
@@ -152,15 +210,7 @@ class EcsTaskOperator(DeferredJobOperator):
     def trigger_for(self, job_id: str | None, settings: dict[str, Any]) -> EcsTaskTrigger:
         from airflow_ml_batch.triggers.ecs import EcsTaskTrigger
 
-        if job_id is None:
-            raise TypeError("ECS tasks are run from the worker: the trigger needs the task's ARN")
-        return EcsTaskTrigger(
-            cluster=self.cluster,
-            task_arn=job_id,
-            fail_on_sidecars=self.fail_on_sidecars,
-            container_name=self.container_name,
-            **settings,
-        )
+        return EcsTaskTrigger(task_arn=job_id, **self.trigger_arguments(), **settings)
 
     def stop_job(self, job_id: str, reason: str) -> None:
         self.hook.conn.stop_task(cluster=self.cluster, task=job_id, reason=f"Airflow: {reason}"[:255])

@@ -18,18 +18,26 @@ from airflow_ml_batch.jobs.ecs import (
     essential_containers,
     failures_text,
     found_task,
+    listed_task,
     log_location,
     no_capacity,
+    start_choice,
     summarize_task,
+    task_id_of,
+    task_is_live,
 )
 from airflow_ml_batch.jobs.errors import error_message, error_text, is_transient
 from airflow_ml_batch.jobs.groups import FoundJob
+from airflow_ml_batch.links.ecs import EcsTaskLink
 from airflow_ml_batch.triggers.base import SharedPoller, WaitForJobTrigger
 from airflow_ml_batch.triggers.group import RunGroupTrigger
+from airflow_ml_batch.triggers.start import StartsJob
 from airflow_ml_batch.triggers.submission import NoCapacity, RejectedError
 
 log = logging.getLogger(__name__)
 
+#: RunTask calls (and Fargate task launches) per second per account and Region that ECS publishes
+RUN_TASK_RATE = 20.0
 #: DescribeTaskDefinition is retried with backoff: up to this many answers with an error that will not
 #: pass by itself (access denied), and transient errors (throttling, 5xx) for up to this many seconds.
 DEFINITION_ATTEMPTS = 4
@@ -108,7 +116,7 @@ class EcsTaskPoller(SharedPoller):
                 await asyncio.sleep(pause)
 
 
-class EcsTaskTrigger(WaitForJobTrigger):
+class EcsTaskTrigger(StartsJob, WaitForJobTrigger):
     """Wait for an ECS task to stop; stop it on the deadline or when a user acts on the task.
 
     Every instance in a triggerer process shares one :class:`EcsTaskPoller` per (connection, region,
@@ -120,7 +128,13 @@ class EcsTaskTrigger(WaitForJobTrigger):
     or a ``TaskSuccessEvent`` with ``end_from_trigger``.
 
     :param cluster: the task's cluster (name or ARN).
-    :param task_arn: the task to wait for.
+    :param task_arn: the task to wait for; ``None`` with ``start``: the one the trigger runs.
+    :param start: run the task from here (``EcsTaskOperator(submit_from_trigger=True)``): ``request`` (RunTask's
+        keywords, its ``startedBy``, ``clientToken`` and tags included), ``try_number``, ``reattach_tries``,
+        ``identity`` (the task-instance tags without the try), ``job_id_xcom_key`` and ``capacity_tries``; see
+        :class:`~airflow_ml_batch.triggers.start.StartsJob`. A RunTask whose answer was lost is sent again with
+        the same ``clientToken`` (ECS answers it with the task it started); one that found no capacity is
+        tried again with a new token, up to ``capacity_tries`` times.
     :param fail_on_sidecars: a non-essential container exiting non-zero fails the task too.
     :param container_name: the container whose CloudWatch log is copied (``job_logs``) and read for metrics;
         default: the first essential container that logs with ``awslogs``.
@@ -141,20 +155,32 @@ class EcsTaskTrigger(WaitForJobTrigger):
     poller = EcsTaskPoller
     hook_class = EcsHook
     noun = "ECS task"
+    start_operation = "RunTask"
+    start_rate = RUN_TASK_RATE
+    resend_is_safe = True  # the same clientToken: ECS answers with the task it started
 
     def __init__(
         self,
         cluster: str,
-        task_arn: str,
+        task_arn: str | None = None,
         fail_on_sidecars: bool = False,
         container_name: str | None = None,
+        start: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if task_arn is None and start is None:
+            raise ValueError("EcsTaskTrigger needs a task_arn, or a start to run the task from")
         self.cluster = cluster
-        self.job_id = self.task_arn = task_arn
+        self.job_id = task_arn
         self.fail_on_sidecars = fail_on_sidecars
         self.container_name = container_name
+        self.start = start
+
+    @property
+    def task_arn(self) -> str | None:
+        """The task waited for (``None`` until a trigger that runs it has)."""
+        return self.job_id
 
     @property
     def scope(self) -> str:
@@ -163,10 +189,69 @@ class EcsTaskTrigger(WaitForJobTrigger):
     def service_kwargs(self) -> dict[str, Any]:
         return {
             "cluster": self.cluster,
-            "task_arn": self.task_arn,
+            "task_arn": self.job_id,
             "fail_on_sidecars": self.fail_on_sidecars,
             "container_name": self.container_name,
+            "start": self.start,
         }
+
+    async def named_jobs(self, client: Any) -> list[dict[str, Any]]:
+        """ListTasks on the task instance's ``startedBy`` (running, then stopped), one DescribeTasks of those found
+        (with their tags), those carrying the task-instance tags (:func:`~airflow_ml_batch.jobs.ecs.listed_task`)."""
+        start = self.start or {}
+        started_by = start["request"]["startedBy"]
+        try:
+            arns = []
+            for desired in ("RUNNING", "STOPPED"):
+                listed = await client.list_tasks(cluster=self.cluster, startedBy=started_by, desiredStatus=desired)
+                arns += listed["taskArns"]
+            tasks = []
+            if arns:
+                answer = await client.describe_tasks(cluster=self.cluster, tasks=arns[:100], include=["TAGS"])
+                tasks = answer["tasks"]
+        except ClientError as error:
+            if is_transient(error):
+                raise
+            raise RejectedError(
+                f"ECS could not list the tasks of cluster={self.cluster!r}: {error_text(error)}"
+            ) from error
+        identity = (start.get("identity") or {}).items()
+        return [task for task in map(listed_task, tasks) if identity <= task["tags"].items()]
+
+    async def send_start(self, client: Any) -> str:
+        request = (self.start or {})["request"]
+        where = f"cluster={self.cluster!r}, task_definition={request.get('taskDefinition')!r}"
+        try:
+            response = await client.run_task(**request)
+        except ClientError as error:
+            if is_transient(error):
+                raise
+            raise RejectedError(f"ECS rejected RunTask ({where}): {error_message(error)}") from error
+        if response["tasks"]:
+            return str(response["tasks"][0]["taskArn"])
+        failures = response["failures"]
+        if no_capacity(failures):
+            raise NoCapacity(failures_text(failures))
+        raise RejectedError(f"ECS could not run the task ({where}): {failures_text(failures)}")
+
+    def place_again(self, placement: int) -> None:
+        """A new ``clientToken`` (ECS answers a token it knows with its first outcome: no capacity again)."""
+        request = (self.start or {})["request"]
+        request["clientToken"] = client_token_for(request["startedBy"], self.try_number, placement=placement)
+
+    def start_choice(self, jobs: list[dict[str, Any]], current: str | None) -> tuple[str | None, list[str]]:
+        return start_choice(jobs, self.try_number, self.reattach_tries, current)
+
+    def is_live(self, job: dict[str, Any]) -> bool:
+        return task_is_live(job)
+
+    async def stop_other(self, client: Any, job_id: str, reason: str) -> None:
+        await client.stop_task(cluster=self.cluster, task=job_id, reason=f"Airflow: {reason}"[:255])
+
+    def job_link(self) -> tuple[Any, dict[str, Any]] | None:
+        if not self.start or self.job_id is None:
+            return None
+        return EcsTaskLink(), {"cluster_name": self.cluster.rsplit("/", 1)[-1], "task_id": task_id_of(self.job_id)}
 
     def is_final(self, description: dict[str, Any]) -> bool:
         return description.get("lastStatus") == "STOPPED"
@@ -218,7 +303,7 @@ class EcsFleetTrigger(RunGroupTrigger):
     job_trigger = EcsTaskTrigger
     job_id_argument = "task_arn"
     noun = "ECS tasks"
-    published_submit_rate = 20.0  # RunTask calls (and Fargate task launches) per second per account and Region
+    published_submit_rate = RUN_TASK_RATE
     resend_is_safe = True  # the same clientToken: ECS answers with the task it started
 
     async def find_jobs(self, client: Any) -> list[FoundJob]:

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from airflow_ml_batch.jobs.batch import LOOKUP_SECONDS
 from airflow_ml_batch.jobs.errors import answer_lost, backoff, error_text, is_throttling, is_transient
-from airflow_ml_batch.triggers.submission import IN_FLIGHT_WAIT, DeadlineReached, RejectedError, SubmitPacer
+from airflow_ml_batch.triggers.submission import (
+    CAPACITY_TRIES,
+    IN_FLIGHT_WAIT,
+    DeadlineReached,
+    NoCapacity,
+    RejectedError,
+    SubmitPacer,
+)
 
 if TYPE_CHECKING:
     from airflow_ml_batch.hooks.base import AwsServiceHook
@@ -70,12 +77,13 @@ class StartsJob:
     async def send_start(self, client: Any) -> str:
         """Start the job (``start["request"]``); its id.
 
-        :raises RejectedError: AWS refused the request."""
+        :raises RejectedError: AWS refused the request.
+        :raises NoCapacity: it started nothing for want of capacity (tried again, :meth:`place_again`)."""
 
     @abstractmethod
     def start_choice(self, jobs: list[dict[str, Any]], current: str | None) -> tuple[str | None, list[str]]:
         """The job to wait for among ``jobs`` (``None``: submit) and the live ones to stop (see
-        :func:`~airflow_ml_batch.jobs.batch.start_choice`)."""
+        :func:`~airflow_ml_batch.jobs.common.start_choice`)."""
 
     @abstractmethod
     def is_live(self, job: dict[str, Any]) -> bool:
@@ -84,6 +92,19 @@ class StartsJob:
     @abstractmethod
     async def stop_other(self, client: Any, job_id: str, reason: str) -> None:
         """Stop ``job_id``, a job of the task instance that is not waited for."""
+
+    #: a start sent again after a lost answer starts no second job (RunTask's ``clientToken``): it is sent again
+    #: at once; otherwise the job is looked for by its name first
+    resend_is_safe: ClassVar[bool] = False
+
+    def place_again(self, placement: int) -> None:
+        """Ready the request for its ``placement``-th try after one that found no capacity (:class:`NoCapacity`,
+        which only a service that raises it needs)."""
+
+    @property
+    def capacity_tries(self) -> int:
+        """Tries of a start that finds no capacity before the task fails (``start["capacity_tries"]``)."""
+        return int((self.start or {}).get("capacity_tries") or CAPACITY_TRIES)
 
     # -- shared -----------------------------------------------------------------------------------------
 
@@ -123,16 +144,32 @@ class StartsJob:
             if keep is not None:
                 self.log.info("Waiting for %s %s, which this task instance started before", self.noun, keep)
                 return keep
+            placement = 1
             while True:
                 try:
                     job_id = await self._call(self.start_operation, self.send_start, send_once=True)
                 except AnswerLost as lost:
+                    if self.resend_is_safe:
+                        self.log.warning(
+                            "%s: %s; sending it again (the same request starts no second job)",
+                            self.start_operation,
+                            lost,
+                        )
+                        continue
                     self.log.warning("Submitting: %s; looking for the job before sending it again", lost)
                     found = await self._look_for_own_job()
                     if found is None:
                         self.log.warning("No job found after %.0fs; submitting again", LOOKUP_SECONDS)
                         continue
                     job_id = found
+                except NoCapacity as no_capacity:
+                    if placement >= self.capacity_tries:
+                        raise RejectedError(f"no capacity after {placement} tries: {no_capacity}") from no_capacity
+                    self.log.warning("%s: %s; trying again", self.start_operation, no_capacity)
+                    await asyncio.sleep(backoff(placement, first=1.0, longest=60.0))
+                    placement += 1
+                    self.place_again(placement)
+                    continue
                 break
         except DeadlineReached:
             if self._sending is not None:  # a submission went out: what it may have started is stopped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import logging
@@ -26,6 +27,7 @@ from airflow_ml_batch.testing.endpoint import Endpoint
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 BATCH = {"job_queue": "models", "job_definition": "forecast"}
+ECS = {"cluster": "models", "task_definition": "forecast"}
 FAILURE_OF = """
 def _failure_of(call):
     try:
@@ -214,27 +216,39 @@ def test_without_wait_for_completion_the_task_returns_the_id_at_once(
     assert aws_endpoint.calls["DescribeJobs"] + aws_endpoint.calls["DescribeTasks"] == 0
 
 
-def test_a_worker_run_that_the_trigger_submits_for_only_defers(aws_endpoint: Endpoint) -> None:
+@pytest.mark.parametrize(
+    ("operator", "where", "classpath", "key"),
+    [
+        ("BatchJobOperator", BATCH, "airflow_ml_batch.triggers.batch.BatchJobTrigger", JOB_ID_XCOM_KEY),
+        ("EcsTaskOperator", ECS, "airflow_ml_batch.triggers.ecs.EcsTaskTrigger", TASK_ARN_XCOM_KEY),
+    ],
+)
+def test_a_worker_run_that_the_trigger_submits_for_only_defers(
+    aws_endpoint: Endpoint, operator: str, where: dict[str, Any], classpath: str, key: str
+) -> None:
     # submit_from_trigger (the default): no AWS call, no hook, no connection looked up on the worker (this
     # one does not exist); the trigger gets the request, the try and the tries it may re-attach to
-    arguments = {"aws_conn_id": "no_such_connection", **BATCH, "retries": 2, "tags": {"team": "demand"}}
+    arguments = {"aws_conn_id": "no_such_connection", **where, "retries": 2, "tags": {"team": "demand"}}
 
-    deferred = deferral("BatchJobOperator", arguments, then="'hook' in vars(op)")
+    deferred = deferral(operator, arguments, then="'hook' in vars(op)")
 
     assert deferred["then"] is False
     assert sum(aws_endpoint.calls.values()) == 0
     start = deferred["kwargs"]["start"]
-    assert deferred["kwargs"]["job_id"] is None
-    assert start["request"]["jobQueue"] == BATCH["job_queue"]
-    assert start["request"]["tags"]["team"] == "demand"
-    assert start["request"]["tags"]["airflow:try_number"] == "1"
-    assert (start["try_number"], start["reattach_tries"], start["job_id_xcom_key"]) == (1, [1, 1], JOB_ID_XCOM_KEY)
+    assert deferred["kwargs"].get("job_id") is None
+    assert deferred["kwargs"].get("task_arn") is None
+    tags = start["request"]["tags"]
+    tags = tags if isinstance(tags, dict) else {tag["key"]: tag["value"] for tag in tags}
+    assert (tags["team"], tags["airflow:try_number"]) == ("demand", "1")
+    assert (start["try_number"], start["reattach_tries"], start["job_id_xcom_key"]) == (1, [1, 1], key)
     assert "airflow:try_number" not in start["identity"]
     # handed over by classpath (the worker does not import the trigger's module): the triggerer's trigger
-    from airflow_ml_batch.triggers.batch import BatchJobTrigger
-
-    assert deferred["classpath"] == "airflow_ml_batch.triggers.batch.BatchJobTrigger"
-    assert BatchJobTrigger(**deferred["kwargs"]).serialize() == (deferred["classpath"], deferred["kwargs"])
+    module, _, name = classpath.rpartition(".")
+    assert deferred["classpath"] == classpath
+    assert getattr(importlib.import_module(module), name)(**deferred["kwargs"]).serialize()[1] == {
+        "job_id" if operator == "BatchJobOperator" else "task_arn": None,
+        **deferred["kwargs"],
+    }
 
 
 def test_the_group_operators_take_every_group_setting_with_the_triggers_default() -> None:

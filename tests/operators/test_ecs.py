@@ -115,9 +115,10 @@ def test_a_lost_answer_is_sent_again_with_its_token_and_no_capacity_with_a_new_o
 def test_a_failure_that_is_not_about_capacity_fails_fast(aws_endpoint: Endpoint) -> None:
     aws_endpoint.ecs.run_task_failures = [{"arn": "arn:container-instance", "reason": "ATTRIBUTE", "detail": "arm64"}]
 
-    message = execute_error(
-        "EcsTaskOperator", {"aws_conn_id": "aws_fake", "cluster": "models", "task_definition": "forecast"}
-    )
+    # the worker runs the task (submit_from_trigger=False): its execute raises before deferring (the trigger's
+    # own message: tests/triggers/test_ecs.py)
+    arguments = {"aws_conn_id": "aws_fake", "cluster": "models", "task_definition": "forecast"}
+    message = execute_error("EcsTaskOperator", {**arguments, "submit_from_trigger": False})
 
     assert message == (
         "AirflowException: ECS could not run the task (cluster='models', task_definition='forecast'): "
@@ -127,7 +128,7 @@ def test_a_failure_that_is_not_about_capacity_fails_fast(aws_endpoint: Endpoint)
 
 
 def test_an_unknown_cluster_fails_with_the_aws_message(aws_conn_id: str, ecs_cluster: dict[str, Any]) -> None:
-    arguments = {**ecs_cluster, "cluster": "no-such-cluster", "aws_conn_id": aws_conn_id}
+    arguments = {**ecs_cluster, "cluster": "no-such-cluster", "aws_conn_id": aws_conn_id, "submit_from_trigger": False}
 
     message = execute_error("EcsTaskOperator", arguments)
 
@@ -151,9 +152,10 @@ def test_a_retry_reattaches_to_the_running_task(aws_endpoint: Endpoint, caplog: 
         return answer
 
     def list_then_finish(call: Call) -> Any:
-        aws_endpoint.ecs.hidden.clear()
-        finished = {"lastStatus": "STOPPED", "containers": [{"name": "model", "exitCode": 0}]}
-        threading.Timer(1.0, aws_endpoint.ecs.set_task, args=(started[0],), kwargs=finished).start()
+        if started and aws_endpoint.ecs.hidden:  # the retry's look (the first try's trigger looked before)
+            aws_endpoint.ecs.hidden.clear()
+            finished = {"lastStatus": "STOPPED", "containers": [{"name": "model", "exitCode": 0}]}
+            threading.Timer(1.0, aws_endpoint.ecs.set_task, args=(started[0],), kwargs=finished).start()
         return list_tasks(call)
 
     aws_endpoint.operations |= {"RunTask": run_and_hide, "ListTasks": list_then_finish}

@@ -14,6 +14,8 @@ from helpers import first_event
 
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
 from airflow_ml_batch.hooks.ecs import EcsHook
+from airflow_ml_batch.jobs.ecs import client_token_for
+from airflow_ml_batch.links.ecs import EcsTaskLink
 from airflow_ml_batch.testing.endpoint import Endpoint
 from airflow_ml_batch.testing.endpoint.core import AwsError
 from airflow_ml_batch.triggers import submission as submission_module
@@ -521,3 +523,142 @@ async def test_a_cluster_that_cannot_be_listed_fails_the_group_naming_it(ecs: En
         "ECS could not list the tasks of cluster='models': ClusterNotFoundException: Cluster not found."
     )
     assert ecs.calls["RunTask"] == 0
+
+
+# -- a per-model trigger that runs its own task (EcsTaskOperator(submit_from_trigger=True)) -------------------
+
+STARTED_BY = "airflow-0123456789abcdef"
+IDENTITY = {"airflow:dag_id": "d", "airflow:task_id": "model", "airflow:run_id": "r", "airflow:map_index": "3"}
+
+
+def running(try_number: int = 1, reattach_tries: tuple[int, int] = (1, 1), **kwargs: Any) -> EcsTaskTrigger:
+    """A trigger that runs its task, as ``EcsTaskOperator`` defers to it."""
+    tags = {**IDENTITY, "airflow:try_number": str(try_number)}
+    request = {
+        "cluster": "models",
+        "taskDefinition": "forecast",
+        "launchType": "FARGATE",
+        "startedBy": STARTED_BY,
+        "clientToken": client_token_for(STARTED_BY, try_number),
+        "tags": [{"key": key, "value": value} for key, value in tags.items()],
+    }
+    start = {
+        "request": request,
+        "try_number": try_number,
+        "reattach_tries": list(reattach_tries),
+        "identity": IDENTITY,
+        "job_id_xcom_key": "ecs_task_arn",
+        "capacity_tries": kwargs.pop("capacity_tries", 8),
+    }
+    kwargs.setdefault("poll_interval", 0.05)
+    return EcsTaskTrigger(cluster="models", start=start, aws_conn_id="aws_fake", **kwargs)
+
+
+async def test_the_trigger_runs_the_task_once_and_ends_with_its_arn_and_links(ecs: Endpoint) -> None:
+    ecs.ecs.new_task_fields = stopped("EssentialContainerExited", "done", {"exitCode": 0})
+
+    event = await first_event(running(end_from_trigger=True), timeout=30)
+
+    assert isinstance(event, TaskSuccessEvent)
+    (task_arn,) = ecs.ecs.tasks
+    assert event.xcoms["return_value"]["task_arn"] == task_arn
+    assert event.xcoms["ecs_task_arn"] == task_arn
+    if AIRFLOW_V_3_0_PLUS:  # the rendered URL (Airflow 2 renders it from the data)
+        assert f"/clusters/models/tasks/{task_arn.rsplit('/', 1)[-1]}/" in event.xcoms[EcsTaskLink().xcom_key]
+    else:
+        assert event.xcoms[EcsTaskLink.key]["task_id"] == task_arn.rsplit("/", 1)[-1]
+    (request,) = run_task_requests(ecs)
+    assert request["startedBy"] == STARTED_BY
+    assert ecs.calls["ListTasks"] == 2  # running and stopped, once
+
+
+@pytest.mark.parametrize("mode", ["500", "drop"])
+async def test_a_lost_run_task_answer_is_sent_again_with_its_token(ecs: Endpoint, mode: str) -> None:
+    ecs.ecs.new_task_fields = stopped("EssentialContainerExited", "done", {"exitCode": 0})
+    ecs.lose_answers("RunTask", next=1, mode=mode)
+
+    event = await first_event(running(), timeout=30)
+
+    assert event.payload["status"] == "success"
+    assert list(ecs.ecs.tasks) == [event.payload["job_id"]]
+    first, second = run_task_requests(ecs)
+    assert first["clientToken"] == second["clientToken"], "ECS answered the same token with the task it started"
+
+
+async def test_no_capacity_is_tried_again_with_a_new_token_a_bounded_number_of_times(ecs: Endpoint) -> None:
+    ecs.ecs.run_task_failures = [{"arn": "", "reason": "RESOURCE:MEMORY"}] * 3
+
+    event = await first_event(running(capacity_tries=3), timeout=60)
+
+    assert event.payload["status"] == "failed"
+    assert event.payload["message"] == "no capacity after 3 tries: RESOURCE:MEMORY"
+    assert len({r["clientToken"] for r in run_task_requests(ecs)}) == 3, "each placement a token of its own"
+    assert ecs.ecs.tasks == {}
+
+
+async def test_a_failure_that_is_not_about_capacity_fails_with_the_values(ecs: Endpoint) -> None:
+    ecs.ecs.run_task_failures = [{"arn": "arn:container-instance", "reason": "ATTRIBUTE", "detail": "arm64"}]
+
+    event = await first_event(running(), timeout=30)
+
+    assert event.payload["status"] == "failed"
+    assert event.payload["message"] == (
+        "ECS could not run the task (cluster='models', task_definition='forecast'): "
+        "arn:container-instance ATTRIBUTE arm64"
+    )
+    assert ecs.calls["RunTask"] == 1
+
+
+async def test_an_unknown_cluster_fails_with_the_aws_message(ecs: Endpoint) -> None:
+    def no_such_cluster(call: Any) -> Any:
+        raise AwsError(400, "ClusterNotFoundException", "Cluster not found.")
+
+    ecs.operations["ListTasks"] = no_such_cluster
+
+    event = await first_event(running(), timeout=30)
+
+    assert event.payload["status"] == "failed"
+    assert event.payload["message"] == (
+        "ECS could not list the tasks of cluster='models': ClusterNotFoundException: Cluster not found."
+    )
+    assert ecs.calls["RunTask"] == 0
+
+
+@pytest.mark.parametrize("reattach", [True, False])
+async def test_a_retry_reattaches_to_the_earlier_trys_running_task_or_stops_it(ecs: Endpoint, reattach: bool) -> None:
+    earlier_trigger = running(try_number=1)
+    async with earlier_trigger.hook.async_client() as client:
+        earlier = await earlier_trigger.send_start(client)
+    ecs.ecs.new_task_fields = stopped("EssentialContainerExited", "done", {"exitCode": 0})
+
+    waiting = asyncio.ensure_future(first_event(running(2, (1, 2) if reattach else (1, 1)), timeout=30))
+    await asyncio.sleep(0.5)
+    ecs.ecs.set_task(earlier, **stopped("EssentialContainerExited", "done", {"exitCode": 0}))
+    event = await waiting
+
+    assert event.payload["status"] == "success"
+    stopped_by_user = [body["task"] for operation, body in ecs.requests if operation == "StopTask"]
+    if reattach:
+        assert event.payload["job_id"] == earlier
+        assert ecs.calls["RunTask"] == 1, "no second task"
+        assert not stopped_by_user
+    else:
+        assert event.payload["job_id"] != earlier
+        assert stopped_by_user == [earlier]
+        assert ecs.calls["RunTask"] == 2
+
+
+async def test_a_restarted_trigger_waits_for_the_task_its_try_ran(ecs: Endpoint) -> None:
+    first = asyncio.ensure_future(first_event(running(), timeout=30))
+    while not ecs.ecs.tasks:  # noqa: ASYNC110 - the tasks live in the endpoint's thread
+        await asyncio.sleep(0.01)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    (task_arn,) = ecs.ecs.tasks
+    ecs.ecs.set_task(task_arn, **stopped("EssentialContainerExited", "done", {"exitCode": 0}))
+
+    event = await first_event(running(), timeout=30)
+
+    assert event.payload["status"] == "success"
+    assert event.payload["job_id"] == task_arn
+    assert ecs.calls["RunTask"] == 1

@@ -280,6 +280,8 @@ class Ecs:
 
     def describe_tasks(self, call: Call) -> dict[str, Any]:
         ids = call.body.get("tasks") or []
+        if not ids:  # as ECS (and moto) answer
+            raise AwsError(400, "InvalidParameterException", "Tasks cannot be empty.")
         if len(ids) > 100:
             raise AwsError(400, "InvalidParameterException", "Tasks cannot be longer than 100")
         now = time.time()
