@@ -144,17 +144,24 @@ class StartsJob:
             if keep is not None:
                 self.log.info("Waiting for %s %s, which this task instance started before", self.noun, keep)
                 return keep
-            placement = 1
+            placement, losses, first_loss = 1, 0, 0.0
             while True:
                 try:
                     job_id = await self._call(self.start_operation, self.send_start, send_once=True)
                 except AnswerLost as lost:
+                    losses, first_loss = losses + 1, first_loss or time.monotonic()
+                    if time.monotonic() - first_loss > START_PATIENCE:  # what it may have started is stopped
+                        await self._stop_own_jobs(f"{self.start_operation} kept failing")
+                        raise RejectedError(
+                            f"{self.start_operation} kept failing for {START_PATIENCE:.0f}s ({losses} tries): {lost}"
+                        ) from lost
                     if self.resend_is_safe:
                         self.log.warning(
                             "%s: %s; sending it again (the same request starts no second job)",
                             self.start_operation,
                             lost,
                         )
+                        await asyncio.sleep(backoff(losses))
                         continue
                     self.log.warning("Submitting: %s; looking for the job before sending it again", lost)
                     found = await self._look_for_own_job()

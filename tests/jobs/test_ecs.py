@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from typing import Any
 
@@ -12,9 +13,11 @@ from airflow_ml_batch.jobs.ecs import (
     client_token_for,
     describe_task_failure,
     failures_text,
+    listed_task,
     log_location,
     no_capacity,
     run_task_request,
+    start_choice,
     summarize_task,
 )
 from airflow_ml_batch.operators.ecs import EcsTaskOperator
@@ -135,3 +138,43 @@ def test_a_described_task_of_the_group_is_found_by_its_tags_and_others_are_not()
     assert found_task(task) == FoundJob("arn:t", 4, 1, 2, True)
     assert found_task({**task, "desiredStatus": "STOPPED"}) == FoundJob("arn:t", 4, 1, 2, False)
     assert found_task({**task, "tags": tags[:2]}) is None
+
+
+def listed(
+    arn: str, try_number: int, last: str = "RUNNING", desired: str = "RUNNING", created: int = 0
+) -> dict[str, Any]:
+    """A task of a task instance as DescribeTasks (with tags) gives it, read by ``listed_task``."""
+    return listed_task(
+        {
+            "taskArn": arn,
+            "lastStatus": last,
+            "desiredStatus": desired,
+            "createdAt": datetime.datetime.fromtimestamp(created, datetime.timezone.utc),
+            "tags": [{"key": "airflow:try_number", "value": str(try_number)}],
+        }
+    )
+
+
+def test_a_listed_task_reads_as_the_shared_choice_reads_a_job() -> None:
+    task = listed("arn:t", 2, created=5)
+
+    assert task == {
+        "jobId": "arn:t",
+        "createdAt": 5.0,
+        "tags": {"airflow:try_number": "2"},
+        "lastStatus": "RUNNING",
+        "desiredStatus": "RUNNING",
+    }
+
+
+def test_a_trigger_that_runs_its_task_reattaches_to_none_asked_to_stop_and_stops_every_other_live_one() -> None:
+    tasks = [
+        listed("older", 1, created=1),
+        listed("newer", 2, created=5),
+        listed("asked-to-stop", 2, desired="STOPPED", created=9),
+        listed("ended", 2, "STOPPED", "STOPPED", created=7),
+    ]
+
+    assert start_choice(tasks, own_try=3, reattachable=range(1, 3)) == ("newer", ["asked-to-stop", "older"])
+    assert start_choice(tasks, own_try=3, reattachable=range(1, 1)) == (None, ["asked-to-stop", "newer", "older"])
+    assert start_choice(tasks, own_try=2, reattachable=range(1, 2)) == ("newer", ["asked-to-stop", "older"])

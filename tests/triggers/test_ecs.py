@@ -18,6 +18,7 @@ from airflow_ml_batch.jobs.ecs import client_token_for
 from airflow_ml_batch.links.ecs import EcsTaskLink
 from airflow_ml_batch.testing.endpoint import Endpoint
 from airflow_ml_batch.testing.endpoint.core import AwsError
+from airflow_ml_batch.triggers import start as start_module
 from airflow_ml_batch.triggers import submission as submission_module
 from airflow_ml_batch.triggers.ecs import DEFINITION_ATTEMPTS, EcsFleetTrigger, EcsTaskPoller, EcsTaskTrigger
 
@@ -662,3 +663,18 @@ async def test_a_restarted_trigger_waits_for_the_task_its_try_ran(ecs: Endpoint)
     assert event.payload["status"] == "success"
     assert event.payload["job_id"] == task_arn
     assert ecs.calls["RunTask"] == 1
+
+
+async def test_answers_lost_for_good_fail_the_task_and_stop_what_they_started(
+    ecs: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(start_module, "START_PATIENCE", 1.0)
+    ecs.lose_answers("RunTask", next=1000)  # ECS starts the task and every answer is a 500
+
+    event = await first_event(running(), timeout=30)
+
+    assert event.payload["status"] == "failed"
+    assert event.payload["message"].startswith("RunTask kept failing for 1s")
+    (task_arn,) = ecs.ecs.tasks  # one token, one task, however often it was sent
+    assert [body["task"] for operation, body in ecs.requests if operation == "StopTask"] == [task_arn]
+    assert ecs.calls["RunTask"] >= 2
