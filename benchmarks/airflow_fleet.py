@@ -52,6 +52,8 @@ from airflow_ml_batch.testing.local_airflow import (
 HERE = Path(__file__).resolve().parent
 
 CONN_ID = "aws_bench"
+#: the container environment variable that marks a long model (--longest-first; set by dags/fleet_settings.py)
+LONG_ENV = "BENCH_LONG"
 TASK_ID = "model"
 #: What the scheduler's forkserver imports before it starts the LocalExecutor workers that fork the task runs
 #: (the CeleryExecutor's workers do not use it).
@@ -84,6 +86,12 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--fail-fraction", type=float, default=0.0, help="jobs that fail at the endpoint")
     p.add_argument("--long-fraction", type=float, default=0.0, help="fraction of jobs in a long tail (0: none)")
     p.add_argument("--long-factor", type=float, default=10.0, help="a long-tail job lasts this many x --duration")
+    p.add_argument(
+        "--longest-first",
+        action="store_true",
+        help="the DAG knows its long models (--long-fraction of them, seeded) and runs them first, as a user who "
+        "orders models by expected duration (fleet.longest_first); the endpoint makes exactly those long",
+    )
     p.add_argument("--rate", type=float, default=50.0, help="Batch API requests/s before 429 (SubmitJob included)")
     p.add_argument("--poll-interval", type=float, default=10.0, help="triggerer poll interval, s")
     p.add_argument(
@@ -120,6 +128,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise RuntimeError("--executor celery needs --db postgres (the Celery result backend)")
     if args.executor == "celery" and args.celery_workers < 1:
         raise RuntimeError("--executor celery needs --celery-workers 1 or more")
+    if args.longest_first and (not args.long_fraction or args.dag not in ("fleet_benchmark", "fleet_benchmark_groups")):
+        raise RuntimeError("--longest-first needs --long-fraction and --dag fleet_benchmark or fleet_benchmark_groups")
 
 
 # The harness.
@@ -191,6 +201,8 @@ class Fleet:
         options = ["--batch-rate", str(args.rate), "--duration", str(args.duration), "--spread", str(args.spread)]
         options += ["--fail-fraction", str(args.fail_fraction), "--seed", str(args.seed), "--max-seconds", "14400"]
         options += ["--long-fraction", str(args.long_fraction), "--long-factor", str(args.long_factor)]
+        if args.longest_first:
+            options += ["--long-env", LONG_ENV]
         self.control = self.stack.enter_context(running(*options))
         self.endpoint = self.control.url
         self.endpoint_pid = _child_running("airflow_ml_batch.testing.endpoint")
@@ -252,6 +264,8 @@ class Fleet:
             "FLEET_BENCH_CONN_ID": CONN_ID,
             "FLEET_BENCH_GROUP_SIZE": str(self.args.group_size),
             "FLEET_BENCH_SUBMIT_RATE": str(self.args.submit_rate or ""),
+            "FLEET_BENCH_LONG_FIRST": str(self.args.long_fraction if self.args.longest_first else 0),
+            "FLEET_BENCH_SEED": str(self.args.seed),
         }
         return env
 

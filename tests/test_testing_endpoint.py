@@ -155,6 +155,23 @@ def test_without_a_long_tail_the_runner_draws_as_before() -> None:
         WallClockRunner(long_fraction=1.5)
 
 
+def test_with_long_env_the_request_says_which_runs_are_long() -> None:
+    runner = WallClockRunner(duration=10.0, spread=0.0, long_fraction=0.05, long_factor=9.0, long_env="BENCH_LONG")
+    marked = {"name": "BENCH_LONG", "value": "1"}
+    requests = {
+        "batch, marked": {"containerOverrides": {"environment": [{"name": "MODEL", "value": "a"}, marked]}},
+        "ecs, marked": {"overrides": {"containerOverrides": [{"name": "model", "environment": [marked]}]}},
+        "batch, not marked": {"containerOverrides": {"environment": [{"name": "MODEL", "value": "b"}]}},
+        "nothing": {},
+    }
+
+    seconds = {what: (lambda run: run.ends - run.created)(runner.start("job", what, r)) for what, r in requests.items()}
+
+    assert seconds == pytest.approx(
+        {"batch, marked": 90.0, "ecs, marked": 90.0, "batch, not marked": 10.0, "nothing": 10.0}
+    )
+
+
 def test_terminate_job_fails_a_running_job_with_the_reason(running_jobs: Endpoint) -> None:
     batch = client("batch", running_jobs.url)
     job_id = batch.submit_job(jobName="m1", jobQueue="models", jobDefinition="forecast")["jobId"]

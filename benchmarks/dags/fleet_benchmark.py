@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from airflow.sdk import DAG
-from fleet_settings import COMMON, EXECUTION_TIMEOUT, MODELS, POLL_INTERVAL, START
+from fleet_settings import COMMON, EXECUTION_TIMEOUT, MODELS, POLL_INTERVAL, START, environment
 
 from airflow_ml_batch.operators.batch import BatchJobOperator
 
@@ -27,4 +27,4 @@ with DAG(dag_id="fleet_benchmark", schedule=None, start_date=START, catchup=Fals
         submit_from_trigger=os.environ.get("FLEET_BENCH_SUBMIT_FROM_TRIGGER", "1") == "1",
         end_from_trigger=None if os.environ.get("FLEET_BENCH_END_FROM_TRIGGER", "1") == "1" else False,
         **COMMON,
-    ).expand(environment=[{"MODEL": model} for model in MODELS])
+    ).expand(environment=[environment(model) for model in MODELS])

@@ -10,7 +10,7 @@ as ``fleet_benchmark.py`` (``fleet_settings.py``), in its own file.
 from __future__ import annotations
 
 from airflow.sdk import DAG
-from fleet_settings import COMMON, EXECUTION_TIMEOUT, GROUP_SIZE, MODELS, POLL_INTERVAL, START, SUBMIT_RATE
+from fleet_settings import COMMON, EXECUTION_TIMEOUT, GROUP_SIZE, MODELS, POLL_INTERVAL, START, SUBMIT_RATE, environment
 
 from airflow_ml_batch.fleet import groups
 from airflow_ml_batch.operators.batch import BatchFleetOperator
@@ -23,4 +23,4 @@ with DAG(dag_id="fleet_benchmark_groups", schedule=None, start_date=START, catch
         memory=2048,
         submit_rate=SUBMIT_RATE,
         **COMMON,
-    ).expand(models=groups([{"job_name": model, "environment": {"MODEL": model}} for model in MODELS], GROUP_SIZE))
+    ).expand(models=groups([{"job_name": model, "environment": environment(model)} for model in MODELS], GROUP_SIZE))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from datetime import datetime, timedelta
 
 JOBS = int(os.environ.get("FLEET_BENCH_JOBS", "10"))
@@ -24,5 +25,22 @@ EXECUTION_TIMEOUT = timedelta(seconds=_TIMEOUT_SECONDS) if _TIMEOUT_SECONDS else
 #: models per group and SubmitJob/s of the group mode (fleet_benchmark_groups.py; unset: the operator's default)
 GROUP_SIZE = int(os.environ.get("FLEET_BENCH_GROUP_SIZE", "100"))
 SUBMIT_RATE = float(os.environ["FLEET_BENCH_SUBMIT_RATE"]) if os.environ.get("FLEET_BENCH_SUBMIT_RATE") else None
-MODELS = [f"model-{number:05d}" for number in range(JOBS)]
+#: with ``--longest-first``: the fraction of models the DAG knows to be long, which it runs first and marks for
+#: the endpoint (``BENCH_LONG=1`` in their environment); 0: the endpoint draws its long tail itself
+LONG_FIRST = float(os.environ.get("FLEET_BENCH_LONG_FIRST") or 0)
+_MODEL_NAMES = [f"model-{number:05d}" for number in range(JOBS)]
+_LONG = set(
+    random.Random(f"long models {os.environ.get('FLEET_BENCH_SEED', '0')}").sample(
+        _MODEL_NAMES, round(JOBS * LONG_FIRST)
+    )
+)
+#: the models, the long ones first (a stable order otherwise)
+MODELS = sorted(_MODEL_NAMES, key=lambda model: model not in _LONG)
+
+
+def environment(model: str) -> dict[str, str]:
+    """A model's container environment: its name, and ``BENCH_LONG=1`` for a model known to be long."""
+    return {"MODEL": model, **({"BENCH_LONG": "1"} if model in _LONG else {})}
+
+
 START = datetime(2025, 1, 1)

@@ -233,6 +233,13 @@ class Timeline:
         return ["model run", "Traceback: ValueError: bad input"] if self.fails else ["model run"]
 
 
+def environment_of(request: dict[str, Any]) -> dict[str, str]:
+    """The container environment a SubmitJob or RunTask request sets (every container's, for ECS)."""
+    overrides = [request.get("containerOverrides") or {}]
+    overrides += (request.get("overrides") or {}).get("containerOverrides") or []
+    return {e["name"]: str(e.get("value", "")) for o in overrides for e in o.get("environment") or []}
+
+
 @dataclass
 class WallClockRunner:
     """Runs last ``duration`` seconds +- ``spread`` (a fraction), and ``fail_fraction`` of them fail.
@@ -240,7 +247,9 @@ class WallClockRunner:
     A long tail: ``long_fraction`` of the runs last ``long_factor`` times as long (e.g. ``0.05`` and ``9.0``:
     one run in twenty takes nine times the duration). It is off by default; which runs are long is drawn
     from a second random stream of the same ``seed``, so a run with the tail has the same durations and
-    failures as one without it, save the long runs' length.
+    failures as one without it, save the long runs' length. With ``long_env``, the request says instead:
+    a job (task) whose container environment sets that variable to ``1`` is long (a DAG that knows its
+    long models, as a user who runs the longest expected jobs first).
 
     The container starts a quarter into the run; an ECS container exits at 90 % (then DEPROVISIONING).
     """
@@ -251,6 +260,7 @@ class WallClockRunner:
     seed: int = 0
     long_fraction: float = 0.0
     long_factor: float = 10.0
+    long_env: str | None = None
     long_random: random.Random = field(init=False)  # which runs are long
     random: random.Random = field(init=False)
 
@@ -266,7 +276,10 @@ class WallClockRunner:
         now = time.time()
         duration = self.duration * self.random.uniform(1 - self.spread, 1 + self.spread)
         fails = self.random.random() < self.fail_fraction
-        if self.long_fraction and self.long_random.random() < self.long_fraction:
+        if self.long_env is not None:
+            if environment_of(request).get(self.long_env) == "1":
+                duration *= self.long_factor
+        elif self.long_fraction and self.long_random.random() < self.long_fraction:
             duration *= self.long_factor
         task = kind == "task"
         return Timeline(

@@ -28,6 +28,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-fraction", type=float, default=0.05, help="fraction of jobs and tasks that fail")
     p.add_argument("--long-fraction", type=float, default=0.0, help="fraction of jobs (tasks) in a long tail (0: none)")
     p.add_argument("--long-factor", type=float, default=10.0, help="a long-tail job lasts this many times the duration")
+    p.add_argument("--long-env", help="a job whose container environment sets this variable to 1 is long (no draw)")
     p.add_argument("--batch-rate", type=float, default=50.0, help="Batch requests/s before 429 (0: no limit)")
     p.add_argument("--batch-burst", type=float, default=0.0, help="Batch token bucket size (default: the rate)")
     p.add_argument("--ecs-rate", type=float, default=20.0, help="ECS requests/s before ThrottlingException (0: none)")
@@ -42,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     runner = WallClockRunner(
-        args.duration, args.spread, args.fail_fraction, args.seed, args.long_fraction, args.long_factor
+        args.duration, args.spread, args.fail_fraction, args.seed, args.long_fraction, args.long_factor, args.long_env
     )
     endpoint = Endpoint(runner, keep_requests=False)
     limits = (
