@@ -23,7 +23,9 @@ from airflow_ml_batch._compat import (
     BaseOperator,
     Context,
     listeners_registered,
+    tries_since_last_clear,
 )
+from airflow_ml_batch.jobs.common import task_instance_tags
 from airflow_ml_batch.jobs.fields import RequestField, request_fields
 from airflow_ml_batch.jobs.logs import check_job_logs, copied_log, copies_log, job_title, log_sources, not_copied
 from airflow_ml_batch.links.logs import JobLogsLink, log_stream_url
@@ -127,7 +129,9 @@ class DeferredJobOperator(BaseOperator):
     request_fields: ClassVar[dict[str, RequestField]] = {}
     #: XCom key under which the started job's id is pushed, before the task defers.
     job_id_xcom_key: ClassVar[str]
-    #: the trigger that submits the job (:meth:`trigger_start`), by classpath: a worker run does not import it
+    #: the trigger that submits the job
+    #: (:meth:`~airflow_ml_batch.operators.base.DeferredJobOperator.trigger_start`), by classpath: a worker
+    #: run does not import it
     trigger_classpath: ClassVar[str] = ""
 
     def __init__(
@@ -217,17 +221,31 @@ class DeferredJobOperator(BaseOperator):
 
     # -- shared -----------------------------------------------------------------------------------------
 
-    def trigger_start(self, context: Context) -> dict[str, Any] | None:
-        """What a trigger that submits the job is given (its ``start``), or ``None``: the worker submits it."""
-        return None
+    def trigger_start(self, context: Context) -> dict[str, Any]:
+        """What a trigger that submits the job is given (its ``start``, see
+        :class:`~airflow_ml_batch.triggers.start.StartsJob`): the request, the try and the earlier tries it may
+        re-attach to."""
+        ti = context["ti"]
+        tries = tries_since_last_clear(ti.try_number, ti.max_tries, self.retries or 0) if self.reattach else range(1)
+        return {
+            "request": self.start_request(ti),
+            "try_number": ti.try_number,
+            "reattach_tries": [tries.start, tries.stop],
+            "identity": task_instance_tags(ti, with_try=False),
+            "job_id_xcom_key": self.job_id_xcom_key,
+        }
+
+    def start_request(self, ti: Any) -> dict[str, Any]:
+        """The request that starts the job (SubmitJob's, RunTask's keywords) for task instance ``ti``'s try."""
+        raise NotImplementedError
 
     def submits_from_trigger(self) -> bool:
         """Whether the trigger submits the job, the worker run only deferring (``submit_from_trigger``)."""
         return False
 
     def execute(self, context: Context) -> Any:
-        start = self.trigger_start(context) if self.submits_from_trigger() else None
-        if start is not None:
+        if self.submits_from_trigger():
+            start = self.trigger_start(context)
             self.log_link_pending = self.job_link_pending = True  # no job yet: see JobLogsLink
             if AIRFLOW_V_3_0_PLUS:  # nothing to render yet: no empty link XComs; the trigger or the resuming run
                 self.operator_extra_links = ()  # renders them once the job is known

@@ -118,22 +118,9 @@ class BatchJobOperator(DeferredJobOperator):
     def submits_from_trigger(self) -> bool:
         return self.submit_from_trigger and self.wait_for_completion
 
-    def trigger_start(self, context: Context) -> dict[str, Any]:
-        ti = context["ti"]
-        tries = tries_since_last_clear(ti.try_number, ti.max_tries, self.retries or 0) if self.reattach else range(1)
-        request = submit_job_request(
-            self.request_fields,
-            self.request_values(),
-            job_name=self.job_name_of(ti),
-            tags={**(self.tags or {}), **task_instance_tags(ti)},
-        )
-        return {
-            "request": request,
-            "try_number": ti.try_number,
-            "reattach_tries": [tries.start, tries.stop],
-            "identity": task_instance_tags(ti, with_try=False),
-            "job_id_xcom_key": self.job_id_xcom_key,
-        }
+    def start_request(self, ti: Any) -> dict[str, Any]:
+        tags = {**(self.tags or {}), **task_instance_tags(ti)}
+        return submit_job_request(self.request_fields, self.request_values(), job_name=self.job_name_of(ti), tags=tags)
 
     def start_title(self, start: dict[str, Any]) -> tuple[str, str]:
         return f"AWS Batch job {start['request']['jobName']}", f"job_queue={self.job_queue!r}"

@@ -143,24 +143,17 @@ class EcsTaskOperator(DeferredJobOperator):
         return self.submit_from_trigger and self.wait_for_completion
 
     def trigger_start(self, context: Context) -> dict[str, Any]:
-        ti = context["ti"]
+        return {**super().trigger_start(context), "capacity_tries": self.run_task_attempts}
+
+    def start_request(self, ti: Any) -> dict[str, Any]:
         started_by = self.started_by_of(ti)
-        tries = tries_since_last_clear(ti.try_number, ti.max_tries, self.retries or 0) if self.reattach else range(1)
-        request = run_task_request(
+        return run_task_request(
             self.request_fields,
             self.request_values(),
             started_by=started_by,
             client_token=client_token_for(started_by, ti.try_number),
             tags={**(self.tags or {}), **task_instance_tags(ti)},
         )
-        return {
-            "request": request,
-            "try_number": ti.try_number,
-            "reattach_tries": [tries.start, tries.stop],
-            "identity": task_instance_tags(ti, with_try=False),
-            "job_id_xcom_key": self.job_id_xcom_key,
-            "capacity_tries": self.run_task_attempts,
-        }
 
     def start_title(self, start: dict[str, Any]) -> tuple[str, str]:
         return f"the ECS task started by {start['request']['startedBy']}", f"cluster={self.cluster!r}"

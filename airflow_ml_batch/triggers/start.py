@@ -98,8 +98,8 @@ class StartsJob:
     resend_is_safe: ClassVar[bool] = False
 
     def place_again(self, placement: int) -> None:
-        """Ready the request for its ``placement``-th try after one that found no capacity (:class:`NoCapacity`,
-        which only a service that raises it needs)."""
+        """Ready the request for its ``placement``-th try after one that found no capacity
+        (:class:`~airflow_ml_batch.triggers.submission.NoCapacity`, which only a service that raises it needs)."""
 
     @property
     def capacity_tries(self) -> int:
