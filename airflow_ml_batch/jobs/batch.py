@@ -449,6 +449,11 @@ def reattachable_job(jobs: list[dict[str, Any]], tries: range) -> dict[str, Any]
     return None
 
 
+def job_is_live(job: dict[str, Any]) -> bool:
+    """Whether a job (a DescribeJobs ``JobDetail``) may still run."""
+    return job.get("status") in ACTIVE_STATES
+
+
 def start_choice(
     jobs: list[dict[str, Any]], own_try: int, reattachable: range, current: str | None = None
 ) -> tuple[str | None, list[str]]:
@@ -460,7 +465,7 @@ def start_choice(
         own_try,
         reattachable,
         current,
-        is_live=lambda job: job.get("status") in ACTIVE_STATES,
+        is_live=job_is_live,
         may_reattach=lambda job: not (job.get("isTerminated") or job.get("isCancelled")),
     )
 

@@ -8,12 +8,12 @@ from botocore.exceptions import ClientError
 
 from airflow_ml_batch.hooks.batch import BatchHook
 from airflow_ml_batch.jobs.batch import (
-    ACTIVE_STATES,
     FINAL_STATES,
     describe_failure,
     failed_child_ids,
     failed_children,
     found_job,
+    job_is_live,
     job_state,
     start_choice,
     summarize_job,
@@ -125,7 +125,7 @@ class BatchJobTrigger(StartsJob, WaitForJobTrigger):
         return start_choice(jobs, self.try_number, self.reattach_tries, current)
 
     def is_live(self, job: dict[str, Any]) -> bool:
-        return job.get("status") in ACTIVE_STATES
+        return job_is_live(job)
 
     async def stop_other(self, client: Any, job_id: str, reason: str) -> None:
         await client.terminate_job(jobId=job_id, reason=f"Airflow: {reason}"[:1024])

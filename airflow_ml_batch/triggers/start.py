@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from airflow_ml_batch.jobs.batch import LOOKUP_SECONDS
+from airflow_ml_batch.jobs.common import try_of
 from airflow_ml_batch.jobs.errors import answer_lost, backoff, error_text, is_throttling, is_transient
 from airflow_ml_batch.triggers.submission import (
     CAPACITY_TRIES,
@@ -240,8 +241,7 @@ class StartsJob:
     async def _own_jobs(self, until_deadline: bool = True) -> list[dict[str, Any]]:
         """This try's jobs, live or ended, as listed now."""
         jobs = await self._call("ListJobs", self.named_jobs, until_deadline=until_deadline)
-        own = str(self.try_number)
-        return [job for job in jobs if (job.get("tags") or {}).get("airflow:try_number") == own]
+        return [job for job in jobs if try_of(job) == self.try_number]
 
     async def _stop_own_jobs(self, reason: str) -> None:
         """Stop this try's live jobs as listed now (a submission went out when the deadline came)."""
