@@ -122,11 +122,12 @@ def execute_error(operator: str, arguments: dict[str, Any]) -> str:
     return str(xcom(dag_run, "run"))
 
 
-def clear_while_submitting(trigger: str, submitting: str, imports: str) -> Any:
+def clear_while_submitting(trigger: str, submitting: str, imports: str, before_its_turn: bool = False) -> Any:
     """Run a DAG whose task clears the task instance ``cleared`` while the trigger built by ``trigger`` (Python,
     with ``cleared``'s task instance as its own) has a submission on its way (``submitting``, Python on
     ``trigger``, turns true), then ends the trigger the way this Airflow ends it (``on_kill`` on 3.3+, a plain
-    cancel before); the DAG run."""
+    cancel before); the DAG run. ``before_its_turn``: the trigger waits for its turn to start all along, as
+    behind thousands of triggers that a triggerer took on at once."""
     return run_dag(
         f"""
         @task
@@ -146,6 +147,9 @@ def clear_while_submitting(trigger: str, submitting: str, imports: str) -> Any:
                 trigger.task_instance = SimpleNamespace(
                     dag_id=dag.dag_id, task_id="cleared", run_id=run_id, map_index=-1
                 )
+                if {before_its_turn}:  # a turn ahead of the trigger's own that is never given
+                    loop = asyncio.get_running_loop()
+                    trigger_base._turns[loop] = collections.deque([loop.create_future()])
                 waiting = asyncio.ensure_future(trigger.run().__anext__())
                 for _ in range(600):  # until the submission is on its way (a busy machine takes seconds)
                     await asyncio.sleep(0.05)
@@ -168,9 +172,10 @@ def clear_while_submitting(trigger: str, submitting: str, imports: str) -> Any:
 
         cleared() >> end_trigger()
         """,
-        imports="import asyncio\nfrom types import SimpleNamespace\nfrom airflow.decorators import task\n"
-        "from airflow.models.taskinstance import TaskInstance\nfrom airflow.utils.session import create_session\n"
-        "from airflow_ml_batch import _compat\n" + imports,
+        imports="import asyncio\nimport collections\nfrom types import SimpleNamespace\n"
+        "from airflow.decorators import task\nfrom airflow.models.taskinstance import TaskInstance\n"
+        "from airflow.utils.session import create_session\n"
+        "from airflow_ml_batch import _compat\nfrom airflow_ml_batch.triggers import base as trigger_base\n" + imports,
     )
 
 

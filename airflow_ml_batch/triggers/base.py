@@ -282,8 +282,8 @@ class WaitForJobTrigger(StopsAbandonedJobs):
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        await take_turn(self.hook_class.service)
         try:
+            await take_turn(self.hook_class.service)  # a user may clear the task while it waits for its turn
             event = await self._start() if self.job_id is None else None
             if event is None:
                 job_id = str(self.job_id)

@@ -189,13 +189,14 @@ class RunGroupTrigger(SubmitsModels, StopsAbandonedJobs):
         self._states: dict[int, str] = {}  # model index -> state of its job
         self._results: dict[int, dict[str, Any]] = {}
         self._attempts: dict[int, int] = {}  # model index -> the highest attempt of this try sent or seen
+        self._listed = False  # the group's jobs were listed: ``_jobs`` holds every one this trigger waits for
         self._start_submission(list(self._by_index))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        await take_turn(self.job_trigger.hook_class.service)
         self._start_state()
         poller: type[SharedPoller] = self.job_trigger.poller
         try:
+            await take_turn(self.job_trigger.hook_class.service)  # a user may clear the task meanwhile
             async with poller.watch_many(self.hook, self.scope, self.settings.poll_interval) as watch:
                 self._watch = watch
                 event = await self._run_group(watch)
@@ -212,6 +213,7 @@ class RunGroupTrigger(SubmitsModels, StopsAbandonedJobs):
             return self._event("failed", str(rejected), result=[])
         except DeadlineReached:
             return await self._timed_out()
+        self._listed = True
         reattachable = range(*self.group.get("reattachable", (1, 1)))
         plan = plan_group(found, len(self.models), self.try_number, reattachable, self.group.get("reattach", True))
         for job in plan.stop:
@@ -477,17 +479,30 @@ class RunGroupTrigger(SubmitsModels, StopsAbandonedJobs):
         """Stop every running job of the group, unless the task still waits for them (or its state is unknown).
 
         Nothing more is sent first, and the calls in flight are waited for: a job AWS accepted while the trigger
-        was being cancelled is stopped too.
+        was being cancelled is stopped too. Cancelled before its first listing (waiting for its turn after a
+        triggerer restart, or listing), the trigger does not know the jobs an earlier trigger of this try
+        started: it lists them, and stops them.
         """
         if not hasattr(self, "_jobs"):
             return
         await self._close()
         running = self._running_jobs()
-        if not running:
+        if self._listed and not running:
             return
-        now = await self.job_trigger_for(running[0]).task_now()
+        now = await self.job_trigger_for(running[0] if running else "").task_now()
         own_try = getattr(getattr(self, "task_instance", None), "try_number", None)
         if not job_abandoned(now.state, now.try_number, own_try):
-            self.log.info("The task's state is %s: %d jobs left running", now.state, len(running))
+            self.log.info("The task's state is %s: the group's %s left running", now.state, self.noun)
             return
+        if not self._listed:
+            running = await self._live_jobs_up_to_this_try()
         await self._stop_jobs(running, reason)
+
+    async def _live_jobs_up_to_this_try(self) -> list[str]:
+        """The live jobs of this task instance's tries up to this one, as listed now (none if it cannot list)."""
+        try:
+            found = await self._with_retries("list the group's jobs", self.find_jobs, time.time() + LOOKUP_SECONDS)
+        except (DeadlineReached, RejectedError) as error:
+            self.log.error("Could not list the group's %s to stop them, which may still run: %s", self.noun, error)
+            return []
+        return [job.job_id for job in found if job.active and job.try_number <= self.try_number]

@@ -293,10 +293,19 @@ class StartsJob:
 
     async def settle_start(self) -> str | None:
         """After a cancel during the start: the job the submission in flight started, once its answer is in (or
-        this try's job, looked for when the answer was lost); ``None`` if it started none."""
+        this try's job, looked for when the answer was lost); ``None`` if it started none.
+
+        Cancelled before sending anything (waiting for its turn or listing, after a triggerer restart), it
+        lists the task instance's jobs once: the one it would have waited for, if any.
+        """
         sending = getattr(self, "_sending", None)
         if sending is None:
-            return None
+            try:
+                keep, _ = self.start_choice(await self._call("ListJobs", self.named_jobs, until_deadline=False), None)
+            except Exception as listing_error:
+                self.log.error("Could not list the task instance's jobs to stop them: %s", error_text(listing_error))
+                return None
+            return keep
         done, _ = await asyncio.wait({sending}, timeout=IN_FLIGHT_WAIT)
         if done and not sending.cancelled():
             error = sending.exception()

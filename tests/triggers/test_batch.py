@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from airflow.models.trigger import Trigger
 from airflow.triggers.base import TaskSuccessEvent
-from helpers import first_event, run_dag, task_instance, xcom
+from helpers import clear_while_submitting, first_event, run_dag, task_instance, xcom
 
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS, TRIGGER_HAS_ON_KILL
 from airflow_ml_batch.testing.endpoint import Endpoint
@@ -316,6 +316,23 @@ def test_a_user_action_stops_the_job_unless_the_task_still_waits_or_its_state_is
     reason = "cleared or marked by a user" if TRIGGER_HAS_ON_KILL else "no longer deferred"
     assert reason in aws_endpoint.batch.jobs[jobs["cleared"]]["statusReason"]
     assert aws_endpoint.calls["TerminateJob"] == 3
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_task_cleared_while_its_trigger_waits_for_its_turn_has_its_job_stopped(aws_endpoint: Endpoint) -> None:
+    # A triggerer that takes on thousands of triggers at once starts them a hundred per loop: a user who
+    # clears a task meanwhile cancels a trigger that has not begun its wait. Its job is stopped all the same.
+    job_id = aws_endpoint.batch.add_job("RUNNING")
+    dag_run = clear_while_submitting(
+        f"BatchJobTrigger(job_id={job_id!r}, aws_conn_id='aws_fake', poll_interval=0.05)",
+        submitting="True",
+        imports="from airflow_ml_batch.triggers.batch import BatchJobTrigger\n",
+        before_its_turn=True,
+    )
+
+    assert task_instance(dag_run, "end_trigger").state == "success"
+    assert aws_endpoint.batch.terminated == [job_id]
+    assert aws_endpoint.calls["DescribeJobs"] == 0, "the trigger never began its wait"
 
 
 @pytest.mark.usefixtures("airflow_db")

@@ -430,6 +430,38 @@ def test_a_cancel_while_a_submission_is_in_flight_stops_the_job_aws_accepted(aws
     assert aws_endpoint.calls["SubmitJob"] == 1, "nothing more submitted once cancelled"
 
 
+@pytest.mark.usefixtures("airflow_db")
+def test_a_restarted_group_cleared_before_its_turn_stops_the_jobs_its_try_submitted(aws_endpoint: Endpoint) -> None:
+    # The triggerer restarted once the group's jobs were submitted; the user clears the group task while its
+    # trigger still waits for its turn (it has not listed the jobs yet): it lists them and stops them all.
+    aws_endpoint.batch.submitted_status = "RUNNING"
+
+    async def submit_then_restart() -> None:
+        running = asyncio.ensure_future(first_event(group_trigger(3), timeout=60))
+        while len(aws_endpoint.batch.jobs) < 3:  # noqa: ASYNC110 - the jobs live in the endpoint's thread
+            await asyncio.sleep(0.02)
+        running.cancel()  # a triggerer restart: no task instance to read, so nothing is stopped
+        await asyncio.gather(running, return_exceptions=True)
+
+    asyncio.run(submit_then_restart())
+    assert aws_endpoint.batch.terminated == []
+    models = [
+        {"index": n, "label": f"m{n}", "request": {"jobQueue": "models", "jobDefinition": "forecast", "tags": {}}}
+        for n in range(3)
+    ]
+    dag_run = clear_while_submitting(
+        f"BatchFleetTrigger(models={models!r}, group={{'prefix': {PREFIX!r}, 'try_number': 1, "
+        "'reattachable': [1, 1], 'reattach': True}, job={'aws_conn_id': 'aws_fake', 'poll_interval': 0.05})",
+        submitting="True",
+        imports="from airflow_ml_batch.triggers.batch import BatchFleetTrigger\n",
+        before_its_turn=True,
+    )
+
+    assert task_instance(dag_run, "end_trigger").state == "success"
+    assert sorted(aws_endpoint.batch.terminated) == sorted(aws_endpoint.batch.jobs)
+    assert aws_endpoint.calls["SubmitJob"] == 3, "nothing submitted once cancelled"
+
+
 def test_without_a_submit_rate_a_group_submits_at_the_rate_aws_publishes() -> None:
     from airflow_ml_batch.triggers.ecs import EcsFleetTrigger
 

@@ -222,3 +222,21 @@ def test_a_cancel_while_the_submission_is_in_flight_stops_the_job_aws_accepted(a
     (job_id,) = aws_endpoint.batch.jobs
     assert aws_endpoint.batch.terminated == [job_id]
     assert aws_endpoint.calls["SubmitJob"] == 1
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_a_restarted_trigger_cleared_before_its_turn_stops_the_job_its_try_submitted(aws_endpoint: Endpoint) -> None:
+    # The triggerer restarted after the try's job was submitted; the user clears the task while its trigger
+    # still waits for its turn to start (it does not know the job yet): one listing finds the job, which stops.
+    aws_endpoint.batch.submitted_status = "RUNNING"
+    job_id = submit_directly(aws_endpoint, try_number=1)
+    dag_run = clear_while_submitting(
+        f"BatchJobTrigger(start={start()!r}, aws_conn_id='aws_fake', poll_interval=0.05)",
+        submitting="True",
+        imports="from airflow_ml_batch.triggers.batch import BatchJobTrigger\n",
+        before_its_turn=True,
+    )
+
+    assert task_instance(dag_run, "end_trigger").state == "success"
+    assert aws_endpoint.batch.terminated == [job_id]
+    assert aws_endpoint.calls["SubmitJob"] == 1, "nothing submitted once cancelled"
