@@ -440,13 +440,9 @@ def submitted_job(jobs: list[dict[str, Any]], request: Mapping[str, Any]) -> dic
     return max(mine, key=lambda job: job.get("createdAt", 0), default=None)
 
 
-def reattachable_job(jobs: list[dict[str, Any]], tries: range) -> dict[str, Any] | None:
-    """The newest of ``jobs`` that a try in ``tries`` submitted and nobody asked to terminate, if any."""
-    for job in jobs:  # newest first
-        try_tag = (job.get("tags") or {}).get("airflow:try_number", "")
-        if try_tag.isdigit() and int(try_tag) in tries and not (job.get("isTerminated") or job.get("isCancelled")):
-            return job
-    return None
+def may_reattach(job: Mapping[str, Any]) -> bool:
+    """Whether a live job (a DescribeJobs ``JobDetail``) may be waited for again: nobody asked to terminate it."""
+    return not (job.get("isTerminated") or job.get("isCancelled"))
 
 
 def job_is_live(job: dict[str, Any]) -> bool:
@@ -466,7 +462,7 @@ def start_choice(
         reattachable,
         current,
         is_live=job_is_live,
-        may_reattach=lambda job: not (job.get("isTerminated") or job.get("isCancelled")),
+        may_reattach=may_reattach,
     )
 
 

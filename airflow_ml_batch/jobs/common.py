@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 _INVALID_TAG_CHARACTERS = re.compile(r"[^\w\s.:/=+\-@]", re.UNICODE)
@@ -112,10 +112,22 @@ def job_abandoned(state: str | None, try_number: int | None = None, own_try: int
     return state != "deferred"
 
 
-def try_of(job: dict[str, Any]) -> int | None:
-    """The try that started ``job`` (its ``airflow:try_number`` tag, as a mapping), if it says."""
-    tag = (job.get("tags") or {}).get("airflow:try_number", "")
+def try_of(job: Mapping[str, Any]) -> int | None:
+    """The try that started ``job`` (its ``airflow:try_number`` tag), if it says. Tags as a mapping (AWS Batch,
+    :func:`~airflow_ml_batch.jobs.ecs.listed_task`) or as ECS gives them (a list of ``key``/``value``)."""
+    tags = job.get("tags") or {}
+    if not isinstance(tags, Mapping):
+        tags = {tag["key"]: tag["value"] for tag in tags}
+    tag = str(tags.get("airflow:try_number", ""))
     return int(tag) if tag.isdigit() else None
+
+
+def job_to_reattach(
+    jobs: Iterable[Mapping[str, Any]], tries: range, may_reattach: Callable[[Any], bool] = lambda job: True
+) -> Any:
+    """The first of ``jobs`` (newest first) that a try in ``tries`` started and that ``may_reattach``; ``None`` if
+    none: the job a later try of a task instance waits for instead of starting its own."""
+    return next((job for job in jobs if try_of(job) in tries and may_reattach(job)), None)
 
 
 def start_choice(
@@ -146,6 +158,6 @@ def start_choice(
     first = min(own, key=lambda job: (job.get("createdAt", 0), job["jobId"]), default=None)
     earlier = None
     if first is None:
-        earlier = next((job for job in live if try_of(job) in reattachable and may_reattach(job)), None)
+        earlier = job_to_reattach(live, reattachable, may_reattach)
     keep = next((str(job["jobId"]) for job in (first, earlier) if job is not None), None)
     return keep, [str(job["jobId"]) for job in live if job["jobId"] != keep]

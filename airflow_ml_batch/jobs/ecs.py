@@ -262,15 +262,6 @@ def describe_task_failure(summary: dict[str, Any]) -> str:
     return with_log_location(lines, summary)
 
 
-def reattachable_task(tasks: list[dict[str, Any]], tries: range) -> dict[str, Any] | None:
-    """The newest of ``tasks`` (desired status RUNNING: never StopTask-ed) that a try in ``tries`` started."""
-    for task in tasks:  # newest first
-        try_tag = {t["key"]: t["value"] for t in task.get("tags", [])}.get("airflow:try_number", "")
-        if try_tag.isdigit() and int(try_tag) in tries:
-            return task
-    return None
-
-
 def listed_task(task: Mapping[str, Any]) -> dict[str, Any]:
     """A task of a task instance (DescribeTasks with its tags) as :func:`start_choice` reads it: ``jobId`` (its
     ARN), ``createdAt`` (epoch seconds), ``tags`` (a mapping), ``lastStatus`` and ``desiredStatus``."""

@@ -10,11 +10,11 @@ from airflow_ml_batch._compat import Context, tries_since_last_clear
 from airflow_ml_batch.jobs.batch import (
     ACTIVE_STATES,
     job_name_for,
-    reattachable_job,
+    may_reattach,
     submit_job_request,
     valid_job_name,
 )
-from airflow_ml_batch.jobs.common import task_instance_tags
+from airflow_ml_batch.jobs.common import job_to_reattach, task_instance_tags
 from airflow_ml_batch.jobs.fields import RequestField
 from airflow_ml_batch.jobs.groups import parse_job_name
 from airflow_ml_batch.links.batch import BatchJobLink, BatchQueueLink
@@ -175,7 +175,7 @@ class BatchJobOperator(DeferredJobOperator):
     def _job_of_earlier_try(self, job_name: str, identity: dict[str, str], reattachable: range) -> str | None:
         """Re-attach to a job an earlier try left running; terminate the others (of a cleared try, say)."""
         jobs = self.hook.find_active_jobs(self.job_queue, job_name, identity)
-        keep = reattachable_job(jobs, reattachable) if self.reattach else None
+        keep = job_to_reattach(jobs, reattachable, may_reattach) if self.reattach else None
         if keep is not None:
             self.log.info("Re-attaching to job %s (%s) of an earlier try, %s", keep["jobId"], job_name, keep["status"])
             return str(keep["jobId"])

@@ -8,13 +8,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 from airflow.exceptions import AirflowException
 
 from airflow_ml_batch._compat import Context, tries_since_last_clear
-from airflow_ml_batch.jobs.common import task_instance_tags
+from airflow_ml_batch.jobs.common import job_to_reattach, task_instance_tags
 from airflow_ml_batch.jobs.ecs import (
     client_token_for,
     failures_text,
     listed_task,
     no_capacity,
-    reattachable_task,
     run_task_request,
     started_by_for,
     task_id_of,
@@ -223,7 +222,7 @@ class EcsTaskOperator(DeferredJobOperator):
                 task.get("stoppedReason"),
             )
         running = list(filter(ours, self.hook.tasks_started_by(self.cluster, started_by, "RUNNING")))
-        keep = reattachable_task(running, reattachable) if self.reattach else None
+        keep = job_to_reattach(running, reattachable) if self.reattach else None  # RUNNING: never StopTask-ed
         if keep is not None:
             self.log.info("Re-attaching to ECS task %s of an earlier try, %s", keep["taskArn"], keep["lastStatus"])
             return str(keep["taskArn"])

@@ -82,6 +82,7 @@ class BatchJobTrigger(StartsJob, WaitForJobTrigger):
     hook_class = BatchHook
     noun = "AWS Batch job"
     start_operation = "SubmitJob"
+    list_operation = "ListJobs"
     start_rate = SUBMIT_JOB_RATE
 
     def __init__(self, job_id: str | None = None, start: dict[str, Any] | None = None, **kwargs: Any) -> None:

@@ -156,6 +156,7 @@ class EcsTaskTrigger(StartsJob, WaitForJobTrigger):
     hook_class = EcsHook
     noun = "ECS task"
     start_operation = "RunTask"
+    list_operation = "ListTasks"
     start_rate = RUN_TASK_RATE
     resend_is_safe = True  # the same clientToken: ECS answers with the task it started
 

@@ -138,7 +138,7 @@ class StartsJob:
         self._sending: asyncio.Future[Any] | None = None
         self._sweep: asyncio.Task[None] | None = None
         try:
-            jobs = await self._call("ListJobs", self.named_jobs)
+            jobs = await self._call(self.list_operation, self.named_jobs)
             keep, others = self.start_choice(jobs, None)
             why = "a later try of the task submits its own" if keep is None else f"a second job beside {keep}"
             await self._stop_others(others, why)
@@ -190,6 +190,8 @@ class StartsJob:
 
     #: the call that starts a job, which names its pacer
     start_operation: ClassVar[str]
+    #: the call that lists the task instance's jobs (:meth:`named_jobs`), which names its pacer
+    list_operation: ClassVar[str]
 
     async def _call(
         self,
@@ -240,7 +242,7 @@ class StartsJob:
 
     async def _own_jobs(self, until_deadline: bool = True) -> list[dict[str, Any]]:
         """This try's jobs, live or ended, as listed now."""
-        jobs = await self._call("ListJobs", self.named_jobs, until_deadline=until_deadline)
+        jobs = await self._call(self.list_operation, self.named_jobs, until_deadline=until_deadline)
         return [job for job in jobs if try_of(job) == self.try_number]
 
     async def _stop_own_jobs(self, reason: str) -> None:
@@ -279,7 +281,7 @@ class StartsJob:
         not have shown a job that an earlier trigger of this try had just submitted; stop it if so."""
         await asyncio.sleep(2 * LOOKUP_SECONDS)
         try:
-            jobs = await self._call("ListJobs", self.named_jobs)
+            jobs = await self._call(self.list_operation, self.named_jobs)
             _, others = self.start_choice(jobs, job_id)
             await self._stop_others(others, f"a second job beside {job_id}")
         except Exception as error:  # the wait goes on; the next try stops what is left
@@ -301,11 +303,11 @@ class StartsJob:
         sending = getattr(self, "_sending", None)
         if sending is None:
             try:
-                keep, _ = self.start_choice(await self._call("ListJobs", self.named_jobs, until_deadline=False), None)
+                jobs = await self._call(self.list_operation, self.named_jobs, until_deadline=False)
             except Exception as listing_error:
                 self.log.error("Could not list the task instance's jobs to stop them: %s", error_text(listing_error))
                 return None
-            return keep
+            return self.start_choice(jobs, None)[0]
         done, _ = await asyncio.wait({sending}, timeout=IN_FLIGHT_WAIT)
         if done and not sending.cancelled():
             error = sending.exception()
