@@ -36,9 +36,12 @@ from typing import Any
 
 from airflow_ml_batch.testing.endpoint import ACCOUNT, REGION, EndpointClient, running
 from airflow_ml_batch.testing.local_airflow import (
+    AIRFLOW_2_COMPONENTS,
+    COMPONENTS,
     EXECUTORS,
     MetadataDB,
     Processes,
+    airflow_2,
     airflow_env,
     check_executor,
     free_port,
@@ -46,10 +49,14 @@ from airflow_ml_batch.testing.local_airflow import (
     redis,
     start_airflow,
     trigger_dag,
+    trigger_dag_with_cli,
     wait_ready,
+    wait_ready_from_db,
 )
 
 HERE = Path(__file__).resolve().parent
+#: the harness runs Airflow 2 without an api-server (the scheduler parses the DAG files, the CLI triggers)
+AIRFLOW_2 = airflow_2()
 
 CONN_ID = "aws_bench"
 #: the container environment variable that marks a long model (--longest-first; set by dags/fleet_settings.py)
@@ -221,10 +228,14 @@ class Fleet:
             + f", Airflow home {self.workdir}; airflow db migrate"
         )
         workers = args.celery_workers if args.executor == "celery" else 0
-        start_airflow(self.processes, ("api-server", "scheduler", "dag-processor"), celery_workers=workers)
+        components = AIRFLOW_2_COMPONENTS if AIRFLOW_2 else COMPONENTS
+        start_airflow(self.processes, [c for c in components if c != "triggerer"], celery_workers=workers)
         for number in range(args.triggerers):
             self.start_triggerer(number)
-        wait_ready(self.processes, self.api, args.dag)
+        if AIRFLOW_2:
+            wait_ready_from_db(self.processes, self.db, args.dag)
+        else:
+            wait_ready(self.processes, self.api, args.dag)
 
     @property
     def executor_label(self) -> str:
@@ -255,6 +266,8 @@ class Fleet:
             "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(self.args.health_threshold),
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": str(min(5.0, self.args.health_threshold / 6)),
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
+            "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "3600",  # Airflow 2's name
+            "AIRFLOW__TRIGGERER__DEFAULT_CAPACITY": str(max(1000, self.args.jobs + 1)),  # Airflow 2's name
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "FLEET_BENCH_JOBS": str(self.args.jobs),
             "FLEET_BENCH_POLL_INTERVAL": str(self.args.poll_interval),
@@ -322,7 +335,11 @@ class Fleet:
         self.cpu_at_trigger = self.cpu_totals()
         self.endpoint_cpu_at_trigger = self.endpoint_cpu()
         self.triggered_at = time.time()
-        self.run_id = trigger_dag(self.api, dag)["dag_run_id"]
+        if AIRFLOW_2:
+            self.run_id = f"fleet__{time.strftime('%Y%m%dT%H%M%S')}"
+            trigger_dag_with_cli(self.processes, dag, self.run_id)
+        else:
+            self.run_id = trigger_dag(self.api, dag)["dag_run_id"]
         log(f"triggered {dag}: run {self.run_id}, {self.task_count} tasks, {self.args.jobs} models")
         self._sampler = threading.Thread(target=self._sample_loop, name="sampler", daemon=True)
         self._sampler.start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime
 import importlib.util
 import json
 import os
@@ -29,6 +30,18 @@ from typing import Any
 
 #: Airflow's components, as ``airflow <component>`` starts them.
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: What Airflow 2 runs of them (no api-server: the harness reads the database and runs the CLI; the scheduler
+#: parses the DAG files itself, as Amazon MWAA's Airflow 2 environments do).
+AIRFLOW_2_COMPONENTS = ("scheduler", "triggerer")
+
+
+def airflow_2() -> bool:
+    """Whether the Airflow installed beside this package is an Airflow 2 release."""
+    from importlib.metadata import version
+
+    return int(version("apache-airflow").split(".")[0]) < 3
+
+
 #: The executors :func:`airflow_env` configures: ``local`` (LocalExecutor) or ``celery`` (CeleryExecutor).
 EXECUTORS = ("local", "celery")
 #: The name of Celery worker ``K`` among the components (``celery-worker-0``, ...).
@@ -475,6 +488,31 @@ def wait_ready(processes: Processes, api: str, dag_id: str, timeout: float = 300
 def _celery_worker_ready(log: Path) -> bool:
     """Whether a Celery worker has logged ``<hostname> ready.``: connected to the broker, consuming its queue."""
     return re.search(r"@\S+ ready\.", log.read_text(errors="replace")) is not None
+
+
+def wait_ready_from_db(processes: Processes, db: MetadataDB, dag_id: str, timeout: float = 300) -> None:
+    """Airflow 2, with no api-server: wait until a scheduler and a triggerer heartbeat in the metadata database
+    and ``dag_id`` is serialized there (any import error fails)."""
+
+    def healthy() -> bool:
+        query = "SELECT DISTINCT job_type FROM job WHERE state = 'running' AND latest_heartbeat > :since"
+        since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=60)
+        return {"SchedulerJob", "TriggererJob"} <= {str(row[0]) for row in db.sql(query, since=since)}
+
+    def parsed() -> bool:
+        errors = db.sql("SELECT filename, stacktrace FROM import_error")
+        if errors:
+            raise RuntimeError("DAG import errors:\n" + "\n".join(f"{name}: {trace}" for name, trace in errors))
+        return bool(db.sql("SELECT dag_id FROM serialized_dag WHERE dag_id = :dag", dag=dag_id))
+
+    wait_for("the scheduler and the triggerer to heartbeat", healthy, timeout, processes)
+    wait_for(f"the scheduler to parse {dag_id}", parsed, timeout, processes)
+
+
+def trigger_dag_with_cli(processes: Processes, dag_id: str, run_id: str) -> None:
+    """Airflow 2, with no api-server: unpause ``dag_id`` and trigger run ``run_id`` with Airflow's CLI."""
+    processes.run("dags", "unpause", dag_id, timeout=300)
+    processes.run("dags", "trigger", dag_id, "--run-id", run_id, timeout=300)
 
 
 def trigger_dag(api: str, dag_id: str, logical_date: str | None = None, conf: dict[str, Any] | None = None) -> Any:

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import os
 
-from airflow.sdk import DAG
+try:
+    from airflow.sdk import DAG
+except ImportError:  # Airflow 2
+    from airflow import DAG
 from fleet_settings import COMMON, EXECUTION_TIMEOUT, MODELS, POLL_INTERVAL, START, environment
 
 from airflow_ml_batch.operators.batch import BatchJobOperator

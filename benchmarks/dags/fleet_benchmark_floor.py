@@ -11,8 +11,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from airflow.providers.standard.triggers.temporal import DateTimeTrigger
-from airflow.sdk import DAG, BaseOperator
+try:
+    from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+    from airflow.sdk import DAG, BaseOperator
+except ImportError:  # Airflow 2
+    from airflow import DAG
+    from airflow.models import BaseOperator
+    from airflow.triggers.temporal import DateTimeTrigger
 from fleet_settings import COMMON, DURATION, MODELS, START
 
 

@@ -9,7 +9,10 @@ as ``fleet_benchmark.py`` (``fleet_settings.py``), in its own file.
 
 from __future__ import annotations
 
-from airflow.sdk import DAG
+try:
+    from airflow.sdk import DAG
+except ImportError:  # Airflow 2
+    from airflow import DAG
 from fleet_settings import COMMON, EXECUTION_TIMEOUT, GROUP_SIZE, MODELS, POLL_INTERVAL, START, SUBMIT_RATE, environment
 
 from airflow_ml_batch.fleet import groups

@@ -7,7 +7,11 @@ parses the other's file.
 from __future__ import annotations
 
 from airflow.providers.amazon.aws.operators.batch import BatchOperator
-from airflow.sdk import DAG
+
+try:
+    from airflow.sdk import DAG
+except ImportError:  # Airflow 2
+    from airflow import DAG
 from fleet_settings import COMMON, MODELS, POLL_INTERVAL, START
 
 with DAG(dag_id="fleet_benchmark_official", schedule=None, start_date=START, catchup=False):
