@@ -263,8 +263,8 @@ class Fleet:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(max(self.args.jobs, 16)),
             "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "256",
-            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(self.args.health_threshold),
-            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": str(min(5.0, self.args.health_threshold / 6)),
+            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": f"{self.args.health_threshold:g}",  # 2: an int
+            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": f"{min(5.0, self.args.health_threshold / 6):g}",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
             "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "3600",  # Airflow 2's name
             "AIRFLOW__TRIGGERER__DEFAULT_CAPACITY": str(max(1000, self.args.jobs + 1)),  # Airflow 2's name
