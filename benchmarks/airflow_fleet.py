@@ -9,7 +9,9 @@ the REST API (``--dag fleet_benchmark_groups``: the same models in groups of ``B
 ``fleet_benchmark_official``: the Amazon provider's ``BatchOperator``; ``fleet_benchmark_floor``: tasks
 that only defer, what Airflow costs per task instance),
 samples while it runs, stops everything it started (also on errors and Ctrl-C) and
-prints what it measured::
+prints what it measured. Under Airflow 2 (the ``python`` of an Airflow 2 virtualenv) it starts the scheduler,
+which parses the DAG files itself, and the triggerer(s), reads readiness from the metadata database and
+triggers the run with Airflow's CLI::
 
     python benchmarks/airflow_fleet.py --jobs 5000
     python benchmarks/airflow_fleet.py --jobs 5000 --executor celery --celery-workers 2
