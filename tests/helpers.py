@@ -179,6 +179,17 @@ def clear_while_submitting(trigger: str, submitting: str, imports: str, before_i
     )
 
 
+def clear_before_its_turn(trigger: str) -> Any:
+    """:func:`clear_while_submitting` for a Batch trigger (``trigger``, Python) that waits for its turn to start
+    all along, as behind thousands of triggers that a triggerer took on at once; the DAG run."""
+    return clear_while_submitting(
+        trigger,
+        submitting="True",
+        imports="from airflow_ml_batch.triggers.batch import BatchFleetTrigger, BatchJobTrigger\n",
+        before_its_turn=True,
+    )
+
+
 async def first_event(trigger: Any, timeout: float = 30) -> Any:
     """What the triggerer does with a trigger: run it and take its first event."""
 

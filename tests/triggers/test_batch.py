@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from airflow.models.trigger import Trigger
 from airflow.triggers.base import TaskSuccessEvent
-from helpers import clear_while_submitting, first_event, run_dag, task_instance, xcom
+from helpers import clear_before_its_turn, first_event, run_dag, task_instance, xcom
 
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS, TRIGGER_HAS_ON_KILL
 from airflow_ml_batch.testing.endpoint import Endpoint
@@ -323,11 +323,8 @@ def test_a_task_cleared_while_its_trigger_waits_for_its_turn_has_its_job_stopped
     # A triggerer that takes on thousands of triggers at once starts them a hundred per loop: a user who
     # clears a task meanwhile cancels a trigger that has not begun its wait. Its job is stopped all the same.
     job_id = aws_endpoint.batch.add_job("RUNNING")
-    dag_run = clear_while_submitting(
+    dag_run = clear_before_its_turn(
         f"BatchJobTrigger(job_id={job_id!r}, aws_conn_id='aws_fake', poll_interval=0.05)",
-        submitting="True",
-        imports="from airflow_ml_batch.triggers.batch import BatchJobTrigger\n",
-        before_its_turn=True,
     )
 
     assert task_instance(dag_run, "end_trigger").state == "success"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from airflow.models.trigger import Trigger
 from airflow.triggers.base import TaskSuccessEvent
-from helpers import clear_while_submitting, first_event, task_instance
+from helpers import clear_before_its_turn, clear_while_submitting, first_event, task_instance
 
 from airflow_ml_batch.jobs.groups import parse_job_name
 from airflow_ml_batch.testing.endpoint import Endpoint
@@ -449,12 +449,9 @@ def test_a_restarted_group_cleared_before_its_turn_stops_the_jobs_its_try_submit
         {"index": n, "label": f"m{n}", "request": {"jobQueue": "models", "jobDefinition": "forecast", "tags": {}}}
         for n in range(3)
     ]
-    dag_run = clear_while_submitting(
+    dag_run = clear_before_its_turn(
         f"BatchFleetTrigger(models={models!r}, group={{'prefix': {PREFIX!r}, 'try_number': 1, "
         "'reattachable': [1, 1], 'reattach': True}, job={'aws_conn_id': 'aws_fake', 'poll_interval': 0.05})",
-        submitting="True",
-        imports="from airflow_ml_batch.triggers.batch import BatchFleetTrigger\n",
-        before_its_turn=True,
     )
 
     assert task_instance(dag_run, "end_trigger").state == "success"

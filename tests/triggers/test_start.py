@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from airflow.triggers.base import TaskSuccessEvent
-from helpers import clear_while_submitting, first_event, task_instance
+from helpers import clear_before_its_turn, clear_while_submitting, first_event, task_instance
 
 from airflow_ml_batch._compat import AIRFLOW_V_3_0_PLUS
 from airflow_ml_batch.links.batch import BatchJobLink
@@ -230,11 +230,8 @@ def test_a_restarted_trigger_cleared_before_its_turn_stops_the_job_its_try_submi
     # still waits for its turn to start (it does not know the job yet): one listing finds the job, which stops.
     aws_endpoint.batch.submitted_status = "RUNNING"
     job_id = submit_directly(aws_endpoint, try_number=1)
-    dag_run = clear_while_submitting(
+    dag_run = clear_before_its_turn(
         f"BatchJobTrigger(start={start()!r}, aws_conn_id='aws_fake', poll_interval=0.05)",
-        submitting="True",
-        imports="from airflow_ml_batch.triggers.batch import BatchJobTrigger\n",
-        before_its_turn=True,
     )
 
     assert task_instance(dag_run, "end_trigger").state == "success"
