@@ -489,7 +489,7 @@ class RunGroupTrigger(SubmitsModels, StopsAbandonedJobs):
         running = self._running_jobs()
         if self._listed and not running:
             return
-        now = await self.job_trigger_for(running[0] if running else "").task_now()
+        now = await self.job_trigger_for("").task_now()  # the task's state, whatever the job
         own_try = getattr(getattr(self, "task_instance", None), "try_number", None)
         if not job_abandoned(now.state, now.try_number, own_try):
             self.log.info("The task's state is %s: the group's %s left running", now.state, self.noun)
