@@ -350,8 +350,8 @@ async def test_the_deadline_holds_while_aws_throttles_every_call(aws_endpoint: E
 
 async def test_the_deadline_holds_while_submitting_and_stops_what_started(aws_endpoint: Endpoint) -> None:
     aws_endpoint.batch.submitted_status = "RUNNING"
-    trigger = group_trigger(6, submit_rate=1.0)  # six seconds to submit them all
-    trigger.job["deadline"] = time.time() + 3.0  # a loaded machine takes a second or more to create the client
+    trigger = group_trigger(6, submit_rate=0.5)  # twelve seconds to submit them all
+    trigger.job["deadline"] = time.time() + 5.0  # a loaded machine takes a second or more to create the client
 
     event = await first_event(trigger, timeout=20)
 
