@@ -382,11 +382,19 @@ class Fleet:
         return self.db.sql(query, dag=self.args.dag, run=self.run_id, **params)
 
     def task_states(self) -> collections.Counter[str]:
-        return self.db.task_states(self.args.dag, self.run_id)
+        """How many of the run's model (group) task instances are in each state (a ``plan`` task is not one)."""
+        query = (
+            "SELECT state, COUNT(*) FROM task_instance WHERE dag_id = :dag AND run_id = :run AND task_id = :task"
+            " GROUP BY state"
+        )
+        return collections.Counter({str(state or "none"): int(n) for state, n in self.sql(query, task=TASK_ID)})
 
     def map_indexes(self, state: str) -> list[int]:
-        query = "SELECT map_index FROM task_instance WHERE dag_id = :dag AND run_id = :run AND state = :state"
-        return [int(row[0]) for row in self.sql(query, state=state)]
+        query = (
+            "SELECT map_index FROM task_instance"
+            " WHERE dag_id = :dag AND run_id = :run AND task_id = :task AND state = :state"
+        )
+        return [int(row[0]) for row in self.sql(query, task=TASK_ID, state=state)]
 
     def bench(self, path: str, body: Any = None) -> Any:
         """GET (or POST ``body`` to) one of the endpoint's control routes (``jobs``, ``stats``, ``faults``, ...)."""

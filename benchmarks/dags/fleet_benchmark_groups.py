@@ -4,19 +4,41 @@
 (``FLEET_BENCH_GROUP_SIZE`` each, default 100): one task instance per group, the jobs submitted from the
 triggerer within ``FLEET_BENCH_SUBMIT_RATE`` per second if set (``benchmarks/airflow_fleet.py --submit-rate``),
 else at the operator's default (AWS Batch's published 50 per second, halved on throttling). Same settings
-as ``fleet_benchmark.py`` (``fleet_settings.py``), in its own file.
+as ``fleet_benchmark.py`` (``fleet_settings.py``), in its own file. Set by hand: ``FLEET_BENCH_PLAN=1`` takes
+the groups from a ``plan`` task (docs/fleet.md's shape), ``FLEET_BENCH_END_FROM_TRIGGER=1`` ends each
+successful group on the triggerer.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 try:
-    from airflow.sdk import DAG
+    from airflow.sdk import DAG, task
 except ImportError:  # Airflow 2
     from airflow import DAG
-from fleet_settings import COMMON, EXECUTION_TIMEOUT, GROUP_SIZE, MODELS, POLL_INTERVAL, START, SUBMIT_RATE, environment
+    from airflow.decorators import task
+from fleet_settings import (
+    COMMON,
+    END_FROM_TRIGGER,
+    EXECUTION_TIMEOUT,
+    GROUP_SIZE,
+    MODELS,
+    PLAN_TASK,
+    POLL_INTERVAL,
+    START,
+    SUBMIT_RATE,
+    environment,
+)
 
 from airflow_ml_batch.fleet import groups
 from airflow_ml_batch.operators.batch import BatchFleetOperator
+
+
+def model_groups() -> list[list[dict[str, Any]]]:
+    """The N models in groups of ``GROUP_SIZE``, each model's entry its job name and environment."""
+    return groups([{"job_name": model, "environment": environment(model)} for model in MODELS], GROUP_SIZE)
+
 
 with DAG(dag_id="fleet_benchmark_groups", schedule=None, start_date=START, catchup=False):
     BatchFleetOperator.partial(
@@ -25,5 +47,6 @@ with DAG(dag_id="fleet_benchmark_groups", schedule=None, start_date=START, catch
         vcpus=1,
         memory=2048,
         submit_rate=SUBMIT_RATE,
+        end_from_trigger=END_FROM_TRIGGER,
         **COMMON,
-    ).expand(models=groups([{"job_name": model, "environment": environment(model)} for model in MODELS], GROUP_SIZE))
+    ).expand(models=task(task_id="plan")(model_groups)() if PLAN_TASK else model_groups())
