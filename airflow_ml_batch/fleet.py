@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_ml_batch.jobs.common import tag_problem
+from airflow_ml_batch.jobs.groups import xcom_reference
 
 _MODEL_KEYS = {"id", "parameters", "dataset", "resources", "expected_minutes", "tags"}
 _MERGED_KEYS = ("parameters", "resources", "tags")
@@ -202,3 +203,27 @@ def groups(entries: Sequence[dict[str, Any]], size: int = 100) -> list[list[dict
     if size < 1:
         raise ValueError(f"size must be at least 1, not {size}")
     return [list(entries[start : start + size]) for start in range(0, len(entries), size)]
+
+
+def push_groups(entries: Sequence[dict[str, Any]], ti: Any, size: int = 100) -> list[dict[str, str]]:
+    """Push each group of at most ``size`` entries to an XCom of its own (``models_00000``, ...) from the task
+    instance ``ti``, and return one small reference per group, for ``.expand(models=plan())``.
+
+    Each group's run then pulls its own entries only. With :func:`groups`, every group's run reads the
+    whole list: Airflow walks every value given to ``expand()`` each time it parses the DAG file, and a
+    mapped task pulls an upstream task's whole return value to take its item. At tens of thousands of
+    models that is a large part of what a group's run costs (docs/fleet.md)::
+
+        @task
+        def plan(ti=None) -> list[dict]:
+            return push_groups(batch_kwargs(load_models("/usr/local/airflow/dags/models.yaml")), ti)
+
+
+        BatchFleetOperator.partial(task_id="forecast", ...).expand(models=plan())
+    """
+    references = []
+    for number, group in enumerate(groups(entries, size)):
+        key = f"models_{number:05d}"
+        ti.xcom_push(key=key, value=group)
+        references.append(xcom_reference(ti.task_id, key))
+    return references

@@ -25,6 +25,18 @@ def model_label(entry: Mapping[str, Any], index: int) -> str:
     return str(label)
 
 
+def xcom_reference(task_id: str, key: str) -> dict[str, str]:
+    """What a group's ``models`` holds when its entries are the XCom ``key`` of task ``task_id`` (``push_groups``)."""
+    return {"xcom_task_id": task_id, "xcom_key": key}
+
+
+def referenced_xcom(models: Any) -> tuple[str, str] | None:
+    """``(task_id, key)`` if ``models`` is an :func:`xcom_reference`, else ``None``."""
+    if isinstance(models, Mapping) and models.keys() == xcom_reference("", "").keys():
+        return str(models["xcom_task_id"]), str(models["xcom_key"])
+    return None
+
+
 def group_key(dag_id: str, task_id: str, run_id: str, map_index: int) -> str:
     """Ten hex digits naming one task instance of a group, the same in every try."""
     return task_instance_digest(dag_id, task_id, run_id, map_index)

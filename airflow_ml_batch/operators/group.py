@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.exceptions import AirflowException
 
 from airflow_ml_batch._compat import AirflowTaskTimeout, Context, tries_since_last_clear
-from airflow_ml_batch.jobs.groups import GroupSettings, group_key, group_label, group_prefix, model_label
+from airflow_ml_batch.jobs.groups import (
+    GroupSettings,
+    group_key,
+    group_label,
+    group_prefix,
+    model_label,
+    referenced_xcom,
+)
 from airflow_ml_batch.jobs.logs import copies_log, model_heading
 from airflow_ml_batch.jobs.outcomes import outcome_table
 from airflow_ml_batch.links.logs import JobLogsLink, job_log_url
@@ -149,7 +156,22 @@ class ModelGroupOperator(DeferredJobOperator):
             grouped.append({"index": index, "label": label, "request": self.model_request(context, values, label)})
         return grouped
 
+    def pull_models(self, context: Context) -> None:
+        """Replace a :func:`~airflow_ml_batch.fleet.push_groups` reference in ``models`` with the entries it names."""
+        reference = referenced_xcom(self.models)
+        if reference is None:
+            return
+        task_id, key = reference
+        pulled = context["ti"].xcom_pull(task_ids=task_id, key=key)
+        if pulled is None:
+            raise ValueError(
+                f"models names the XCom {key!r} of task {task_id!r}, which this DAG run does not have "
+                "(push_groups pushes one per group from the task that returns the references)"
+            )
+        self.models = pulled
+
     def execute(self, context: Context) -> Any:
+        self.pull_models(context)
         self.label_map_index(context)
         models = self.group_models(context)
         settings = self.trigger_kwargs(context)

@@ -25,9 +25,10 @@ EXECUTION_TIMEOUT = timedelta(seconds=_TIMEOUT_SECONDS) if _TIMEOUT_SECONDS else
 #: ``FLEET_BENCH_END_FROM_TRIGGER`` (set by hand): unset, the operator's default; ``1`` or ``0``: ``end_from_trigger``
 #: ``True`` or ``False`` (fleet_benchmark.py and fleet_benchmark_groups.py)
 END_FROM_TRIGGER = {"1": True, "0": False}.get(os.environ.get("FLEET_BENCH_END_FROM_TRIGGER", ""))
-#: ``FLEET_BENCH_PLAN=1`` (set by hand): fleet_benchmark_groups.py takes its groups from a ``plan`` task, as
-#: docs/fleet.md shows, instead of a literal list in the DAG file that every parse of the file builds
-PLAN_TASK = os.environ.get("FLEET_BENCH_PLAN") == "1"
+#: ``FLEET_BENCH_PLAN`` (set by hand): unset, fleet_benchmark_groups.py holds its groups in a literal list that
+#: every parse of the file builds; ``1``: a ``plan`` task returns that list; ``push``: a ``plan`` task pushes
+#: each group to an XCom of its own and returns references (``fleet.push_groups``)
+PLAN = os.environ.get("FLEET_BENCH_PLAN", "")
 #: models per group and SubmitJob/s of the group mode (fleet_benchmark_groups.py; unset: the operator's default)
 GROUP_SIZE = int(os.environ.get("FLEET_BENCH_GROUP_SIZE", "100"))
 SUBMIT_RATE = float(os.environ["FLEET_BENCH_SUBMIT_RATE"]) if os.environ.get("FLEET_BENCH_SUBMIT_RATE") else None

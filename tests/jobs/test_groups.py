@@ -14,6 +14,8 @@ from airflow_ml_batch.jobs.groups import (
     parse_job_name,
     plan_group,
     progress_line,
+    referenced_xcom,
+    xcom_reference,
 )
 
 
@@ -169,3 +171,10 @@ def test_two_jobs_of_one_attempt_keep_the_newest_and_stop_the_other() -> None:
     assert plan.attach == {0: second}
     assert plan.stop == [first]
     assert plan.attempts == {0: 1}
+
+
+def test_a_reference_to_a_groups_xcom_is_told_from_a_list_of_entries() -> None:
+    assert referenced_xcom(xcom_reference("plan", "models_00003")) == ("plan", "models_00003")
+    assert referenced_xcom([{"tags": {"model_id": "m1"}}]) is None
+    assert referenced_xcom({"xcom_task_id": "plan"}) is None
+    assert referenced_xcom({"xcom_task_id": "plan", "xcom_key": "k", "job_name": "x"}) is None
