@@ -31,6 +31,21 @@ if TYPE_CHECKING:
 MAP_INDEX_TEMPLATE = "{{ task.models_label }}"
 
 
+def pulled_models(context: Context, models: Any) -> Any:
+    """``models``, or the entries its :func:`~airflow_ml_batch.fleet.push_groups` reference names, pulled."""
+    reference = referenced_xcom(models)
+    if reference is None:
+        return models
+    task_id, key = reference
+    pulled = context["ti"].xcom_pull(task_ids=task_id, key=key)
+    if pulled is None:
+        raise ValueError(
+            f"models names the XCom {key!r} of task {task_id!r}, which this DAG run does not have "
+            "(push_groups pushes one per group from the task that returns the references)"
+        )
+    return pulled
+
+
 class ModelGroupOperator(DeferredJobOperator):
     """What ``BatchFleetOperator`` and ``EcsFleetOperator`` add to their single-job operator: many models per task.
 
@@ -156,22 +171,8 @@ class ModelGroupOperator(DeferredJobOperator):
             grouped.append({"index": index, "label": label, "request": self.model_request(context, values, label)})
         return grouped
 
-    def pull_models(self, context: Context) -> None:
-        """Replace a :func:`~airflow_ml_batch.fleet.push_groups` reference in ``models`` with the entries it names."""
-        reference = referenced_xcom(self.models)
-        if reference is None:
-            return
-        task_id, key = reference
-        pulled = context["ti"].xcom_pull(task_ids=task_id, key=key)
-        if pulled is None:
-            raise ValueError(
-                f"models names the XCom {key!r} of task {task_id!r}, which this DAG run does not have "
-                "(push_groups pushes one per group from the task that returns the references)"
-            )
-        self.models = pulled
-
     def execute(self, context: Context) -> Any:
-        self.pull_models(context)
+        self.models = pulled_models(context, self.models)
         self.label_map_index(context)
         models = self.group_models(context)
         settings = self.trigger_kwargs(context)

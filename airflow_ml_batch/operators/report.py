@@ -16,7 +16,7 @@ from airflow_ml_batch.jobs.groups import model_label
 from airflow_ml_batch.links.report import FleetReportLink, log_url, s3_console_url
 from airflow_ml_batch.operators.batch import JOB_ID_XCOM_KEY
 from airflow_ml_batch.operators.ecs import TASK_ARN_XCOM_KEY, EcsTaskOperator
-from airflow_ml_batch.operators.group import ModelGroupOperator
+from airflow_ml_batch.operators.group import ModelGroupOperator, pulled_models
 from airflow_ml_batch.report import (
     NOT_FOUND,
     NOT_SUBMITTED,
@@ -66,7 +66,8 @@ class FleetReportOperator(BaseOperator):
     :param location: a directory, or ``s3://bucket/prefix`` (written through the Amazon provider's
         ``S3Hook`` on ``aws_conn_id``); templated.
     :param models: what the fleet task was expanded over, in map order: the per-model entries (e.g.
-        :func:`airflow_ml_batch.fleet.batch_kwargs`) or their groups (:func:`airflow_ml_batch.fleet.groups`);
+        :func:`airflow_ml_batch.fleet.batch_kwargs`) or their groups (:func:`airflow_ml_batch.fleet.groups`, or the
+        references :func:`airflow_ml_batch.fleet.push_groups` returns, whose XComs are pulled);
         with several fleet tasks, a list of those, one per task. It names the models of a task with no
         result and gives the dataset and parameters of each. Templated: an upstream task's output works.
         Without it, what the fleet task was expanded over is read (``expand_kwargs(...)``, or a group
@@ -143,7 +144,8 @@ class FleetReportOperator(BaseOperator):
             raise ValueError(f"models must hold one list per fleet task ({len(task_ids)}), not {len(per_task)}")
         outcomes: list[JobOutcome] = []
         for task_id, models in zip(task_ids, per_task, strict=True):
-            outcomes += self.task_outcomes(context, task_id, None if models is None else model_entries(models))
+            entries = None if models is None else model_entries([pulled_models(context, item) for item in models])
+            outcomes += self.task_outcomes(context, task_id, entries)
         ti = context["ti"]
         title = self.title or f"{ti.dag_id} {ti.run_id}"
         files = self.write_report(context, outcomes, title)
@@ -226,7 +228,7 @@ class FleetReportOperator(BaseOperator):
         try:
             if hasattr(value, "resolve"):  # an upstream task's output (XComArg)
                 value = value.resolve(context)
-            return model_entries(list(value))
+            return model_entries([pulled_models(context, item) for item in value])  # push_groups' references
         except Exception as error:  # the models are then named from the results and jobs
             self.log.warning("Could not read the models %s ran, to name them (%s)", task_id, error)
             return None

@@ -140,6 +140,33 @@ def test_batch_groups_report_every_model_from_the_groups_results(aws_endpoint: E
     assert xcom(dag_run, "report")["statuses"] == {"FAILED": 1, "REJECTED": 1, "SUCCEEDED": 3}
 
 
+def test_groups_pushed_by_a_plan_task_are_reported_by_model_without_being_given(
+    aws_endpoint: Endpoint, tmp_path: Path
+) -> None:
+    aws_endpoint.batch.on_submit = batch_outcomes(rejected="m2", failing="m5")
+    entries = batch_kwargs(models("m1", "m2", "m3", "m4", "m5"))
+
+    dag_run = run(
+        f"""
+@task
+def plan(ti=None):
+    return push_groups({entries!r}, ti, size=2)
+
+forecast = BatchFleetOperator.partial(task_id='forecast', aws_conn_id='aws_fake', job_queue='models',
+    job_definition='forecast', poll_interval=0.2, allowed_failures=5).expand(models=plan())
+"""
+        + report_task(str(tmp_path), aws_conn_id="aws_fake", max_failure_fraction=0.5),
+        imports="from airflow.decorators import task\nfrom airflow_ml_batch.fleet import push_groups\n",
+    )
+
+    assert task_instance(dag_run, "report").state == "success"
+    rows = rows_of((tmp_path / "report.csv").read_text())
+    # the models named from the entries each group's XCom holds, not from the references the plan returned
+    assert list(rows) == ["m1", "m2", "m3", "m4", "m5"]
+    assert [rows[m]["status"] for m in rows] == ["SUCCEEDED", "REJECTED", "SUCCEEDED", "SUCCEEDED", "FAILED"]
+    assert json.loads(rows["m1"]["parameters"]) == {}
+
+
 class ForgottenAfterOneLook(set):  # type: ignore[type-arg]
     """The endpoint's hidden tasks: each task once described, as ECS forgets a task an hour after it stops."""
 
