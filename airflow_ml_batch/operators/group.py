@@ -222,6 +222,10 @@ class ModelGroupOperator(DeferredJobOperator):
 
     def execute_complete(self, context: Context, event: Any = None) -> Any:
         """Resume after the group's trigger: log every model's outcome, return the results or raise why it failed."""
+        try:  # for the map index's label, which this run renders again
+            self.models = pulled_models(context, self.models)
+        except Exception as error:
+            self.log.warning("Could not pull the group's models to label its map index: %s", error)
         self.label_map_index(context)
         if not isinstance(event, dict):  # a TaskSuccessEvent replayed by ``dag.test()``: pushed already
             return None

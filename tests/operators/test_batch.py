@@ -252,45 +252,6 @@ def test_a_fleet_maps_over_groups_with_one_job_per_model(aws_endpoint: Endpoint)
     assert len({name.split("--")[0] for name in names}) == 3  # one group prefix per map index
 
 
-def test_groups_pushed_by_a_plan_task_each_pull_their_own_models(aws_endpoint: Endpoint) -> None:
-    aws_endpoint.batch.submitted_status = "SUCCEEDED"
-
-    dag_run = run_dag(
-        """
-        @task
-        def plan(ti=None):
-            return push_groups([{"tags": {"model_id": f"m{n}"}} for n in range(5)], ti, size=2)
-
-        BatchFleetOperator.partial(
-            task_id="forecast", aws_conn_id="aws_fake", poll_interval=0.2, job_queue="models", job_definition="forecast"
-        ).expand(models=plan())
-        """,
-        imports="from airflow.decorators import task\nfrom airflow_ml_batch.fleet import push_groups\n",
-    )
-
-    states = [ti.state for ti in dag_run.get_task_instances() if ti.task_id == "forecast"]
-    assert states == ["success"] * 3
-    # the plan's return value holds one small reference per group, its entries are in XComs of their own
-    assert xcom(dag_run, "plan") == [
-        {"xcom_task_id": "plan", "xcom_key": key} for key in ("models_00000", "models_00001", "models_00002")
-    ]
-    models_by_group: dict[str, set[str]] = {}
-    for operation, body in aws_endpoint.requests:
-        if operation == "SubmitJob":
-            models_by_group.setdefault(body["jobName"].split("--")[0], set()).add(body["tags"]["model_id"])
-    assert sorted(models_by_group.values(), key=sorted) == [{"m0", "m1"}, {"m2", "m3"}, {"m4"}]
-
-
-def test_a_reference_to_an_xcom_the_run_does_not_have_fails_clearly(aws_endpoint: Endpoint) -> None:
-    arguments = {"job_queue": "models", "job_definition": "forecast", "aws_conn_id": "aws_fake"}
-    arguments["models"] = {"xcom_task_id": "plan", "xcom_key": "models_00007"}
-
-    error = execute_error("BatchFleetOperator", arguments)
-
-    assert error.startswith("ValueError: models names the XCom 'models_00007' of task 'plan', which this DAG run")
-    assert aws_endpoint.calls["SubmitJob"] == 0
-
-
 def test_a_model_entry_with_an_argument_the_operator_does_not_take_fails_clearly(aws_endpoint: Endpoint) -> None:
     arguments = {"job_queue": "models", "job_definition": "forecast", "aws_conn_id": "aws_fake"}
     arguments["models"] = [{"tags": {"model_id": "a"}}, {"colour": "blue"}]

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import pytest
-from helpers import rendered_links, run_dag, task_instance, xcom
+from helpers import execute_error, rendered_links, run_dag, task_instance, xcom
 
 from airflow_ml_batch.operators.batch import BatchFleetOperator
 from airflow_ml_batch.operators.ecs import EcsFleetOperator
@@ -61,6 +61,47 @@ def test_each_group_is_labelled_and_ends_on_a_worker_with_a_table_of_every_model
     assert "Essential container in task exited" in table[2]
     assert table[3].split()[:5] == ["m4", "SUCCEEDED", "1m30s", "1", "0"]
     assert "#logsV2:log-groups/log-group/%2Faws%2Fbatch%2Fjob/log-events/forecast%2Fdefault%2F" in table[3]
+
+
+def test_groups_pushed_by_a_plan_task_each_pull_their_own_models(aws_endpoint: Endpoint) -> None:
+    aws_endpoint.batch.submitted_status = "SUCCEEDED"
+
+    dag_run = run_dag(
+        """
+        @task
+        def plan(ti=None):
+            return push_groups([{"tags": {"model_id": f"m{n}"}} for n in range(5)], ti, size=2)
+
+        BatchFleetOperator.partial(
+            task_id="forecast", aws_conn_id="aws_fake", poll_interval=0.2, job_queue="models", job_definition="forecast"
+        ).expand(models=plan())
+        """,
+        imports="from airflow.decorators import task\nfrom airflow_ml_batch.fleet import push_groups\n",
+    )
+
+    tis = sorted((ti for ti in dag_run.get_task_instances() if ti.task_id == "forecast"), key=lambda ti: ti.map_index)
+    assert [ti.state for ti in tis] == ["success"] * 3
+    # labelled with the models pulled, as a group given its entries is
+    assert [ti.rendered_map_index for ti in tis] == ["m0 .. m1 (2 models)", "m2 .. m3 (2 models)", "m4"]
+    # the plan's return value holds one small reference per group, its entries are in XComs of their own
+    assert xcom(dag_run, "plan") == [
+        {"xcom_task_id": "plan", "xcom_key": key} for key in ("models_00000", "models_00001", "models_00002")
+    ]
+    models_by_group: dict[str, set[str]] = {}
+    for operation, body in aws_endpoint.requests:
+        if operation == "SubmitJob":
+            models_by_group.setdefault(body["jobName"].split("--")[0], set()).add(body["tags"]["model_id"])
+    assert sorted(models_by_group.values(), key=sorted) == [{"m0", "m1"}, {"m2", "m3"}, {"m4"}]
+
+
+def test_a_reference_to_an_xcom_the_run_does_not_have_fails_clearly(aws_endpoint: Endpoint) -> None:
+    arguments = {"job_queue": "models", "job_definition": "forecast", "aws_conn_id": "aws_fake"}
+    arguments["models"] = {"xcom_task_id": "plan", "xcom_key": "models_00007"}
+
+    error = execute_error("BatchFleetOperator", arguments)
+
+    assert error.startswith("ValueError: models names the XCom 'models_00007' of task 'plan', which this DAG run")
+    assert aws_endpoint.calls["SubmitJob"] == 0
 
 
 def test_the_progress_line_names_the_models_that_failed_so_far(
