@@ -221,6 +221,11 @@ def push_groups(entries: Sequence[dict[str, Any]], ti: Any, size: int = 100) -> 
 
         BatchFleetOperator.partial(task_id="forecast", ...).expand(models=plan())
     """
+    if not hasattr(ti, "xcom_push"):
+        raise TypeError(
+            f"push_groups needs the running task instance, not {ti!r:.100}: give the task a ti=None argument "
+            "(Airflow fills it in) and pass it on"
+        )
     references = []
     for number, group in enumerate(groups(entries, size)):
         key = f"models_{number:05d}"

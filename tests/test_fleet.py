@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 from helpers import run_dag
 
-from airflow_ml_batch.fleet import Model, ModelsFileError, batch_kwargs, ecs_kwargs, load_models, longest_first
+from airflow_ml_batch.fleet import (
+    Model,
+    ModelsFileError,
+    batch_kwargs,
+    ecs_kwargs,
+    load_models,
+    longest_first,
+    push_groups,
+)
 from airflow_ml_batch.testing.endpoint import Endpoint
 
 DOCUMENT = {
@@ -172,3 +180,8 @@ def test_a_models_file_runs_as_one_mapped_task(tmp_path: Path, aws_endpoint: End
     assert states == {0: "success", 1: "success", 2: "success"}
     submitted = [body["tags"]["model_id"] for op, body in aws_endpoint.requests if op == "SubmitJob"]
     assert sorted(submitted) == sorted(m["id"] for m in DOCUMENT["models"])
+
+
+def test_push_groups_without_the_task_instance_says_what_to_pass() -> None:
+    with pytest.raises(TypeError, match="push_groups needs the running task instance, not None: give the task a ti"):
+        push_groups([{"tags": {"model_id": "m1"}}], None)
