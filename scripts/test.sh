@@ -26,9 +26,9 @@ LEGS=("$@")
 SUMMARY=()
 PARALLEL="${PARALLEL:-3}"
 # The order the legs start in: about how many seconds each took in a full run, three legs at a time on 2 busy
-# cores (2026-12-06; newest: its tests alone, from an earlier run).
+# cores (2026-12-06, night).
 declare -A LEG_SECONDS=(
-  [3.2.1]=2300 [3.0.6]=1570 [chaos]=1190 [3.3.1]=790 [newest]=700 [2.10.3]=480 [2.11.2]=380 [celery]=280 [wheel]=40
+  [chaos]=1070 [3.2.1]=1020 [3.0.6]=990 [newest]=870 [3.3.1]=800 [2.10.3]=630 [2.11.2]=570 [celery]=200 [wheel]=70
 )
 
 run_wheel_leg() {
