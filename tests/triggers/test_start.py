@@ -123,8 +123,11 @@ def test_a_retry_reattaches_to_the_earlier_trys_running_job_or_stops_it(aws_endp
 
     async def retry() -> Any:
         waiting = asyncio.ensure_future(first_event(submitting(2, (1, 2) if reattach else (1, 1))))
-        await asyncio.sleep(0.5)
-        aws_endpoint.batch.set_job(earlier, status="SUCCEEDED", container={"exitCode": 0})
+        if reattach:  # the earlier job ends once the trigger has found it running (not after a set time):
+            # its ListJobs, then the DescribeJobs of what it listed, on which it chooses to re-attach
+            while not aws_endpoint.calls["DescribeJobs"]:  # noqa: ASYNC110 - the calls live in the endpoint's thread
+                await asyncio.sleep(0.01)
+            aws_endpoint.batch.set_job(earlier, status="SUCCEEDED", container={"exitCode": 0})
         return await waiting
 
     event = asyncio.run(retry())
