@@ -383,11 +383,7 @@ class Fleet:
 
     def task_states(self) -> collections.Counter[str]:
         """How many of the run's model (group) task instances are in each state (a ``plan`` task is not one)."""
-        query = (
-            "SELECT state, COUNT(*) FROM task_instance WHERE dag_id = :dag AND run_id = :run AND task_id = :task"
-            " GROUP BY state"
-        )
-        return collections.Counter({str(state or "none"): int(n) for state, n in self.sql(query, task=TASK_ID)})
+        return self.db.task_states(self.args.dag, self.run_id, TASK_ID)
 
     def map_indexes(self, state: str) -> list[int]:
         query = (

@@ -421,10 +421,12 @@ class MetadataDB:
         rows = self.sql("SELECT state FROM dag_run WHERE dag_id = :dag AND run_id = :run", dag=dag_id, run=run_id)
         return str(rows[0][0]) if rows else "none"
 
-    def task_states(self, dag_id: str, run_id: str) -> collections.Counter[str]:
-        """How many task instances of the run are in each state (one ``GROUP BY``)."""
-        query = "SELECT state, COUNT(*) FROM task_instance WHERE dag_id = :dag AND run_id = :run GROUP BY state"
-        rows = self.sql(query, dag=dag_id, run=run_id)
+    def task_states(self, dag_id: str, run_id: str, task_id: str | None = None) -> collections.Counter[str]:
+        """How many task instances of the run (of task ``task_id`` only, if given) are in each state."""
+        task = {} if task_id is None else {"task": task_id}
+        query = "SELECT state, COUNT(*) FROM task_instance WHERE dag_id = :dag AND run_id = :run"
+        query += " AND task_id = :task GROUP BY state" if task else " GROUP BY state"
+        rows = self.sql(query, dag=dag_id, run=run_id, **task)
         return collections.Counter({str(state or "none"): int(n) for state, n in rows})
 
     def close(self) -> None:
