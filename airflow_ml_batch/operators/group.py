@@ -65,6 +65,7 @@ class ModelGroupOperator(DeferredJobOperator):
         together from one triggerer. ``None`` (default): the account's published quota, AWS Batch's 50
         SubmitJob or ECS's 20 RunTask per second per Region; throttling halves the pace, which comes back by a
         tenth each second without throttling. Set it lower to leave room for other clients of the account.
+        The group of the lowest map index waiting submits first (the models listed first start first).
     :param progress_interval: seconds between two lines of counts per state (and the failed models so far)
         in the task log.
     :param end_from_trigger: ``None`` (default) or ``False``: the task resumes on a worker when the group ends,

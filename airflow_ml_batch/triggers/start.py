@@ -27,6 +27,7 @@ from airflow_ml_batch.triggers.submission import (
     NoCapacity,
     RejectedError,
     SubmitPacer,
+    pacing_turn,
 )
 
 if TYPE_CHECKING:
@@ -211,7 +212,7 @@ class StartsJob:
         pacer = SubmitPacer.of((self.hook.client_key, operation), self.start_rate)
         failures, failing_since = 0, time.monotonic()
         while True:
-            await pacer.wait()
+            await pacer.wait(pacing_turn(self))
             if until_deadline and self.settings.deadline is not None and time.time() >= self.settings.deadline:
                 raise DeadlineReached
             call = asyncio.ensure_future(self._with_client(work, send_once))

@@ -12,6 +12,8 @@ sweeps. Closing sends nothing more and waits for the calls in flight.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 import weakref
 from abc import abstractmethod
@@ -41,6 +43,8 @@ class SubmitPacer:
     At most ``rate`` calls per second (:class:`~airflow_ml_batch.jobs.pacing.AdaptiveRate`): throttling halves the pace
     (once per burst sent at the old pace), each second without throttling brings back a tenth of ``rate``, so that
     groups submitting together stay under the account's limit even when another client spends some of it.
+    Each slot goes to the waiting caller of the lowest turn (a group's map index): the groups listed first,
+    which hold the models listed first, submit first, rather than every group a share of the pace.
     """
 
     _pacers: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Hashable, SubmitPacer]]]
@@ -49,7 +53,10 @@ class SubmitPacer:
     def __init__(self, rate: float) -> None:
         rate = max(float(rate), 0.1)
         self.pace = AdaptiveRate(rate, rate, floor=min(0.5, rate), quiet_seconds=1.0, step=rate / 10)
-        self._lock = asyncio.Lock()
+        #: the callers waiting: (turn, arrival, the future set when their slot comes), lowest first
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+        self._next_release: asyncio.TimerHandle | None = None
 
     @property
     def rate(self) -> float:
@@ -65,16 +72,45 @@ class SubmitPacer:
             pacer = pacers[key] = cls(rate)
         return pacer
 
-    async def wait(self) -> None:
-        """Wait for this caller's turn."""
-        async with self._lock:
-            pause = self.pace.reserve()
-        if pause > 0:
-            await asyncio.sleep(pause)
+    async def wait(self, turn: int = -1) -> None:
+        """Wait for this caller's slot: each slot goes to the lowest ``turn`` waiting, the first come among equals.
+
+        :param turn: where the caller queues; a group passes its task's map index (:func:`pacing_turn`).
+        """
+        slot = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (turn, next(self._arrivals), slot))
+        self._book_next()
+        await slot  # a cancelled caller's future is cancelled too: its slot goes to the next
+
+    def _book_next(self) -> None:
+        """Book the next slot at the pace, if someone waits and none is booked."""
+        if self._next_release is None and self._waiting:
+            loop = asyncio.get_running_loop()
+            self._next_release = loop.call_later(self.pace.reserve(), self._release)
+
+    def _release(self) -> None:
+        """A slot came: let the first waiting caller go, and book the next slot."""
+        self._next_release = None
+        while self._waiting:
+            slot = heapq.heappop(self._waiting)[2]
+            if not slot.done():
+                slot.set_result(None)
+                break
+        self._book_next()
 
     def throttled(self) -> None:
         """AWS said "too many": go at half the pace."""
         self.pace.throttled()
+
+
+def pacing_turn(trigger: Any) -> int:
+    """Where a trigger's calls queue at a :class:`SubmitPacer`: its task's map index (``-1``: not mapped, or unknown).
+
+    :func:`~airflow_ml_batch.fleet.groups` and :func:`~airflow_ml_batch.fleet.push_groups` keep the order of the
+    models: the models listed first (the longest, in a longest-first fleet) start first.
+    """
+    map_index = getattr(getattr(trigger, "task_instance", None), "map_index", None)
+    return -1 if map_index is None else int(map_index)
 
 
 class RejectedError(Exception):
@@ -217,7 +253,7 @@ class SubmitsModels:
         pacer = SubmitPacer.of((self.hook.client_key, type(self).__name__), self.submit_rate)
         failures = placement = 0
         while True:
-            await pacer.wait()
+            await pacer.wait(pacing_turn(self))
             if self._closing or self._past_deadline():  # this attempt started nothing: never submitted
                 self._pending.insert(0, index)
                 if resending:

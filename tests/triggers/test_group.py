@@ -7,6 +7,7 @@ import importlib
 import logging
 import time
 from collections import Counter
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,7 +27,9 @@ from airflow_ml_batch.triggers.group import GroupSettings
 PREFIX = "forecast-0123456789--"
 
 
-def group_trigger(count: int, try_number: int = 1, reattachable: tuple[int, int] = (1, 1), **kwargs: Any) -> Any:
+def group_trigger(
+    count: int, try_number: int = 1, reattachable: tuple[int, int] = (1, 1), prefix: str = PREFIX, **kwargs: Any
+) -> Any:
     models = [
         {
             "index": index,
@@ -36,7 +39,7 @@ def group_trigger(count: int, try_number: int = 1, reattachable: tuple[int, int]
         for index in range(count)
     ]
     job = {"aws_conn_id": "aws_fake", "poll_interval": 0.05, "missing_grace": 600.0, "end_from_trigger": False}
-    group = {"prefix": PREFIX, "try_number": try_number, "reattachable": list(reattachable), "reattach": True}
+    group = {"prefix": prefix, "try_number": try_number, "reattachable": list(reattachable), "reattach": True}
     return BatchFleetTrigger(models=models, group=group, job=job, **kwargs)
 
 
@@ -224,6 +227,23 @@ async def test_throttling_slows_submission_and_never_fails_it(aws_endpoint: Endp
     assert event.payload["status"] == "success"
     assert aws_endpoint.throttled["SubmitJob"] + len(submitted(aws_endpoint)) >= 4
     assert len(aws_endpoint.batch.jobs) == 4
+
+
+async def test_groups_sharing_the_pace_submit_in_the_order_of_their_map_index(aws_endpoint: Endpoint) -> None:
+    """The first groups hold the models listed first (the longest, in a longest-first fleet): they go first."""
+    aws_endpoint.batch.on_submit = lambda body: {"status": "SUCCEEDED", "container": {"exitCode": 0}}
+    later, first = group_trigger(3, prefix="forecast-later--", submit_rate=2.0), group_trigger(3, submit_rate=2.0)
+    for trigger, map_index in ((later, 1), (first, 0)):
+        trigger.task_instance = SimpleNamespace(task_id="forecast", map_index=map_index, try_number=1)
+
+    events = await asyncio.gather(first_event(later, timeout=60), first_event(first, timeout=60))
+
+    assert [event.payload["status"] for event in events] == ["success", "success"]
+    names = [body["jobName"] for body in submitted(aws_endpoint)]
+    groups = ["later" if name.startswith("forecast-later--") else "first" for name in names]
+    # the very first slot goes to whichever group asked first; every slot after it, to map index 0 until it is done
+    assert sorted(groups) == ["first"] * 3 + ["later"] * 3
+    assert groups[-2:] == ["later", "later"]
 
 
 async def test_a_wrong_queue_fails_fast_with_the_aws_message_and_the_value(aws_endpoint: Endpoint) -> None:
