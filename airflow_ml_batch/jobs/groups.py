@@ -25,14 +25,18 @@ def model_label(entry: Mapping[str, Any], index: int) -> str:
     return str(label)
 
 
-def xcom_reference(task_id: str, key: str) -> dict[str, str]:
-    """What a group's ``models`` holds when its entries are the XCom ``key`` of task ``task_id`` (``push_groups``)."""
-    return {"xcom_task_id": task_id, "xcom_key": key}
+def xcom_reference(task_id: str, key: str, label: str = "") -> dict[str, str]:
+    """What a group's ``models`` holds when its entries are the XCom ``key`` of task ``task_id`` (``push_groups``).
+
+    ``label`` (:func:`group_label` of its models) labels the group's map index before its entries are pulled:
+    Airflow 3.2+ renders the label before the run, and shows it while the group waits.
+    """
+    return {"xcom_task_id": task_id, "xcom_key": key, "models_label": label}
 
 
 def referenced_xcom(models: Any) -> tuple[str, str] | None:
-    """``(task_id, key)`` if ``models`` is an :func:`xcom_reference`, else ``None``."""
-    if isinstance(models, Mapping) and models.keys() == xcom_reference("", "").keys():
+    """``(task_id, key)`` if ``models`` is an :func:`xcom_reference` (``models_label`` optional), else ``None``."""
+    if isinstance(models, Mapping) and set(models) in ({"xcom_task_id", "xcom_key"}, set(xcom_reference("", ""))):
         return str(models["xcom_task_id"]), str(models["xcom_key"])
     return None
 

@@ -174,7 +174,8 @@ def test_two_jobs_of_one_attempt_keep_the_newest_and_stop_the_other() -> None:
 
 
 def test_a_reference_to_a_groups_xcom_is_told_from_a_list_of_entries() -> None:
-    assert referenced_xcom(xcom_reference("plan", "models_00003")) == ("plan", "models_00003")
+    assert referenced_xcom(xcom_reference("plan", "models_00003", "m1 .. m9 (9 models)")) == ("plan", "models_00003")
+    assert referenced_xcom({"xcom_task_id": "plan", "xcom_key": "models_00003"}) == ("plan", "models_00003")
     assert referenced_xcom([{"tags": {"model_id": "m1"}}]) is None
     assert referenced_xcom({"xcom_task_id": "plan"}) is None
     assert referenced_xcom({"xcom_task_id": "plan", "xcom_key": "k", "job_name": "x"}) is None

@@ -84,9 +84,15 @@ def test_groups_pushed_by_a_plan_task_each_pull_their_own_models(aws_endpoint: E
     # labelled with the models pulled, as a group given its entries is
     assert [ti.rendered_map_index for ti in tis] == ["m0 .. m1 (2 models)", "m2 .. m3 (2 models)", "m4"]
     # the plan's return value holds one small reference per group, its entries are in XComs of their own
+    # (and each group's label, which Airflow 3.2+ renders before the run pulls the entries)
     assert xcom(dag_run, "plan") == [
-        {"xcom_task_id": "plan", "xcom_key": key} for key in ("models_00000", "models_00001", "models_00002")
-    ]
+        {"xcom_task_id": "plan", "xcom_key": key, "models_label": label}
+        for key, label in (("models_00000", "m0 .. m1 (2 models)"), ("models_00001", "m2 .. m3 (2 models)"))
+    ] + [{"xcom_task_id": "plan", "xcom_key": "models_00002", "models_label": "m4"}]
+    labelled = BatchFleetOperator(
+        task_id="forecast", job_queue="q", job_definition="d", models=xcom(dag_run, "plan")[0]
+    )
+    assert labelled.models_label == "m0 .. m1 (2 models)"  # the label a template renders before the pull
     models_by_group: dict[str, set[str]] = {}
     for operation, body in aws_endpoint.requests:
         if operation == "SubmitJob":
