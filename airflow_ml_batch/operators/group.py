@@ -106,8 +106,9 @@ class ModelGroupOperator(DeferredJobOperator):
     @property
     def models_label(self) -> str:
         """The group's models in a few words (:func:`~airflow_ml_batch.jobs.groups.group_label`); ``""`` if unknown."""
-        if referenced_xcom(self.models) is not None:  # push_groups: the label it gave, until the entries are pulled
-            return str(self.models.get("models_label") or "")
+        models: Any = self.models
+        if referenced_xcom(models) is not None:  # push_groups: the label it gave, until the entries are pulled
+            return str(models.get("models_label") or "")
         if not isinstance(self.models, (list, tuple)):
             return ""
         return group_label([model_label(e, i) if isinstance(e, dict) else str(i) for i, e in enumerate(self.models)])
