@@ -257,6 +257,10 @@ class WaitForJobTrigger(StopsAbandonedJobs):
     async def stop(self, client: Any, reason: str) -> None:
         """Stop the remote job (terminate, StopTask)."""
 
+    @abstractmethod
+    async def describe(self, client: Any) -> dict[str, Any] | None:
+        """The remote job's description now, in one call (``None``: AWS does not know it)."""
+
     # -- shared -----------------------------------------------------------------------------------------
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -319,9 +323,24 @@ class WaitForJobTrigger(StopsAbandonedJobs):
         if self.job_id is None and (started := await self.settle_start()) is None:
             return
         self.job_id = self.job_id or started
+        if await self.has_ended():  # a task that another triggerer ended as its job ended: nothing to stop
+            self.log.info("%s %s has ended already: nothing to stop", self.noun, self.job_id)
+            return
         if now.try_number is not None and own_try is not None and now.try_number != own_try:
             reason = f"{reason}; the task is on try {now.try_number}, this job is of try {own_try}"
         await self._stop_quietly(reason)
+
+    async def has_ended(self) -> bool:
+        """Whether AWS says the job has finished (one describe call); ``False`` when that cannot be read."""
+        try:
+            async with self.hook.async_client() as client:
+                description = await self.describe(client)
+        except Exception as error:
+            self.log.warning(
+                "Could not describe %s %s before stopping it: %s", self.noun, self.job_id, error_text(error)
+            )
+            return False
+        return description is not None and self.is_final(description)
 
     async def _wait(self, watch: Watch) -> TriggerEvent:
         last_state: str | None = None

@@ -164,6 +164,10 @@ class BatchJobTrigger(StartsJob, WaitForJobTrigger):
     async def stop(self, client: Any, reason: str) -> None:
         await client.terminate_job(jobId=self.job_id, reason=f"Airflow: {reason}"[:1024])
 
+    async def describe(self, client: Any) -> dict[str, Any] | None:
+        jobs = (await client.describe_jobs(jobs=[self.job_id]))["jobs"]
+        return jobs[0] if jobs else None
+
 
 class BatchFleetTrigger(RunGroupTrigger):
     """Submit and wait for the AWS Batch jobs of a group of models (``BatchFleetOperator``).

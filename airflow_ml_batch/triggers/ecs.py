@@ -283,6 +283,10 @@ class EcsTaskTrigger(StartsJob, WaitForJobTrigger):
     async def stop(self, client: Any, reason: str) -> None:
         await client.stop_task(cluster=self.cluster, task=self.task_arn, reason=f"Airflow: {reason}"[:255])
 
+    async def describe(self, client: Any) -> dict[str, Any] | None:
+        tasks = (await client.describe_tasks(cluster=self.cluster, tasks=[self.task_arn]))["tasks"]
+        return tasks[0] if tasks else None
+
     def _poller(self) -> EcsTaskPoller:
         """The poller this trigger watches through (it holds the task definitions read)."""
         poller = self.poller.of(self.hook, self.scope)

@@ -244,6 +244,9 @@ def test_a_user_action_stops_the_job_unless_the_task_still_waits_or_its_state_is
     # cancel before), and must terminate the job exactly when nobody waits for it any more.
     states = {"marked_success": "success", "marked_failed": "failed", "cleared": None, "deferred": "deferred"}
     jobs = {task_id: aws_endpoint.batch.add_job("RUNNING") for task_id in [*states, "no_such_task"]}
+    # a task another triggerer ended as its job succeeded (a trigger handed over, then dropped): nothing to stop
+    states["ended_elsewhere"] = "success"
+    jobs["ended_elsewhere"] = aws_endpoint.batch.add_job("SUCCEEDED", container={"exitCode": 0})
     dag_run = run_dag(
         f"""
         @task
@@ -260,6 +263,10 @@ def test_a_user_action_stops_the_job_unless_the_task_still_waits_or_its_state_is
 
         @task
         def deferred() -> None:
+            pass
+
+        @task
+        def ended_elsewhere() -> None:
             pass
 
         @task
@@ -297,7 +304,7 @@ def test_a_user_action_stops_the_job_unless_the_task_still_waits_or_its_state_is
             finally:  # dag.test() runs until every task instance is done
                 set_states(dict.fromkeys({states!r}, "success"))
 
-        [marked_success(), marked_failed(), cleared(), deferred()] >> end_triggers()
+        [marked_success(), marked_failed(), cleared(), deferred(), ended_elsewhere()] >> end_triggers()
         """,
         imports="import asyncio\nfrom types import SimpleNamespace\nfrom airflow.decorators import task\n"
         "from airflow.models.taskinstance import TaskInstance\nfrom airflow.utils.session import create_session\n"
@@ -312,6 +319,7 @@ def test_a_user_action_stops_the_job_unless_the_task_still_waits_or_its_state_is
         "cleared": "FAILED",
         "deferred": "RUNNING",  # a trigger handed to another triggerer, or a triggerer restart
         "no_such_task": "RUNNING",  # a state that cannot be read never terminates
+        "ended_elsewhere": "SUCCEEDED",
     }
     reason = "cleared or marked by a user" if TRIGGER_HAS_ON_KILL else "no longer deferred"
     assert reason in aws_endpoint.batch.jobs[jobs["cleared"]]["statusReason"]
@@ -329,7 +337,7 @@ def test_a_task_cleared_while_its_trigger_waits_for_its_turn_has_its_job_stopped
 
     assert task_instance(dag_run, "end_trigger").state == "success"
     assert aws_endpoint.batch.terminated == [job_id]
-    assert aws_endpoint.calls["DescribeJobs"] == 0, "the trigger never began its wait"
+    assert aws_endpoint.calls["DescribeJobs"] == 1, "the trigger never began its wait: one describe, before the stop"
 
 
 @pytest.mark.usefixtures("airflow_db")
