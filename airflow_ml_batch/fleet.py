@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_ml_batch.jobs.common import tag_problem
-from airflow_ml_batch.jobs.groups import group_label, model_label, xcom_reference
+from airflow_ml_batch.jobs.groups import entries_label, xcom_reference
 
 _MODEL_KEYS = {"id", "parameters", "dataset", "resources", "expected_minutes", "tags"}
 _MERGED_KEYS = ("parameters", "resources", "tags")
@@ -230,6 +230,5 @@ def push_groups(entries: Sequence[dict[str, Any]], ti: Any, size: int = 100) -> 
     for number, group in enumerate(groups(entries, size)):
         key = f"models_{number:05d}"
         ti.xcom_push(key=key, value=group)
-        label = group_label([model_label(entry, index) for index, entry in enumerate(group)])
-        references.append(xcom_reference(ti.task_id, key, label))
+        references.append(xcom_reference(ti.task_id, key, entries_label(group)))
     return references

@@ -161,6 +161,11 @@ def group_label(labels: Sequence[str]) -> str:
     return f"{labels[0][:ends]} .. {labels[-1][:ends]} ({len(labels)} models)"
 
 
+def entries_label(entries: Sequence[Any]) -> str:
+    """:func:`group_label` of a group's entries, each called by :func:`model_label` (its index if not a mapping)."""
+    return group_label([model_label(e, i) if isinstance(e, dict) else str(i) for i, e in enumerate(entries)])
+
+
 #: failures a group's failure message shows in full (all of them are in the result)
 FAILURES_SHOWN = 5
 

@@ -11,8 +11,8 @@ from airflow.exceptions import AirflowException
 from airflow_ml_batch._compat import AirflowTaskTimeout, Context, tries_since_last_clear
 from airflow_ml_batch.jobs.groups import (
     GroupSettings,
+    entries_label,
     group_key,
-    group_label,
     group_prefix,
     model_label,
     referenced_xcom,
@@ -111,7 +111,7 @@ class ModelGroupOperator(DeferredJobOperator):
             return str(models.get("models_label") or "")
         if not isinstance(self.models, (list, tuple)):
             return ""
-        return group_label([model_label(e, i) if isinstance(e, dict) else str(i) for i, e in enumerate(self.models)])
+        return entries_label(self.models)
 
     def label_map_index(self, context: Context) -> None:
         """Label this run's map index with the group's models, unless the DAG gives a ``map_index_template``.

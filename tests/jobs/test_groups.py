@@ -5,6 +5,7 @@ from __future__ import annotations
 from airflow_ml_batch.jobs.batch import valid_job_name
 from airflow_ml_batch.jobs.groups import (
     FoundJob,
+    entries_label,
     group_failure_message,
     group_key,
     group_label,
@@ -135,6 +136,9 @@ def test_a_group_is_labelled_by_its_first_and_last_model_and_how_many() -> None:
     assert group_label(["only"]) == "only"
     assert group_label([]) == ""
     assert len(group_label(["a" * 300, "b" * 300])) <= 250
+    # entries are called by their job name or model_id tag, else by their index in the group
+    assert entries_label([{"job_name": "m001"}, {}, {"tags": {"model_id": "m100"}}]) == "m001 .. m100 (3 models)"
+    assert entries_label([{}, "not an entry"]) == "model-0 .. 1 (2 models)"
 
 
 def test_the_failure_message_counts_and_shows_the_first_failures() -> None:
